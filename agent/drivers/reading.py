@@ -1,0 +1,30 @@
+"""A meter reading in the agent's integer units (CONTRACT 1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# The quantities a reading may carry, in wire order (CONTRACT 4). A quantity the
+# meter does not measure is absent from ``values``, never zero.
+QUANTITIES: tuple[str, ...] = (
+    "import_wh",
+    "export_wh",
+    "p_w",
+    "v_dv",
+    "i_ma",
+    "f_chz",
+    "pf_milli",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    meter: str
+    t: int  # Unix seconds UTC, when the meter answered
+    values: dict[str, int] = field(default_factory=dict)
+    serial: str | None = None  # the meter's own serial number, when read
+
+    def __post_init__(self) -> None:
+        for key, value in self.values.items():
+            assert key in QUANTITIES, key
+            assert isinstance(value, int), (key, value)

@@ -1,0 +1,92 @@
+"""The agent's one exception tree.
+
+    AgentError
+     ├── ConfigError          a config file is wrong; carries every (key path, message)
+     ├── DriverError          something on a meter bus went wrong
+     │    ├── ProtocolError   bytes that do not form a valid frame of the protocol
+     │    │    └── ChecksumError   a frame whose CRC/BCC does not match
+     │    ├── TimeoutError_   no (complete) answer within the timeout
+     │    └── DeviceException the device answered with a protocol exception
+     ├── LedgerError          a ledger rule would be broken (never a partial change)
+     ├── RelayError           a relay could not be switched or read back
+     ├── StoreError           the durable store failed or is full
+     └── CommandError         a command is refused; carries the reply code
+
+Lower-layer errors (pyserial, sqlite3, paho) are re-raised as these with
+``raise ... from exc`` so callers only ever catch the project's own types.
+Each codec defines its own ``ProtocolError`` subclass so that a fuzz test can
+assert "parses, or raises this codec's ProtocolError, nothing else".
+"""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Root of every error the agent raises on purpose."""
+
+
+class ConfigError(AgentError):
+    """A config is invalid. ``errors`` lists every ``(key_path, message)``."""
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        self.errors = list(errors)
+        super().__init__("; ".join(f"{path}: {msg}" for path, msg in self.errors))
+
+
+class DriverError(AgentError):
+    """A meter bus or meter protocol failure."""
+
+
+class ProtocolError(DriverError):
+    """Bytes that are not a valid frame of the protocol."""
+
+
+class ChecksumError(ProtocolError):
+    """A frame whose checksum (CRC-16, BCC, FCS) does not match."""
+
+
+class TimeoutError_(DriverError):  # noqa: N801 - trailing underscore avoids the builtin
+    """No complete answer arrived within the timeout."""
+
+
+class DeviceException(DriverError):
+    """The device answered with a protocol-level exception (e.g. Modbus exception code)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class LedgerError(AgentError):
+    """A ledger operation would break an invariant; nothing was changed."""
+
+
+class RelayError(AgentError):
+    """A relay could not be switched, or its read-back state disagrees."""
+
+
+class StoreError(AgentError):
+    """The durable store failed, or a storage bound was reached."""
+
+
+class CommandError(AgentError):
+    """A command is refused. ``code`` is the CONTRACT 7 reply code."""
+
+    CODES = frozenset(
+        {
+            "bad_mac",
+            "expired",
+            "malformed",
+            "unknown_op",
+            "invalid_args",
+            "unknown_account",
+            "unknown_meter",
+            "failed",
+        }
+    )
+
+    def __init__(self, code: str, message: str, command_id: str | None = None) -> None:
+        assert code in self.CODES, code
+        self.code = code
+        self.command_id = command_id
+        super().__init__(message)

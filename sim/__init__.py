@@ -1,0 +1,1 @@
+"""Simulated meters and head-end for development and tests."""
