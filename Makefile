@@ -1,0 +1,39 @@
+# `make demo` and `make test` do all of their own set-up (see README.md).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint keys bench clean system-deps
+
+system-deps:
+	@scripts/system-deps.sh
+
+$(STAMP): pyproject.toml | system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: system-deps $(STAMP)
+	$(VENV)/bin/meter-agent demo
+
+test: system-deps $(STAMP)
+	$(PY) -m ruff check agent sim tests bench
+	$(PY) -m mypy
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check agent sim tests bench
+	$(PY) -m mypy
+
+# Keys for running the agent by hand against board_configs/sim.toml (never committed).
+keys: $(STAMP)
+	$(PY) -c "from pathlib import Path; from sim.keys import write_key; \
+	[write_key(Path('keys/gw-demo-01.' + k + '.key')) for k in ('cmd', 'token')]"
+
+bench: $(STAMP)
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) var build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,579 @@
+"""Board config: TOML (CONTRACT 2) into frozen dataclasses.
+
+Every error names its key path (``meter[2].address: must be 1..247``; array
+indexes count from 0) and all errors of a file are collected before raising
+one ``ConfigError``, so a technician fixes a file in one pass. Unknown keys are
+errors: a typo must never silently fall back to a default.
+
+Relative paths (data_dir, key files, port) are relative to the working
+directory the agent is started in (systemd: ``WorkingDirectory``).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from agent.errors import ConfigError
+from agent.ledger.policy import Policy, parse_protected_hours
+from agent.ledger.tariff import Slab, Tariff, TodWindow
+
+DEFAULT_CONFIG = "board_configs/sim.toml"
+
+_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_HHMM_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+PROTOCOLS = ("modbus", "iec62056-21", "dlms")
+RELAY_KINDS = ("meter", "modbus-coil", "gpio", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    id: str
+    data_dir: Path
+    timezone: str
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    prefix: str = "gw"
+    keepalive_s: int = 30
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    protocol: str = "3.1.1"  # "3.1.1" | "5"
+    session_expiry_s: int = 7 * 24 * 3600  # MQTT 5 only: how long the broker keeps our session
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    command_key_file: Path
+    token_key_file: Path
+
+
+@dataclass(frozen=True, slots=True)
+class BusConfig:
+    name: str
+    port: str
+    baudrate: int = 9600
+    parity: str = "N"
+    protocol: str = "modbus"
+    poll_interval_s: float = 15.0
+    timeout_s: float = 0.5  # per request, on top of the frame time
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySpec:
+    kind: str  # meter | modbus-coil | gpio | none
+    unit: int | None = None
+    coil: int | None = None
+    line: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MeterConfig:
+    id: str
+    bus: str
+    address: int
+    model: str
+    account: str
+    relay: str = "none"
+    relay_spec: RelaySpec = field(default_factory=lambda: RelaySpec("none"))
+
+
+@dataclass(frozen=True, slots=True)
+class AccountConfig:
+    id: str
+    tariff: str
+
+
+@dataclass(frozen=True, slots=True)
+class LocalConfig:
+    http_port: int = 0  # 0: the status page is off
+    bind: str = "127.0.0.1"
+    password_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    max_bytes: int = 512 * 1024 * 1024  # the outbox's byte cap; at it, readings are dropped
+    min_free_bytes: int = 64 * 1024 * 1024  # free-disk floor; below it, the same
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    gateway: GatewayConfig
+    mqtt: MqttConfig
+    security: SecurityConfig
+    buses: tuple[BusConfig, ...]
+    meters: tuple[MeterConfig, ...]
+    tariffs: tuple[Tariff, ...]
+    accounts: tuple[AccountConfig, ...]
+    policy: Policy
+    local: LocalConfig
+    store: StoreConfig
+    source: Path | None = None
+
+    def tariff(self, name: str) -> Tariff:
+        for tariff in self.tariffs:
+            if tariff.name == name:
+                return tariff
+        raise KeyError(name)
+
+    def bus(self, name: str) -> BusConfig:
+        for bus in self.buses:
+            if bus.name == name:
+                return bus
+        raise KeyError(name)
+
+
+T = TypeVar("T")
+
+
+class _Errors:
+    """Collects (key path, message) pairs while a config is read."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append((path, message))
+
+
+class _Table:
+    """One TOML table being read: typed getters that record errors by key path."""
+
+    def __init__(self, data: Any, path: str, errors: _Errors) -> None:
+        self.path = path
+        self.errors = errors
+        self.ok = isinstance(data, dict)
+        if not self.ok:
+            errors.add(path, "must be a table")
+        self.data: dict[str, Any] = data if isinstance(data, dict) else {}
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def get(
+        self,
+        name: str,
+        kind: type[T] | tuple[type, ...],
+        default: T | None = None,
+        *,
+        required: bool = False,
+        check: Callable[[Any], str | None] | None = None,
+    ) -> Any:
+        self.used.add(name)
+        if name not in self.data:
+            if required:
+                self.errors.add(self.key(name), "is required")
+            return default
+        value = self.data[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # bool is an int in Python; a TOML `true` where a number belongs is an error.
+        if isinstance(value, bool) and bool not in kinds:
+            self.errors.add(self.key(name), f"must be {_kind_name(kinds)}, not a boolean")
+            return default
+        if not isinstance(value, kinds):
+            self.errors.add(self.key(name), f"must be {_kind_name(kinds)}")
+            return default
+        if check is not None:
+            problem = check(value)
+            if problem:
+                self.errors.add(self.key(name), problem)
+                return default
+        return value
+
+    def finish(self) -> None:
+        for name in sorted(set(self.data) - self.used):
+            self.errors.add(self.key(name), "unknown key")
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+             list: "an array", dict: "a table"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _range(lo: int, hi: int) -> Callable[[Any], str | None]:
+    return lambda v: None if lo <= v <= hi else f"must be {lo}..{hi}"
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if v >= 0 else "must be >= 0"
+
+
+def _ident(v: Any) -> str | None:
+    return None if _ID_RE.match(v) else "must match [A-Za-z0-9_-]{1,64}"
+
+
+def _timezone(v: Any) -> str | None:
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        return f"unknown time zone {v!r}"
+    return None
+
+
+def _one_of(options: tuple[str, ...]) -> Callable[[Any], str | None]:
+    return lambda v: None if v in options else "must be one of " + " | ".join(options)
+
+
+def _hhmm(text: str) -> int | None:
+    m = _HHMM_RE.match(text)
+    return int(m.group(1)) * 60 + int(m.group(2)) if m else None
+
+
+def parse_relay(text: str) -> RelaySpec:
+    """``meter | modbus-coil:<unit>:<coil> | gpio:<line> | none``; ValueError with a reason."""
+    parts = text.split(":")
+    kind = parts[0]
+    if kind in ("meter", "none") and len(parts) == 1:
+        return RelaySpec(kind)
+    try:
+        if kind == "modbus-coil" and len(parts) == 3:
+            unit, coil = int(parts[1]), int(parts[2])
+            if not 1 <= unit <= 247 or not 0 <= coil <= 65535:
+                raise ValueError
+            return RelaySpec(kind, unit=unit, coil=coil)
+        if kind == "gpio" and len(parts) == 2:
+            line = int(parts[1])
+            if not 0 <= line <= 1023:
+                raise ValueError
+            return RelaySpec(kind, line=line)
+    except ValueError:
+        pass
+    raise ValueError(
+        "must be meter | modbus-coil:<unit 1..247>:<coil 0..65535> | gpio:<line> | none"
+    )
+
+
+def _array(root: _Table, name: str) -> list[_Table]:
+    raw = root.get(name, list, [])
+    return [_Table(item, f"{name}[{i}]", root.errors) for i, item in enumerate(raw)]
+
+
+def _read_gateway(root: _Table) -> GatewayConfig:
+    t = _Table(root.get("gateway", dict, None, required=True) or {}, "gateway", root.errors)
+    gw = GatewayConfig(
+        id=t.get("id", str, "gw", required=True, check=_ident),
+        data_dir=Path(t.get("data_dir", str, "var/gw", required=True)),
+        timezone=t.get("timezone", str, "UTC", check=_timezone),
+    )
+    t.finish()
+    return gw
+
+
+def _read_mqtt(root: _Table) -> MqttConfig:
+    t = _Table(root.get("mqtt", dict, {}), "mqtt", root.errors)
+
+    def path(name: str) -> Path | None:
+        value = t.get(name, str, None)
+        return Path(value) if value else None
+
+    cfg = MqttConfig(
+        host=t.get("host", str, "127.0.0.1"),
+        port=t.get("port", int, 1883, check=_range(1, 65535)),
+        prefix=t.get("prefix", str, "gw", check=_ident),
+        keepalive_s=t.get("keepalive_s", int, 30, check=_range(5, 3600)),
+        username=t.get("username", str, None),
+        password=t.get("password", str, None),
+        tls=t.get("tls", bool, False),
+        ca_file=path("ca_file"),
+        cert_file=path("cert_file"),
+        key_file=path("key_file"),
+        protocol=t.get("protocol", str, "3.1.1", check=_one_of(("3.1.1", "5"))),
+        session_expiry_s=t.get("session_expiry_s", int, 7 * 24 * 3600, check=_non_negative),
+    )
+    if (cfg.cert_file is None) != (cfg.key_file is None):
+        root.errors.add("mqtt.cert_file", "cert_file and key_file go together")
+    if cfg.password is not None and cfg.username is None:
+        root.errors.add("mqtt.password", "a password needs a username")
+    t.finish()
+    return cfg
+
+
+def _read_security(root: _Table) -> SecurityConfig:
+    t = _Table(root.get("security", dict, None, required=True) or {}, "security", root.errors)
+    cfg = SecurityConfig(
+        command_key_file=Path(t.get("command_key_file", str, "", required=True)),
+        token_key_file=Path(t.get("token_key_file", str, "", required=True)),
+    )
+    t.finish()
+    return cfg
+
+
+def _read_buses(root: _Table) -> tuple[BusConfig, ...]:
+    buses = []
+    for t in _array(root, "bus"):
+        buses.append(
+            BusConfig(
+                name=t.get("name", str, "", required=True, check=_ident),
+                port=t.get("port", str, "", required=True),
+                baudrate=t.get("baudrate", int, 9600, check=_range(300, 921600)),
+                parity=t.get("parity", str, "N", check=_one_of(("N", "E", "O"))),
+                protocol=t.get("protocol", str, "modbus", check=_one_of(PROTOCOLS)),
+                poll_interval_s=float(
+                    t.get("poll_interval_s", (int, float), 15, check=_range(0, 86400))
+                ),
+                timeout_s=float(t.get("timeout_s", (int, float), 0.5, check=_range(0, 30))),
+            )
+        )
+        if buses[-1].poll_interval_s <= 0:
+            root.errors.add(t.key("poll_interval_s"), "must be > 0")
+        t.finish()
+    _unique(root.errors, "bus", [b.name for b in buses], "name")
+    return tuple(buses)
+
+
+def _read_meters(root: _Table, buses: tuple[BusConfig, ...]) -> tuple[MeterConfig, ...]:
+    from agent.drivers.modbus.maps import known_models  # late: drivers need not load for tariffs
+
+    models = known_models()
+    bus_names = {b.name for b in buses}
+    meters = []
+    for t in _array(root, "meter"):
+        relay = t.get("relay", str, "none")
+        try:
+            spec = parse_relay(relay)
+        except ValueError as exc:
+            root.errors.add(t.key("relay"), str(exc))
+            spec = RelaySpec("none")
+        m = MeterConfig(
+            id=t.get("id", str, "", required=True, check=_ident),
+            bus=t.get("bus", str, "", required=True),
+            address=t.get("address", int, 0, required=True, check=_range(1, 247)),
+            model=t.get("model", str, "", required=True),
+            account=t.get("account", str, "", required=True),
+            relay=relay,
+            relay_spec=spec,
+        )
+        if m.bus and m.bus not in bus_names:
+            root.errors.add(t.key("bus"), f"no [[bus]] named {m.bus!r}")
+        if m.model and m.model not in models:
+            root.errors.add(t.key("model"), f"unknown model {m.model!r} (known: {', '.join(models)})")
+        meters.append(m)
+        t.finish()
+    _unique(root.errors, "meter", [m.id for m in meters], "id")
+    seen: dict[tuple[str, int], int] = {}
+    for i, m in enumerate(meters):
+        if m.address == 0:  # invalid, already reported
+            continue
+        if (m.bus, m.address) in seen:
+            root.errors.add(f"meter[{i}].address", f"address {m.address} is already used on "
+                            f"bus {m.bus!r} by meter[{seen[(m.bus, m.address)]}]")
+        seen.setdefault((m.bus, m.address), i)
+    return tuple(meters)
+
+
+def read_tariff(name: str, t: _Table) -> Tariff:
+    """One tariff table (also the `tariff` command's args); errors go to ``t.errors``."""
+    slabs: list[Slab] = []
+    raw_slabs = t.get("slabs", list, [], required=True)
+    for i, raw in enumerate(raw_slabs):
+        s = _Table(raw, t.key(f"slabs[{i}]"), t.errors)
+        upto = s.get("upto_kwh", int, None, check=_positive)
+        rate = s.get("rate", int, 0, required=True, check=_non_negative)
+        s.finish()
+        if slabs and upto is not None and slabs[-1].upto_kwh is not None \
+                and upto <= slabs[-1].upto_kwh:
+            t.errors.add(s.key("upto_kwh"), "must be larger than the previous slab's")
+        if slabs and slabs[-1].upto_kwh is None:
+            t.errors.add(s.path, "follows the open top slab (the one without upto_kwh)")
+        slabs.append(Slab(rate=rate, upto_kwh=upto))
+    if raw_slabs and slabs and slabs[-1].upto_kwh is not None:
+        t.errors.add(t.key("slabs"), "the last slab must have no upto_kwh (it is open-ended)")
+    tod: list[TodWindow] = []
+    for i, raw in enumerate(t.get("tod", list, [])):
+        w = _Table(raw, t.key(f"tod[{i}]"), t.errors)
+        start = w.get("from", str, "00:00", required=True)
+        end = w.get("to", str, "00:00", required=True)
+        pct = w.get("pct", int, 100, required=True, check=_range(0, 1000))
+        w.finish()
+        a, b = _hhmm(start), _hhmm(end)
+        if a is None:
+            t.errors.add(w.key("from"), "must be HH:MM")
+        if b is None:
+            t.errors.add(w.key("to"), "must be HH:MM")
+        if a is not None and b is not None:
+            tod.append(TodWindow(from_min=a, to_min=b, pct=pct))
+    tariff = Tariff(
+        name=name,
+        fixed_per_day=t.get("fixed_per_day", int, 0, check=_non_negative),
+        slabs=tuple(slabs),
+        duty_bp=t.get("duty_bp", int, 0, check=_range(0, 10000)),
+        billing_day=t.get("billing_day", int, 1, check=_range(1, 28)),
+        tod=tuple(tod),
+    )
+    t.finish()
+    return tariff
+
+
+def _read_tariffs(root: _Table) -> tuple[Tariff, ...]:
+    table = _Table(root.get("tariff", dict, {}), "tariff", root.errors)
+    tariffs = []
+    for name in sorted(table.data):
+        table.used.add(name)
+        if not _ID_RE.match(name):
+            root.errors.add(f"tariff.{name}", "name must match [A-Za-z0-9_-]{1,64}")
+        tariffs.append(read_tariff(name, _Table(table.data[name], f"tariff.{name}", root.errors)))
+    return tuple(tariffs)
+
+
+def _read_accounts(root: _Table, tariffs: tuple[Tariff, ...]) -> tuple[AccountConfig, ...]:
+    names = {t.name for t in tariffs}
+    accounts = []
+    for t in _array(root, "account"):
+        a = AccountConfig(
+            id=t.get("id", str, "", required=True, check=_ident),
+            tariff=t.get("tariff", str, "", required=True),
+        )
+        if a.tariff and a.tariff not in names:
+            root.errors.add(t.key("tariff"), f"no [tariff.{a.tariff}]")
+        accounts.append(a)
+        t.finish()
+    _unique(root.errors, "account", [a.id for a in accounts], "id")
+    return tuple(accounts)
+
+
+def read_policy(t: _Table, base: Policy) -> Policy:
+    """The [policy] table (also the `policy` command's args) over ``base``."""
+    default = base
+    hours = default.protected_hours
+    text = t.get("protected_hours", str, None)
+    if text is not None:
+        try:
+            hours = parse_protected_hours(text)
+        except ValueError as exc:
+            t.errors.add(t.key("protected_hours"), str(exc))
+
+    def weekdays(v: Any) -> str | None:
+        bad = [d for d in v if not isinstance(d, str) or d.lower() not in _WEEKDAYS]
+        return f"unknown weekday(s) {bad}; use {', '.join(_WEEKDAYS)}" if bad else None
+
+    def dates(v: Any) -> str | None:
+        for d in v:
+            try:
+                date.fromisoformat(d)
+            except (TypeError, ValueError):
+                return f"{d!r} is not a date YYYY-MM-DD"
+        return None
+
+    def levels(v: Any) -> str | None:
+        if not v or any(isinstance(x, bool) or not isinstance(x, int) or not 0 <= x <= 100
+                        for x in v):
+            return "must be a non-empty array of integers 0..100"
+        if 0 not in v:
+            return "must include 0 (the level at which credit is exhausted)"
+        return None
+
+    days = t.get("protected_weekdays", list, None, check=weekdays)
+    hol = t.get("holidays", list, None, check=dates)
+    lv = t.get("alert_levels_pct", list, None, check=levels)
+    policy = Policy(
+        protected_hours=hours,
+        protected_weekdays=default.protected_weekdays if days is None
+        else tuple(sorted({_WEEKDAYS.index(d.lower()) for d in days})),
+        holidays=default.holidays if hol is None else tuple(sorted(set(hol))),
+        emergency_credit=t.get("emergency_credit", int, default.emergency_credit,
+                               check=_range(0, 10_000_000)),
+        alert_levels_pct=default.alert_levels_pct if lv is None
+        else tuple(sorted(set(lv), reverse=True)),
+        payment_outage_h=t.get("payment_outage_h", int, default.payment_outage_h,
+                               check=_range(0, 24 * 365)),
+        min_notice_h=t.get("min_notice_h", int, default.min_notice_h, check=_range(0, 24 * 60)),
+        max_disconnects_per_hour=t.get("max_disconnects_per_hour", int,
+                                       default.max_disconnects_per_hour, check=_range(0, 100_000)),
+        disconnect_on_tamper=t.get("disconnect_on_tamper", bool, default.disconnect_on_tamper),
+    )
+    t.finish()
+    return policy
+
+
+def _read_local(root: _Table) -> LocalConfig:
+    t = _Table(root.get("local", dict, {}), "local", root.errors)
+    pw = t.get("password_file", str, None)
+    cfg = LocalConfig(
+        http_port=t.get("http_port", int, 0, check=_range(0, 65535)),
+        bind=t.get("bind", str, "127.0.0.1"),
+        password_file=Path(pw) if pw else None,
+    )
+    if cfg.http_port and cfg.password_file is None and cfg.bind not in ("127.0.0.1", "::1",
+                                                                       "localhost"):
+        root.errors.add("local.password_file", "is required when bind is not loopback")
+    t.finish()
+    return cfg
+
+
+def _read_store(root: _Table) -> StoreConfig:
+    t = _Table(root.get("store", dict, {}), "store", root.errors)
+    cfg = StoreConfig(
+        max_bytes=t.get("max_bytes", int, StoreConfig.max_bytes, check=_range(1 << 20, 1 << 40)),
+        min_free_bytes=t.get("min_free_bytes", int, StoreConfig.min_free_bytes,
+                             check=_non_negative),
+    )
+    t.finish()
+    return cfg
+
+
+def _unique(errors: _Errors, array: str, values: list[str], key: str) -> None:
+    first: dict[str, int] = {}
+    for i, v in enumerate(values):
+        if v in first:
+            errors.add(f"{array}[{i}].{key}", f"duplicate {v!r} (also {array}[{first[v]}])")
+        first.setdefault(v, i)
+
+
+def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
+    """Validate a decoded TOML document; raise ConfigError listing every problem."""
+    errors = _Errors()
+    root = _Table(data, "", errors)
+    gateway = _read_gateway(root)
+    mqtt = _read_mqtt(root)
+    security = _read_security(root)
+    buses = _read_buses(root)
+    meters = _read_meters(root, buses)
+    tariffs = _read_tariffs(root)
+    accounts = _read_accounts(root, tariffs)
+    account_ids = {a.id for a in accounts}
+    for i, m in enumerate(meters):
+        if m.account and m.account not in account_ids:
+            errors.add(f"meter[{i}].account", f"no [[account]] with id {m.account!r}")
+    policy = read_policy(_Table(root.get("policy", dict, {}), "policy", errors), Policy())
+    local = _read_local(root)
+    store = _read_store(root)
+    root.finish()
+    if errors.items:
+        raise ConfigError(errors.items)
+    return Config(gateway, mqtt, security, buses, meters, tariffs, accounts, policy, local,
+                  store, source)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate one board config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([(str(p), f"cannot read: {exc.strerror or exc}")]) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([(str(p), f"not valid TOML: {exc}")]) from exc
+    return parse_config(data, p)

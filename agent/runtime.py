@@ -1,0 +1,308 @@
+"""The imperative shell: the only place that wires the parts together and loops.
+
+Threads: one per bus (``BusScheduler``), paho's network thread, and this one.
+This thread alone owns the writable store; the others only post events into
+one bounded inbox. Every loop turn:
+
+  1. handle up to ``MAX_EVENTS_PER_TURN`` inbox events (readings, relay
+     results, PUBACKs, commands, head-end state, link up/down);
+  2. once a second: fixed charges and relay re-evaluation, message forming,
+     the status file;
+  3. make each relay match its durable intent (through its bus);
+  4. publish outbox rows while fewer than ``MAX_INFLIGHT`` are unacknowledged.
+
+A PUBACK deletes its outbox row; nothing else does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.accounting import Accounting
+from agent.buffer import outbox
+from agent.buffer.journal import Journal
+from agent.buffer.store import Store
+from agent.clock import Clock, SystemClock
+from agent.config import Config
+from agent.dispatch import Dispatcher
+from agent.drivers.bus import BusEvent, BusScheduler
+from agent.errors import AgentError, ConfigError
+from agent.uplink.cose import read_hex_key
+from agent.uplink.mqtt import LinkEvent, MqttLink
+
+log = logging.getLogger("agent.runtime")
+
+INBOX_MAX = 10_000
+MAX_EVENTS_PER_TURN = 500
+MAX_INFLIGHT = 32
+PUBACK_TIMEOUT_S = 30.0  # in flight this long while "connected": the link is stuck
+TICK_S = 1.0
+STATUS_EVERY_S = 1.0
+SEEN_CLEANUP_EVERY_S = 3600.0
+RELAY_RETRY_S = 10.0
+
+
+def read_keys(cfg: Config) -> tuple[bytes, bytes]:
+    errors = []
+    keys = []
+    for name, path in (("security.command_key_file", cfg.security.command_key_file),
+                       ("security.token_key_file", cfg.security.token_key_file)):
+        try:
+            keys.append(read_hex_key(path))
+        except AgentError as exc:
+            errors.append((name, str(exc)))
+    if errors:
+        raise ConfigError(errors)
+    return keys[0], keys[1]
+
+
+class Runtime:
+    def __init__(self, cfg: Config, *, clock: Clock | None = None) -> None:
+        self.cfg = cfg
+        self.clock = clock or SystemClock()
+        self.command_key, self.token_key = read_keys(cfg)
+        self.inbox: queue.Queue[Any] = queue.Queue(maxsize=INBOX_MAX)
+        self.store = Store(cfg.gateway.data_dir)
+        self.boot = self.store.next_boot()
+        self.started = int(self.clock.time_s())
+        self.journal = Journal(self.store)
+        self.accounting = Accounting(cfg, self.store, self.journal)
+        self.buses: dict[str, BusScheduler] = {}
+        for bus in cfg.buses:
+            meters = [m for m in cfg.meters if m.bus == bus.name]
+            self.buses[bus.name] = BusScheduler(bus, meters, self.inbox.put, clock=self.clock)
+        self.dispatcher = Dispatcher(gw=cfg.gateway.id, boot=self.boot, key=self.command_key,
+                                     store=self.store, journal=self.journal,
+                                     accounting=self.accounting, read_meter=self._read_meter)
+        self.link = MqttLink(cfg, self.boot, self.inbox)
+        self.inflight: dict[int, tuple[int, float]] = {}  # mid -> (seq, sent at monotonic)
+        self.relay_pending: dict[str, float] = {}  # meter -> when the switch was asked
+        self.last_readings: dict[str, dict[str, Any]] = {}
+        self.meter_online: dict[str, bool] = {}
+        self.headend_this_connection = False
+        self.stop_event = threading.Event()
+
+    def _read_meter(self, meter_id: str, ref: str) -> bool:
+        meter = self.accounting.meters[meter_id]
+        return self.buses[meter.bus].read_now(meter_id, ref)
+
+    # -- main loop ---------------------------------------------------------------
+    def run(self) -> None:
+        log.info("event=start gw=%s boot=%d version=%s", self.cfg.gateway.id, self.boot,
+                 __version__)
+        now = int(self.clock.time_s())
+        self.accounting.setup(now)
+        for bus in self.buses.values():
+            bus.start()
+        self.link.start()
+        next_tick = next_status = 0.0
+        next_cleanup = self.clock.monotonic_s() + 60
+        try:
+            while not self.stop_event.is_set():
+                self._drain_inbox()
+                mono = self.clock.monotonic_s()
+                if mono >= next_tick:
+                    next_tick = mono + TICK_S
+                    self._tick()
+                if mono >= next_status:
+                    next_status = mono + STATUS_EVERY_S
+                    self._write_status()
+                if mono >= next_cleanup:
+                    next_cleanup = mono + SEEN_CLEANUP_EVERY_S
+                    self.store.forget_expired(int(self.clock.time_s()))
+                self._sync_relays()
+                self._publish()
+                try:
+                    event = self.inbox.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                self._handle(event)
+        finally:
+            self._shutdown()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _shutdown(self) -> None:
+        for bus in self.buses.values():
+            bus.stop()
+        try:
+            if self.link.connected:
+                self.link.publish("state", json.dumps({"online": False, "boot": self.boot})
+                                  .encode(), retain=True)
+                time.sleep(0.2)
+            self.link.stop()
+        finally:
+            for bus in self.buses.values():
+                bus.join(timeout=5)
+            self.store.close()
+            log.info("event=stop gw=%s boot=%d", self.cfg.gateway.id, self.boot)
+
+    def _drain_inbox(self) -> None:
+        for _ in range(MAX_EVENTS_PER_TURN):
+            try:
+                event = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            self._handle(event)
+
+    def _handle(self, event: Any) -> None:
+        now = int(self.clock.time_s())
+        if isinstance(event, BusEvent):
+            self._bus_event(event, now)
+        elif isinstance(event, LinkEvent):
+            self._link_event(event, now)
+        else:
+            raise AssertionError(f"unknown inbox event {event!r}")
+
+    def _bus_event(self, event: BusEvent, now: int) -> None:
+        if event.kind == "reading" and event.reading is not None:
+            self.last_readings[event.meter] = {"t": event.reading.t, **event.reading.values}
+            self.meter_online[event.meter] = True
+            self.accounting.on_reading(event.reading)
+        elif event.kind in ("meter_offline", "meter_online"):
+            self.meter_online[event.meter] = event.kind == "meter_online"
+            meter = self.accounting.meters.get(event.meter)
+            with self.store.tx():
+                self.accounting.emit(now, event.kind, m=event.meter,
+                                     acct=meter.account if meter else None,
+                                     detail={"error": event.error} if event.error else {})
+        elif event.kind == "relay_result":
+            self.relay_pending.pop(event.meter, None)
+            self.accounting.relay_result(event.meter, event.connected, event.error, now)
+        elif event.kind == "read_result":
+            result = None
+            if event.reading is not None:
+                result = {"m": event.reading.meter, "t": event.reading.t,
+                          **event.reading.values}
+            self.dispatcher.read_done(event.ref, result, event.error, now)
+
+    def _link_event(self, event: LinkEvent, now: int) -> None:
+        if event.kind == "puback":
+            sent = self.inflight.pop(event.mid, None)
+            if sent is not None:
+                self.store.ack(sent[0])
+        elif event.kind == "connected":
+            log.info("event=mqtt_connected session_present=%s",
+                     event.extra.get("session_present"))
+            # paho's in-memory session is not the truth: resend all unacknowledged rows.
+            self.inflight.clear()
+            self.headend_this_connection = False
+            backlog, _ = self.store.backlog()
+            birth = {"online": True, "version": __version__, "boot": self.boot,
+                     "started": self.started, "meters": len(self.cfg.meters),
+                     "backlog": backlog}
+            self.link.publish("state", json.dumps(birth).encode(), retain=True)
+        elif event.kind == "disconnected":
+            log.warning("event=mqtt_disconnected reason=%s", event.reason)
+            self.inflight.clear()
+            self.headend_this_connection = False
+        elif event.kind == "message":
+            if event.topic == self.link.cmd_topic:
+                self.dispatcher.handle(event.payload, now)
+            elif event.topic == self.link.headend_topic:
+                self._headend_message(event.payload, now)
+
+    def _headend_message(self, payload: bytes, now: int) -> None:
+        try:
+            state = json.loads(payload)
+            if not isinstance(state, dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            log.warning("event=headend_state_bad error=%s", exc)
+            return
+        online = state.get("online")
+        payments = state.get("payments")
+        self.accounting.headend_state(online if isinstance(online, bool) else None,
+                                      payments if isinstance(payments, bool) else None, now)
+        self.headend_this_connection = True
+        log.info("event=headend_state online=%s payments=%s", online, payments)
+
+    def _tick(self) -> None:
+        now = int(self.clock.time_s())
+        if self.link.connected and self.headend_this_connection:
+            self.accounting.headend_still_heard(now)
+        self.accounting.tick(now)
+        outbox.form_messages(self.store, self.cfg.gateway.id, self.boot, now,
+                             self.link.connected)
+        mono = self.clock.monotonic_s()
+        if self.inflight and self.link.connected:
+            oldest = min(sent for _, sent in self.inflight.values())
+            if mono - oldest > PUBACK_TIMEOUT_S:
+                self.inflight.clear()
+                self.link.restart()
+
+    def _sync_relays(self) -> None:
+        mono = self.clock.monotonic_s()
+        for meter_id, connected in self.accounting.relay_jobs():
+            asked = self.relay_pending.get(meter_id)
+            if asked is not None and mono - asked < RELAY_RETRY_S:
+                continue
+            meter = self.accounting.meters[meter_id]
+            if self.buses[meter.bus].switch_relay(meter_id, connected):
+                self.relay_pending[meter_id] = mono
+
+    def _publish(self) -> None:
+        if not self.link.connected:
+            return
+        room = MAX_INFLIGHT - len(self.inflight)
+        if room <= 0:
+            return
+        busy = {seq for seq, _ in self.inflight.values()}
+        for row in self.store.outbox_next(busy, room):
+            mid = self.link.publish(row.topic, row.payload)
+            if mid is None:
+                return
+            self.inflight[mid] = (row.seq, self.clock.monotonic_s())
+
+    # -- status for the CLI, the demo and the local page -------------------------
+    def status(self) -> dict[str, Any]:
+        backlog, oldest = self.store.backlog()
+        now = int(self.clock.time_s())
+        balances = {a.id: a.balance for a in self.journal.accounts()}
+        meters = []
+        states = {m.id: m for m in self.journal.meters()}
+        for m in self.cfg.meters:
+            st = states.get(m.id)
+            bus = self.buses[m.bus]
+            meters.append({
+                "id": m.id, "bus": m.bus, "address": m.address, "model": m.model,
+                "account": m.account, "balance": balances.get(m.account),
+                "online": self.meter_online.get(m.id),
+                "reading": self.last_readings.get(m.id),
+                "relay": {"intent": st.relay_intent if st else None,
+                          "actual": st.relay_actual if st else None,
+                          "reason": st.relay_reason if st else None},
+                "errors": bus.stats[m.id].as_dict() if m.id in bus.stats else {},
+            })
+        return {
+            "gateway": self.cfg.gateway.id, "version": __version__, "boot": self.boot,
+            "pid": os.getpid(), "time": now, "started": self.started,
+            "link": {"connected": self.link.connected, "reconnects": self.link.reconnects,
+                     "inflight": len(self.inflight), "host": self.cfg.mqtt.host,
+                     "port": self.cfg.mqtt.port},
+            "headend": {"online": self.accounting.headend.online,
+                        "payments": self.accounting.headend.payments,
+                        "heard": self.accounting.headend.heard_s},
+            "clock_trusted": self.accounting.clock_trusted,
+            "buses": [{"name": b.bus.name, "port": b.bus.port, "protocol": b.bus.protocol,
+                       "error": b.port_error} for b in self.buses.values()],
+            "meters": meters,
+            "accounts": [{"id": k, "balance": v} for k, v in sorted(balances.items())],
+            "backlog": {"messages": backlog, "oldest_age_s": None if oldest is None
+                        else max(0, now - oldest), "bytes": self.store.size_bytes()},
+        }
+
+    def _write_status(self) -> None:
+        path = Path(self.cfg.gateway.data_dir) / "status.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.status(), indent=1))
+        os.replace(tmp, path)

@@ -1,0 +1,134 @@
+"""Board config: every board config validates; every error names its key path; exit 2."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+from agent.config import load_config, parse_config
+from agent.errors import ConfigError
+from sim.tomlw import dumps
+
+ROOT = Path(__file__).resolve().parents[1]
+SIM = ROOT / "board_configs" / "sim.toml"
+
+
+def raw() -> dict:
+    with open(SIM, "rb") as f:
+        return tomllib.load(f)
+
+
+def errors_of(doc: dict) -> dict[str, str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc)
+    return dict(info.value.errors)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "board_configs").glob("*.toml")))
+def test_every_board_config_is_valid(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.gateway.id
+    assert main(["check-config", str(path)]) == 0
+
+
+def test_sim_config_reads_into_typed_values() -> None:
+    cfg = load_config(SIM)
+    assert cfg.gateway.timezone == "Asia/Kolkata"
+    assert [m.id for m in cfg.meters] == ["SDM-0001", "SDM-0002", "SDM-0003"]
+    assert cfg.meters[0].relay_spec.kind == "modbus-coil"
+    assert (cfg.meters[1].relay_spec.unit, cfg.meters[1].relay_spec.coil) == (10, 1)
+    t = cfg.tariff("domestic")
+    assert [s.rate for s in t.slabs] == [550, 650, 750]
+    assert t.slabs[-1].upto_kwh is None and t.duty_bp == 500
+    assert cfg.policy.protected_hours == ((18 * 60, 8 * 60),)
+    assert cfg.policy.protected_weekdays == (6,)
+    assert cfg.policy.alert_levels_pct == (30, 10, 0)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "key", "fragment"),
+    [
+        (lambda d: d["meter"][2].__setitem__("address", 300), "meter[2].address", "1..247"),
+        (lambda d: d["meter"][0].__setitem__("adress", 3), "meter[0].adress", "unknown key"),
+        (lambda d: d["gateway"].__setitem__("id", "bad id!"), "gateway.id", "A-Za-z0-9"),
+        (lambda d: d["gateway"].__setitem__("timezone", "Mars/Olympus"), "gateway.timezone",
+         "unknown time zone"),
+        (lambda d: d["bus"][0].__setitem__("parity", "X"), "bus[0].parity", "N | E | O"),
+        (lambda d: d["bus"][0].__setitem__("baudrate", "9600"), "bus[0].baudrate",
+         "an integer"),
+        (lambda d: d["meter"][1].__setitem__("bus", "rs485-9"), "meter[1].bus", "no [[bus]]"),
+        (lambda d: d["meter"][1].__setitem__("model", "acme-1"), "meter[1].model",
+         "unknown model"),
+        (lambda d: d["meter"][1].__setitem__("relay", "modbus-coil:0:1"), "meter[1].relay",
+         "modbus-coil"),
+        (lambda d: d["meter"][1].__setitem__("account", "ACC-9"), "meter[1].account",
+         "no [[account]]"),
+        (lambda d: d["meter"][1].__setitem__("address", 1), "meter[1].address",
+         "already used"),
+        (lambda d: d["account"][0].__setitem__("tariff", "nope"), "account[0].tariff",
+         "no [tariff.nope]"),
+        (lambda d: d["tariff"]["domestic"].__setitem__("duty_bp", -1),
+         "tariff.domestic.duty_bp", "0..10000"),
+        (lambda d: d["tariff"]["domestic"]["slabs"].pop(), "tariff.domestic.slabs",
+         "open-ended"),
+        (lambda d: d["policy"].__setitem__("protected_weekdays", ["sunday"]),
+         "policy.protected_weekdays", "unknown weekday"),
+        (lambda d: d["policy"].__setitem__("holidays", ["2026-13-01"]), "policy.holidays",
+         "YYYY-MM-DD"),
+        (lambda d: d["policy"].__setitem__("alert_levels_pct", [30, 10]),
+         "policy.alert_levels_pct", "include 0"),
+        (lambda d: d["policy"].__setitem__("disconnect_on_tamper", 1),
+         "policy.disconnect_on_tamper", "true or false"),
+        (lambda d: d["policy"].__setitem__("protected_hours", "25:00-08:00"),
+         "policy.protected_hours", ""),
+        (lambda d: d["mqtt"].__setitem__("port", True), "mqtt.port", "boolean"),
+        (lambda d: d.__setitem__("extra", {}), "extra", "unknown key"),
+        (lambda d: d.pop("security"), "security", "required"),
+        (lambda d: d["security"].pop("token_key_file"), "security.token_key_file", "required"),
+    ],
+)
+def test_errors_name_the_key(mutate, key: str, fragment: str) -> None:  # type: ignore[no-untyped-def]
+    doc = raw()
+    mutate(doc)
+    errors = errors_of(doc)
+    assert key in errors, errors
+    assert fragment in errors[key]
+
+
+def test_all_errors_reported_at_once() -> None:
+    doc = raw()
+    doc["meter"][0]["address"] = 0
+    doc["meter"][1]["relay"] = "relay?"
+    doc["gateway"]["colour"] = "red"
+    errors = errors_of(doc)
+    assert {"meter[0].address", "meter[1].relay", "gateway.colour"} <= set(errors)
+
+
+def test_check_config_cli_exit_2_and_names_key(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    doc = raw()
+    doc["meter"][2]["address"] = 248
+    bad = tmp_path / "bad.toml"
+    bad.write_text(dumps(doc))
+    assert main(["check-config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "meter[2].address: must be 1..247" in err
+
+
+def test_check_config_on_broken_toml(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "broken.toml"
+    bad.write_text("[gateway\nid = 1\n")
+    assert main(["check-config", str(bad)]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+
+
+def test_missing_file_exit_2(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["check-config", "/nonexistent/agent.toml"]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_tomlw_round_trips_the_sim_config() -> None:
+    doc = raw()
+    assert tomllib.loads(dumps(doc)) == doc
