@@ -92,7 +92,7 @@ class Accounting:
         rmap = load_map(meter.model)
         check = billing.validate_delta(
             state.base_wh, new_wh, reading.t - state.base_t,
-            rmap.max_current_a * MAX_LINE_VOLTAGE_V, rmap.register_max_wh,
+            rmap.max_current_a * MAX_LINE_VOLTAGE_V * rmap.phases, rmap.register_max_wh,
             state.serial, reading.serial)
         if check.bad_reading or check.kind in ("rollover", "replaced"):  # never charged
             self.emit(reading.t, "bad_reading", m=meter.id, acct=meter.account,

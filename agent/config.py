@@ -111,6 +111,9 @@ class StoreConfig:
     min_free_bytes: int = 64 * 1024 * 1024  # free-disk floor; below it, the same
 
 
+DEFAULT_STORE = StoreConfig()
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     gateway: GatewayConfig
@@ -367,7 +370,8 @@ def _read_meters(root: _Table, buses: tuple[BusConfig, ...]) -> tuple[MeterConfi
         if m.bus and m.bus not in bus_names:
             root.errors.add(t.key("bus"), f"no [[bus]] named {m.bus!r}")
         if m.model and m.model not in models:
-            root.errors.add(t.key("model"), f"unknown model {m.model!r} (known: {', '.join(models)})")
+            root.errors.add(t.key("model"),
+                            f"unknown model {m.model!r} (known: {', '.join(models)})")
         meters.append(m)
         t.finish()
     _unique(root.errors, "meter", [m.id for m in meters], "id")
@@ -524,8 +528,9 @@ def _read_local(root: _Table) -> LocalConfig:
 def _read_store(root: _Table) -> StoreConfig:
     t = _Table(root.get("store", dict, {}), "store", root.errors)
     cfg = StoreConfig(
-        max_bytes=t.get("max_bytes", int, StoreConfig.max_bytes, check=_range(1 << 20, 1 << 40)),
-        min_free_bytes=t.get("min_free_bytes", int, StoreConfig.min_free_bytes,
+        max_bytes=t.get("max_bytes", int, DEFAULT_STORE.max_bytes,
+                        check=_range(1 << 20, 1 << 40)),
+        min_free_bytes=t.get("min_free_bytes", int, DEFAULT_STORE.min_free_bytes,
                              check=_non_negative),
     )
     t.finish()

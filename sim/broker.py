@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -49,6 +50,9 @@ class Mosquitto:
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
+            # Started as root, mosquitto would switch to user "mosquitto" and could not
+            # write its persistence file or log into our private directory.
+            f"user {getpass.getuser()}\n"
             # Persistent sessions survive a broker restart, as on a production broker:
             # a head-end's queued messages are not lost when the broker restarts.
             "persistence true\n"

@@ -78,7 +78,7 @@ class MqttLink:
         # keeps fewer than this in flight, so paho never queues behind the socket.
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=60)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=10)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
@@ -89,7 +89,7 @@ class MqttLink:
         m = self.cfg.mqtt
         props = None
         if self.v5:
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = m.session_expiry_s
             self.client.connect_async(m.host, m.port, m.keepalive_s, clean_start=False,
                                       properties=props)

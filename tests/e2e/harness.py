@@ -108,7 +108,7 @@ class Proc:
 class Gateway:
     """One simulated gateway: broker, meters, agent, head-end."""
 
-    def __init__(self, workdir: Path, *, speed: float = 60.0, load_scale: float = 1.0,
+    def __init__(self, workdir: Path, *, speed: float = 10.0, load_scale: float = 1.0,
                  **overrides: Any) -> None:
         self.workdir = workdir
         self.broker = Mosquitto(workdir / "broker")
@@ -122,7 +122,7 @@ class Gateway:
                             "--speed", str(speed), "--load-scale", str(load_scale),
                             "--state-file", str(self.state_file)], workdir / "meters.log")
         self.key = read_hex_key(Path(self.raw["security"]["command_key_file"]))
-        self.headend = HeadEnd("127.0.0.1", self.broker.port, "gw", self.key)
+        self.headend = HeadEnd("127.0.0.1", self.broker.port, "gw", self.key, persistent=True)
         self.headend.start()
         self.headend.publish_state(online=True, payments=True)
         self.agent: Proc | None = None
@@ -148,6 +148,17 @@ class Gateway:
         data: dict[str, Any] = json.loads(
             (Path(self.raw["gateway"]["data_dir"]) / "status.json").read_text())
         return data
+
+    def quiesce(self, timeout_s: float = 30) -> None:
+        """Stop the meters, then wait until the agent has delivered everything it holds."""
+        self.meters.stop()
+
+        def drained() -> bool:
+            backlog = self.status()["backlog"]
+            return bool(backlog["messages"] == 0 and backlog["bytes"] == 0)
+
+        time.sleep(2)
+        wait_until(drained, timeout_s, "the agent's outbox to drain")
 
     def command(self, op: str, args: dict[str, Any], **kw: Any) -> dict[str, Any]:
         cid = self.headend.command(self.gw, op, args, **kw)

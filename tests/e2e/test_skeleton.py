@@ -137,8 +137,8 @@ def test_forged_expired_and_garbled_commands_change_nothing(gateways: Any) -> No
 
 def test_credit_exhaustion_opens_relay_and_topup_closes_it(gateways: Any) -> None:
     g = gateways(
-        speed=3600.0, meters=1,
-        tariff={"domestic": {"fixed_per_day": 0, "slabs": [{"rate": 100_000}],
+        speed=10.0, meters=1,  # 10x: still within what the meter's 45 A could pass
+        tariff={"domestic": {"fixed_per_day": 0, "slabs": [{"rate": 1_000_000}],
                              "duty_bp": 0, "billing_day": 1}},
         policy={"emergency_credit": 0, "alert_levels_pct": [0]},
     )
@@ -151,9 +151,9 @@ def test_credit_exhaustion_opens_relay_and_topup_closes_it(gateways: Any) -> Non
     g.command("ping", {})  # a verified command with a fresh iat confirms the clock
     wait_until(lambda: g.sim_state()["meters"]["SDM-0001"]["connected"] is False, 20,
                "the relay to open")
-    wait_until(lambda: g.headend.events(g.gw, "relay"), 10, "the relay event")
+    wait_until(lambda: any(e["detail"]["state"] == "open"
+                           for e in g.headend.events(g.gw, "relay")), 10, "the relay-open event")
     assert g.headend.events(g.gw, "credit_exhausted")
-    assert g.headend.events(g.gw, "relay")[-1]["detail"]["state"] == "open"
     low = g.headend.events(g.gw, "low_balance")
     assert low and low[0]["detail"]["level_pct"] == 0
     reply = g.command("topup", {"account": "ACC-0001", "amount": 10_000_000, "txn": "PAY-1"})
@@ -176,7 +176,7 @@ def test_broker_outage_of_15s_loses_no_reading_and_seq_stays_gapless(gateways: A
     stop_t = int(time.time())
     wait_until(lambda: any(r.t >= stop_t + 2 for r in g.headend.readings(g.gw)), 90,
                "readings after the outage")
-    wait_until(lambda: g.status()["backlog"]["messages"] == 0, 30, "the backlog to drain")
+    g.quiesce()
     seqs_gapless(g)
     for meter in ("SDM-0001", "SDM-0002"):
         ts = sorted({r.t for r in g.headend.readings(g.gw) if r.meter == meter})
@@ -185,7 +185,7 @@ def test_broker_outage_of_15s_loses_no_reading_and_seq_stays_gapless(gateways: A
 
 
 def test_kill_9_and_restart_keep_seq_gapless_and_ledger_consistent(gateways: Any) -> None:
-    g = gateways(speed=600.0)
+    g = gateways()
     agent = g.start_agent()
     wait_until(lambda: link_up(g), 20, "the agent's MQTT link")
     for i in range(3):
@@ -195,9 +195,10 @@ def test_kill_9_and_restart_keep_seq_gapless_and_ledger_consistent(gateways: Any
         time.sleep(0.3 + 0.4 * i)
         agent.kill9()
         agent = g.start_agent()
-        wait_until(lambda: link_up(g) and g.status()["boot"] == i + 2, 20, "the restart")
-    time.sleep(2)
-    wait_until(lambda: g.status()["backlog"]["messages"] == 0, 30, "the backlog to drain")
+        boot = i + 2
+        wait_until(lambda: link_up(g) and g.status()["boot"] == boot, 20,  # noqa: B023
+                   "the restart")
+    g.quiesce()
     assert g.headend.state(g.gw)["boot"] == 4
     seqs_gapless(g)
     for acct in ("ACC-0001", "ACC-0002", "ACC-0003"):

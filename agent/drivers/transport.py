@@ -1,0 +1,151 @@
+"""Byte transports for the bus drivers: a thin Protocol and its pyserial implementation.
+
+Codecs never see a transport; clients (``modbus/client.py``) take one, so
+tests swap in a scripted transport instead of patching pyserial.
+
+RTU line timing (MODBUS over Serial Line V1.02 §2.5.1.1): one character is
+11 bits (start, 8 data, parity or a second stop bit, stop); frames are
+separated by a silence of at least 3.5 characters, fixed at 1.75 ms above
+19200 baud. ``SerialTransport`` waits before every write until that long has
+passed since the last byte it sent or received.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Protocol
+
+import serial
+
+from agent.clock import Clock, SystemClock
+from agent.errors import DriverError
+
+BITS_PER_CHAR: Final = 11
+# pyserial read() blocks at most this long per call, so read(timeout_s) ends
+# at most this late; short enough not to matter against ~0.5 s timeouts.
+POLL_S: Final = 0.01
+PARITIES: Final = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
+
+
+def character_time_s(baudrate: int) -> float:
+    """Seconds one RTU character takes on the line."""
+    if baudrate <= 0:
+        raise ValueError(f"baudrate must be positive, got {baudrate}")
+    return BITS_PER_CHAR / baudrate
+
+
+def silent_interval_s(baudrate: int) -> float:
+    """t3.5: the silence that ends a frame (fixed 1.75 ms above 19200 baud)."""
+    if baudrate > 19200:
+        return 0.00175
+    return 3.5 * character_time_s(baudrate)
+
+
+def frame_time_s(n_bytes: int, baudrate: int) -> float:
+    """Seconds ``n_bytes`` characters take on the line."""
+    return n_bytes * character_time_s(baudrate)
+
+
+class Transport(Protocol):
+    @property
+    def baudrate(self) -> int: ...
+
+    def write(self, data: bytes) -> None:
+        """Send all of ``data``; returns once it has left (or is leaving) the port."""
+        ...
+
+    def read(self, max_bytes: int, timeout_s: float) -> bytes:
+        """Whatever arrived, up to ``max_bytes``: b"" if nothing came within ``timeout_s``."""
+        ...
+
+    def reset_input(self) -> None:
+        """Discard bytes received and not read yet."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SerialTransport:
+    """A serial port (device path, pty symlink or pyserial URL) with RTU pacing."""
+
+    def __init__(
+        self,
+        port: str,
+        baudrate: int,
+        parity: str = "N",
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        if parity not in PARITIES:
+            raise DriverError(f"{port}: parity must be N, E or O, got {parity!r}")
+        self._port_name = port
+        self._baudrate = baudrate
+        self._clock: Clock = clock or SystemClock()
+        self._silent_s = silent_interval_s(baudrate)
+        self._last_activity_s = float("-inf")
+        try:
+            self._serial: Any = serial.serial_for_url(
+                port,
+                baudrate=baudrate,
+                parity=PARITIES[parity],
+                bytesize=8,
+                stopbits=1,
+                timeout=POLL_S,
+                write_timeout=None,
+            )
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise DriverError(f"{port}: cannot open: {exc}") from exc
+
+    @property
+    def baudrate(self) -> int:
+        return self._baudrate
+
+    @property
+    def port(self) -> str:
+        return self._port_name
+
+    def write(self, data: bytes) -> None:
+        wait_s = self._last_activity_s + self._silent_s - self._clock.monotonic_s()
+        self._clock.sleep(wait_s)  # t3.5 since the last byte either way: a new frame
+        started_s = self._clock.monotonic_s()
+        try:
+            self._serial.write(data)
+            self._serial.flush()  # tcdrain: returns once the UART has the bytes
+        except (serial.SerialException, OSError) as exc:
+            raise DriverError(f"{self._port_name}: write failed: {exc}") from exc
+        # USB adapters may still be shifting bits out after flush(): count the
+        # frame's own line time as well.
+        self._last_activity_s = max(
+            self._clock.monotonic_s(), started_s + frame_time_s(len(data), self._baudrate)
+        )
+
+    def read(self, max_bytes: int, timeout_s: float) -> bytes:
+        deadline_s = self._clock.monotonic_s() + timeout_s
+        try:
+            while True:
+                waiting = self._serial.in_waiting
+                if waiting:
+                    data = bytes(self._serial.read(min(waiting, max_bytes)))
+                elif self._clock.monotonic_s() >= deadline_s:
+                    return b""
+                else:
+                    data = bytes(self._serial.read(1))  # blocks up to POLL_S
+                    more = self._serial.in_waiting if data else 0
+                    if more and max_bytes > 1:
+                        data += bytes(self._serial.read(min(more, max_bytes - 1)))
+                if data:
+                    self._last_activity_s = self._clock.monotonic_s()
+                    return data
+        except (serial.SerialException, OSError) as exc:
+            raise DriverError(f"{self._port_name}: read failed: {exc}") from exc
+
+    def reset_input(self) -> None:
+        try:
+            self._serial.reset_input_buffer()
+        except (serial.SerialException, OSError) as exc:
+            raise DriverError(f"{self._port_name}: reset failed: {exc}") from exc
+
+    def close(self) -> None:
+        try:
+            self._serial.close()
+        except (serial.SerialException, OSError) as exc:
+            raise DriverError(f"{self._port_name}: close failed: {exc}") from exc

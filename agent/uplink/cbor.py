@@ -1,0 +1,135 @@
+"""CBOR (RFC 8949) for the uplink and commands: the one adapter over cbor2.
+
+``dumps`` writes RFC 8949 section 4.2.1 "core deterministic" encoding, so one map
+always gives the same bytes (CONTRACT 4: a ``seq`` always names the same bytes; COSE
+MACs are over bytes). cbor2 already writes the shortest integer heads and definite
+lengths; its ``canonical=True`` however sorts map keys length-first (RFC 7049 3.9,
+kept as RFC 8949 4.2.3) in both 5.x and 6.x - {10, -1, 100} comes out 10, -1, 100,
+where 4.2.1 wants 10, 100, -1. So this module sorts every map's keys by the bytewise
+order of their encodings itself and encodes with ``canonical=False``, which keeps
+insertion order. Floats are refused: nothing on our wire is a float (money and energy
+are ints), and refusing them spares the shortest-float rule of 4.2.1.
+
+``loads`` turns ANY bad input into ``CborError``: not CBOR, trailing bytes, too large,
+too deep, or items that decode to something other than plain data (datetimes, sets,
+simple values, maps with array keys...). Unknown tags stay ``cbor2.CBORTag`` (COSE
+needs tag 17). It works with cbor2 6.x (C extension) and 5.x (pure Python, used on
+armv7): only ``dumps(canonical=)``, ``CBORDecoder(fp)``, ``CBORTag`` and ``CBORError``
+are relied on, and ``allow_duplicate_keys=False`` is used where the decoder has it (6.x;
+on 5.x a repeated key keeps its last value - RFC 8949 calls such a map invalid, and a
+command's MAC still covers the exact bytes).
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import cbor2
+
+from agent.uplink.wire import WireError
+
+MAX_COMMAND_BYTES = 64 * 1024  # a `cmd` payload; larger is refused before decoding
+MAX_UPLINK_BYTES = 1024 * 1024  # an `up/*` message read by a head-end; larger is refused
+MAX_DEPTH = 32  # nesting of arrays/maps we write; our deepest message is 4 levels
+
+Tag = cbor2.CBORTag
+
+# Exceptions cbor2 5.x/6.x can raise on hostile input besides its own CBORError: the
+# pure-Python decoder lets some through (unhashable map keys, tag 4/5 Decimal
+# arithmetic, tag 100 dates, recursion on deep nesting).
+_DECODE_FAILURES: tuple[type[BaseException], ...] = (
+    cbor2.CBORError, ValueError, TypeError, LookupError, ArithmeticError, RecursionError,
+    EOFError, MemoryError, re.error,
+)
+_DECODER_KW: dict[str, Any] = (
+    {"allow_duplicate_keys": False}
+    if "allow_duplicate_keys" in inspect.signature(cbor2.CBORDecoder).parameters
+    else {}
+)
+
+
+class CborError(WireError):
+    """Bytes that are not a CBOR item we accept, or a value we refuse to encode."""
+
+
+def dumps(obj: object) -> bytes:
+    """Deterministic (RFC 8949 4.2.1) CBOR of plain data: None, bool, int, str, bytes,
+    list/tuple, dict (keys int, str or bytes) and ``Tag``."""
+    try:
+        return bytes(cbor2.dumps(_ordered(obj, 0), canonical=False))
+    except cbor2.CBORError as exc:  # an int beyond 64 bits is our own check; belt and braces
+        raise CborError(f"cannot encode: {exc}") from exc
+
+
+def _ordered(obj: object, depth: int) -> object:
+    """A copy of ``obj`` whose maps iterate in core deterministic key order."""
+    if depth > MAX_DEPTH:
+        raise CborError(f"nesting deeper than {MAX_DEPTH}")
+    if obj is None or isinstance(obj, (bool, str, bytes)):
+        return obj
+    if isinstance(obj, int):
+        if not -(2**64) <= obj < 2**64:  # beyond that cbor2 writes a bignum tag: not ours
+            raise CborError(f"integer {obj} does not fit CBOR major types 0/1")
+        return obj
+    if isinstance(obj, (bytearray, memoryview)):
+        return bytes(obj)
+    if isinstance(obj, (list, tuple)):
+        return [_ordered(x, depth + 1) for x in obj]
+    if isinstance(obj, dict):
+        items = []
+        for key, value in obj.items():
+            if isinstance(key, bool) or not isinstance(key, (int, str, bytes)):
+                raise CborError(f"map key {key!r}: only int, str and bytes keys")
+            items.append((cbor2.dumps(_ordered(key, depth + 1)), key, value))
+        items.sort(key=lambda item: item[0])  # bytewise order of the encoded keys
+        return {key: _ordered(value, depth + 1) for _, key, value in items}
+    if isinstance(obj, cbor2.CBORTag):
+        return cbor2.CBORTag(obj.tag, _ordered(obj.value, depth + 1))
+    if isinstance(obj, float):
+        raise CborError("floats are not used on this wire (money and energy are ints)")
+    raise CborError(f"cannot encode a {type(obj).__name__}")
+
+
+def loads(data: bytes, *, max_bytes: int = MAX_COMMAND_BYTES) -> object:
+    """Exactly one CBOR item of plain data; CborError on anything else."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise CborError(f"expected bytes, got {type(data).__name__}")
+    if len(data) > max_bytes:
+        raise CborError(f"{len(data)} bytes is over the {max_bytes}-byte limit")
+    if len(data) == 0:
+        raise CborError("empty input")
+    fp = io.BytesIO(bytes(data))
+    try:
+        obj = cbor2.CBORDecoder(fp, **_DECODER_KW).decode()
+    except _DECODE_FAILURES as exc:
+        raise CborError(f"not valid CBOR: {exc}") from exc
+    if fp.tell() != len(data):
+        raise CborError(f"{len(data) - fp.tell()} bytes after the CBOR item")
+    return _plain(obj, 0)
+
+
+def _plain(obj: object, depth: int, in_tag: bool = False) -> object:
+    """``obj`` as plain mutable data, or CborError. cbor2 decodes everything under a tag
+    as immutable (arrays as tuples, maps as frozendict), in case it becomes a map key; a
+    tuple or frozen map elsewhere came from an array or map used as a map key, which we
+    refuse along with every other non-plain item."""
+    if depth > 400:  # cbor2 6.x stops at 400 itself; 5.x would hit RecursionError first
+        raise CborError("nesting too deep")
+    if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        return obj
+    if isinstance(obj, list) or (in_tag and isinstance(obj, tuple)):
+        return [_plain(x, depth + 1, in_tag) for x in obj]
+    if type(obj) is dict or (in_tag and isinstance(obj, Mapping)):
+        out = {}
+        for key, value in obj.items():
+            if isinstance(key, bool) or not isinstance(key, (int, str, bytes)):
+                raise CborError(f"map key of type {type(key).__name__} is not accepted")
+            out[key] = _plain(value, depth + 1, in_tag)
+        return out
+    if isinstance(obj, cbor2.CBORTag):
+        return cbor2.CBORTag(obj.tag, _plain(obj.value, depth + 1, True))
+    raise CborError(f"a CBOR item that decodes to {type(obj).__name__} is not accepted")

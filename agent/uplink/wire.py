@@ -1,0 +1,438 @@
+"""The uplink wire format: CONTRACT.md 3 (topics), 4 (envelope, readings), 5 (events),
+6 (ledger journal) and 7 (replies), as plain Python maps. CBOR bytes are cbor.py's job.
+
+Pure: this module imports nothing but ``agent.errors`` (itself import-free) so that it
+runs under MicroPython. That is why it has no dataclasses, no ``typing`` at run time
+(annotations are strings; ``TYPE_CHECKING`` is a plain False that mypy recognises) and
+no ``re``. Readings are duck-typed: anything with ``meter`` (str), ``t`` (int, Unix s)
+and ``values`` (map of quantity -> int), such as ``agent.drivers.reading.Reading``.
+
+Readings (CONTRACT 4) are grouped per meter, in time order, into series whose arrays are
+delta-encoded (element 0 absolute, then differences). All arrays of a series have the
+length of ``t``, and a quantity the meter does not measure is absent. So when the set of
+quantities changes between two readings of one meter (a value could not be read, a
+firmware update), a NEW series for that meter starts at that reading: a message may hold
+several consecutive series of one meter, each with one fixed set of quantities.
+
+Every builder checks what it built with the matching ``check_*`` function, and a
+head-end runs the same checks on what it receives; both raise ``WireError``.
+"""
+
+from __future__ import annotations
+
+from agent.errors import AgentError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+    from typing import Any, Protocol
+
+    from agent.drivers.reading import Reading
+
+    class ReadingLike(Protocol):
+        @property
+        def meter(self) -> str: ...
+        @property
+        def t(self) -> int: ...
+        @property
+        def values(self) -> Mapping[str, int]: ...
+
+
+VERSION = 1
+KINDS = ("readings", "events", "ledger", "reply")  # the `up/{kind}` topics, CONTRACT 3
+# The quantities of a series, in wire order; equal to agent.drivers.reading.QUANTITIES
+# (a test checks), copied because that module needs dataclasses.
+QUANTITIES = ("import_wh", "export_wh", "p_w", "v_dv", "i_ma", "f_chz", "pf_milli")
+EVENT_TYPES = (
+    "tamper", "relay", "low_balance", "credit_exhausted", "disconnect_deferred",
+    "meter_offline", "meter_online", "meter_discovered", "bad_reading", "data_dropped",
+    "token_rejected",
+)  # CONTRACT 5 says "at least": other types pass the check, these get their detail checked
+TAMPER_KINDS = ("cover_open", "magnet", "neutral_missing", "reverse_current", "other")
+RELAY_STATES = ("open", "closed", "armed")
+# In CONTRACT 5 order: detail.reason is the first of detail.reasons in this order.
+DEFERRAL_REASONS = (
+    "protected_hours", "holiday", "payment_outage", "moratorium", "emergency_credit",
+    "notice", "untrusted_clock", "rate_limit",
+)
+ENTRY_KINDS = ("topup", "token", "energy", "fixed", "duty", "adjust")
+REPLY_CODES = (
+    "ok", "bad_mac", "expired", "malformed", "unknown_op", "invalid_args",
+    "unknown_account", "unknown_meter", "failed",
+)
+_I64_MIN = -(2**63)
+_I64_MAX = 2**63 - 1
+_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+_ENVELOPE_KEYS = ("v", "gw", "boot", "seq")
+
+
+class WireError(AgentError):
+    """A map that is not a valid CONTRACT 4-7 message (built or received)."""
+
+
+# -- topics (CONTRACT 3) ----------------------------------------------------------------
+def up_topic(prefix: str, gw: str, kind: str) -> str:
+    if kind not in KINDS:
+        raise WireError("unknown uplink kind " + repr(kind))
+    return prefix + "/" + gw + "/up/" + kind
+
+
+def state_topic(prefix: str, gw: str) -> str:
+    return prefix + "/" + gw + "/state"
+
+
+def cmd_topic(prefix: str, gw: str) -> str:
+    return prefix + "/" + gw + "/cmd"
+
+
+def headend_state_topic(prefix: str) -> str:
+    return prefix + "/headend/state"
+
+
+# -- small checks -----------------------------------------------------------------------
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)  # a bool is an int in Python
+
+
+def _need(cond: bool, what: str) -> None:
+    if not cond:
+        raise WireError(what)
+
+
+def _int(x: object, what: str, lo: int = _I64_MIN, hi: int = _I64_MAX) -> int:
+    _need(_is_int(x), what + " must be an integer")
+    assert isinstance(x, int)
+    _need(lo <= x <= hi, what + " must be " + str(lo) + ".." + str(hi))
+    return x
+
+
+def _str(x: object, what: str, max_len: int = 256) -> str:
+    _need(isinstance(x, str) and 0 < len(x) <= max_len,
+          what + " must be a text of 1.." + str(max_len) + " characters")
+    assert isinstance(x, str)
+    return x
+
+
+def _map(x: object, what: str) -> dict[Any, Any]:
+    _need(isinstance(x, dict), what + " must be a map")
+    assert isinstance(x, dict)
+    return x
+
+
+def _text_keys(x: object, what: str) -> dict[Any, Any]:
+    """A map with text keys: an event's detail, a reply's result."""
+    m = _map(x, what)
+    for key in m:
+        _need(isinstance(key, str), what + ": keys must be texts, not " + repr(key))
+    return m
+
+
+def _list(x: object, what: str) -> list[Any]:
+    _need(isinstance(x, list), what + " must be an array")
+    assert isinstance(x, list)
+    return x
+
+
+def _only(m: Mapping[str, object], allowed: tuple[str, ...], what: str) -> None:
+    for key in m:
+        _need(key in allowed, what + ": unknown key " + repr(key))
+
+
+def is_ident(text: object) -> bool:
+    """``[A-Za-z0-9_-]{1,64}``: gateway ids (CONTRACT 2), written without ``re``."""
+    if not isinstance(text, str) or not 0 < len(text) <= 64:
+        return False
+    for ch in text:
+        if ch not in _ID_CHARS:
+            return False
+    return True
+
+
+def _field(obj: object, name: str) -> object:
+    """A field of a map or an attribute of an object (journal entries, events)."""
+    if isinstance(obj, dict):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+# -- envelope (CONTRACT 4) --------------------------------------------------------------
+def envelope(gw: str, boot: int, seq: int) -> dict[str, Any]:
+    msg: dict[str, Any] = {"v": VERSION, "gw": gw, "boot": boot, "seq": seq}
+    check_envelope(msg)
+    return msg
+
+
+def check_envelope(msg: object) -> dict[str, Any]:
+    m = _map(msg, "message")
+    for key in _ENVELOPE_KEYS:
+        _need(key in m, "message: missing " + repr(key))
+    _need(_is_int(m["v"]) and m["v"] == VERSION, "v must be " + str(VERSION))
+    _need(is_ident(m["gw"]), "gw must match [A-Za-z0-9_-]{1,64}")
+    _int(m["boot"], "boot", 0)
+    _int(m["seq"], "seq", 1)
+    return m
+
+
+# -- readings (CONTRACT 4) --------------------------------------------------------------
+def delta(values: list[int]) -> list[int]:
+    """Element 0 absolute, each next one the difference from the one before."""
+    out: list[int] = []
+    prev = 0
+    for i, x in enumerate(values):
+        out.append(x if i == 0 else x - prev)
+        prev = x
+    return out
+
+
+def undelta(values: list[int]) -> list[int]:
+    """The inverse of ``delta``: running sums."""
+    out: list[int] = []
+    total = 0
+    for x in values:
+        total += x
+        out.append(total)
+    return out
+
+
+def readings_body(readings: Iterable[ReadingLike]) -> list[dict[str, Any]]:
+    """Series (see the module docstring): by meter id, then time; one per run of readings
+    of a meter with the same set of quantities."""
+    by_meter: dict[str, list[ReadingLike]] = {}
+    for r in readings:
+        _need(isinstance(r.meter, str) and len(r.meter) > 0, "reading.meter must be a text")
+        _int(r.t, "reading.t", 0)
+        for q, v in r.values.items():
+            _need(q in QUANTITIES, "reading: unknown quantity " + repr(q))
+            _int(v, "reading." + q)
+        by_meter.setdefault(r.meter, []).append(r)
+    body: list[dict[str, Any]] = []
+    for meter in sorted(by_meter):
+        run: list[ReadingLike] = []
+        for r in sorted(by_meter[meter], key=lambda r: r.t):  # stable: equal t keep order
+            if run and _keys(run[0]) != _keys(r):
+                body.append(_series(meter, run))
+                run = []
+            run.append(r)
+        body.append(_series(meter, run))
+    return body
+
+
+def _keys(r: ReadingLike) -> list[str]:
+    return [q for q in QUANTITIES if q in r.values]
+
+
+def _series(meter: str, run: list[ReadingLike]) -> dict[str, Any]:
+    s: dict[str, Any] = {"m": meter, "t": delta([r.t for r in run])}
+    for q in _keys(run[0]):
+        s[q] = delta([r.values[q] for r in run])
+    return s
+
+
+def readings_message(gw: str, boot: int, seq: int, readings: Iterable[ReadingLike]
+                     ) -> dict[str, Any]:
+    msg = envelope(gw, boot, seq)
+    msg["readings"] = readings_body(readings)
+    check_readings(msg)
+    return msg
+
+
+def reading_fields(reading: ReadingLike) -> dict[str, Any]:
+    """One reading, not delta-encoded: the `read` command's result (CONTRACT 7)."""
+    out: dict[str, Any] = {"m": reading.meter, "t": reading.t}
+    for q in _keys(reading):
+        out[q] = reading.values[q]
+    return out
+
+
+def check_readings(msg: object) -> dict[str, Any]:
+    m = check_envelope(msg)
+    for i, raw in enumerate(_list(m.get("readings"), "readings")):
+        what = "readings[" + str(i) + "]"
+        s = _map(raw, what)
+        _only(s, ("m", "t") + QUANTITIES, what)
+        _str(s.get("m"), what + ".m")
+        t = _list(s.get("t"), what + ".t")
+        _need(len(t) > 0, what + ".t must not be empty")
+        for j, x in enumerate(t):
+            # t[0] is a Unix time, later steps are >= 0: a series is in time order.
+            _int(x, what + ".t[" + str(j) + "]", 0)
+        for q in QUANTITIES:
+            if q in s:
+                arr = _list(s[q], what + "." + q)
+                _need(len(arr) == len(t), what + "." + q + " must have the length of t")
+                for j, x in enumerate(arr):
+                    _int(x, what + "." + q + "[" + str(j) + "]")
+    return m
+
+
+def decode_readings(msg: object) -> list[Reading]:
+    """The readings of an ``up/readings`` message, in message order (for head-ends).
+
+    Imports Reading (a dataclass) only when called: the agent itself never decodes.
+    """
+    from agent.drivers.reading import Reading
+
+    m = check_readings(msg)
+    out: list[Reading] = []
+    for s in m["readings"]:
+        times = undelta(s["t"])
+        columns = {q: undelta(s[q]) for q in QUANTITIES if q in s}
+        for i, t in enumerate(times):
+            out.append(Reading(s["m"], t, {q: col[i] for q, col in columns.items()}))
+    return out
+
+
+# -- events (CONTRACT 5) ----------------------------------------------------------------
+def event(t: int, type: str, *, m: str | None = None, acct: str | None = None,
+          detail: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One event map; ``m``/``acct`` are left out when None (absent, not null)."""
+    e: dict[str, Any] = {"t": t, "type": type, "detail": dict(detail or {})}
+    if m is not None:
+        e["m"] = m
+    if acct is not None:
+        e["acct"] = acct
+    _check_event(e, "event")
+    return e
+
+
+def deferred_detail(reasons: Iterable[str], **extra: Any) -> dict[str, Any]:
+    """``disconnect_deferred`` detail: every holding rule in CONTRACT order, and the first."""
+    given = set(reasons)
+    for r in given:
+        _need(r in DEFERRAL_REASONS, "unknown deferral reason " + repr(r))
+    _need(len(given) > 0, "a deferral needs at least one reason")
+    ordered = [r for r in DEFERRAL_REASONS if r in given]
+    detail = dict(extra)
+    detail["reasons"] = ordered
+    detail["reason"] = ordered[0]
+    return detail
+
+
+def events_message(gw: str, boot: int, seq: int, events: Iterable[object]) -> dict[str, Any]:
+    """``events``: maps (or objects) with t, type, m?, acct?, detail."""
+    msg = envelope(gw, boot, seq)
+    out = []
+    for e in events:
+        item: dict[str, Any] = {"t": _field(e, "t"), "type": _field(e, "type"),
+                                "detail": _field(e, "detail")}
+        if item["detail"] is None:
+            item["detail"] = {}
+        for key in ("m", "acct"):
+            value = _field(e, key)
+            if value is not None:
+                item[key] = value
+        out.append(item)
+    msg["events"] = out
+    check_events(msg)
+    return msg
+
+
+def check_events(msg: object) -> dict[str, Any]:
+    m = check_envelope(msg)
+    for i, raw in enumerate(_list(m.get("events"), "events")):
+        _check_event(raw, "events[" + str(i) + "]")
+    return m
+
+
+def _check_event(raw: object, what: str) -> None:
+    e = _map(raw, what)
+    _only(e, ("t", "type", "m", "acct", "detail"), what)
+    _int(e.get("t"), what + ".t", 0)
+    kind = _str(e.get("type"), what + ".type", 64)
+    for key in ("m", "acct"):
+        if key in e:
+            _str(e[key], what + "." + key)
+    d = _text_keys(e.get("detail"), what + ".detail")
+    if kind == "tamper":
+        _need(d.get("kind") in TAMPER_KINDS, what + ".detail.kind must be one of "
+              + " | ".join(TAMPER_KINDS))
+    elif kind == "relay":
+        _need(d.get("state") in RELAY_STATES, what + ".detail.state must be one of "
+              + " | ".join(RELAY_STATES))
+    elif kind == "disconnect_deferred":
+        reasons = _list(d.get("reasons"), what + ".detail.reasons")
+        ordered = [r for r in DEFERRAL_REASONS if r in reasons]
+        _need(len(reasons) > 0 and reasons == ordered,
+              what + ".detail.reasons must be distinct known reasons in CONTRACT 5 order")
+        _need(d.get("reason") == reasons[0], what + ".detail.reason must be reasons[0]")
+
+
+# -- ledger journal (CONTRACT 6) --------------------------------------------------------
+def ledger_message(gw: str, boot: int, seq: int, entries: Iterable[object]) -> dict[str, Any]:
+    """``entries``: maps (or objects such as the journal's Entry) with acct, n, t, kind,
+    amt, bal, ref."""
+    msg = envelope(gw, boot, seq)
+    msg["entries"] = [
+        {k: _field(e, k) for k in ("acct", "n", "t", "kind", "amt", "bal", "ref")}
+        for e in entries
+    ]
+    check_ledger(msg)
+    return msg
+
+
+def check_ledger(msg: object) -> dict[str, Any]:
+    m = check_envelope(msg)
+    last: dict[str, tuple[int, int]] = {}  # acct -> (n, bal) of its previous entry here
+    for i, raw in enumerate(_list(m.get("entries"), "entries")):
+        what = "entries[" + str(i) + "]"
+        e = _map(raw, what)
+        _only(e, ("acct", "n", "t", "kind", "amt", "bal", "ref"), what)
+        acct = _str(e.get("acct"), what + ".acct")
+        n = _int(e.get("n"), what + ".n", 1)
+        _int(e.get("t"), what + ".t", 0)
+        _need(e.get("kind") in ENTRY_KINDS, what + ".kind must be one of "
+              + " | ".join(ENTRY_KINDS))
+        amt = _int(e.get("amt"), what + ".amt")
+        bal = _int(e.get("bal"), what + ".bal")
+        _need(isinstance(e.get("ref"), str), what + ".ref must be a text")
+        # Consecutive entries must chain (CONTRACT 6: the sum of entries is the balance).
+        # A batch may mix a resync with new entries, so only n == previous n + 1 is checked.
+        prev = last.get(acct)
+        if prev is not None and n == prev[0] + 1:
+            _need(prev[1] + amt == bal, what + ": bal is not the previous bal + amt")
+        last[acct] = (n, bal)
+    return m
+
+
+# -- replies (CONTRACT 7) ---------------------------------------------------------------
+def reply_message(gw: str, boot: int, seq: int, command_id: str | None, code: str,
+                  msg: str = "", result: Mapping[str, Any] | None = None, *,
+                  dup: bool = False) -> dict[str, Any]:
+    """``ok`` is derived from ``code`` so the two can never disagree; ``dup`` is only
+    present (and true) on the stored reply sent again for a repeated command id."""
+    out = envelope(gw, boot, seq)
+    out["id"] = command_id
+    out["ok"] = code == "ok"
+    out["code"] = code
+    out["msg"] = msg
+    out["result"] = dict(result or {})
+    if dup:
+        out["dup"] = True
+    check_reply(out)
+    return out
+
+
+def check_reply(msg: object) -> dict[str, Any]:
+    m = check_envelope(msg)
+    for key in ("id", "ok", "code", "msg", "result"):
+        _need(key in m, "reply: missing " + repr(key))
+    _need(m["id"] is None or (isinstance(m["id"], str) and 0 < len(m["id"]) <= 128),
+          "reply.id must be null or a text of 1..128 characters")
+    _need(m["code"] in REPLY_CODES, "reply.code must be one of " + " | ".join(REPLY_CODES))
+    _need(m["ok"] is (m["code"] == "ok"), "reply.ok must be true exactly when code is ok")
+    _need(isinstance(m["msg"], str), "reply.msg must be a text")
+    _text_keys(m["result"], "reply.result")
+    _need(m.get("dup", True) is True, "reply.dup, when present, must be true")
+    return m
+
+
+_CHECKS = {"readings": check_readings, "events": check_events, "ledger": check_ledger,
+           "reply": check_reply}
+
+
+def check_message(kind: str, msg: object) -> dict[str, Any]:
+    """Check a received ``up/{kind}`` map; returns it typed as a map, or raises WireError."""
+    check = _CHECKS.get(kind)
+    if check is None:
+        raise WireError("unknown uplink kind " + repr(kind))
+    return check(msg)

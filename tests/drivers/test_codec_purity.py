@@ -1,0 +1,40 @@
+"""Sans-IO rule (STYLE 1): codecs and register maps import no serial, time or socket."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FORBIDDEN = {"serial", "time", "socket", "select", "os", "threading", "asyncio"}
+PURE = [
+    ROOT / "agent" / "drivers" / "modbus" / "codec.py",
+    ROOT / "agent" / "drivers" / "modbus" / "maps.py",
+]
+# The codec needs nothing but bytes handling and the error tree.
+CODEC_ALLOWED = {"__future__", "struct", "dataclasses", "typing", "agent.errors"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path.name}: relative import"
+            names.add(node.module or "")
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", "") == "__import__":
+            raise AssertionError(f"{path.name}: dynamic import")
+    return names
+
+
+@pytest.mark.parametrize("path", PURE, ids=[p.name for p in PURE])
+def test_no_io_imports(path: Path) -> None:
+    tops = {name.split(".")[0] for name in imported_modules(path)}
+    assert not tops & FORBIDDEN, f"{path.name} imports {sorted(tops & FORBIDDEN)}"
+
+
+def test_codec_imports_only_struct_and_the_error_tree() -> None:
+    assert imported_modules(PURE[0]) <= CODEC_ALLOWED
