@@ -9,7 +9,7 @@ one bounded inbox. Every loop turn:
   2. once a second: fixed charges and relay re-evaluation, message forming,
      the status file;
   3. make each relay match its durable intent (through its bus);
-  4. publish outbox rows while fewer than ``MAX_INFLIGHT`` are unacknowledged.
+  4. publish outbox rows (``Delivery``: a bounded in-flight window).
 
 A PUBACK deletes its outbox row; nothing else does.
 """
@@ -36,14 +36,13 @@ from agent.dispatch import Dispatcher
 from agent.drivers.bus import BusEvent, BusScheduler
 from agent.errors import AgentError, ConfigError
 from agent.uplink.cose import read_hex_key
+from agent.uplink.delivery import Delivery
 from agent.uplink.mqtt import LinkEvent, MqttLink
 
 log = logging.getLogger("agent.runtime")
 
 INBOX_MAX = 10_000
 MAX_EVENTS_PER_TURN = 500
-MAX_INFLIGHT = 32
-PUBACK_TIMEOUT_S = 30.0  # in flight this long while "connected": the link is stuck
 TICK_S = 1.0
 STATUS_EVERY_S = 1.0
 SEEN_CLEANUP_EVERY_S = 3600.0
@@ -83,7 +82,7 @@ class Runtime:
                                      store=self.store, journal=self.journal,
                                      accounting=self.accounting, read_meter=self._read_meter)
         self.link = MqttLink(cfg, self.boot, self.inbox)
-        self.inflight: dict[int, tuple[int, float]] = {}  # mid -> (seq, sent at monotonic)
+        self.delivery = Delivery(self.store, self.link, self.clock)
         self.relay_pending: dict[str, float] = {}  # meter -> when the switch was asked
         self.last_readings: dict[str, dict[str, Any]] = {}
         self.meter_online: dict[str, bool] = {}
@@ -119,7 +118,7 @@ class Runtime:
                     next_cleanup = mono + SEEN_CLEANUP_EVERY_S
                     self.store.forget_expired(int(self.clock.time_s()))
                 self._sync_relays()
-                self._publish()
+                self.delivery.pump()
                 try:
                     event = self.inbox.get(timeout=0.05)
                 except queue.Empty:
@@ -187,14 +186,11 @@ class Runtime:
 
     def _link_event(self, event: LinkEvent, now: int) -> None:
         if event.kind == "puback":
-            sent = self.inflight.pop(event.mid, None)
-            if sent is not None:
-                self.store.ack(sent[0])
+            self.delivery.on_puback(event.mid)
         elif event.kind == "connected":
             log.info("event=mqtt_connected session_present=%s",
                      event.extra.get("session_present"))
-            # paho's in-memory session is not the truth: resend all unacknowledged rows.
-            self.inflight.clear()
+            self.delivery.on_connected()
             self.headend_this_connection = False
             backlog, _ = self.store.backlog()
             birth = {"online": True, "version": __version__, "boot": self.boot,
@@ -203,7 +199,7 @@ class Runtime:
             self.link.publish("state", json.dumps(birth).encode(), retain=True)
         elif event.kind == "disconnected":
             log.warning("event=mqtt_disconnected reason=%s", event.reason)
-            self.inflight.clear()
+            self.delivery.on_disconnected()
             self.headend_this_connection = False
         elif event.kind == "message":
             if event.topic == self.link.cmd_topic:
@@ -233,12 +229,7 @@ class Runtime:
         self.accounting.tick(now)
         outbox.form_messages(self.store, self.cfg.gateway.id, self.boot, now,
                              self.link.connected)
-        mono = self.clock.monotonic_s()
-        if self.inflight and self.link.connected:
-            oldest = min(sent for _, sent in self.inflight.values())
-            if mono - oldest > PUBACK_TIMEOUT_S:
-                self.inflight.clear()
-                self.link.restart()
+        self.delivery.check_stuck()
 
     def _sync_relays(self) -> None:
         mono = self.clock.monotonic_s()
@@ -249,19 +240,6 @@ class Runtime:
             meter = self.accounting.meters[meter_id]
             if self.buses[meter.bus].switch_relay(meter_id, connected):
                 self.relay_pending[meter_id] = mono
-
-    def _publish(self) -> None:
-        if not self.link.connected:
-            return
-        room = MAX_INFLIGHT - len(self.inflight)
-        if room <= 0:
-            return
-        busy = {seq for seq, _ in self.inflight.values()}
-        for row in self.store.outbox_next(busy, room):
-            mid = self.link.publish(row.topic, row.payload)
-            if mid is None:
-                return
-            self.inflight[mid] = (row.seq, self.clock.monotonic_s())
 
     # -- status for the CLI, the demo and the local page -------------------------
     def status(self) -> dict[str, Any]:
@@ -287,7 +265,7 @@ class Runtime:
             "gateway": self.cfg.gateway.id, "version": __version__, "boot": self.boot,
             "pid": os.getpid(), "time": now, "started": self.started,
             "link": {"connected": self.link.connected, "reconnects": self.link.reconnects,
-                     "inflight": len(self.inflight), "host": self.cfg.mqtt.host,
+                     "inflight": len(self.delivery.inflight), "host": self.cfg.mqtt.host,
                      "port": self.cfg.mqtt.port},
             "headend": {"online": self.accounting.headend.online,
                         "payments": self.accounting.headend.payments,
