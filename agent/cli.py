@@ -152,6 +152,80 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.config, duration_s=args.duration)
 
 
+def _agent(cfg: Config, op: str, call_args: dict[str, Any]) -> dict[str, Any]:
+    from agent.control import ControlError, call
+
+    try:
+        return call(cfg.gateway.data_dir, op, call_args)
+    except ControlError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    cfg = _config(args.config)
+    result = _agent(cfg, "relay", {"meter": args.meter, "action": args.action,
+                                   "until": args.until})
+    _print(result, args.json, f"{args.meter}: {args.action} (relay intent now "
+           f"{result['intent']}); logged and reported to the head-end")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    cfg = _config(args.config)
+    if args.action == "enter":
+        digits = "".join(args.values)
+        result = _agent(cfg, "token_enter", {"account": args.account, "digits": digits})
+        if not result.get("ok"):
+            raise UsageError(f"token refused: {result.get('reason', 'rejected')}")
+        _print(result, args.json, f"accepted: {_paise(result['amount'])} credited to "
+               f"{args.account}; balance {_paise(result['balance'])}")
+        return 0
+    return _token_issue(cfg, args)
+
+
+def _token_issue(cfg: Config, args: argparse.Namespace) -> int:
+    """The reference issuer (CONTRACT 8): what a vending counter runs with the token key."""
+    from agent.ledger.tokens import issue_token
+    from agent.uplink.cose import read_hex_key
+
+    if len(args.values) != 1 or not args.values[0].isdigit():
+        raise UsageError("token issue ACCOUNT AMOUNT: AMOUNT is paise, a whole number")
+    amount = int(args.values[0])
+    if amount <= 0 or amount % 100:
+        raise UsageError("AMOUNT must be a positive multiple of 100 paise (tokens carry "
+                         "whole rupees)")
+    key = read_hex_key(cfg.security.token_key_file)
+    counter = args.counter if args.counter is not None else _next_counter(cfg, args.account)
+    try:
+        token = issue_token(key, args.account, amount, counter)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    _print({"account": args.account, "amount": amount, "counter": counter, "token": token},
+           args.json, token)
+    return 0
+
+
+def _next_counter(cfg: Config, account: str) -> int:
+    """The issuer's per-account counter, kept beside the token key (0600, atomic update)."""
+    path = Path(str(cfg.security.token_key_file) + ".issued.json")
+    try:
+        counters: dict[str, int] = json.loads(path.read_text())
+    except FileNotFoundError:
+        counters = {}
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read the issuer's counters {path}: {exc}") from exc
+    counter = counters.get(account, -1) + 1
+    counters[account] = counter
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(counters, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return counter
+
+
 def cmd_not_yet(args: argparse.Namespace) -> int:
     raise UsageError(f"'{args.command}' is not available in this version yet")
 
@@ -183,10 +257,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("account")
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_ledger)
-    for name in ("scan", "token", "relay"):
-        p = sub.add_parser(name, parents=[common], help="(not yet)")
-        p.add_argument("rest", nargs="*")
-        p.set_defaults(func=cmd_not_yet)
+    p = sub.add_parser("relay", parents=[common],
+                       help="local relay override through the running agent")
+    p.add_argument("meter")
+    p.add_argument("action", choices=["connect", "disconnect", "auto"])
+    p.add_argument("--until", type=int, default=None, help="Unix seconds; default: until auto")
+    p.set_defaults(func=cmd_relay)
+    p = sub.add_parser("token", parents=[common], help="offline top-up tokens")
+    p.add_argument("action", choices=["enter", "issue"])
+    p.add_argument("account")
+    p.add_argument("values", nargs="+", metavar="DIGITS|AMOUNT",
+                   help="enter: the 20 digits (groups allowed); issue: the amount in paise")
+    p.add_argument("--counter", type=int, default=None, help="issue: this token counter")
+    p.set_defaults(func=cmd_token)
+    p = sub.add_parser("scan", parents=[common], help="find meters on a bus")
+    p.add_argument("--bus", required=True)
+    p.set_defaults(func=cmd_not_yet)
     return parser
 
 

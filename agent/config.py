@@ -345,35 +345,36 @@ def _read_buses(root: _Table) -> tuple[BusConfig, ...]:
     return tuple(buses)
 
 
+def _read_meter(t: _Table, bus_names: set[str], models: tuple[str, ...]) -> MeterConfig:
+    relay = t.get("relay", str, "none")
+    try:
+        spec = parse_relay(relay)
+    except ValueError as exc:
+        t.errors.add(t.key("relay"), str(exc))
+        spec = RelaySpec("none")
+    m = MeterConfig(
+        id=t.get("id", str, "", required=True, check=_ident),
+        bus=t.get("bus", str, "", required=True),
+        address=t.get("address", int, 0, required=True, check=_range(1, 247)),
+        model=t.get("model", str, "", required=True),
+        account=t.get("account", str, "", required=True),
+        relay=relay,
+        relay_spec=spec,
+    )
+    if m.bus and m.bus not in bus_names:
+        t.errors.add(t.key("bus"), f"no [[bus]] named {m.bus!r}")
+    if m.model and m.model not in models:
+        t.errors.add(t.key("model"), f"unknown model {m.model!r} (known: {', '.join(models)})")
+    t.finish()
+    return m
+
+
 def _read_meters(root: _Table, buses: tuple[BusConfig, ...]) -> tuple[MeterConfig, ...]:
     from agent.drivers.modbus.maps import known_models  # late: drivers need not load for tariffs
 
     models = known_models()
     bus_names = {b.name for b in buses}
-    meters = []
-    for t in _array(root, "meter"):
-        relay = t.get("relay", str, "none")
-        try:
-            spec = parse_relay(relay)
-        except ValueError as exc:
-            root.errors.add(t.key("relay"), str(exc))
-            spec = RelaySpec("none")
-        m = MeterConfig(
-            id=t.get("id", str, "", required=True, check=_ident),
-            bus=t.get("bus", str, "", required=True),
-            address=t.get("address", int, 0, required=True, check=_range(1, 247)),
-            model=t.get("model", str, "", required=True),
-            account=t.get("account", str, "", required=True),
-            relay=relay,
-            relay_spec=spec,
-        )
-        if m.bus and m.bus not in bus_names:
-            root.errors.add(t.key("bus"), f"no [[bus]] named {m.bus!r}")
-        if m.model and m.model not in models:
-            root.errors.add(t.key("model"),
-                            f"unknown model {m.model!r} (known: {', '.join(models)})")
-        meters.append(m)
-        t.finish()
+    meters = [_read_meter(t, bus_names, models) for t in _array(root, "meter")]
     _unique(root.errors, "meter", [m.id for m in meters], "id")
     seen: dict[tuple[str, int], int] = {}
     for i, m in enumerate(meters):
@@ -543,6 +544,27 @@ def _unique(errors: _Errors, array: str, values: list[str], key: str) -> None:
         if v in first:
             errors.add(f"{array}[{i}].{key}", f"duplicate {v!r} (also {array}[{first[v]}])")
         first.setdefault(v, i)
+
+
+def parse_meter(table: Any, cfg: Config, existing: tuple[MeterConfig, ...]) -> MeterConfig:
+    """One ``[[meter]]`` table (the ``meter_add`` command), checked against the running
+    config: its bus and account exist, its id and its bus address are free."""
+    from agent.drivers.modbus.maps import known_models
+
+    errors = _Errors()
+    meter = _read_meter(_Table(table, "meter", errors), {b.name for b in cfg.buses},
+                        known_models())
+    if meter.account and meter.account not in {a.id for a in cfg.accounts}:
+        errors.add("meter.account", f"no [[account]] with id {meter.account!r}")
+    for other in existing:
+        if other.id == meter.id:
+            errors.add("meter.id", f"meter {meter.id!r} exists already")
+        elif (other.bus, other.address) == (meter.bus, meter.address):
+            errors.add("meter.address", f"address {meter.address} is already used on bus "
+                       f"{meter.bus!r} by {other.id!r}")
+    if errors.items:
+        raise ConfigError(errors.items)
+    return meter
 
 
 def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:

@@ -31,10 +31,12 @@ from agent.buffer import outbox
 from agent.buffer.journal import Journal
 from agent.buffer.store import Store
 from agent.clock import Clock, SystemClock
-from agent.config import Config
+from agent.config import Config, MeterConfig
+from agent.control import ControlRequest, ControlServer
 from agent.dispatch import Dispatcher
 from agent.drivers.bus import BusEvent, BusScheduler
-from agent.errors import AgentError, ConfigError
+from agent.errors import AgentError, CommandError, ConfigError
+from agent.provisioning import Provisioning
 from agent.uplink.cose import read_hex_key
 from agent.uplink.delivery import Delivery
 from agent.uplink.mqtt import LinkEvent, MqttLink
@@ -74,14 +76,18 @@ class Runtime:
         self.started = int(self.clock.time_s())
         self.journal = Journal(self.store)
         self.accounting = Accounting(cfg, self.store, self.journal)
+        self.provisioning = Provisioning(self.store, cfg)
+        provisioned = self.provisioning.meters()
+        self.accounting.meters = {m.id: m for m in provisioned}
         self.buses: dict[str, BusScheduler] = {}
         for bus in cfg.buses:
-            meters = [m for m in cfg.meters if m.bus == bus.name]
+            meters = [m for m in provisioned if m.bus == bus.name]
             self.buses[bus.name] = BusScheduler(bus, meters, self.inbox.put, clock=self.clock)
         self.dispatcher = Dispatcher(gw=cfg.gateway.id, boot=self.boot, key=self.command_key,
                                      store=self.store, journal=self.journal,
                                      accounting=self.accounting, read_meter=self._read_meter)
         self.link = MqttLink(cfg, self.boot, self.inbox)
+        self.control = ControlServer(cfg.gateway.data_dir, self.inbox.put)
         self.delivery = Delivery(self.store, self.link, self.clock)
         self.relay_pending: dict[str, float] = {}  # meter -> when the switch was asked
         self.last_readings: dict[str, dict[str, Any]] = {}
@@ -102,6 +108,7 @@ class Runtime:
         for bus in self.buses.values():
             bus.start()
         self.link.start()
+        self.control.start()
         next_tick = next_status = 0.0
         next_cleanup = self.clock.monotonic_s() + 60
         try:
@@ -131,6 +138,7 @@ class Runtime:
         self.stop_event.set()
 
     def _shutdown(self) -> None:
+        self.control.stop()
         for bus in self.buses.values():
             bus.stop()
         try:
@@ -159,6 +167,8 @@ class Runtime:
             self._bus_event(event, now)
         elif isinstance(event, LinkEvent):
             self._link_event(event, now)
+        elif isinstance(event, ControlRequest):
+            self._control(event, now)
         else:
             raise AssertionError(f"unknown inbox event {event!r}")
 
@@ -194,7 +204,7 @@ class Runtime:
             self.headend_this_connection = False
             backlog, _ = self.store.backlog()
             birth = {"online": True, "version": __version__, "boot": self.boot,
-                     "started": self.started, "meters": len(self.cfg.meters),
+                     "started": self.started, "meters": len(self.accounting.meters),
                      "backlog": backlog}
             self.link.publish("state", json.dumps(birth).encode(), retain=True)
         elif event.kind == "disconnected":
@@ -206,6 +216,59 @@ class Runtime:
                 self.dispatcher.handle(event.payload, now)
             elif event.topic == self.link.headend_topic:
                 self._headend_message(event.payload, now)
+
+    # -- the local control socket (CLI through the running agent) -------------------
+    def _control(self, req: ControlRequest, now: int) -> None:
+        try:
+            if req.op == "status":
+                req.reply(self.status())
+            elif req.op == "relay":
+                meter_id, action = req.args.get("meter"), req.args.get("action")
+                until = req.args.get("until")
+                if meter_id not in self.accounting.meters:
+                    raise CommandError("unknown_meter", f"no meter {meter_id!r}")
+                if action not in ("connect", "disconnect", "auto"):
+                    raise CommandError("invalid_args", "action must be connect|disconnect|auto")
+                if until is not None and not isinstance(until, int):
+                    raise CommandError("invalid_args", "until must be Unix seconds")
+                with self.store.tx():
+                    state = self.accounting.set_override(str(meter_id), str(action), until, now)
+                    self.accounting.emit(now, "relay_override", m=str(meter_id),
+                                         detail={"action": action, "until": until,
+                                                 "source": "local"})
+                log.info("event=relay_override source=local meter=%s action=%s until=%s",
+                         meter_id, action, until)
+                req.reply({"meter": meter_id, "intent": state})
+            elif req.op == "token_enter":
+                account, digits = req.args.get("account"), req.args.get("digits")
+                if account not in self.accounting.accounts():
+                    raise CommandError("unknown_account", f"no account {account!r}")
+                if not isinstance(digits, str):
+                    raise CommandError("invalid_args", "digits must be a string")
+                enter = getattr(self.accounting, "enter_token", None)
+                if enter is None:
+                    raise CommandError("failed", "token entry is not available in this version")
+                req.reply(enter(str(account), digits, now))
+            else:
+                req.reply(error=f"unknown control op {req.op!r}")
+        except AgentError as exc:
+            req.reply(error=str(exc))
+
+    def on_meter_change(self, op: str, args: dict[str, Any], now: int) -> dict[str, Any]:
+        """``meter_add`` / ``meter_remove`` (inside the command's transaction)."""
+        if op == "meter_add":
+            meter = self.provisioning.add(args, now)
+            self.journal.meter(meter.id)
+        else:
+            self.provisioning.remove(str(args.get("meter")), now)
+        meters = self.provisioning.meters()
+        self._apply_meters(meters)
+        return {"meters": len(meters)}
+
+    def _apply_meters(self, meters: tuple[MeterConfig, ...]) -> None:
+        self.accounting.meters = {m.id: m for m in meters}
+        for name, bus in self.buses.items():
+            bus.set_meters([m for m in meters if m.bus == name])
 
     def _headend_message(self, payload: bytes, now: int) -> None:
         try:
@@ -248,7 +311,7 @@ class Runtime:
         balances = {a.id: a.balance for a in self.journal.accounts()}
         meters = []
         states = {m.id: m for m in self.journal.meters()}
-        for m in self.cfg.meters:
+        for m in self.accounting.meters.values():
             st = states.get(m.id)
             bus = self.buses[m.bus]
             meters.append({
