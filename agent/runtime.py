@@ -22,6 +22,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,18 @@ def read_keys(cfg: Config) -> tuple[bytes, bytes]:
 
 
 class Runtime:
-    def __init__(self, cfg: Config, *, clock: Clock | None = None) -> None:
+    """The agent. ``run()`` starts the threads and loops; a simulation instead injects a
+    clock, a link and bus schedulers that need no threads, and calls ``step()``."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        clock: Clock | None = None,
+        link_factory: Callable[[Config, int, queue.Queue[Any]], MqttLink] | None = None,
+        bus_factory: Callable[..., BusScheduler] | None = None,
+        control: bool = True,
+    ) -> None:
         self.cfg = cfg
         self.clock = clock or SystemClock()
         self.command_key, self.token_key = read_keys(cfg)
@@ -82,50 +94,59 @@ class Runtime:
         self.buses: dict[str, BusScheduler] = {}
         for bus in cfg.buses:
             meters = [m for m in provisioned if m.bus == bus.name]
-            self.buses[bus.name] = BusScheduler(bus, meters, self.inbox.put, clock=self.clock)
+            make_bus = bus_factory or BusScheduler
+            self.buses[bus.name] = make_bus(bus, meters, self.inbox.put, clock=self.clock)
         self.dispatcher = Dispatcher(gw=cfg.gateway.id, boot=self.boot, key=self.command_key,
                                      store=self.store, journal=self.journal,
                                      accounting=self.accounting, read_meter=self._read_meter)
-        self.link = MqttLink(cfg, self.boot, self.inbox)
-        self.control = ControlServer(cfg.gateway.data_dir, self.inbox.put)
+        self.link = (link_factory or MqttLink)(cfg, self.boot, self.inbox)
+        self.control = ControlServer(cfg.gateway.data_dir, self.inbox.put) if control else None
         self.delivery = Delivery(self.store, self.link, self.clock)
         self.relay_pending: dict[str, float] = {}  # meter -> when the switch was asked
         self.last_readings: dict[str, dict[str, Any]] = {}
         self.meter_online: dict[str, bool] = {}
         self.headend_this_connection = False
         self.stop_event = threading.Event()
+        self._next_tick = self._next_status = 0.0
+        self._next_cleanup = self.clock.monotonic_s() + 60
 
     def _read_meter(self, meter_id: str, ref: str) -> bool:
         meter = self.accounting.meters[meter_id]
         return self.buses[meter.bus].read_now(meter_id, ref)
 
     # -- main loop ---------------------------------------------------------------
-    def run(self) -> None:
+    def start(self) -> None:
+        """Set up the ledger and start the link (and, unless simulated, the threads)."""
         log.info("event=start gw=%s boot=%d version=%s", self.cfg.gateway.id, self.boot,
                  __version__)
-        now = int(self.clock.time_s())
-        self.accounting.setup(now)
+        self.accounting.setup(int(self.clock.time_s()))
         for bus in self.buses.values():
             bus.start()
         self.link.start()
-        self.control.start()
-        next_tick = next_status = 0.0
-        next_cleanup = self.clock.monotonic_s() + 60
+        if self.control is not None:
+            self.control.start()
+
+    def step(self, *, status_file: bool = True) -> None:
+        """One loop turn: inbox events, the periodic work that is due, relays, publish."""
+        self._drain_inbox()
+        mono = self.clock.monotonic_s()
+        if mono >= self._next_tick:
+            self._next_tick = mono + TICK_S
+            self._tick()
+        if status_file and mono >= self._next_status:
+            self._next_status = mono + STATUS_EVERY_S
+            self._write_status()
+        if mono >= self._next_cleanup:
+            self._next_cleanup = mono + SEEN_CLEANUP_EVERY_S
+            self.store.forget_expired(int(self.clock.time_s()))
+        self._sync_relays()
+        self.delivery.pump()
+
+    def run(self) -> None:
+        self.start()
         try:
             while not self.stop_event.is_set():
-                self._drain_inbox()
-                mono = self.clock.monotonic_s()
-                if mono >= next_tick:
-                    next_tick = mono + TICK_S
-                    self._tick()
-                if mono >= next_status:
-                    next_status = mono + STATUS_EVERY_S
-                    self._write_status()
-                if mono >= next_cleanup:
-                    next_cleanup = mono + SEEN_CLEANUP_EVERY_S
-                    self.store.forget_expired(int(self.clock.time_s()))
-                self._sync_relays()
-                self.delivery.pump()
+                self.step()
                 try:
                     event = self.inbox.get(timeout=0.05)
                 except queue.Empty:
@@ -138,7 +159,8 @@ class Runtime:
         self.stop_event.set()
 
     def _shutdown(self) -> None:
-        self.control.stop()
+        if self.control is not None:
+            self.control.stop()
         for bus in self.buses.values():
             bus.stop()
         try:
