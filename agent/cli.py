@@ -226,8 +226,72 @@ def _next_counter(cfg: Config, account: str) -> int:
     return counter
 
 
-def cmd_not_yet(args: argparse.Namespace) -> int:
-    raise UsageError(f"'{args.command}' is not available in this version yet")
+def cmd_scan(args: argparse.Namespace) -> int:
+    """Find meters on a bus: through the running agent (it owns the port), else directly."""
+    from agent.control import SOCKET_NAME
+
+    cfg = _config(args.config)
+    try:
+        bus = cfg.bus(args.bus)
+    except KeyError:
+        raise UsageError(f"no bus {args.bus!r} in {args.config} (buses: "
+                         f"{', '.join(b.name for b in cfg.buses)})") from None
+    addresses = _address_range(args.addresses)
+    configured = {(m.bus, m.address): m.id for m in cfg.meters}
+    if (Path(cfg.gateway.data_dir) / SOCKET_NAME).exists():
+        print(f"scanning {bus.name} through the running agent (addresses {args.addresses}) ...",
+              file=sys.stderr)
+        found = _agent(cfg, "scan", {"bus": bus.name, "addresses": addresses}).get("found", [])
+    else:
+        found = [{"address": f.address, "protocol": f.protocol, "serial": f.serial,
+                  "meter": configured.get((bus.name, f.address))}
+                 for f in _scan_directly(bus, addresses)]
+    data = {"bus": bus.name, "protocol": bus.protocol, "found": found}
+    lines = [f"{len(found)} meter(s) on {bus.name} ({bus.protocol}):"]
+    for f in found:
+        known = f.get("meter") or "NOT CONFIGURED"
+        lines.append(f"  address {f['address']:>3}  serial {f['serial'] or '?':<14} {known}")
+    _print(data, args.json, "\n".join(lines))
+    return 0
+
+
+def _address_range(text: str) -> list[int]:
+    """``"1-247"``, ``"5"`` or ``"1-10,20"`` into addresses, each 1..247."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise UsageError(f"--addresses {text!r}: use e.g. 1-247 or 1-10,20") from None
+    if not out or min(out) < 1 or max(out) > 247:
+        raise UsageError(f"--addresses {text!r}: addresses are 1..247")
+    return sorted(set(out))
+
+
+def _scan_directly(bus: Any, addresses: list[int]) -> list[Any]:
+    from agent.drivers.bus import default_transport
+    from agent.drivers.scan import scan_bus
+
+    try:
+        transport = default_transport(bus)
+    except AgentError as exc:
+        raise UsageError(f"cannot open {bus.port}: {exc}") from exc
+    hits = 0
+    last = addresses[-1]
+
+    def progress(address: int, found: Any) -> None:
+        nonlocal hits
+        hits += found is not None
+        if sys.stderr.isatty() or address % 50 == 0 or address == last:
+            end = "\r" if sys.stderr.isatty() and address < last else "\n"
+            print(f"scanning {bus.name}: address {address} of {addresses[0]}..{last}, "
+                  f"found {hits}", end=end, file=sys.stderr, flush=True)
+
+    try:
+        return list(scan_bus(transport, bus.protocol, addresses, progress=progress))
+    finally:
+        transport.close()
 
 
 # -- parser ------------------------------------------------------------------------
@@ -272,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_token)
     p = sub.add_parser("scan", parents=[common], help="find meters on a bus")
     p.add_argument("--bus", required=True)
-    p.set_defaults(func=cmd_not_yet)
+    p.add_argument("--addresses", default="1-247", help="e.g. 1-247 (default), 1-10,20")
+    p.set_defaults(func=cmd_scan)
     return parser
 
 

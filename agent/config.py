@@ -345,7 +345,7 @@ def _read_buses(root: _Table) -> tuple[BusConfig, ...]:
     return tuple(buses)
 
 
-def _read_meter(t: _Table, bus_names: set[str], models: tuple[str, ...]) -> MeterConfig:
+def _read_meter(t: _Table, buses: tuple[BusConfig, ...]) -> MeterConfig:
     relay = t.get("relay", str, "none")
     try:
         spec = parse_relay(relay)
@@ -361,20 +361,24 @@ def _read_meter(t: _Table, bus_names: set[str], models: tuple[str, ...]) -> Mete
         relay=relay,
         relay_spec=spec,
     )
-    if m.bus and m.bus not in bus_names:
+    protocol = {b.name: b.protocol for b in buses}.get(m.bus)
+    if m.bus and protocol is None:
         t.errors.add(t.key("bus"), f"no [[bus]] named {m.bus!r}")
-    if m.model and m.model not in models:
-        t.errors.add(t.key("model"), f"unknown model {m.model!r} (known: {', '.join(models)})")
+    if m.model and protocol is not None:
+        from agent.drivers.driver import known_models  # late: tariffs need no drivers
+
+        models = known_models(protocol)
+        if m.model not in models:
+            t.errors.add(t.key("model"), f"unknown model {m.model!r} for a {protocol} bus "
+                         f"(known: {', '.join(models) or 'none'})")
+    if spec.kind == "modbus-coil" and protocol not in (None, "modbus"):
+        t.errors.add(t.key("relay"), f"a modbus-coil relay needs a modbus bus, not {protocol}")
     t.finish()
     return m
 
 
 def _read_meters(root: _Table, buses: tuple[BusConfig, ...]) -> tuple[MeterConfig, ...]:
-    from agent.drivers.modbus.maps import known_models  # late: drivers need not load for tariffs
-
-    models = known_models()
-    bus_names = {b.name for b in buses}
-    meters = [_read_meter(t, bus_names, models) for t in _array(root, "meter")]
+    meters = [_read_meter(t, buses) for t in _array(root, "meter")]
     _unique(root.errors, "meter", [m.id for m in meters], "id")
     seen: dict[tuple[str, int], int] = {}
     for i, m in enumerate(meters):
@@ -549,11 +553,8 @@ def _unique(errors: _Errors, array: str, values: list[str], key: str) -> None:
 def parse_meter(table: Any, cfg: Config, existing: tuple[MeterConfig, ...]) -> MeterConfig:
     """One ``[[meter]]`` table (the ``meter_add`` command), checked against the running
     config: its bus and account exist, its id and its bus address are free."""
-    from agent.drivers.modbus.maps import known_models
-
     errors = _Errors()
-    meter = _read_meter(_Table(table, "meter", errors), {b.name for b in cfg.buses},
-                        known_models())
+    meter = _read_meter(_Table(table, "meter", errors), cfg.buses)
     if meter.account and meter.account not in {a.id for a in cfg.accounts}:
         errors.add("meter.account", f"no [[account]] with id {meter.account!r}")
     for other in existing:

@@ -123,7 +123,7 @@ class ControlServer:
             self._slots.release()
 
 
-def _receive(conn: socket.socket) -> dict[str, Any]:
+def _receive(conn: socket.socket, what: str = "request") -> dict[str, Any]:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -136,9 +136,12 @@ def _receive(conn: socket.socket) -> dict[str, Any]:
             raise ControlError(f"request larger than {MAX_REQUEST_BYTES} bytes")
         if chunk.endswith(b"\n"):
             break
-    data = json.loads(b"".join(chunks) or b"null")
+    if not chunks:
+        raise ControlError(f"the connection closed before a {what} arrived"
+                           + (" (did the agent stop? see its log)" if what == "reply" else ""))
+    data = json.loads(b"".join(chunks))
     if not isinstance(data, dict):
-        raise ControlError("a request is a JSON object")
+        raise ControlError(f"a {what} is a JSON object")
     return data
 
 
@@ -158,7 +161,10 @@ def call(data_dir: Path, op: str, args: dict[str, Any], timeout_s: float = 130.0
         except OSError as exc:
             raise ControlError(f"no agent is running ({path}: {exc.strerror})") from exc
         _send(sock, {"op": op, "args": args})
-        answer = _receive(sock)
+        try:
+            answer = _receive(sock, "reply")
+        except ValueError as exc:
+            raise ControlError(f"the agent's reply is not JSON: {exc}") from exc
     if not answer.get("ok"):
         raise ControlError(str(answer.get("error", "refused")))
     result: dict[str, Any] = answer.get("result", {})

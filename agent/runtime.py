@@ -103,6 +103,7 @@ class Runtime:
         self.control = ControlServer(cfg.gateway.data_dir, self.inbox.put) if control else None
         self.delivery = Delivery(self.store, self.link, self.clock)
         self.relay_pending: dict[str, float] = {}  # meter -> when the switch was asked
+        self.scans: dict[str, ControlRequest] = {}  # scan ref -> the CLI request waiting
         self.last_readings: dict[str, dict[str, Any]] = {}
         self.meter_online: dict[str, bool] = {}
         self.headend_this_connection = False
@@ -208,7 +209,19 @@ class Runtime:
                                      detail={"error": event.error} if event.error else {})
         elif event.kind == "relay_result":
             self.relay_pending.pop(event.meter, None)
-            self.accounting.relay_result(event.meter, event.connected, event.error, now)
+            self.accounting.relay_result(event.meter, event.connected, event.error, now,
+                                         state=event.state or None)
+        elif event.kind == "tamper":
+            detail = event.detail
+            self.accounting.on_tamper(event.meter, str(detail.get("kind", "other")),
+                                      int(detail.get("code", 0)), int(detail.get("t", now)))
+        elif event.kind == "meter_discovered":
+            with self.store.tx():
+                self.accounting.emit(now, "meter_discovered", detail=dict(event.detail))
+        elif event.kind == "scan_result":
+            req = self.scans.pop(event.ref, None)
+            if req is not None:
+                req.reply(dict(event.detail))
         elif event.kind == "read_result":
             result = None
             if event.reading is not None:
@@ -261,6 +274,18 @@ class Runtime:
                 log.info("event=relay_override source=local meter=%s action=%s until=%s",
                          meter_id, action, until)
                 req.reply({"meter": meter_id, "intent": state})
+            elif req.op == "scan":
+                bus = self.buses.get(str(req.args.get("bus")))
+                if bus is None:
+                    raise CommandError("invalid_args", f"no bus {req.args.get('bus')!r}")
+                ref = f"scan-{id(req)}"
+                addresses = req.args.get("addresses", list(range(1, 248)))
+                if not isinstance(addresses, list) or not all(
+                        isinstance(a, int) and 1 <= a <= 247 for a in addresses):
+                    raise CommandError("invalid_args", "addresses must be integers 1..247")
+                if not bus.scan(addresses, ref):
+                    raise CommandError("failed", "a scan is already running on this bus")
+                self.scans[ref] = req  # answered by the bus's scan_result event
             elif req.op == "token_enter":
                 account, digits = req.args.get("account"), req.args.get("digits")
                 if account not in self.accounting.accounts():

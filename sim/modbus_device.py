@@ -7,41 +7,26 @@ that hold no parameter read 0, like Eastron's "X" parameters; a read that
 leaves the areas gets exception 2), at most 30 parameters (60 words) per
 read (exception 3 beyond), an unsupported function gets exception 1.
 
-Meters keep energy as exact integers (watt-milliseconds) and integrate a
-household load profile over simulated time: ``speed`` simulated seconds
-per real second (0 freezes time), scaled by ``load_scale``. With the relay
-open the load is cut: power 0, energy does not grow.
+The energy and load model (daily profile, exact integer energy, relay cut,
+register faults) is ``sim.load.LoadModel``, shared with the other protocols'
+simulated meters. A meter set ``silent`` (``sim.faults``) answers nothing.
 """
 
 from __future__ import annotations
 
 import math
-import random
 import struct
 from decimal import Decimal
 from typing import Final, Protocol
 
 from agent.clock import Clock
 from agent.drivers.modbus.codec import Request, Response
+from sim.load import LoadModel
 
 ILLEGAL_FUNCTION: Final = 1
 ILLEGAL_DATA_ADDRESS: Final = 2
 ILLEGAL_DATA_VALUE: Final = 3
 MAX_READ_WORDS: Final = 60  # Eastron: at most 30 float parameters per request
-# One integration step at most this long (simulated): the profile is hourly,
-# appliance bursts last minutes. A long gap is cut into at most MAX_STEPS
-# steps (their length grows instead), so a huge --speed stays bounded.
-STEP_S: Final = 60
-MAX_STEPS: Final = 1440
-WMS_PER_WH: Final = 3_600_000  # watt-milliseconds in a watt-hour
-
-# A household's mean load (W at load_scale 1) by local hour: low at night,
-# a morning peak (cooking, water heating), a low day, a high evening peak
-# (lights, TV, cooking, fans), interpolated linearly between hours.
-HOUSEHOLD_PROFILE_W: Final = (
-    180, 150, 140, 140, 150, 260, 650, 1100, 950, 600, 420, 380,
-    400, 420, 380, 360, 420, 700, 1300, 1600, 1500, 1100, 650, 300,
-)  # fmt: skip
 
 
 class SimDevice(Protocol):
@@ -71,8 +56,8 @@ def _exception(request: Request, code: int) -> Response:
     return Response(request.unit, request.function, exception_code=code)
 
 
-class SimEastronMeter:
-    """The part of an Eastron meter common to SDM120 and SDM630."""
+class SimEastronMeter(LoadModel):
+    """The part of an Eastron meter common to SDM120 and SDM630 (load: ``sim.load``)."""
 
     INPUT_AREAS: tuple[tuple[int, int], ...] = (
         (0x0000, 0x0050),
@@ -96,70 +81,18 @@ class SimEastronMeter:
         export_wh: int = 0,
     ) -> None:
         self.unit = unit
-        self.serial = serial
-        self._clock = clock
-        self._rng = random.Random(seed)
-        self._speed = speed
-        self._load_scale = load_scale
-        self._utc_offset_s = utc_offset_s
-        start_wh = import_wh if import_wh is not None else self._rng.randint(50_000, 5_000_000)
-        self._import_wms = start_wh * WMS_PER_WH
-        self._export_wms = export_wh * WMS_PER_WH
-        self._mono_s = clock.monotonic_s()
-        self._sim_s = clock.time_s()  # simulated wall time, moves at ``speed``
-        self._burst_until_s = 0.0  # an appliance (kettle, iron) running until then
-        self._pf = 0.95
-        self.connected = True
-        self._power_w = self._load_w(self._sim_s)
-
-    @property
-    def import_wh(self) -> int:
-        return self._import_wms // WMS_PER_WH
-
-    @property
-    def export_wh(self) -> int:
-        return self._export_wms // WMS_PER_WH
-
-    @property
-    def power_w(self) -> float:
-        return self._power_w if self.connected else 0.0
-
-    def _load_w(self, sim_s: float) -> float:
-        hour = ((sim_s + self._utc_offset_s) % 86_400) / 3600
-        h0 = int(hour)
-        a, b = HOUSEHOLD_PROFILE_W[h0], HOUSEHOLD_PROFILE_W[(h0 + 1) % 24]
-        base = a + (b - a) * (hour - h0)
-        if sim_s >= self._burst_until_s and self._rng.random() < 0.02:
-            self._burst_until_s = sim_s + self._rng.uniform(60, 300)
-        burst = 1500.0 if sim_s < self._burst_until_s else 0.0
-        self._pf = min(0.99, max(0.85, self._pf + self._rng.uniform(-0.01, 0.01)))
-        return max(0.0, (base * self._rng.uniform(0.85, 1.15) + burst) * self._load_scale)
-
-    def advance(self) -> None:
-        """Integrate energy from the last call to the clock's now."""
-        now_s = self._clock.monotonic_s()
-        sim_dt_s = max(0.0, now_s - self._mono_s) * self._speed
-        self._mono_s = now_s
-        steps = min(MAX_STEPS, math.ceil(sim_dt_s / STEP_S))
-        for _ in range(steps):
-            dt_s = sim_dt_s / steps
-            self._sim_s += dt_s
-            self._power_w = self._load_w(self._sim_s)
-            if self.connected:
-                self._import_wms += round(self._power_w * dt_s * 1000)
+        super().__init__(clock=clock, serial=serial, seed=seed, speed=speed,
+                         load_scale=load_scale, utc_offset_s=utc_offset_s,
+                         import_wh=import_wh, export_wh=export_wh)
 
     def _measurements(self) -> tuple[float, float, float, float]:
-        """(volts, amps, watts, pf) as the meter would show them now."""
-        volts = 230.0 + self._rng.gauss(0.0, 1.2)
-        watts = self.power_w
-        amps = watts / (volts * self._pf)
-        return volts, amps, watts, self._pf if watts > 0 else 1.0
+        return self.measurements()
 
     def _common_floats(self) -> dict[int, float]:
         import_kwh = float(Decimal(self.import_wh) / 1000)
         export_kwh = float(Decimal(self.export_wh) / 1000)
         return {
-            0x46: 50.0 + self._rng.gauss(0.0, 0.02),
+            0x46: self.frequency_hz(),
             0x48: import_kwh,
             0x4A: export_kwh,
             0x0156: import_kwh + export_kwh,
@@ -169,7 +102,7 @@ class SimEastronMeter:
         raise NotImplementedError
 
     def handle(self, request: Request) -> Response | None:
-        if request.unit != self.unit:
+        if request.unit != self.unit or self.silent:
             return None
         self.advance()
         if request.function == 4:
@@ -184,14 +117,6 @@ class SimEastronMeter:
         if request.function == 16:
             return _exception(request, ILLEGAL_DATA_ADDRESS)  # nothing here is writable
         return _exception(request, ILLEGAL_FUNCTION)
-
-    def snapshot(self) -> dict[str, int | bool]:
-        return {
-            "import_wh": self.import_wh,
-            "export_wh": self.export_wh,
-            "p_w": round(self.power_w),
-            "connected": self.connected,
-        }
 
 
 class SimSDM120(SimEastronMeter):

@@ -1,20 +1,32 @@
 """One scheduler per physical bus: the only code that talks on that wire.
 
 One thread per bus runs jobs one at a time, so there are never two frames in
-flight. Jobs come in three priorities: relay switching (0), on-demand reads
-for a command (1), routine polls (2, by due time). A meter that stops
-answering is quarantined: it is tried again after a backoff that doubles up to
-``QUARANTINE_MAX_S``, so a dead meter costs one timeout per backoff period and
-never slows the others. Results go to the runtime's inbox as ``BusEvent``s;
-the scheduler never touches the store.
+flight, whatever the protocol: Modbus devices share one ``ModbusClient``,
+IEC 62056-21 and DLMS drivers share the bus's transport (``driver.py``).
+What runs next, in order:
+  0. relay switching (``switch_relay``),
+  1. on-demand reads for a command (``read_now``),
+  2. routine polls by due time, alternating with the steps of a ``scan``
+     (one address per step) so a scan neither starves nor stalls the polls,
+  3. background discovery: one unconfigured address at a time, only when the
+     next poll is further away than a probe takes (``scan.Discovery``).
+A meter that stops answering is quarantined: after ``OFFLINE_AFTER`` failed
+polls it is tried once (no retry) per backoff period, the period doubling
+from ``QUARANTINE_MIN_S`` up to ``QUARANTINE_MAX_S``, so a dead meter costs
+one timeout per period and never slows the others. Results go to the
+runtime's inbox as ``BusEvent``s; the scheduler never touches the store.
 
 Bounds (and what happens at them):
 - ``MAX_JOBS`` queued priority jobs; beyond it a job is refused (the caller
-  gets a ``relay_result``/``read_result`` with an error and retries later).
+  gets False and retries later).
 - ``RETRIES`` extra attempts of one poll after a checksum/protocol error or
-  a timeout; then the poll counts as failed.
+  a timeout; then the poll counts as failed (never a reading from a bad frame:
+  drivers raise on a failed checksum, and only a returned Reading is posted).
 - ``OFFLINE_AFTER`` failed polls in a row mark the meter offline (one event).
-- ``RELAY_TRIES`` attempts to switch and read back a relay.
+- ``RELAY_TRIES`` (driver.py) attempts to switch and read back a relay.
+- ``EVENTS_EVERY`` polls between two event-log reads; ``MAX_SEEN_EVENTS``
+  event keys remembered per meter so each tamper event is posted once.
+- One scan at a time (a second is refused).
 """
 
 from __future__ import annotations
@@ -24,16 +36,26 @@ import itertools
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.clock import Clock, SystemClock
 from agent.config import BusConfig, MeterConfig
+from agent.drivers.driver import (
+    EventDriver,
+    MeterDriver,
+    available,
+    make_driver,
+    switch_coil,
+    switch_meter_relay,
+)
 from agent.drivers.modbus.client import ModbusClient
-from agent.drivers.modbus.device import ModbusCoilRelay, ModbusMeter
+from agent.drivers.modbus.device import ModbusCoilRelay
 from agent.drivers.reading import Reading
-from agent.drivers.transport import SerialTransport, Transport
+from agent.drivers.scan import Discovery, ScanJob, check_addresses, probe_once
+from agent.drivers.transport import SerialTransport, Transport, frame_time_s
 from agent.errors import ChecksumError, DriverError, ProtocolError, TimeoutError_
 
 log = logging.getLogger("agent.bus")
@@ -43,18 +65,28 @@ RETRIES = 1
 OFFLINE_AFTER = 3
 QUARANTINE_MIN_S = 5.0
 QUARANTINE_MAX_S = 300.0
-RELAY_TRIES = 3
 REOPEN_S = 5.0  # how long to wait before reopening a port that failed
+EVENTS_EVERY = 10
+MAX_SEEN_EVENTS = 256
+DISCOVERY_TIMEOUT_S = 0.1  # discovery's answer allowance; a scan may give more
 
 
 @dataclass(frozen=True, slots=True)
 class BusEvent:
-    kind: str  # reading | meter_offline | meter_online | relay_result | read_result | bad_frame
+    """kind: reading | meter_offline | meter_online | relay_result | read_result | tamper |
+    meter_discovered | scan_result."""
+
+    kind: str
     meter: str
     reading: Reading | None = None
-    connected: bool | None = None  # relay_result: the read-back state
+    connected: bool | None = None  # relay_result: the read-back state (None: failed)
     error: str = ""
-    ref: str = ""  # read_result: the command id that asked
+    ref: str = ""  # read_result, scan_result: the id that asked
+    state: str = ""  # relay_result: closed | open | armed ("" when it failed)
+    # tamper: {kind, code, t}; meter_discovered: {bus, address, serial, protocol};
+    # scan_result: {bus, protocol, addresses, found: [{address, protocol, serial, meter}],
+    # errors: [{address, error}]}
+    detail: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -68,6 +100,7 @@ class MeterStats:
     offline: bool = False
     backoff_s: float = 0.0
     last_ok_s: float | None = None
+    polls_since_events: int = EVENTS_EVERY  # read the event log at the first good poll
 
     def as_dict(self) -> dict[str, Any]:
         return {"polls": self.polls, "ok": self.ok, "timeouts": self.timeouts,
@@ -85,6 +118,13 @@ class _Job:
     ref: str = field(compare=False, default="")
 
 
+def default_transport(bus: BusConfig) -> Transport:
+    # IEC 62056-21 lines are 7E1 (6.2 of the standard); the config's parity is kept.
+    bytesize = 7 if bus.protocol == "iec62056-21" else 8
+    return SerialTransport(bus.port, baudrate=bus.baudrate, parity=bus.parity,
+                           bytesize=bytesize)
+
+
 class BusScheduler(threading.Thread):
     def __init__(
         self,
@@ -94,16 +134,16 @@ class BusScheduler(threading.Thread):
         *,
         clock: Clock | None = None,
         transport_factory: Callable[[BusConfig], Transport] | None = None,
+        discover: bool = True,
     ) -> None:
         super().__init__(name=f"bus-{bus.name}", daemon=True)
         self.bus = bus
         self.post = post
         self.clock = clock or SystemClock()
-        self._factory = transport_factory or (
-            lambda b: SerialTransport(b.port, baudrate=b.baudrate, parity=b.parity))
+        self._factory = transport_factory or default_transport
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self._jobs: list[_Job] = []
         self._order = itertools.count()
         self.meters: dict[str, MeterConfig] = {m.id: m for m in meters}
@@ -111,7 +151,12 @@ class BusScheduler(threading.Thread):
         self._due: dict[str, float] = {}
         self.transport: Transport | None = None
         self.client: ModbusClient | None = None
-        self._devices: dict[str, ModbusMeter] = {}
+        self._drivers: dict[str, tuple[MeterConfig, MeterDriver]] = {}
+        self._seen_events: dict[str, OrderedDict[tuple[int, int], None]] = {}
+        self._scan: ScanJob | None = None
+        self._scan_turn = False
+        self.discovery = Discovery()
+        self.discovery.enabled = discover
         self.port_error = ""
 
     # -- called from other threads ---------------------------------------------
@@ -120,7 +165,6 @@ class BusScheduler(threading.Thread):
             self.meters = {m.id: m for m in meters}
             for m in meters:
                 self.stats.setdefault(m.id, MeterStats())
-            self._devices = {k: v for k, v in self._devices.items() if k in self.meters}
         self._wake.set()
 
     def switch_relay(self, meter_id: str, connected: bool) -> bool:
@@ -129,8 +173,21 @@ class BusScheduler(threading.Thread):
     def read_now(self, meter_id: str, ref: str) -> bool:
         return self._submit(_Job(1, next(self._order), "read", meter_id, ref=ref))
 
+    def scan(self, addresses: Iterable[int], ref: str, *, timeout_s: float = 0.2) -> bool:
+        """Probe ``addresses`` between polls; one ``scan_result`` event when done.
+
+        False if a scan is already running. ValueError for addresses outside 1..247.
+        """
+        job = ScanJob(ref, check_addresses(addresses), timeout_s)
+        with self._lock:
+            if self._scan is not None:
+                return False
+            self._scan = job
+        self._wake.set()
+        return True
+
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
         self._wake.set()
 
     def _submit(self, job: _Job) -> bool:
@@ -144,23 +201,35 @@ class BusScheduler(threading.Thread):
     # -- the bus thread ------------------------------------------------------
     def run(self) -> None:
         try:
-            while not self._stop.is_set():
-                if self.client is None and not self._open():
-                    self._stop.wait(REOPEN_S)
+            while not self._stopping.is_set():
+                if self.transport is None and not self._open():
+                    self._stopping.wait(REOPEN_S)
                     continue
-                job = self._next_job()
-                if job is not None:
-                    self._run_job(job)
-                    continue
-                meter_id, wait_s = self._next_poll()
-                if meter_id is not None:
-                    self._poll(meter_id)
-                else:
-                    self._wake.wait(min(wait_s, 1.0))
-                    self._wake.clear()
+                self._step()
         finally:
             if self.transport is not None:
                 self.transport.close()
+
+    def _step(self) -> None:
+        job = self._next_job()
+        if job is not None:
+            self._run_job(job)
+            return
+        meter_id, wait_s = self._next_poll()
+        with self._lock:
+            scanning = self._scan is not None
+        if meter_id is not None and not (scanning and self._scan_turn):
+            self._scan_turn = True
+            self._poll(meter_id)
+            return
+        if scanning:
+            self._scan_turn = False
+            self._scan_step()
+            return
+        if wait_s > self._probe_cost_s() and self._discover_step():
+            return
+        self._wake.wait(min(wait_s, 1.0))
+        self._wake.clear()
 
     def _open(self) -> bool:
         try:
@@ -171,9 +240,14 @@ class BusScheduler(threading.Thread):
             self.port_error = str(exc)
             return False
         self.port_error = ""
-        self.client = ModbusClient(self.transport, clock=self.clock)
-        log.info("event=bus_open bus=%s port=%s baud=%d", self.bus.name, self.bus.port,
-                 self.bus.baudrate)
+        if self.bus.protocol == "modbus":
+            self.client = ModbusClient(self.transport, clock=self.clock)
+        if self.discovery.enabled and not available(self.bus.protocol):
+            self.discovery.enabled = False
+            log.warning("event=discovery_off bus=%s reason=no %s driver", self.bus.name,
+                        self.bus.protocol)
+        log.info("event=bus_open bus=%s port=%s baud=%d protocol=%s", self.bus.name,
+                 self.bus.port, self.bus.baudrate, self.bus.protocol)
         return True
 
     def _next_job(self) -> _Job | None:
@@ -194,28 +268,28 @@ class BusScheduler(threading.Thread):
             return best, 0.0
         return None, (best_due - now) if best is not None else 1.0
 
-    def _device(self, meter_id: str) -> ModbusMeter | None:
+    def _driver(self, meter_id: str) -> MeterDriver:
         with self._lock:
             cfg = self.meters.get(meter_id)
-        if cfg is None or self.client is None:
-            return None
-        dev = self._devices.get(meter_id)
-        if dev is None:
-            dev = ModbusMeter(self.client, cfg.address, cfg.model)
-            self._devices[meter_id] = dev
-        return dev
-
-    def _read(self, meter_id: str) -> Reading:
-        """One reading with bounded retries; raises the last DriverError."""
-        dev = self._device(meter_id)
-        if dev is None:
+        if cfg is None or self.transport is None:
             raise DriverError(f"meter {meter_id} is not on bus {self.bus.name}")
+        known = self._drivers.get(meter_id)
+        if known is not None and known[0] == cfg:
+            return known[1]
+        driver = make_driver(self.bus.protocol, self.transport, cfg, client=self.client,
+                             clock=self.clock)
+        self._drivers[meter_id] = (cfg, driver)
+        return driver
+
+    def _read(self, meter_id: str, attempts: int = RETRIES + 1) -> Reading:
+        """One reading with bounded retries; raises the last DriverError."""
+        driver = self._driver(meter_id)
         stats = self.stats[meter_id]
-        for attempt in range(RETRIES + 1):
+        for attempt in range(attempts):
             stats.polls += 1
             try:
-                reading = dev.read(meter_id, int(self.clock.time_s()),
-                                   timeout_s=self.bus.timeout_s)
+                reading = driver.read(meter_id, int(self.clock.time_s()),
+                                      timeout_s=self.bus.timeout_s)
             except ChecksumError as exc:
                 stats.crc_errors += 1
                 err: DriverError = exc
@@ -228,7 +302,7 @@ class BusScheduler(threading.Thread):
             else:
                 stats.ok += 1
                 return reading
-            if attempt == RETRIES:
+            if attempt == attempts - 1:
                 raise err
         raise AssertionError("unreachable")
 
@@ -236,7 +310,8 @@ class BusScheduler(threading.Thread):
         stats = self.stats[meter_id]
         interval = self.bus.poll_interval_s
         try:
-            reading = self._read(meter_id)
+            # A quarantined meter gets one attempt per backoff period, no retry.
+            reading = self._read(meter_id, 1 if stats.offline else RETRIES + 1)
         except DriverError as exc:
             stats.consecutive_failures += 1
             if stats.consecutive_failures >= OFFLINE_AFTER:
@@ -262,6 +337,30 @@ class BusScheduler(threading.Thread):
         now = self.clock.monotonic_s()
         due = self._due.get(meter_id, now) + interval
         self._due[meter_id] = due if due > now else now + interval
+        stats.polls_since_events += 1
+        if stats.polls_since_events >= EVENTS_EVERY:
+            stats.polls_since_events = 0
+            self._read_events(meter_id)
+
+    def _read_events(self, meter_id: str) -> None:
+        driver = self._driver(meter_id)
+        if not isinstance(driver, EventDriver):
+            return
+        try:
+            events = driver.read_events(timeout_s=self.bus.timeout_s)
+        except DriverError as exc:
+            log.info("event=events_failed meter=%s error=%s", meter_id, exc)
+            return
+        seen = self._seen_events.setdefault(meter_id, OrderedDict())
+        for event in events:
+            key = (event.code, event.t)
+            if key in seen:
+                continue
+            seen[key] = None
+            if len(seen) > MAX_SEEN_EVENTS:
+                seen.popitem(last=False)  # forget the oldest; the log moved past it
+            self.post(BusEvent("tamper", meter_id,
+                               detail={"kind": event.kind, "code": event.code, "t": event.t}))
 
     def _run_job(self, job: _Job) -> None:
         if job.kind == "read":
@@ -277,27 +376,71 @@ class BusScheduler(threading.Thread):
     def _switch(self, meter_id: str, connected: bool) -> None:
         with self._lock:
             cfg = self.meters.get(meter_id)
-        spec = cfg.relay_spec if cfg else None
-        if spec is None or self.client is None or spec.kind != "modbus-coil":
-            kind = spec.kind if spec else "unknown meter"
-            self.post(BusEvent("relay_result", meter_id, connected=None,
-                               error=f"relay kind {kind!r} is not switchable on this bus"))
-            return
-        assert spec.unit is not None and spec.coil is not None
-        relay = ModbusCoilRelay(self.client, spec.unit, spec.coil)
-        error = ""
-        for _ in range(RELAY_TRIES):
+        kind = cfg.relay_spec.kind if cfg else "unknown meter"
+        if cfg is not None and kind == "meter":
             try:
-                relay.set_connected(connected, timeout_s=self.bus.timeout_s)
-                actual = relay.read_connected(timeout_s=self.bus.timeout_s)
-            except DriverError as exc:
-                error = str(exc)
-                continue
-            if actual == connected:
-                self.post(BusEvent("relay_result", meter_id, connected=actual))
-                return
-            error = f"read back {'connected' if actual else 'disconnected'}"
-        self.post(BusEvent("relay_result", meter_id, connected=None, error=error))
+                driver: MeterDriver | None = self._driver(meter_id)
+            except DriverError:
+                driver = None
+            state, error = switch_meter_relay(driver, connected, self.bus.timeout_s)
+        elif cfg is not None and kind == "modbus-coil" and self.client is not None:
+            assert cfg.relay_spec.unit is not None and cfg.relay_spec.coil is not None
+            relay = ModbusCoilRelay(self.client, cfg.relay_spec.unit, cfg.relay_spec.coil)
+            state, error = switch_coil(relay, connected, self.bus.timeout_s)
+        else:
+            state, error = "", f"relay kind {kind!r} is not switchable on this bus"
+        self.post(BusEvent("relay_result", meter_id, connected=state == "closed" if state
+                           else None, state=state, error=error))
+
+    # -- scan and discovery ----------------------------------------------------
+    def _busy_addresses(self) -> dict[int, str]:
+        with self._lock:
+            meters = list(self.meters.values())
+        busy = {m.address: m.id for m in meters}
+        for m in meters:
+            if m.relay_spec.kind == "modbus-coil" and m.relay_spec.unit is not None:
+                busy.setdefault(m.relay_spec.unit, f"relay of {m.id}")
+        return busy
+
+    def _scan_step(self) -> None:
+        job = self._scan
+        assert job is not None and self.transport is not None
+        if not job.done:
+            address = job.next_address()
+            found, error = probe_once(self.transport, self.bus.protocol, address,
+                                      timeout_s=job.timeout_s, clock=self.clock)
+            if found is not None:
+                job.found.append(found)
+            elif error:
+                job.errors.append({"address": address, "error": error})
+        if job.done:
+            with self._lock:
+                self._scan = None
+            detail = job.result(self.bus.name, self.bus.protocol, self._busy_addresses())
+            self.post(BusEvent("scan_result", "", ref=job.ref, detail=detail))
+
+    def _probe_cost_s(self) -> float:
+        """About what one discovery probe holds the bus (an absent address: a timeout)."""
+        if self.bus.protocol == "iec62056-21":
+            return DISCOVERY_TIMEOUT_S + frame_time_s(8, 300)  # the sign-on at 300 baud
+        return DISCOVERY_TIMEOUT_S + frame_time_s(8 + 9, self.bus.baudrate) + 0.01
+
+    def _discover_step(self) -> bool:
+        """Probe one unconfigured address; False when there is nothing to do now."""
+        assert self.transport is not None
+        address = self.discovery.next_address(set(self._busy_addresses()),
+                                              self.clock.monotonic_s())
+        if address is None:
+            return False
+        found, _ = probe_once(self.transport, self.bus.protocol, address,
+                              timeout_s=DISCOVERY_TIMEOUT_S, clock=self.clock)
+        if found is not None and self.discovery.is_new(found):
+            log.info("event=meter_discovered bus=%s address=%d serial=%s", self.bus.name,
+                     address, found.serial)
+            self.post(BusEvent("meter_discovered", "", detail={
+                "bus": self.bus.name, "address": address, "serial": found.serial,
+                "protocol": self.bus.protocol}))
+        return True
 
 
 def post_to_queue(inbox: queue.Queue[Any]) -> Callable[[BusEvent], None]:

@@ -12,7 +12,7 @@ passed since the last byte it sent or received.
 
 from __future__ import annotations
 
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, runtime_checkable
 
 import serial
 
@@ -64,6 +64,16 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class BaudSwitchable(Protocol):
+    """A transport that can change its speed mid-session (IEC 62056-21 baud switch)."""
+
+    @property
+    def baudrate(self) -> int: ...
+
+    def set_baudrate(self, baudrate: int) -> None: ...
+
+
 class SerialTransport:
     """A serial port (device path, pty symlink or pyserial URL) with RTU pacing."""
 
@@ -74,9 +84,12 @@ class SerialTransport:
         parity: str = "N",
         *,
         clock: Clock | None = None,
+        bytesize: int = 8,
     ) -> None:
         if parity not in PARITIES:
             raise DriverError(f"{port}: parity must be N, E or O, got {parity!r}")
+        if bytesize not in (7, 8):
+            raise DriverError(f"{port}: bytesize must be 7 or 8, got {bytesize}")
         self._port_name = port
         self._baudrate = baudrate
         self._clock: Clock = clock or SystemClock()
@@ -87,7 +100,7 @@ class SerialTransport:
                 port,
                 baudrate=baudrate,
                 parity=PARITIES[parity],
-                bytesize=8,
+                bytesize=bytesize,  # 7 for IEC 62056-21 (7E1), 8 for Modbus RTU
                 stopbits=1,
                 timeout=POLL_S,
                 write_timeout=None,
@@ -102,6 +115,17 @@ class SerialTransport:
     @property
     def port(self) -> str:
         return self._port_name
+
+    def set_baudrate(self, baudrate: int) -> None:
+        """Change speed (IEC 62056-21 mode C switches after the ACK); pacing follows."""
+        if baudrate == self._baudrate:
+            return
+        try:
+            self._serial.baudrate = baudrate
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise DriverError(f"{self._port_name}: cannot set {baudrate} baud: {exc}") from exc
+        self._baudrate = baudrate
+        self._silent_s = silent_interval_s(baudrate)
 
     def write(self, data: bytes) -> None:
         wait_s = self._last_activity_s + self._silent_s - self._clock.monotonic_s()

@@ -12,6 +12,8 @@ FORBIDDEN = {"serial", "time", "socket", "select", "os", "threading", "asyncio"}
 PURE = [
     ROOT / "agent" / "drivers" / "modbus" / "codec.py",
     ROOT / "agent" / "drivers" / "modbus" / "maps.py",
+    ROOT / "agent" / "drivers" / "iec62056" / "codec.py",
+    ROOT / "agent" / "drivers" / "iec62056" / "obis.py",
 ]
 # The codec needs nothing but bytes handling and the error tree.
 CODEC_ALLOWED = {"__future__", "struct", "dataclasses", "typing", "agent.errors"}
@@ -38,3 +40,9 @@ def test_no_io_imports(path: Path) -> None:
 
 def test_codec_imports_only_struct_and_the_error_tree() -> None:
     assert imported_modules(PURE[0]) <= CODEC_ALLOWED
+
+
+def test_iec_codec_imports_only_the_error_tree() -> None:
+    assert imported_modules(PURE[2]) <= CODEC_ALLOWED
+    assert imported_modules(PURE[3]) <= CODEC_ALLOWED | {"decimal",
+                                                         "agent.drivers.iec62056.codec"}

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 from typing import Final
 
+from agent.clock import Clock
 from agent.drivers.modbus.client import ModbusClient
 from agent.drivers.modbus.codec import Request, response_length
 from agent.drivers.modbus.maps import (
     ReadBlock,
     decode,
     decode_serial,
+    known_models,
     load_map,
     plan_reads,
     serial_read,
 )
 from agent.drivers.reading import Reading
-from agent.drivers.transport import frame_time_s
+from agent.drivers.transport import Transport, frame_time_s
 from agent.errors import DeviceException, DriverError, TimeoutError_
 
 # What a device may take to start answering, on top of the answer's own line
@@ -137,3 +139,28 @@ class ModbusCoilRelay:
             request, _timeout_s(self._client, request, timeout_s, self._timeout_s)
         )
         return response.values[0] == 1
+
+
+def probe(
+    transport: Transport, unit: int, *, timeout_s: float, clock: Clock | None = None
+) -> str | None:
+    """A scan's question to ``unit``: its serial, "" if it answers without one, None if silent.
+
+    Tries the serial registers of the known maps (one request each, the first
+    silence ends it); an exception response means a device is there.
+    """
+    client = ModbusClient(transport, clock=clock)
+    blocks = sorted({b for m in known_models() if (b := serial_read(load_map(m))) is not None},
+                    key=lambda b: (b.function, b.address))
+    for block in blocks:
+        request = Request(unit, block.function, block.address, block.count)
+        try:
+            response = client.execute(request, _timeout_s(client, request, timeout_s))
+        except TimeoutError_:
+            return None
+        except DeviceException:
+            continue
+        rmap = next(load_map(m) for m in known_models() if serial_read(load_map(m)) == block)
+        addresses = range(block.address, block.address + block.count)
+        return decode_serial(rmap, dict(zip(addresses, response.values, strict=True)))
+    return ""

@@ -1,0 +1,1 @@
+"""IEC 62056-21 mode C: codec (sans-IO), OBIS mapping, device."""

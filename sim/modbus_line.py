@@ -1,0 +1,106 @@
+"""Modbus RTU on one simulated bus: the ``build_bus`` plug-in for ``sim.meters``.
+
+Every ``[[meter]]`` of the bus is a simulated Eastron meter at its
+``address`` (the model picks SDM120 or SDM630; an unknown model is served as
+an SDM120); a meter whose relay is ``modbus-coil:<unit>:<coil>`` is gated by
+a simulated coil module at that unit (coils start ON). A request to an absent
+unit, or to a meter set silent, gets no reply, as on a real bus; broadcasts
+(unit 0) are acted on by every device and answered by none.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Final
+
+from agent.drivers.modbus.codec import ModbusProtocolError, Request, RequestReader
+from sim.line import BusBuild, SimEnv, SimMeter
+from sim.load import serial_number
+from sim.modbus_device import SimCoilModule, SimDevice, SimEastronMeter, SimSDM120, SimSDM630
+
+if TYPE_CHECKING:
+    from agent.config import BusConfig, MeterConfig
+
+log = logging.getLogger("sim.modbus")
+
+MODELS: Final = {"eastron-sdm120": SimSDM120, "eastron-sdm630": SimSDM630}
+COILS_PER_MODULE: Final = 8
+MAX_PENDING_REPLIES: Final = 16  # requests faster than the line: the oldest answers win
+
+
+class ModbusLineServer:
+    """Requests in (any split), replies out at the bus's baud rate."""
+
+    def __init__(self, devices: dict[int, SimDevice], baudrate: int) -> None:
+        self.devices = devices
+        self.baudrate = baudrate
+        self._reader = RequestReader()
+        self._replies: deque[bytes] = deque(maxlen=MAX_PENDING_REPLIES)
+
+    def receive_data(self, data: bytes) -> None:
+        self._reader.receive_data(data)
+        self._drain()
+
+    def silence(self) -> None:
+        self._reader.receive_data(b"")  # no request spans a silence
+        self._drain()
+
+    def next_reply(self) -> tuple[bytes, int] | None:
+        return (self._replies.popleft(), self.baudrate) if self._replies else None
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                event = self._reader.next_event()
+            except ModbusProtocolError as exc:
+                log.info("bad request ignored: %s", exc)
+                continue
+            if not isinstance(event, Request):
+                return
+            frame = self._answer(event)
+            if frame is not None:
+                self._replies.append(frame)
+
+    def _answer(self, request: Request) -> bytes | None:
+        if request.unit == 0:  # broadcast: every device acts, none answers
+            for each in self.devices.values():
+                each.handle(request)
+            return None
+        device = self.devices.get(request.unit)
+        response = device.handle(request) if device is not None else None
+        return response.to_bytes() if response is not None else None
+
+
+def build_bus(bus: BusConfig, meters: list[MeterConfig], env: SimEnv) -> BusBuild:
+    devices: dict[int, SimDevice] = {}
+    by_id: dict[str, SimEastronMeter] = {}
+    for index, m in enumerate(meters):
+        cls = MODELS.get(m.model, SimSDM120)
+        if m.address in devices:
+            raise ValueError(f"bus {bus.name}: two devices at unit {m.address}")
+        meter = cls(
+            m.address,
+            clock=env.clock,
+            serial=serial_number(env.seed, m.id),
+            seed=env.seed * 1000 + index,
+            speed=env.speed,
+            load_scale=env.load_scale,
+            utc_offset_s=env.utc_offset_s,
+        )
+        devices[m.address] = meter
+        by_id[m.id] = meter
+    modules: dict[int, SimCoilModule] = {}
+    for m in meters:
+        spec = m.relay_spec
+        if spec.kind != "modbus-coil":
+            continue
+        assert spec.unit is not None and spec.coil is not None
+        if spec.unit not in modules:
+            if spec.unit in devices:
+                raise ValueError(f"bus {bus.name}: unit {spec.unit} is a meter and a relay")
+            modules[spec.unit] = SimCoilModule(spec.unit, COILS_PER_MODULE)
+            devices[spec.unit] = modules[spec.unit]
+        modules[spec.unit].attach(spec.coil, by_id[m.id])
+    sim_meters: dict[str, SimMeter] = dict(by_id)
+    return BusBuild(server=ModbusLineServer(devices, bus.baudrate), meters=sim_meters)

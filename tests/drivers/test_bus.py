@@ -1,0 +1,283 @@
+"""The bus scheduler in simulated time: an in-process bus of simulated Modbus devices
+(real codec, client and drivers; the clock is a SimClock), stepped by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.clock import SimClock
+from agent.config import BusConfig, MeterConfig, parse_relay
+from agent.drivers.bus import (
+    EVENTS_EVERY,
+    OFFLINE_AFTER,
+    QUARANTINE_MAX_S,
+    QUARANTINE_MIN_S,
+    BusEvent,
+    BusScheduler,
+)
+from agent.drivers.driver import MeterDriver, MeterEvent, make_driver
+from agent.drivers.modbus.codec import Request, RequestReader
+from agent.drivers.reading import Reading
+from agent.drivers.scan import Found, scan_bus
+from agent.errors import DriverError, TimeoutError_
+from sim.modbus_device import SimCoilModule, SimDevice, SimSDM120
+
+BUS = BusConfig(name="b0", port="sim://", baudrate=9600, poll_interval_s=1.0, timeout_s=0.2)
+
+
+class SimBusTransport:
+    """An in-process bus: a request goes straight to the simulated devices; a read with
+    nothing to deliver advances the SimClock by its timeout (a silent line)."""
+
+    def __init__(self, clock: SimClock, devices: dict[int, SimDevice]) -> None:
+        self.clock = clock
+        self.devices = devices
+        self.baudrate = 9600
+        self.out = b""
+        self.requests: list[Request] = []
+
+    def write(self, data: bytes) -> None:
+        reader = RequestReader()
+        reader.receive_data(data)
+        request = reader.next_event()
+        assert isinstance(request, Request)
+        self.requests.append(request)
+        device = self.devices.get(request.unit)
+        response = device.handle(request) if device is not None else None
+        self.out = response.to_bytes() if response is not None else b""
+        self.clock.advance(0.01)  # request, turnaround and answer on the wire
+
+    def read(self, max_bytes: int, timeout_s: float) -> bytes:
+        data, self.out = self.out[:max_bytes], self.out[max_bytes:]
+        if not data:
+            self.clock.advance(timeout_s)
+        return data
+
+    def reset_input(self) -> None:
+        self.out = b""
+
+    def close(self) -> None:
+        pass
+
+
+class ClockEvent:
+    """Stands in for the scheduler's wake event: waiting moves simulated time."""
+
+    def __init__(self, clock: SimClock) -> None:
+        self.clock = clock
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.clock.advance(timeout or 0.0)
+        return False
+
+    def set(self) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+
+def meter(meter_id: str, address: int, relay: str = "none") -> MeterConfig:
+    return MeterConfig(meter_id, "b0", address, "eastron-sdm120", "ACC", relay,
+                       parse_relay(relay))
+
+
+def make_bus(
+    devices: dict[int, SimDevice], meters: list[MeterConfig], *, discover: bool = False
+) -> tuple[SimClock, BusScheduler, list[BusEvent], SimBusTransport]:
+    clock = SimClock()
+    transport = SimBusTransport(clock, devices)
+    events: list[BusEvent] = []
+    sched = BusScheduler(BUS, meters, events.append, clock=clock,
+                         transport_factory=lambda _b: transport, discover=discover)
+    sched._wake = ClockEvent(clock)  # type: ignore[assignment]
+    assert sched._open()
+    return clock, sched, events, transport
+
+
+def run_for(sched: BusScheduler, clock: SimClock, seconds: float) -> None:
+    end = clock.monotonic_s() + seconds
+    while clock.monotonic_s() < end:
+        sched._step()
+
+
+def sdm(unit: int, clock: SimClock, serial: int = 0) -> SimSDM120:
+    return SimSDM120(unit, clock=clock, serial=serial or 20_000_000 + unit, seed=unit, speed=0.0)
+
+
+def test_healthy_meters_are_polled_on_their_grid() -> None:
+    clock, sched, events, transport = make_bus({}, [meter("A", 1), meter("B", 2)])
+    transport.devices.update({1: sdm(1, clock), 2: sdm(2, clock)})
+    run_for(sched, clock, 60)
+    readings = [e for e in events if e.kind == "reading"]
+    assert 118 <= len(readings) <= 122  # two meters, one reading a second each
+    assert {e.meter for e in readings} == {"A", "B"}
+    assert sched.stats["A"].as_dict()["ok"] == len([e for e in readings if e.meter == "A"])
+
+
+def test_a_silent_meter_costs_one_timeout_per_backoff_and_does_not_slow_the_others() -> None:
+    clock, sched, events, transport = make_bus({}, [meter("A", 1), meter("DEAD", 2)])
+    transport.devices[1] = sdm(1, clock)
+    silent = sdm(2, clock)
+    silent.silent = True
+    transport.devices[2] = silent
+    run_for(sched, clock, 600)
+    offline = [e for e in events if e.kind == "meter_offline"]
+    assert [e.meter for e in offline] == ["DEAD"]  # reported once
+    dead = sched.stats["DEAD"]
+    # Before quarantine: OFFLINE_AFTER polls of two attempts each. Then one attempt per
+    # backoff period: 5, 10, 20, 40, 80, 160, 300 s ... within 600 s.
+    periods, t, backoff = 0, 0.0, QUARANTINE_MIN_S
+    while t + backoff <= 600 - OFFLINE_AFTER:
+        t, periods, backoff = t + backoff, periods + 1, min(QUARANTINE_MAX_S, backoff * 2)
+    assert dead.timeouts <= OFFLINE_AFTER * 2 + periods + 1
+    assert dead.offline and dead.backoff_s == QUARANTINE_MAX_S
+    healthy = [e for e in events if e.kind == "reading" and e.meter == "A"]
+    assert len(healthy) >= 0.97 * 600  # one a second, whatever the dead meter does
+    silent.silent = False
+    run_for(sched, clock, QUARANTINE_MAX_S + 5)
+    assert events[-1].kind == "reading" or any(e.kind == "meter_online" for e in events)
+    assert [e.meter for e in events if e.kind == "meter_online"] == ["DEAD"]
+    assert not sched.stats["DEAD"].offline and sched.stats["DEAD"].backoff_s == 0
+
+
+def test_read_and_relay_jobs_preempt_polls() -> None:
+    clock, sched, events, transport = make_bus({}, [meter("A", 1, "modbus-coil:10:0")])
+    transport.devices[1] = sdm(1, clock)
+    coils = SimCoilModule(10)
+    coils.attach(0, transport.devices[1])  # type: ignore[arg-type]
+    transport.devices[10] = coils
+    assert sched.read_now("A", "cmd-1") and sched.switch_relay("A", False)
+    sched._step()
+    sched._step()
+    assert [e.kind for e in events] == ["relay_result", "read_result"]  # priority order
+    assert events[0] == BusEvent("relay_result", "A", connected=False, state="open")
+    assert events[1].ref == "cmd-1" and events[1].reading is not None
+    assert events[1].reading.values["p_w"] == 0  # the coil cut the load
+
+
+class FakeMeter:
+    """A driver with a relay and an event log, as DLMS meters have."""
+
+    def __init__(self) -> None:
+        self.state = "closed"
+        self.events: list[MeterEvent] = []
+        self.fail_reads = False
+
+    def read(self, meter_id: str, now_s: int, *, timeout_s: float | None = None) -> Reading:
+        if self.fail_reads:
+            raise TimeoutError_("no answer")
+        return Reading(meter_id, now_s, {"import_wh": 1})
+
+    def read_serial(self, *, timeout_s: float | None = None) -> str:
+        return "S1"
+
+    def relay_set(self, connected: bool, *, timeout_s: float | None = None) -> None:
+        # Like a DLMS disconnect control in mode 2: a remote reconnect only arms it.
+        self.state = "armed" if connected else "open"
+
+    def relay_state(self, *, timeout_s: float | None = None) -> str:
+        return self.state
+
+    def read_events(self, *, timeout_s: float | None = None) -> list[MeterEvent]:
+        return list(self.events)
+
+
+def with_fake(sched: BusScheduler, fake: MeterDriver) -> None:
+    sched._driver = lambda _meter_id: fake  # type: ignore[method-assign,assignment]
+
+
+def test_relay_kind_meter_goes_through_the_driver() -> None:
+    clock, sched, events, _ = make_bus({}, [meter("A", 1, "meter")])
+    fake = FakeMeter()
+    with_fake(sched, fake)
+    sched.switch_relay("A", False)
+    sched._step()
+    assert events[-1] == BusEvent("relay_result", "A", connected=False, state="open")
+    sched.switch_relay("A", True)
+    sched._step()
+    assert events[-1] == BusEvent("relay_result", "A", connected=False, state="armed")
+
+
+def test_relay_kind_meter_without_a_relay_driver_fails_cleanly() -> None:
+    clock, sched, events, transport = make_bus({}, [meter("A", 1, "meter")])
+    transport.devices[1] = sdm(1, clock)
+    sched.switch_relay("A", False)
+    sched._step()
+    assert events[-1].kind == "relay_result" and events[-1].connected is None
+    assert "has no relay" in events[-1].error
+
+
+def test_tamper_events_are_read_every_tenth_poll_and_posted_once() -> None:
+    clock, sched, events, _ = make_bus({}, [meter("A", 1)])
+    fake = FakeMeter()
+    fake.events = [MeterEvent("magnet", 201, 1_767_225_000)]
+    with_fake(sched, fake)
+    run_for(sched, clock, 0.5)
+    assert [e.detail for e in events if e.kind == "tamper"] == [
+        {"kind": "magnet", "code": 201, "t": 1_767_225_000}]
+    fake.events.append(MeterEvent("cover_open", 251, 1_767_225_100))
+    run_for(sched, clock, EVENTS_EVERY + 0.5)
+    tamper = [e for e in events if e.kind == "tamper"]
+    assert [e.detail["code"] for e in tamper] == [201, 251]
+
+
+def test_discovery_reports_an_unconfigured_meter_once() -> None:
+    clock, sched, events, transport = make_bus({}, [meter("A", 1)], discover=True)
+    transport.devices.update({1: sdm(1, clock), 7: sdm(7, clock, serial=31_415_926)})
+    run_for(sched, clock, 700)  # more than two sweeps (SWEEP_PAUSE_S between them)
+    found = [e for e in events if e.kind == "meter_discovered"]
+    assert [e.detail for e in found] == [
+        {"bus": "b0", "address": 7, "serial": "31415926", "protocol": "modbus"}]
+    readings = [e for e in events if e.kind == "reading"]
+    assert len(readings) >= 0.97 * 700  # discovery only used idle time
+    probed = {r.unit for r in transport.requests}
+    assert probed == set(range(1, 248))  # every address was asked, one at a time
+
+
+def test_scan_job_runs_between_polls_and_reports_once() -> None:
+    clock, sched, events, transport = make_bus({}, [meter("A", 1)])
+    transport.devices.update({1: sdm(1, clock), 3: sdm(3, clock, serial=12_345_678)})
+    assert sched.scan(range(1, 6), "scan-1")
+    assert not sched.scan([1], "scan-2")  # one at a time
+    with pytest.raises(ValueError):
+        sched.scan([0, 248], "bad")
+    run_for(sched, clock, 3)
+    results = [e for e in events if e.kind == "scan_result"]
+    assert len(results) == 1 and results[0].ref == "scan-1"
+    detail = results[0].detail
+    assert detail["addresses"] == 5 and detail["errors"] == []
+    assert detail["found"] == [
+        {"address": 1, "protocol": "modbus", "serial": "20000001", "meter": "A"},
+        {"address": 3, "protocol": "modbus", "serial": "12345678", "meter": None}]
+    assert any(e.kind == "reading" for e in events)
+
+
+def test_scan_bus_without_the_agent() -> None:
+    clock = SimClock()
+    transport = SimBusTransport(clock, {2: sdm(2, clock), 9: sdm(9, clock)})
+    seen: list[int] = []
+    found = scan_bus(transport, "modbus", range(1, 11), timeout_s=0.05,
+                     progress=lambda a, _f: seen.append(a), clock=clock)
+    assert found == [Found(2, "modbus", "20000002"), Found(9, "modbus", "20000009")]
+    assert seen == list(range(1, 11))
+
+
+def test_make_driver_knows_its_protocols(tmp_path: Path) -> None:
+    clock = SimClock()
+    transport = SimBusTransport(clock, {})
+    assert type(make_driver("modbus", transport, meter("A", 1))).__name__ == "ModbusMeter"
+    assert type(make_driver("iec62056-21", transport, meter("A", 1))).__name__ == "IecMeter"
+    with pytest.raises(DriverError, match="unknown protocol"):
+        make_driver("mbus", transport, meter("A", 1))
+
+
+def test_the_wire_limit_arithmetic() -> None:
+    from bench.wire_limit import poll_wire_s
+
+    wire_s, n_bytes = poll_wire_s(9600, 0.005)
+    # two requests: (8 + 69) and (8 + 17) bytes, each after t3.5 and a 5 ms turnaround
+    assert n_bytes == 102
+    assert wire_s == pytest.approx(2 * (3.5 * 11 / 9600 + 0.005) + 102 * 11 / 9600)
