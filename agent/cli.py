@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import signal
 import sys
@@ -20,6 +19,7 @@ from typing import Any
 from agent import __version__
 from agent.config import DEFAULT_CONFIG, Config, load_config
 from agent.errors import AgentError, ConfigError
+from agent.logs import LEVELS, setup_logging
 
 
 class UsageError(Exception):
@@ -297,11 +297,11 @@ def _scan_directly(bus: Any, addresses: list[int]) -> list[Any]:
 # -- parser ------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", default=DEFAULT_CONFIG,
+    common.add_argument("-c", "--config",
+                        default=os.environ.get("METER_AGENT_CONFIG", DEFAULT_CONFIG),
                         help=f"board config (default: {DEFAULT_CONFIG})")
     common.add_argument("--json", action="store_true", help="print data as JSON")
-    common.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    common.add_argument("--log-level", default="INFO", choices=LEVELS)
     parser = argparse.ArgumentParser(prog="meter-agent", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"meter-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -343,11 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level),
-        stream=sys.stderr,
-        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
-    )
+    setup_logging(args.log_level)
     try:
         return int(args.func(args))
     except UsageError as exc:

@@ -38,9 +38,11 @@ from agent.dispatch import Dispatcher
 from agent.drivers.bus import BusEvent, BusScheduler
 from agent.errors import AgentError, CommandError, ConfigError
 from agent.provisioning import Provisioning
+from agent.sdnotify import Notifier
 from agent.uplink.cose import read_hex_key
 from agent.uplink.delivery import Delivery
 from agent.uplink.mqtt import LinkEvent, MqttLink
+from agent.web import StatusServer
 
 log = logging.getLogger("agent.runtime")
 
@@ -109,6 +111,11 @@ class Runtime:
         self.headend_this_connection = False
         self.stop_event = threading.Event()
         self._next_tick = self._next_status = 0.0
+        self.notifier = Notifier()
+        # The page's threads read this snapshot (replaced whole each second), never SQLite.
+        self.status_snapshot: dict[str, Any] = {}
+        self.web = (StatusServer(lambda: {**self.status_snapshot, "running": True}, cfg.local)
+                    if cfg.local.http_port and control else None)
         self._next_cleanup = self.clock.monotonic_s() + 60
 
     def _read_meter(self, meter_id: str, ref: str) -> bool:
@@ -120,6 +127,8 @@ class Runtime:
         """Set up the ledger and start the link (and, unless simulated, the threads)."""
         log.info("event=start gw=%s boot=%d version=%s", self.cfg.gateway.id, self.boot,
                  __version__)
+        if self.web is not None:
+            self.web.start()
         self.accounting.setup(int(self.clock.time_s()))
         for bus in self.buses.values():
             bus.start()
@@ -145,9 +154,14 @@ class Runtime:
 
     def run(self) -> None:
         self.start()
+        # Started: a board with no network must still count as started (no MQTT wait).
+        self._write_status()
+        self.notifier.ready(f"gateway {self.cfg.gateway.id}, "
+                            f"{len(self.accounting.meters)} meter(s)")
         try:
             while not self.stop_event.is_set():
                 self.step()
+                self.notifier.maybe_watchdog(time.monotonic())
                 try:
                     event = self.inbox.get(timeout=0.05)
                 except queue.Empty:
@@ -160,6 +174,9 @@ class Runtime:
         self.stop_event.set()
 
     def _shutdown(self) -> None:
+        self.notifier.stopping()
+        if self.web is not None:
+            self.web.stop()
         if self.control is not None:
             self.control.stop()
         for bus in self.buses.values():
@@ -392,5 +409,7 @@ class Runtime:
     def _write_status(self) -> None:
         path = Path(self.cfg.gateway.data_dir) / "status.json"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.status(), indent=1))
+        status = self.status()
+        self.status_snapshot = status
+        tmp.write_text(json.dumps(status, indent=1))
         os.replace(tmp, path)
