@@ -207,6 +207,13 @@ class BusScheduler(threading.Thread):
                     continue
                 self._step()
         finally:
+            for _cfg, driver in self._drivers.values():
+                close = getattr(driver, "close", None)  # DLMS: release the association
+                if close is not None:
+                    try:
+                        close(timeout_s=self.bus.timeout_s)
+                    except DriverError as exc:
+                        log.info("event=driver_close_failed bus=%s error=%s", self.bus.name, exc)
             if self.transport is not None:
                 self.transport.close()
 

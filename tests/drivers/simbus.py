@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -65,9 +64,9 @@ def board(
     relay: str = "none",
 ) -> Config:
     """One bus of ``protocol`` with a meter ``M<address>`` at each address."""
-    # agent/config.py knows only the Modbus register maps' models so far: IEC meters
-    # are loaded as one and renamed (the lead wires driver.known_models() in).
-    model = "eastron-sdm120"
+    from agent.drivers.driver import known_models
+
+    model = known_models(protocol)[0]  # the config checks a model against its bus protocol
     text = HEAD.format(tmp=tmp_path, baudrate=baudrate, protocol=protocol,
                        parity="E" if protocol == "iec62056-21" else "N",
                        poll_interval_s=poll_interval_s, timeout_s=timeout_s)
@@ -77,8 +76,4 @@ def board(
     path = tmp_path / "board.toml"
     path.write_text(text)
     config = load_config(path)
-    if protocol != "modbus":
-        name = {"iec62056-21": "iec62056-21", "dlms": "dlms-is15959"}[protocol]
-        meters = tuple(dataclasses.replace(m, model=name) for m in config.meters)
-        config = dataclasses.replace(config, meters=meters)
     return config

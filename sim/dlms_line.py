@@ -1,0 +1,213 @@
+"""DLMS/COSEM over HDLC on one simulated bus: the ``build_bus`` plug-in for ``sim.meters``.
+
+Every ``[[meter]]`` of the bus is a simulated IS 15959 meter (``sim.dlms_meter``)
+at server address: logical device 1, physical address = its ``address``. Each
+keeps one HDLC link as a secondary station in normal response mode (IEC
+62056-46 §6.4.4):
+  SNRM    opens (or resets) the link and drops any association; the UA carries
+          the negotiated parameters (maximum information field MAX_INFO_FIELD
+          each way, window 1)
+  DISC    closes it: UA (with the parameters again), or DM if it was not open
+  I       N(S) is checked: a repeat (the client retrying after a lost reply)
+          gets the last reply again, any other gap FRMR; the first segment
+          carries the LLC header; a reply longer than the client's maximum
+          information field goes in segments (S bit), one per RR
+  I, RR   while disconnected: DM
+A link quiet for INACTIVITY_S is dropped, as a real meter's inactivity
+time-out does. Frames to another address, and everything while a meter is
+``silent`` (sim.faults), get no reply.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Final
+
+from agent.drivers.dlms.errors import DlmsProtocolError
+from agent.drivers.dlms.hdlc import (
+    LLC_COMMAND,
+    LLC_RESPONSE,
+    MANAGEMENT_LOGICAL_DEVICE,
+    FrameKind,
+    HdlcAddress,
+    HdlcFrame,
+    HdlcParameters,
+)
+from agent.drivers.dlms.reader import FrameReader
+from sim.dlms_meter import SimDlmsMeter
+from sim.line import BusBuild, SimEnv, SimMeter
+from sim.load import serial_number
+
+if TYPE_CHECKING:
+    from agent.config import BusConfig, MeterConfig
+
+log = logging.getLogger("sim.dlms")
+
+MAX_INFO_FIELD: Final = 128  # the §6.4.4.4.3.2 default, what most meters keep
+INACTIVITY_S: Final = 120.0  # IEC 62056-46 default inactivity time-out
+MAX_PENDING_REPLIES: Final = 16
+MAX_REQUEST_BYTES: Final = 0xFFFF + 3  # a reassembled request is at most one APDU + LLC
+
+
+class HdlcServerLink:
+    """One meter's side of the HDLC link (secondary station, see the module doc)."""
+
+    def __init__(self, meter: SimDlmsMeter) -> None:
+        self.meter = meter
+        self.connected = False
+        self.client: HdlcAddress | None = None
+        self.params = HdlcParameters()
+        self._send_seq = 0  # V(S)
+        self._recv_seq = 0  # V(R)
+        self._rx = bytearray()
+        self._tx: list[bytes] = []
+        self._last_reply: HdlcFrame | None = None
+        self._last_frame_s = meter.clock.monotonic_s()
+
+    def _reply(self, request: HdlcFrame, kind: FrameKind, info: bytes = b"",
+               segmented: bool = False) -> HdlcFrame:
+        frame = HdlcFrame(kind, request.source, request.destination, info,
+                          send_seq=self._send_seq if kind is FrameKind.I else 0,
+                          recv_seq=self._recv_seq, segmented=segmented)
+        if kind is FrameKind.I:
+            self._send_seq = (self._send_seq + 1) % 8
+        self._last_reply = frame
+        return frame
+
+    def _close(self) -> None:
+        self.connected = False
+        self.client = None
+        self._rx.clear()
+        self._tx.clear()
+        self._last_reply = None
+        self.meter.reset_association()
+
+    def handle(self, frame: HdlcFrame) -> HdlcFrame | None:
+        now_s = self.meter.clock.monotonic_s()
+        if self.connected and now_s - self._last_frame_s > INACTIVITY_S:
+            self._close()  # the client went quiet too long: the link is gone
+        self._last_frame_s = now_s
+        kind = frame.kind
+        if kind is FrameKind.SNRM:
+            return self._snrm(frame)
+        if kind is FrameKind.UI:
+            return None
+        if not self.connected or frame.source != self.client:
+            return self._reply(frame, FrameKind.DM)
+        if kind is FrameKind.DISC:
+            self._close()
+            # The UA repeats the link parameters, as many meters do (an empty
+            # UA is allowed too, but dlms-cosem 21.3.2 cannot parse one).
+            return HdlcFrame(FrameKind.UA, frame.source, frame.destination,
+                             self.params.to_bytes())
+        if kind is FrameKind.RR:
+            if self._tx and frame.recv_seq == self._send_seq:
+                chunk = self._tx.pop(0)
+                return self._reply(frame, FrameKind.I, chunk, segmented=bool(self._tx))
+            if self._last_reply is not None and frame.recv_seq != self._send_seq:
+                return self._last_reply  # the client missed our last segment
+            return self._reply(frame, FrameKind.RR)
+        if kind is not FrameKind.I:
+            return self._reply(frame, FrameKind.FRMR)
+        return self._information(frame)
+
+    def _snrm(self, frame: HdlcFrame) -> HdlcFrame:
+        self._close()
+        try:
+            proposed = HdlcParameters.from_bytes(frame.info)
+        except DlmsProtocolError:
+            return self._reply(frame, FrameKind.DM)
+        # The client's receive limit bounds what we send, and the other way round.
+        self.params = HdlcParameters(
+            max_info_tx=min(proposed.max_info_rx, MAX_INFO_FIELD),
+            max_info_rx=min(proposed.max_info_tx, MAX_INFO_FIELD),
+        )
+        self.connected, self.client = True, frame.source
+        self._send_seq = self._recv_seq = 0
+        return self._reply(frame, FrameKind.UA, self.params.to_bytes())
+
+    def _information(self, frame: HdlcFrame) -> HdlcFrame | None:
+        if frame.send_seq == (self._recv_seq - 1) % 8 and self._last_reply is not None:
+            return self._last_reply  # a repeat: our reply was lost, send it again
+        if frame.send_seq != self._recv_seq or len(frame.info) > self.params.max_info_rx:
+            return self._reply(frame, FrameKind.FRMR)
+        self._recv_seq = (self._recv_seq + 1) % 8
+        if len(self._rx) + len(frame.info) > MAX_REQUEST_BYTES:
+            self._rx.clear()
+            return self._reply(frame, FrameKind.FRMR)
+        self._rx += frame.info
+        if frame.segmented:
+            return self._reply(frame, FrameKind.RR)
+        message, self._rx = bytes(self._rx), bytearray()
+        if not message.startswith(LLC_COMMAND):
+            log.info("meter %d: I frame without the LLC header dropped", self.meter.address)
+            return None
+        response = LLC_RESPONSE + self.meter.handle_apdu(message[3:], frame.source.upper)
+        size = self.params.max_info_tx
+        chunks = [response[i : i + size] for i in range(0, len(response), size)]
+        self._tx = chunks[1:]
+        return self._reply(frame, FrameKind.I, chunks[0], segmented=bool(self._tx))
+
+
+class DlmsLineServer:
+    """HDLC frames in (any split), replies out at the bus's baud rate."""
+
+    def __init__(self, links: dict[int, HdlcServerLink], baudrate: int) -> None:
+        self.links = links
+        self.baudrate = baudrate
+        self._reader = FrameReader()
+        self._replies: deque[bytes] = deque(maxlen=MAX_PENDING_REPLIES)
+
+    def receive_data(self, data: bytes) -> None:
+        self._reader.receive_data(data)
+        self._drain()
+
+    def silence(self) -> None:
+        self._reader.receive_data(b"")  # no frame spans a silence
+        self._drain()
+
+    def next_reply(self) -> tuple[bytes, int] | None:
+        return (self._replies.popleft(), self.baudrate) if self._replies else None
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                frame = self._reader.next_event()
+            except DlmsProtocolError as exc:
+                log.info("bad frame ignored: %s", exc)
+                continue
+            if not isinstance(frame, HdlcFrame):
+                return
+            destination = frame.destination
+            if destination.upper != MANAGEMENT_LOGICAL_DEVICE or destination.lower is None:
+                continue
+            link = self.links.get(destination.lower)
+            if link is None or link.meter.silent:
+                continue
+            reply = link.handle(frame)
+            if reply is not None:
+                self._replies.append(reply.to_bytes())
+
+
+def build_bus(bus: BusConfig, meters: list[MeterConfig], env: SimEnv) -> BusBuild:
+    links: dict[int, HdlcServerLink] = {}
+    by_id: dict[str, SimMeter] = {}
+    for index, m in enumerate(meters):
+        if m.address in links:
+            raise ValueError(f"bus {bus.name}: two meters at DLMS address {m.address}")
+        meter = SimDlmsMeter(
+            m.address,
+            clock=env.clock,
+            serial=serial_number(env.seed, m.id),
+            seed=env.seed * 1000 + index,
+            speed=env.speed,
+            load_scale=env.load_scale,
+            utc_offset_s=env.utc_offset_s,
+        )
+        links[m.address] = HdlcServerLink(meter)
+        by_id[m.id] = meter
+    return BusBuild(server=DlmsLineServer(links, bus.baudrate), meters=by_id)
+
+
+__all__ = ["DlmsLineServer", "HdlcServerLink", "SimDlmsMeter", "build_bus"]

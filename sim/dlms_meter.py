@@ -1,0 +1,369 @@
+"""A simulated IS 15959 meter's COSEM application: association, GET, ACTION, event logs.
+
+The HDLC link in front of it is ``sim.dlms_line``; energy and load are
+``sim.load.LoadModel`` (relay open: no power, no energy). What it serves:
+
+  association  AARQ, LN context: no authentication only for the public client
+               (0x10, which may read the serial, the logical device name and
+               the clock), LLS with the meter's password for any client (all
+               objects). A wrong password is rejected-permanent with diagnostic
+               13 (authentication-failure); HLS mechanisms get 11. Negotiated
+               conformance: GET, ACTION, block transfer with GET, multiple
+               references (GET-With-List); ``server_conformance`` narrows it.
+  GET          registers (class 3: value, scaler_unit), serial (class 1),
+               clock (class 8), disconnect control (class 70: output_state,
+               control_state, control_mode), event logs (class 7: buffer,
+               capture_objects, entries), event code objects (class 1). A
+               response longer than the client's max PDU goes in blocks
+               (GET-Response-With-Datablock, GET-Request-Next).
+  ACTION       class 70 methods 1 remote_disconnect and 2 remote_reconnect.
+  relay        the Blue Book disconnect-control state machine for
+               control_mode 0 (always connected), 1 (remote_reconnect
+               connects) and 2 (remote_reconnect arms: ready_for_reconnection,
+               "armed", until the consumer presses the button: ``press_button``).
+  event logs   the IS 15959 logs 0.0.99.98.x.255, FIFO, PROFILE_ENTRIES each,
+               entries {date-time, event code, import energy}; switching the
+               relay logs 301/302; ``inject_event(code)`` and ``tamper(kind)``
+               (sim.faults) add others.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Final
+
+from agent.drivers.dlms import cosem
+from agent.drivers.dlms.apdu import (
+    ACTION,
+    BLOCK_TRANSFER_WITH_GET,
+    CONTEXT_LN,
+    DIAG_AUTHENTICATION_FAILURE,
+    DIAG_CONTEXT_NOT_SUPPORTED,
+    DIAG_MECHANISM_NOT_RECOGNISED,
+    DIAG_MECHANISM_REQUIRED,
+    DIAG_NO_REASON,
+    GET,
+    MULTIPLE_REFERENCES,
+    REJECTED_PERMANENT,
+    Aare,
+    Aarq,
+    ActionRequest,
+    ActionResponse,
+    Apdu,
+    ExceptionResponse,
+    GetRequest,
+    GetRequestList,
+    GetRequestNext,
+    GetResponse,
+    GetResponseBlock,
+    GetResponseList,
+    Obis,
+    ReleaseRequest,
+    ReleaseResponse,
+    decode_apdu,
+    encode_results,
+)
+from agent.drivers.dlms.axdr import Data, DateTime, Tag, array, structure
+from agent.drivers.dlms.errors import DlmsProtocolError
+from agent.drivers.dlms.hdlc import PUBLIC_CLIENT
+from sim.load import LoadModel
+
+if TYPE_CHECKING:
+    from agent.clock import Clock
+
+SERVER_CONFORMANCE: Final = GET | ACTION | BLOCK_TRANSFER_WITH_GET | MULTIPLE_REFERENCES
+SERVER_MAX_PDU: Final = 512
+MIN_CLIENT_PDU: Final = 64  # below this not even a register fits: refuse the association
+PROFILE_ENTRIES: Final = 100  # per event log; the oldest entry goes first (FIFO)
+LOAD_SWITCH_DISCONNECTED: Final = 301
+LOAD_SWITCH_CONNECTED: Final = 302
+TAMPER_EVENT_CODES: Final = {
+    "magnet": 201,
+    "neutral_missing": 203,
+    "cover_open": 251,
+    "reverse_current": 51,
+    "other": 205,
+}
+PUBLIC_OBJECTS: Final = frozenset({cosem.SERIAL, cosem.LOGICAL_DEVICE_NAME, cosem.CLOCK})
+
+DISCONNECTED, CONNECTED, READY = 0, 1, 2
+# Blue Book class 70: (control_mode, state, trigger) -> next state. Triggers:
+# remote_disconnect (transitions b, c), remote_reconnect (a in mode 2, d in
+# mode 1), button = manual_reconnect (e) / manual_disconnect (f).
+CONTROL_TABLE: Final = {
+    (1, CONNECTED, "remote_disconnect"): DISCONNECTED,
+    (1, READY, "remote_disconnect"): DISCONNECTED,
+    (1, DISCONNECTED, "remote_reconnect"): CONNECTED,
+    (1, READY, "button"): CONNECTED,
+    (1, CONNECTED, "button"): READY,
+    (2, CONNECTED, "remote_disconnect"): DISCONNECTED,
+    (2, READY, "remote_disconnect"): DISCONNECTED,
+    (2, DISCONNECTED, "remote_reconnect"): READY,
+    (2, READY, "button"): CONNECTED,
+    (2, CONNECTED, "button"): READY,
+}
+
+
+class SimDlmsMeter(LoadModel):
+    """One IS 15959 single-phase meter (see the module doc)."""
+
+    def __init__(self, address: int, *, clock: Clock, serial: int, seed: int = 0,
+                 speed: float = 1.0, load_scale: float = 1.0, utc_offset_s: int = 19_800,
+                 import_wh: int | None = None, password: bytes = b"00000000",
+                 control_mode: int = 1) -> None:
+        super().__init__(clock=clock, serial=serial, seed=seed, speed=speed,
+                         load_scale=load_scale, utc_offset_s=utc_offset_s, import_wh=import_wh)
+        self.address = address
+        self.password = password
+        self.control_mode = control_mode
+        self.server_conformance = SERVER_CONFORMANCE
+        self.control_state = CONNECTED
+        self.deviation_min = -(utc_offset_s // 60)  # minutes from local time to UTC
+        self.logs: dict[int, deque[tuple[int, int, int]]] = {
+            category: deque(maxlen=PROFILE_ENTRIES) for category in range(7)
+        }
+        self.association: str | None = None  # None | "public" | "lls"
+        self.client_max_pdu = SERVER_MAX_PDU
+        self.conformance = 0
+        self._blocks: list[bytes] = []  # the rest of a block-transferred GET
+        self._block_number = 0
+        self.associations = 0
+        self.rejections = 0
+        self.blocks_sent = 0
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    # -- test and fault API ------------------------------------------------------------
+    def inject_event(self, code: int, t: int | None = None) -> None:
+        """Log IS 15959 event ``code`` at ``t`` (default: the meter's clock now)."""
+        self.advance()
+        when = int(self.sim_time_s) if t is None else t
+        self.logs[cosem.event_category(code)].append((when, code, self.import_wh))
+
+    def tamper(self, kind: str) -> None:
+        """A tamper of CONTRACT kind ``kind`` (sim.faults' control socket)."""
+        self.inject_event(TAMPER_EVENT_CODES[kind])
+
+    def press_button(self) -> None:
+        """The consumer presses the meter's button (manual reconnect / disconnect)."""
+        self._switch("button")
+
+    def snapshot(self) -> dict[str, int | bool]:
+        out = super().snapshot()
+        out["control_state"] = self.control_state
+        return out
+
+    def reset_association(self) -> None:
+        """The HDLC link was (re)set or closed: no association any more."""
+        self.association = None
+        self._blocks = []
+
+    # -- relay -------------------------------------------------------------------------
+    def _switch(self, trigger: str) -> bool:
+        """Apply a trigger; False if this control_mode does not allow it here."""
+        before = self.control_state
+        after = CONTROL_TABLE.get((self.control_mode, before, trigger))
+        if after is None:
+            # remote_disconnect of a disconnected meter, remote_reconnect of a
+            # connected one: nothing to do, and not an error
+            return trigger != "button" and self.control_mode != 0
+        self.advance()  # energy up to now at the old state
+        self.control_state = after
+        self.connected = after == CONNECTED
+        if before == CONNECTED and after != CONNECTED:
+            self.inject_event(LOAD_SWITCH_DISCONNECTED)
+        elif after == CONNECTED:
+            self.inject_event(LOAD_SWITCH_CONNECTED)
+        return True
+
+    # -- APDUs -------------------------------------------------------------------------
+    def handle_apdu(self, raw: bytes, client: int) -> bytes:
+        """One request APDU from ``client`` (its HDLC address) -> the response APDU."""
+        try:
+            apdu = decode_apdu(raw)
+        except DlmsProtocolError:
+            return ExceptionResponse(2, 2).to_bytes()  # service-unknown, not-supported
+        return self._answer(apdu, client).to_bytes()
+
+    def _answer(self, apdu: Apdu, client: int) -> Apdu:
+        if isinstance(apdu, Aarq):
+            return self._associate(apdu, client)
+        if isinstance(apdu, ReleaseRequest):
+            self.reset_association()
+            return ReleaseResponse(0)
+        if self.association is None:
+            return ExceptionResponse(1, 1)  # service-not-allowed, operation-not-possible
+        if isinstance(apdu, GetRequest):
+            return self._get(apdu)
+        if isinstance(apdu, GetRequestNext):
+            return self._next_block(apdu)
+        if isinstance(apdu, GetRequestList) and self.conformance & MULTIPLE_REFERENCES:
+            return self._get_list(apdu)
+        if isinstance(apdu, ActionRequest):
+            return self._action(apdu)
+        return ExceptionResponse(2, 2)
+
+    def _associate(self, aarq: Aarq, client: int) -> Aare:
+        self.reset_association()
+        diagnostic = None
+        if aarq.context != CONTEXT_LN:
+            diagnostic = DIAG_CONTEXT_NOT_SUPPORTED
+        elif aarq.mechanism is None:
+            if client != PUBLIC_CLIENT:
+                diagnostic = DIAG_MECHANISM_REQUIRED
+        elif aarq.mechanism != cosem.MECHANISM_LLS:
+            diagnostic = DIAG_MECHANISM_NOT_RECOGNISED
+        elif aarq.password != self.password:
+            diagnostic = DIAG_AUTHENTICATION_FAILURE
+        if diagnostic is not None:
+            self.rejections += 1
+            return Aare(REJECTED_PERMANENT, diagnostic)
+        if aarq.dlms_version < 6 or aarq.max_pdu_size < MIN_CLIENT_PDU:
+            self.rejections += 1
+            error = 1 if aarq.dlms_version < 6 else 3  # version too low, PDU too short
+            return Aare(REJECTED_PERMANENT, DIAG_NO_REASON, initiate_error=error)
+        self.association = "public" if aarq.mechanism is None else "lls"
+        self.client_max_pdu = aarq.max_pdu_size
+        self.conformance = aarq.conformance & self.server_conformance
+        self.associations += 1
+        return Aare(0, conformance=self.conformance, max_pdu_size=SERVER_MAX_PDU)
+
+    def _get(self, request: GetRequest) -> Apdu:
+        self._blocks = []
+        if request.access_selection:
+            return GetResponse(request.invoke, error=cosem.OTHER_REASON)
+        self.advance()
+        value = self._readable(request.class_id, request.obis, request.attribute)
+        if isinstance(value, int):
+            return GetResponse(request.invoke, error=value)
+        response = GetResponse(request.invoke, value)
+        if len(response.to_bytes()) <= self.client_max_pdu:
+            return response
+        return self._start_blocks(request.invoke, value.to_bytes())
+
+    def _get_list(self, request: GetRequestList) -> Apdu:
+        self._blocks = []
+        self.advance()
+        results = tuple(self._readable(*attribute) for attribute in request.attributes)
+        response = GetResponseList(request.invoke, results)
+        if len(response.to_bytes()) <= self.client_max_pdu:
+            return response
+        return self._start_blocks(request.invoke, encode_results(results))
+
+    def _readable(self, class_id: int, obis: Obis, attribute: int) -> Data | int:
+        if self.association == "public" and obis not in PUBLIC_OBJECTS:
+            return cosem.READ_WRITE_DENIED
+        return self._attribute(class_id, obis, attribute)
+
+    def _start_blocks(self, invoke: int, raw: bytes) -> Apdu:
+        if not self.conformance & BLOCK_TRANSFER_WITH_GET:
+            return GetResponse(invoke, error=cosem.OTHER_REASON)
+        size = self.client_max_pdu - 16  # the With-Datablock header and length field
+        self._blocks = [raw[i : i + size] for i in range(0, len(raw), size)]
+        self._block_number = 0
+        return self._send_block(invoke)
+
+    def _send_block(self, invoke: int) -> GetResponseBlock:
+        self._block_number += 1
+        self.blocks_sent += 1
+        chunk = self._blocks.pop(0)
+        return GetResponseBlock(invoke, not self._blocks, self._block_number, chunk)
+
+    def _next_block(self, request: GetRequestNext) -> Apdu:
+        if not self._blocks:
+            return GetResponseBlock(request.invoke, True, request.block_number, error=16)
+        if request.block_number != self._block_number:
+            self._blocks = []
+            return GetResponseBlock(request.invoke, True, request.block_number, error=19)
+        return self._send_block(request.invoke)
+
+    def _action(self, request: ActionRequest) -> ActionResponse:
+        if (request.class_id, request.obis) != (70, cosem.DISCONNECT_CONTROL):
+            return ActionResponse(request.invoke, cosem.OBJECT_UNDEFINED)
+        if self.association != "lls":
+            return ActionResponse(request.invoke, cosem.READ_WRITE_DENIED)
+        if request.method not in (1, 2):
+            return ActionResponse(request.invoke, cosem.OBJECT_UNAVAILABLE)
+        trigger = "remote_disconnect" if request.method == 1 else "remote_reconnect"
+        ok = self._switch(trigger)
+        return ActionResponse(request.invoke, 0 if ok else cosem.OTHER_REASON)
+
+    # -- the object model --------------------------------------------------------------
+    def _attribute(self, class_id: int, obis: Obis, attribute: int) -> Data | int:
+        """The attribute's value, or a data-access-result."""
+        objects = self._objects()
+        if obis not in objects:
+            return cosem.OBJECT_UNDEFINED
+        real_class, attributes = objects[obis]
+        if real_class != class_id:
+            return cosem.OBJECT_CLASS_INCONSISTENT
+        if attribute == 1:
+            return Data(Tag.OCTET_STRING, obis.to_bytes())
+        value = attributes.get(attribute)
+        return cosem.OBJECT_UNDEFINED if value is None else value
+
+    def _objects(self) -> dict[Obis, tuple[int, dict[int, Data]]]:
+        volts, amps, watts, pf = self.measurements()
+        now = DateTime.from_unix(int(self.sim_time_s), self.deviation_min)
+
+        def register(value: Data, scaler: int, unit: int) -> tuple[int, dict[int, Data]]:
+            scaler_unit = structure(Data(Tag.INTEGER, scaler), Data(Tag.ENUM, unit))
+            return 3, {2: value, 3: scaler_unit}
+
+        objects: dict[Obis, tuple[int, dict[int, Data]]] = {
+            cosem.SERIAL: (1, {2: Data(Tag.OCTET_STRING, str(self.serial).encode())}),
+            cosem.LOGICAL_DEVICE_NAME: (1, {2: Data(Tag.OCTET_STRING, b"SIM" + str(
+                self.serial).encode())}),
+            cosem.CLOCK: (8, {2: Data(Tag.OCTET_STRING, now.to_bytes()),
+                              3: Data(Tag.LONG, self.deviation_min)}),
+            cosem.DISCONNECT_CONTROL: (70, {
+                2: Data(Tag.BOOLEAN, self.control_state == CONNECTED),
+                3: Data(Tag.ENUM, self.control_state),
+                4: Data(Tag.ENUM, self.control_mode)}),
+        }
+        u32 = Tag.DOUBLE_LONG_UNSIGNED
+        values = {
+            "import_wh": (Data(u32, self.import_wh % 2**32), 0, cosem.UNIT_WH),
+            "export_wh": (Data(u32, self.export_wh % 2**32), 0, cosem.UNIT_WH),
+            "p_w": (Data(Tag.DOUBLE_LONG, round(watts)), 0, cosem.UNIT_W),
+            "v_dv": (Data(Tag.LONG_UNSIGNED, round(volts * 100)), -2, cosem.UNIT_V),
+            "i_ma": (Data(u32, round(amps * 1000)), -3, cosem.UNIT_A),
+            "f_chz": (Data(Tag.LONG_UNSIGNED, round(self.frequency_hz() * 100)), -2,
+                      cosem.UNIT_HZ),
+            "pf_milli": (Data(Tag.LONG, round(pf * 1000)), -3, cosem.UNIT_NONE),
+        }
+        for reg in cosem.REGISTERS:
+            value, scaler, unit = values[reg.quantity]
+            objects[reg.obis] = register(value, scaler, unit)
+        for category, log in self.logs.items():
+            objects[cosem.event_log(category)] = (7, self._profile(category, log))
+            last = log[-1][1] if log else 0
+            objects[cosem.event_code_object(category)] = (1, {2: Data(Tag.LONG_UNSIGNED,
+                                                                       last)})
+        return objects
+
+    def _profile(self, category: int, log: deque[tuple[int, int, int]]) -> dict[int, Data]:
+        capture = array([
+            cosem.capture_object(8, cosem.CLOCK, 2),
+            cosem.capture_object(1, cosem.event_code_object(category), 2),
+            cosem.capture_object(3, cosem.REGISTERS[0].obis, 2),
+        ])
+        entries = array([
+            structure(
+                Data(Tag.OCTET_STRING, DateTime.from_unix(t, self.deviation_min).to_bytes()),
+                Data(Tag.LONG_UNSIGNED, code),
+                Data(Tag.DOUBLE_LONG_UNSIGNED, energy_wh % 2**32),
+            )
+            for t, code, energy_wh in log
+        ])
+        count = Data(Tag.DOUBLE_LONG_UNSIGNED, len(log))
+        return {
+            2: entries,
+            3: capture,
+            4: Data(Tag.DOUBLE_LONG_UNSIGNED, 0),  # capture_period 0: on events
+            5: Data(Tag.ENUM, 1),  # sort_method fifo
+            7: count,
+            8: Data(Tag.DOUBLE_LONG_UNSIGNED, PROFILE_ENTRIES),
+        }
