@@ -238,6 +238,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
                          f"{', '.join(b.name for b in cfg.buses)})") from None
     addresses = _address_range(args.addresses)
     configured = {(m.bus, m.address): m.id for m in cfg.meters}
+    for m in cfg.meters:  # a Modbus relay module answers a scan too: name what it switches
+        if m.relay_spec.kind == "modbus-coil" and m.relay_spec.unit is not None:
+            key = (m.bus, m.relay_spec.unit)
+            configured[key] = (configured.get(key, "relay module for") + f" {m.id}")
     if (Path(cfg.gateway.data_dir) / SOCKET_NAME).exists():
         print(f"scanning {bus.name} through the running agent (addresses {args.addresses}) ...",
               file=sys.stderr)
