@@ -250,6 +250,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
         found = [{"address": f.address, "protocol": f.protocol, "serial": f.serial,
                   "meter": configured.get((bus.name, f.address))}
                  for f in _scan_directly(bus, addresses)]
+    for f in found:
+        f["meter"] = f.get("meter") or configured.get((bus.name, f["address"]))
     data = {"bus": bus.name, "protocol": bus.protocol, "found": found}
     lines = [f"{len(found)} meter(s) on {bus.name} ({bus.protocol}):"]
     for f in found:
