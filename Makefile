@@ -33,7 +33,8 @@ keys: $(STAMP)
 	[write_key(Path('keys/gw-demo-01.' + k + '.key')) for k in ('cmd', 'token')]"
 
 bench: $(STAMP)
-	$(PY) -m bench.run
+	$(PY) -m bench.wire_limit
+	$(PY) -m bench.ledger
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .mypy_cache .ruff_cache

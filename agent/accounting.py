@@ -5,50 +5,75 @@ stored state, and writes what they decide through the journal in one
 transaction per step (charge + balance + events + relay intent together).
 It never talks to a bus or a broker: relay intent is durable here first, and
 the runtime then asks the bus to make the relay match it (DOMAIN invariant 7).
+docs/billing.md, docs/policy.md and docs/tokens.md explain the choices.
+
+Each entry point is one transaction of its own, or joins the caller's when called
+inside ``store.tx()`` (topup, set_override, set_moratorium, apply_tariff,
+apply_policy from the command dispatcher); ``enter_token`` alone refuses to run
+inside another transaction, because its own commit is what makes "accepted" true.
+Money lives here; the relay decisions live in ``agent.relay.disconnect`` and the
+actuation bookkeeping in ``agent.relay.actuation``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from agent.buffer import outbox
-from agent.buffer.journal import Account, Journal
+from agent.buffer.journal import Journal, TariffVersion, TokenRow
 from agent.buffer.store import LANE_EVENTS, LANE_READINGS, Store
-from agent.config import Config, MeterConfig
+from agent.config import _ID_RE, Config, MeterConfig, _Errors, _Table, read_policy, read_tariff
 from agent.drivers.modbus.maps import load_map
 from agent.drivers.reading import Reading
-from agent.ledger import alerts, billing, calendar
-from agent.ledger.policy import Policy, PolicyInputs, decide_disconnect
-from agent.ledger.tariff import Tariff
+from agent.errors import CommandError, LedgerError
+from agent.ledger import alerts, billing, calendar, tokens
+from agent.ledger.policy import Policy
+from agent.ledger.tariff import (
+    Tariff,
+    pro_rata,
+    tariff_problems,
+    tariff_table,
+    version_at,
+    version_parts,
+)
+from agent.relay.disconnect import Disconnection, HeadendView, kernel_clock_synchronised
 
 log = logging.getLogger("agent.ledger")
 
-CLOCK_CONFIRM_WINDOW_S = 300  # DOMAIN: a verified command's iat within 5 minutes
 MAX_LINE_VOLTAGE_V = 300  # with the model's max current: the most a meter can pass
+SPEND_WINDOW_S = 7 * 86_400  # days-left estimate: average spend over at most the last week
 
 
-@dataclass
-class HeadendView:
-    online: bool | None = None
-    payments: bool | None = None
-    heard_s: float | None = None  # last time heard over a live broker connection
+def canonical_body(tariff: Tariff) -> str:
+    return json.dumps(tariff_table(tariff), sort_keys=True, separators=(",", ":"))
+
+
+def _problems_text(errors: list[tuple[str, str]]) -> str:
+    return "; ".join(f"{key}: {msg}" for key, msg in errors)
 
 
 class Accounting:
-    def __init__(self, cfg: Config, store: Store, journal: Journal) -> None:
+    def __init__(self, cfg: Config, store: Store, journal: Journal, *,
+                 token_key: bytes | None = None,
+                 clock_synchronised: Callable[[], bool] | None = kernel_clock_synchronised,
+                 ) -> None:
         self.cfg = cfg
         self.store = store
         self.journal = journal
         self.tz = ZoneInfo(cfg.gateway.timezone)
-        self.policy: Policy = cfg.policy
-        self.tariffs: dict[str, Tariff] = {t.name: t for t in cfg.tariffs}
-        self.meters: dict[str, MeterConfig] = {m.id: m for m in cfg.meters}
-        self.headend = HeadendView()
-        self.clock_trusted = False
+        self._meters: dict[str, MeterConfig] = {m.id: m for m in cfg.meters}
+        self._token_key = token_key
+        self.policy: Policy = self._load_policy()
+        self.versions: dict[str, list[tuple[int, Tariff]]] = self._load_tariffs()
+        self.relays = Disconnection(store, journal, self._meters, self.emit, self.local_s,
+                                    lambda: self.policy, clock_synchronised)
+        self.actuation = self.relays.actuation
 
     # -- helpers ------------------------------------------------------------
     def local_s(self, unix_s: int) -> int:
@@ -67,11 +92,132 @@ class Accounting:
                 self.journal.ensure_account(acct.id, acct.tariff)
             for meter in self.cfg.meters:
                 self.journal.meter(meter.id)
+            self._sync_config_tariffs(now_s)
+        self.versions = self._load_tariffs()
         self.tick(now_s)
 
+    @property
+    def meters(self) -> dict[str, MeterConfig]:
+        return self._meters
+
+    @meters.setter
+    def meters(self, meters: dict[str, MeterConfig]) -> None:
+        # Updated in place: the disconnection engine and actuation share this mapping,
+        # so a meter added or removed at run time (meter_add) is seen everywhere at once.
+        self._meters.clear()
+        self._meters.update(meters)
+
+    def accounts(self) -> set[str]:
+        return {a.id for a in self.cfg.accounts}
+
+    # -- the clock and the head-end (kept by the disconnection engine) -------------
+    @property
+    def headend(self) -> HeadendView:
+        return self.relays.headend
+
+    @property
+    def clock_trusted(self) -> bool:
+        return self.relays.clock_trusted
+
     def confirm_clock(self, iat_s: int, now_s: int) -> None:
-        if abs(iat_s - now_s) <= CLOCK_CONFIRM_WINDOW_S:
-            self.clock_trusted = True
+        self.relays.confirm_clock(iat_s, now_s)
+
+    def headend_state(self, online: bool | None, payments: bool | None, now_s: float) -> None:
+        self.relays.headend_state(online, payments, now_s)
+
+    def headend_still_heard(self, now_s: float) -> None:
+        self.relays.headend_still_heard(now_s)
+
+    # -- tariff versions ----------------------------------------------------------
+    def _decode_tariff(self, v: TariffVersion) -> Tariff:
+        errors = _Errors()
+        tariff = read_tariff(v.name, _Table(json.loads(v.body), f"tariff.{v.name}", errors))
+        if errors.items:  # only the agent writes bodies, after validating them
+            raise LedgerError(f"stored tariff {v.name}@{v.version}: "
+                              f"{_problems_text(errors.items)}")
+        return dataclasses.replace(tariff, version=v.version)
+
+    def _load_tariffs(self) -> dict[str, list[tuple[int, Tariff]]]:
+        versions: dict[str, list[tuple[int, Tariff]]] = {}
+        for v in self.journal.tariff_versions():
+            versions.setdefault(v.name, []).append((v.effective_s, self._decode_tariff(v)))
+        for tariff in self.cfg.tariffs:  # before setup() has stored them: version 1
+            versions.setdefault(tariff.name, [(0, dataclasses.replace(tariff, version=1))])
+        return versions
+
+    def _sync_config_tariffs(self, now_s: int) -> None:
+        """The config's [tariff.*] is version 1 (in force from the beginning); an edited
+        config file is a new version from now. A `tariff` command's version stays in
+        force across restarts until the config file itself changes."""
+        stored: dict[str, list[TariffVersion]] = {}
+        for v in self.journal.tariff_versions():
+            stored.setdefault(v.name, []).append(v)
+        for tariff in self.cfg.tariffs:
+            body = canonical_body(tariff)
+            have = stored.get(tariff.name, [])
+            from_config = [v for v in have if v.source == "config"]
+            if from_config and from_config[-1].body == body:
+                continue
+            version = have[-1].version + 1 if have else 1
+            effective = max(now_s, have[-1].effective_s) if have else 0
+            self.journal.add_tariff_version(TariffVersion(tariff.name, version, body,
+                                                          effective, "config"))
+            log.info("event=tariff_version name=%s version=%d source=config effective=%d",
+                     tariff.name, version, effective)
+
+    def tariff_at(self, name: str, t: int) -> Tariff:
+        """The version of tariff ``name`` in force at unix time ``t``."""
+        return version_at(self.versions[name], t)
+
+    def apply_tariff(self, name: str, table: dict[str, Any], now_s: int) -> int:
+        """A `tariff` command (CONTRACT 7): a new version of ``name``, in force from now.
+
+        The open month's accrual carries on: energy used from now on is priced
+        E_new(C2) - E_new(C1) on the same month's C (docs/billing.md)."""
+        body_in = {k: v for k, v in table.items() if k != "name"}
+        if not isinstance(name, str) or not _ID_RE.match(name):
+            raise CommandError("invalid_args", "name: must match [A-Za-z0-9_-]{1,64}")
+        errors = _Errors()
+        tariff = read_tariff(name, _Table(body_in, "", errors))
+        if not errors.items:
+            errors.items.extend(tariff_problems(tariff))
+        if errors.items:
+            raise CommandError("invalid_args", _problems_text(errors.items))
+        with self.store.tx():
+            have = [v for v in self.journal.tariff_versions() if v.name == name]
+            version = have[-1].version + 1 if have else 1
+            effective = max(now_s, have[-1].effective_s) if have else now_s
+            self.journal.add_tariff_version(TariffVersion(name, version, canonical_body(tariff),
+                                                          effective, "command"))
+        self.versions.setdefault(name, []).append(
+            (effective, dataclasses.replace(tariff, version=version)))
+        log.info("event=tariff_version name=%s version=%d source=command effective=%d",
+                 name, version, effective)
+        return version
+
+    # -- the policy: config [policy] overlaid by `policy` commands ---------------
+    def _load_policy(self) -> Policy:
+        policy = self.cfg.policy
+        for key, text in self.journal.policy_overlay().items():
+            errors = _Errors()
+            candidate = read_policy(_Table({key: json.loads(text)}, "policy", errors), policy)
+            if errors.items:  # a key this version no longer accepts: the base value holds
+                log.warning("event=policy_overlay_ignored %s", _problems_text(errors.items))
+                continue
+            policy = candidate
+        return policy
+
+    def apply_policy(self, changes: dict[str, Any], now_s: int) -> None:
+        """A `policy` command: the keys given, over the policy in force; durable."""
+        errors = _Errors()
+        policy = read_policy(_Table(dict(changes), "policy", errors), self.policy)
+        if errors.items:
+            raise CommandError("invalid_args", _problems_text(errors.items))
+        with self.store.tx():
+            for key, value in changes.items():
+                self.journal.set_policy_key(key, json.dumps(value, sort_keys=True), now_s)
+        self.policy = policy
+        log.info("event=policy keys=%s policy=%s", ",".join(sorted(changes)), policy)
 
     # -- readings -----------------------------------------------------------
     def on_reading(self, reading: Reading) -> None:
@@ -96,7 +242,7 @@ class Accounting:
             state.serial, reading.serial)
         if check.bad_reading or check.kind in ("rollover", "replaced"):  # never charged
             self.emit(reading.t, "bad_reading", m=meter.id, acct=meter.account,
-                      detail={"why": check.kind, "reason": check.reason,
+                      detail={"why": check.kind, "reason": check.reason, "rebased": check.rebase,
                               "baseline_wh": state.base_wh, "import_wh": new_wh})
         if not check.rebase:
             return  # baseline kept: the next good reading is charged from it
@@ -107,199 +253,182 @@ class Accounting:
 
     def _post_energy(self, meter: MeterConfig, delta_wh: int, t0: int, t1: int) -> None:
         acct = self.journal.account(meter.account)
-        tariff = self.tariffs[acct.tariff]
         accrual = None if not acct.month else billing.MonthAccrual(
             acct.month, acct.consumed_wh, acct.energy_mp, acct.energy_posted, acct.duty_posted,
             acct.duty_mp_bp)
         before = acct.balance
-        result = billing.charge(tariff, accrual, delta_wh, self.local_s(t0), self.local_s(t1))
-        for posting in result.postings:
-            # the entry names the meter, the billing month and the tariff version in force
-            ref = f"{meter.id}/{posting.month}/{tariff.name}@{posting.tariff_version}"
-            if posting.energy_paise:
-                self.journal.post(acct.id, t1, "energy", -posting.energy_paise, ref)
-            if posting.duty_paise:
-                self.journal.post(acct.id, t1, "duty", -posting.duty_paise, ref)
-        new = result.accrual
-        self.journal.update_account(acct.id, month=new.month, consumed_wh=new.consumed_wh,
-                                    energy_mp=new.energy_mp, energy_posted=new.energy_posted,
-                                    duty_posted=new.duty_posted, duty_mp_bp=new.duty_mp_bp)
+        parts = version_parts(self.versions[acct.tariff], t0, t1)
+        shares = pro_rata(delta_wh, [max(end - start, 0) for _, start, end in parts])
+        for i, (tariff, start, end) in enumerate(parts):
+            if shares[i] == 0:
+                continue
+            result = billing.charge(tariff, accrual, shares[i], self.local_s(start),
+                                    self.local_s(end))
+            for posting in result.postings:
+                # the entry names the meter, the billing month and the tariff version in force
+                ref = f"{meter.id}/{posting.month}/{tariff.name}@{posting.tariff_version}"
+                if posting.energy_paise:
+                    self.journal.post(acct.id, t1, "energy", -posting.energy_paise, ref)
+                if posting.duty_paise:
+                    self.journal.post(acct.id, t1, "duty", -posting.duty_paise, ref)
+            accrual = result.accrual
+        assert accrual is not None  # delta_wh > 0 leaves at least one non-empty share
+        self.journal.update_account(acct.id, month=accrual.month,
+                                    consumed_wh=accrual.consumed_wh,
+                                    energy_mp=accrual.energy_mp,
+                                    energy_posted=accrual.energy_posted,
+                                    duty_posted=accrual.duty_posted,
+                                    duty_mp_bp=accrual.duty_mp_bp)
         self._after_balance_change(acct.id, before, t1)
 
     # -- money in -------------------------------------------------------------
     def topup(self, acct_id: str, amount: int, txn: str, now_s: int,
               kind: str = "topup") -> tuple[bool, int]:
-        """Inside the caller's transaction. (applied, balance); applied once per txn."""
-        before = self.journal.account(acct_id).balance
-        entry = self.journal.topup(acct_id, amount, txn, now_s, kind)
-        if entry is None:
-            return False, before
-        acct = self.journal.account(acct_id)
-        rearmed = alerts.rearmed_levels(entry.bal, entry.bal, acct.alerts)
-        self.journal.update_account(acct_id, reference=max(entry.bal, 0),
-                                    alerts=acct.alerts - rearmed,
-                                    zero_alert_at=None if 0 in rearmed else acct.zero_alert_at)
-        self._after_balance_change(acct_id, before, now_s)
-        return True, entry.bal
+        """(applied, balance); applied once per txn. Joins the caller's transaction."""
+        with self.store.tx():
+            before = self.journal.account(acct_id).balance
+            entry = self.journal.topup(acct_id, amount, txn, now_s, kind)
+            if entry is None:
+                return False, before
+            acct = self.journal.account(acct_id)
+            rearmed = alerts.rearmed_levels(entry.bal, entry.bal, acct.alerts)
+            self.journal.update_account(acct_id, reference=max(entry.bal, 0),
+                                        alerts=acct.alerts - rearmed,
+                                        zero_alert_at=None if 0 in rearmed
+                                        else acct.zero_alert_at)
+            self._after_balance_change(acct_id, before, now_s)
+            return True, entry.bal
+
+    def _token_key_bytes(self) -> bytes:
+        if self._token_key is None:
+            from agent.uplink.cose import read_hex_key
+
+            self._token_key = read_hex_key(self.cfg.security.token_key_file)
+        return self._token_key
+
+    def enter_token(self, acct_id: str, digits: str, now_s: int) -> dict[str, Any]:
+        """`meter-agent token enter`: the token's state, gate, entry and balance commit in
+        one transaction, and only then is "accepted" returned (ledger invariant 4)."""
+        assert not self.store._depth, "enter_token commits itself: call it outside a tx"
+        if acct_id not in self.accounts():
+            raise CommandError("unknown_account", f"no account {acct_id!r}")
+        key = self._token_key_bytes()
+        with self.store.tx():
+            row = self.journal.token_row(acct_id)
+            state = tokens.TokenState() if row is None else tokens.TokenState(
+                row.max_counter, row.used)
+            gate = tokens.TokenGate() if row is None else tokens.TokenGate(
+                row.wrong_in_row, row.lockouts, row.locked_from_s, row.locked_until_s,
+                row.last_wrong_s)
+            check, gate = tokens.enter_token(key, acct_id, digits, state, gate, now_s)
+            applied, balance = False, self.journal.account(acct_id).balance
+            if check.ok:
+                # The txn table is a second lock on "at most once" besides TokenState.used.
+                applied, balance = self.topup(acct_id, check.amount_paise,
+                                              f"token:{acct_id}:{check.counter}", now_s, "token")
+                state = check.new_state
+            reason = check.reason if not check.ok else ("ok" if applied else "used")
+            self.journal.save_token_row(acct_id, TokenRow(
+                state.max_counter, state.used, gate.wrong_in_row, gate.lockouts,
+                gate.locked_from_s, gate.locked_until_s, gate.last_wrong_s))
+            if reason != "ok":
+                detail: dict[str, Any] = {"why": reason}
+                if check.counter is not None:
+                    detail["counter"] = check.counter
+                if tokens.gate_locked(gate, now_s):
+                    detail["locked_until"] = gate.locked_until_s
+                self.emit(now_s, "token_rejected", acct=acct_id, detail=detail)
+        log.info("event=token acct=%s result=%s counter=%s", acct_id, reason, check.counter)
+        if reason != "ok":
+            out: dict[str, Any] = {"ok": False, "reason": reason}
+            if tokens.gate_locked(gate, now_s):
+                out["locked_until"] = gate.locked_until_s
+            return out
+        return {"ok": True, "amount": check.amount_paise, "balance": balance,
+                "counter": check.counter}
 
     # -- the clock: fixed charges and re-evaluation ---------------------------
     def tick(self, now_s: int) -> None:
-        today = calendar.local_date(self.local_s(now_s))
+        trusted = self.relays.refresh_clock_trust()
+        local_now = self.local_s(now_s)
+        today = calendar.local_date(local_now)
         with self.store.tx():
             for acct in self.journal.accounts():
-                tariff = self.tariffs.get(acct.tariff)
-                if tariff is None:
+                if acct.tariff not in self.versions:
                     continue
-                dates = billing.fixed_dates_due(acct.fixed_last, today)
-                before = acct.balance
+                # A clock not yet trusted could use up dates that never come back.
+                dates = billing.fixed_dates_due(acct.fixed_last, today) if trusted else []
+                posted = False
                 for date in dates:
+                    midnight_s = calendar.parse_date(date) * calendar.DAY_S - (local_now - now_s)
+                    tariff = self.tariff_at(acct.tariff, midnight_s)
                     if tariff.fixed_per_day:
                         self.journal.post(acct.id, now_s, "fixed", -tariff.fixed_per_day,
                                           f"{date}/{tariff.name}@{tariff.version}")
+                        posted = True
                 if dates:
                     self.journal.update_account(acct.id, fixed_last=dates[-1])
-                    self._after_balance_change(acct.id, before, now_s)
+                if posted:  # alerts fire on a debit only, never on nothing
+                    self._after_balance_change(acct.id, acct.balance, now_s)
                 else:
-                    self._evaluate_relays(acct.id, now_s)
+                    self.relays.evaluate(acct.id, now_s)
 
     # -- alerts and relay intent ------------------------------------------------
+    def days_left(self, acct_id: str, balance: int, now_s: int) -> int | None:
+        spent, first_t = self.journal.spend_since(acct_id, now_s - SPEND_WINDOW_S)
+        if first_t is None:
+            return None
+        window_s = max(now_s - first_t, calendar.DAY_S)  # at least a day of history
+        return alerts.days_left_estimate(balance, spent * calendar.DAY_S // window_s)
+
     def _after_balance_change(self, acct_id: str, before: int, now_s: int) -> None:
         acct = self.journal.account(acct_id)
         crossed = alerts.crossed_levels(self.policy.alert_levels_pct, acct.reference, before,
                                         acct.balance, acct.alerts)
         if crossed:
-            raised = acct.alerts | frozenset(crossed)
             zero_at = acct.zero_alert_at
+            days = self.days_left(acct_id, acct.balance, now_s)
             for level in crossed:
                 self.emit(now_s, "low_balance", acct=acct_id,
-                          detail={"level_pct": level, "balance": acct.balance})
+                          detail={"level_pct": level, "balance": acct.balance,
+                                  "days_left": days})
                 if level == 0:
                     zero_at = now_s
-            self.journal.update_account(acct_id, alerts=raised, zero_alert_at=zero_at)
+            acct = dataclasses.replace(acct, alerts=acct.alerts | frozenset(crossed),
+                                       zero_alert_at=zero_at)
+            self.journal.update_account(acct_id, alerts=acct.alerts, zero_alert_at=zero_at)
         floor = -self.policy.emergency_credit
         if before >= floor > acct.balance:
             self.emit(now_s, "credit_exhausted", acct=acct_id, detail={"balance": acct.balance})
-        self._evaluate_relays(acct_id, now_s)
+        self.relays.evaluate(acct_id, now_s, acct)
 
-    def _evaluate_relays(self, acct_id: str, now_s: int) -> None:
-        acct = self.journal.account(acct_id)
-        for meter in self.meters.values():
-            if meter.account != acct_id:
-                continue
-            state = self.journal.meter(meter.id)
-            if state.override and (state.override_until is None or now_s < state.override_until):
-                want = "closed" if state.override == "connect" else "open"
-                if state.relay_intent != want:
-                    self._set_intent(meter, want, f"override_{state.override}", now_s)
-                continue
-            if state.override:
-                self.journal.update_meter(meter.id, override="", override_until=None)
-            if acct.balance > 0:  # reconnection is allowed at any hour (DOMAIN)
-                if state.relay_intent == "open":
-                    self._set_intent(meter, "closed", "credit", now_s)
-                self._end_deferral(acct)
-                continue
-            if acct.balance >= 0 or state.relay_intent == "open":
-                continue
-            self._consider_disconnect(acct, meter, now_s)
+    # -- actuation -----------------------------------------------------------------
+    def relay_result(self, meter_id: str, connected: bool | None, error: str, now_s: int,
+                     state: str | None = None) -> None:
+        """The bus switched (or failed to switch) a relay and read it back. ``state``
+        (closed | open | armed) wins over ``connected`` when given; ``connected`` None
+        and ``state`` None or "" (the bus's BusEvent.state on a failure): it failed."""
+        state = state or None
+        if state is not None and state not in ("closed", "open", "armed"):
+            raise LedgerError(f"relay state {state!r} is not closed | open | armed")
+        actual = state if state is not None else (
+            None if connected is None else "closed" if connected else "open")
+        self.actuation.result(meter_id, actual, error, now_s)
 
-    def _end_deferral(self, acct: Account) -> None:
-        if acct.deferred:
-            self.journal.update_account(acct.id, deferred="")
+    def relay_jobs(self, now_s: int | None = None) -> list[tuple[str, bool]]:
+        """(meter, connect) for relays that differ from their durable intent; with
+        ``now_s`` a relay whose switch failed waits out its back-off (relay/actuation.py)."""
+        return self.actuation.jobs(now_s)
 
-    def _consider_disconnect(self, acct: Account, meter: MeterConfig, now_s: int) -> None:
-        moratorium = self.journal.moratorium_until(acct.id)
-        inputs = PolicyInputs(
-            balance=acct.balance,
-            local_s=self.local_s(now_s),
-            clock_trusted=self.clock_trusted,
-            moratorium_until=moratorium,
-            now_s=now_s,
-            headend_online=self.headend.online,
-            payments_ok=self.headend.payments,
-            headend_heard_s=self.headend.heard_s,
-            alerts_raised=acct.alerts,
-            zero_alert_at_s=acct.zero_alert_at,
-            disconnects_last_hour=self.journal.count_disconnects(now_s - 3600),
-            policy=self.policy,
-        )
-        decision = decide_disconnect(inputs)
-        log.info("event=disconnect_decision acct=%s meter=%s allowed=%s reasons=%s "
-                 "balance=%d trusted=%s payments=%s heard=%s", acct.id, meter.id,
-                 decision.allowed, ",".join(decision.reasons), acct.balance,
-                 self.clock_trusted, self.headend.payments, self.headend.heard_s)
-        if decision.allowed:
-            self.journal.record_disconnect(now_s)
-            self._set_intent(meter, "open", "credit", now_s)
-            self._end_deferral(acct)
-            return
-        key = ",".join(decision.reasons)
-        if key != acct.deferred:  # once per episode (a new set of reasons is a new episode)
-            self.emit(now_s, "disconnect_deferred", m=meter.id, acct=acct.id,
-                      detail={"reasons": list(decision.reasons), "reason": decision.reasons[0],
-                              "balance": acct.balance})
-            self.journal.update_account(acct.id, deferred=key)
-
-    def _set_intent(self, meter: MeterConfig, want: str, reason: str, now_s: int) -> None:
-        self.journal.update_meter(meter.id, relay_intent=want, relay_reason=reason)
-        log.info("event=relay_intent meter=%s want=%s reason=%s", meter.id, want, reason)
-
-    def relay_result(self, meter_id: str, connected: bool | None, error: str,
-                     now_s: int) -> None:
-        """The bus switched (or failed to switch) a relay: record it and report it."""
-        meter = self.meters.get(meter_id)
-        with self.store.tx():
-            state = self.journal.meter(meter_id)
-            if connected is None:
-                log.warning("event=relay_failed meter=%s want=%s error=%s", meter_id,
-                            state.relay_intent, error)
-                return
-            actual = "closed" if connected else "open"
-            if actual != state.relay_actual:
-                self.journal.update_meter(meter_id, relay_actual=actual)
-                self.emit(now_s, "relay", m=meter_id, acct=meter.account if meter else None,
-                          detail={"state": actual, "reason": state.relay_reason or "startup"})
+    def on_tamper(self, meter_id: str, kind: str, code: int, t: int) -> None:
+        """A `tamper` event with evidence kept; opens the relay only with
+        policy.disconnect_on_tamper (relay/disconnect.py)."""
+        self.relays.on_tamper(meter_id, kind, code, t)
 
     def set_override(self, meter_id: str, action: str, until: int | None, now_s: int) -> str:
-        """Inside the caller's transaction; returns the relay intent that results."""
-        if action == "auto":
-            self.journal.update_meter(meter_id, override="", override_until=None)
-        else:
-            self.journal.update_meter(meter_id, override=action, override_until=until)
-        self._evaluate_relays(self.meters[meter_id].account, now_s)
-        if action == "auto":
-            state = self.journal.meter(meter_id)
-            if state.relay_reason.startswith("override") and state.relay_intent == "open":
-                self._set_intent(self.meters[meter_id], "closed", "override_auto", now_s)
-                self._evaluate_relays(self.meters[meter_id].account, now_s)
-        return self.journal.meter(meter_id).relay_intent
-
-    def relay_jobs(self) -> list[tuple[str, bool]]:
-        """Meters whose relay does not (yet) match the durable intent."""
-        out = []
-        for state in self.journal.meters():
-            meter = self.meters.get(state.id)
-            if meter is None or meter.relay_spec.kind == "none":
-                continue
-            if state.relay_actual != state.relay_intent:
-                out.append((state.id, state.relay_intent == "closed"))
-        return out
-
-    def accounts(self) -> set[str]:
-        return {a.id for a in self.cfg.accounts}
+        """A manual override; the resulting intent. Joins the caller's transaction."""
+        return self.relays.set_override(meter_id, action, until, now_s)
 
     def set_moratorium(self, acct: str, until: int, reason: str, now_s: int) -> None:
-        """Inside the caller's transaction; ``acct`` '*' covers every account."""
-        self.journal.set_moratorium(acct, until, reason)
-        log.info("event=moratorium acct=%s until=%d reason=%s", acct, until, reason)
-
-    def headend_state(self, online: bool | None, payments: bool | None, now_s: float) -> None:
-        self.headend.online = online
-        self.headend.payments = payments
-        self.headend.heard_s = now_s
-
-    def headend_still_heard(self, now_s: float) -> None:
-        """While the broker connection that delivered the retained state stays up, any
-        change would reach us at once: the last state is still what the head-end says."""
-        if self.headend.heard_s is not None:
-            self.headend.heard_s = now_s
+        """Joins the caller's transaction; ``acct`` '*' covers every account."""
+        self.relays.set_moratorium(acct, until, reason, now_s)

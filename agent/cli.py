@@ -214,7 +214,7 @@ def _next_counter(cfg: Config, account: str) -> int:
         counters = {}
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot read the issuer's counters {path}: {exc}") from exc
-    counter = counters.get(account, -1) + 1
+    counter = counters.get(account, 0) + 1  # counters start at 1 (docs/tokens.md)
     counters[account] = counter
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -36,8 +36,9 @@ from agent.config import Config, MeterConfig
 from agent.control import ControlRequest, ControlServer
 from agent.dispatch import Dispatcher
 from agent.drivers.bus import BusEvent, BusScheduler
-from agent.errors import AgentError, CommandError, ConfigError
+from agent.errors import AgentError, CommandError, ConfigError, RelayError
 from agent.provisioning import Provisioning
+from agent.relay.base import Relay, sync
 from agent.sdnotify import Notifier
 from agent.uplink.cose import read_hex_key
 from agent.uplink.delivery import Delivery
@@ -77,7 +78,7 @@ class Runtime:
         cfg: Config,
         *,
         clock: Clock | None = None,
-        link_factory: Callable[[Config, int, queue.Queue[Any]], MqttLink] | None = None,
+        link_factory: Callable[..., MqttLink] | None = None,
         bus_factory: Callable[..., BusScheduler] | None = None,
         control: bool = True,
     ) -> None:
@@ -89,10 +90,11 @@ class Runtime:
         self.boot = self.store.next_boot()
         self.started = int(self.clock.time_s())
         self.journal = Journal(self.store)
-        self.accounting = Accounting(cfg, self.store, self.journal)
+        self.accounting = Accounting(cfg, self.store, self.journal, token_key=self.token_key)
         self.provisioning = Provisioning(self.store, cfg)
         provisioned = self.provisioning.meters()
         self.accounting.meters = {m.id: m for m in provisioned}
+        self.gpio_relays = self._open_gpio_relays(provisioned)
         self.buses: dict[str, BusScheduler] = {}
         for bus in cfg.buses:
             meters = [m for m in provisioned if m.bus == bus.name]
@@ -100,17 +102,20 @@ class Runtime:
             self.buses[bus.name] = make_bus(bus, meters, self.inbox.put, clock=self.clock)
         self.dispatcher = Dispatcher(gw=cfg.gateway.id, boot=self.boot, key=self.command_key,
                                      store=self.store, journal=self.journal,
-                                     accounting=self.accounting, read_meter=self._read_meter)
-        self.link = (link_factory or MqttLink)(cfg, self.boot, self.inbox)
+                                     accounting=self.accounting, read_meter=self._read_meter,
+                                     on_meter_change=self.on_meter_change)
+        self.link = (link_factory or MqttLink)(cfg, self.boot, self.inbox, manual_ack=True)
         self.control = ControlServer(cfg.gateway.data_dir, self.inbox.put) if control else None
-        self.delivery = Delivery(self.store, self.link, self.clock)
+        self.delivery = Delivery(self.store, self.link, self.clock, gw=cfg.gateway.id,
+                                 boot=self.boot, status=self.status)
         self.relay_pending: dict[str, float] = {}  # meter -> when the switch was asked
         self.scans: dict[str, ControlRequest] = {}  # scan ref -> the CLI request waiting
         self.last_readings: dict[str, dict[str, Any]] = {}
         self.meter_online: dict[str, bool] = {}
         self.headend_this_connection = False
         self.stop_event = threading.Event()
-        self._next_tick = self._next_status = 0.0
+        self._next_tick = self._next_status = self._next_relay_check = 0.0
+        self._relays_dirty = True  # any handled event may change a relay's intent
         self.notifier = Notifier()
         # The page's threads read this snapshot (replaced whole each second), never SQLite.
         self.status_snapshot: dict[str, Any] = {}
@@ -149,7 +154,10 @@ class Runtime:
         if mono >= self._next_cleanup:
             self._next_cleanup = mono + SEEN_CLEANUP_EVERY_S
             self.store.forget_expired(int(self.clock.time_s()))
-        self._sync_relays()
+        if self._relays_dirty or mono >= self._next_relay_check:
+            self._relays_dirty = False
+            self._next_relay_check = mono + TICK_S
+            self._sync_relays()
         self.delivery.pump()
 
     def run(self) -> None:
@@ -190,6 +198,10 @@ class Runtime:
         finally:
             for bus in self.buses.values():
                 bus.join(timeout=5)
+            for relay in self.gpio_relays.values():
+                close = getattr(relay, "close", None)
+                if close is not None:
+                    close()
             self.store.close()
             log.info("event=stop gw=%s boot=%d", self.cfg.gateway.id, self.boot)
 
@@ -203,6 +215,7 @@ class Runtime:
 
     def _handle(self, event: Any) -> None:
         now = int(self.clock.time_s())
+        self._relays_dirty = True
         if isinstance(event, BusEvent):
             self._bus_event(event, now)
         elif isinstance(event, LinkEvent):
@@ -252,13 +265,8 @@ class Runtime:
         elif event.kind == "connected":
             log.info("event=mqtt_connected session_present=%s",
                      event.extra.get("session_present"))
-            self.delivery.on_connected()
+            self.delivery.on_connected()  # the birth (with health) goes out from pump()
             self.headend_this_connection = False
-            backlog, _ = self.store.backlog()
-            birth = {"online": True, "version": __version__, "boot": self.boot,
-                     "started": self.started, "meters": len(self.accounting.meters),
-                     "backlog": backlog}
-            self.link.publish("state", json.dumps(birth).encode(), retain=True)
         elif event.kind == "disconnected":
             log.warning("event=mqtt_disconnected reason=%s", event.reason)
             self.delivery.on_disconnected()
@@ -268,6 +276,7 @@ class Runtime:
                 self.dispatcher.handle(event.payload, now)
             elif event.topic == self.link.headend_topic:
                 self._headend_message(event.payload, now)
+            self.link.ack(event)  # only now: the reply is committed (manual_ack=True)
 
     # -- the local control socket (CLI through the running agent) -------------------
     def _control(self, req: ControlRequest, now: int) -> None:
@@ -286,6 +295,7 @@ class Runtime:
                 with self.store.tx():
                     state = self.accounting.set_override(str(meter_id), str(action), until, now)
                     self.accounting.emit(now, "relay_override", m=str(meter_id),
+                                         acct=self.accounting.meters[str(meter_id)].account,
                                          detail={"action": action, "until": until,
                                                  "source": "local"})
                 log.info("event=relay_override source=local meter=%s action=%s until=%s",
@@ -355,12 +365,35 @@ class Runtime:
             self.accounting.headend_still_heard(now)
         self.accounting.tick(now)
         outbox.form_messages(self.store, self.cfg.gateway.id, self.boot, now,
-                             self.link.connected)
+                             self.link.connected, limits=self.cfg.store)
         self.delivery.check_stuck()
 
+    def _open_gpio_relays(self, meters: tuple[MeterConfig, ...]) -> dict[str, Relay]:
+        """GPIO relays are switched here, not on a bus; a missing libgpiod is a config error."""
+        relays: dict[str, Relay] = {}
+        for i, m in enumerate(meters):
+            if m.relay_spec.kind != "gpio" or m.relay_spec.line is None:
+                continue
+            from agent.relay.gpio import GpioRelay
+
+            intent = self.journal.meter(m.id).relay_intent
+            try:
+                relays[m.id] = GpioRelay(m.relay_spec.line,
+                                         connected_at_start=intent == "closed")
+            except RelayError as exc:
+                raise ConfigError([(f"meter[{i}].relay", str(exc))]) from exc
+        return relays
+
     def _sync_relays(self) -> None:
+        now = int(self.clock.time_s())
+        jobs = self.accounting.relay_jobs(now)
+        if self.gpio_relays:
+            sync(self.gpio_relays, jobs, lambda m, c, e, st: self.accounting.relay_result(
+                m, c, e, now, state=st))
         mono = self.clock.monotonic_s()
-        for meter_id, connected in self.accounting.relay_jobs():
+        for meter_id, connected in jobs:
+            if meter_id in self.gpio_relays:
+                continue
             asked = self.relay_pending.get(meter_id)
             if asked is not None and mono - asked < RELAY_RETRY_S:
                 continue

@@ -276,6 +276,21 @@ class HeadEnd:
         """Every reply to command ``id`` (a repeat carries "dup": true), in seq order."""
         return [m for m in self.messages(gw, "reply") if m["id"] == id]
 
+    def dropped_seqs(self, gw: str) -> set[int]:
+        """Seqs the gateway dropped at its storage bound (data_dropped detail.seqs)."""
+        return {s for e in self.events(gw, "data_dropped") for s in e["detail"].get("seqs", [])
+                if isinstance(s, int)}
+
+    def gaps(self, gw: str) -> list[int]:
+        """Seqs below the highest one received that have not arrived and were not named
+        as dropped: lost in transit so far (they come again after a reconnect)."""
+        with self._cond:
+            have = set(self._by_seq.get(gw, {}))
+        if not have:
+            return []
+        dropped = self.dropped_seqs(gw)
+        return [s for s in range(1, max(have)) if s not in have and s not in dropped]
+
     def state(self, gw: str) -> dict[str, Any] | None:
         with self._cond:
             return self._states.get(gw)

@@ -1,10 +1,12 @@
-"""The ledger's durable tables: accounts, the append-only journal, top-ups, meters.
+"""The ledger's durable tables: accounts, the append-only journal, top-ups, meters,
+tariff versions, the policy overlay, token verifier state and tamper evidence.
 
 Every function here runs inside the caller's ``store.tx()`` so that an entry,
 the balance it produces and the outbox item that reports it commit together
 (DOMAIN invariants 2, 3, 7). The journal is append-only: there is no UPDATE or
 DELETE of ``journal`` anywhere in the agent; ``n`` is gapless per account
-because it is ``accounts.n + 1`` inside the same transaction.
+because it is ``accounts.n + 1`` inside the same transaction. ``tamper`` is
+append-only too (evidence).
 """
 
 from __future__ import annotations
@@ -59,7 +61,10 @@ CREATE TABLE IF NOT EXISTS meters (
   relay_reason  TEXT NOT NULL DEFAULT '',
   relay_actual  TEXT NOT NULL DEFAULT '',
   override      TEXT NOT NULL DEFAULT '',
-  override_until INTEGER
+  override_until INTEGER,
+  tamper_hold   INTEGER NOT NULL DEFAULT 0,
+  relay_attempts INTEGER NOT NULL DEFAULT 0,
+  relay_next_s  INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS disconnects (
   t INTEGER NOT NULL
@@ -69,9 +74,52 @@ CREATE TABLE IF NOT EXISTS moratoria (
   until  INTEGER NOT NULL,
   reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS tariffs (
+  name        TEXT NOT NULL,
+  version     INTEGER NOT NULL,
+  body        TEXT NOT NULL,
+  effective_s INTEGER NOT NULL,
+  source      TEXT NOT NULL,
+  PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS policy (
+  key   TEXT PRIMARY KEY,
+  value TEXT NOT NULL,
+  t     INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+  acct           TEXT PRIMARY KEY,
+  max_counter    INTEGER NOT NULL,
+  used           TEXT NOT NULL,
+  wrong_in_row   INTEGER NOT NULL,
+  lockouts       INTEGER NOT NULL,
+  locked_from_s  INTEGER NOT NULL,
+  locked_until_s INTEGER NOT NULL,
+  last_wrong_s   INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tamper (
+  id      INTEGER PRIMARY KEY AUTOINCREMENT,
+  meter   TEXT NOT NULL,
+  acct    TEXT,
+  t       INTEGER NOT NULL,
+  kind    TEXT NOT NULL,
+  code    INTEGER NOT NULL,
+  balance INTEGER,
+  relay   TEXT NOT NULL,
+  action  TEXT NOT NULL
+);
 """
 
+# Columns added after the first schema, with their definitions: an older database
+# gets them by ALTER TABLE when a writer opens it (Journal.__init__).
+_ADDED_COLUMNS = {
+    "meters": (("tamper_hold", "INTEGER NOT NULL DEFAULT 0"),
+               ("relay_attempts", "INTEGER NOT NULL DEFAULT 0"),
+               ("relay_next_s", "INTEGER NOT NULL DEFAULT 0")),
+}
+
 KINDS = ("topup", "token", "energy", "fixed", "duty", "adjust")
+SPEND_SCAN_ENTRIES = 50_000  # spend_since reads at most this many recent entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,18 +167,51 @@ class MeterState:
     relay_actual: str  # closed | open | armed | '' (unknown)
     override: str  # '' | connect | disconnect
     override_until: int | None
+    tamper_hold: int = 0  # unix s of the tamper that opened the relay; 0: none
+    relay_attempts: int = 0  # switch attempts since the relay last matched its intent
+    relay_next_s: int = 0  # unix s before which a failed switch is not retried
+
+
+@dataclass(frozen=True, slots=True)
+class TariffVersion:
+    name: str
+    version: int
+    body: str  # canonical JSON of the [tariff.NAME] table
+    effective_s: int  # unix s from which energy is priced with this version
+    source: str  # config | command
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRow:
+    max_counter: int
+    used: frozenset[int]
+    wrong_in_row: int
+    lockouts: int
+    locked_from_s: int
+    locked_until_s: int
+    last_wrong_s: int
 
 
 _ACCOUNT_COLS = ("id, tariff, balance, n, reference, alerts, zero_alert_at, fixed_last, month, "
                  "consumed_wh, energy_mp, energy_posted, duty_posted, duty_mp_bp, deferred")
 _METER_COLS = ("id, serial, base_wh, base_t, relay_intent, relay_reason, relay_actual, "
-               "override, override_until")
+               "override, override_until, tamper_hold, relay_attempts, relay_next_s")
 
 
 class Journal:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.conn = store.conn
+        if not store.readonly:
+            self._migrate()
+
+    def _migrate(self) -> None:
+        with self.store.tx():
+            for table, columns in _ADDED_COLUMNS.items():
+                have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+                for name, definition in columns:
+                    if name not in have:
+                        self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
 
     # -- accounts -----------------------------------------------------------
     def ensure_account(self, acct: str, tariff: str) -> None:
@@ -228,15 +309,17 @@ class Journal:
 
     def update_meter(self, meter_id: str, **fields: object) -> None:
         allowed = {"serial", "base_wh", "base_t", "relay_intent", "relay_reason",
-                   "relay_actual", "override", "override_until"}
+                   "relay_actual", "override", "override_until", "tamper_hold",
+                   "relay_attempts", "relay_next_s"}
         assert set(fields) <= allowed, set(fields) - allowed
-        self.meter(meter_id)  # creates the row on first use
         sets = ", ".join(f"{k} = ?" for k in fields)
-        self.conn.execute(f"UPDATE meters SET {sets} WHERE id = ?", (*fields.values(), meter_id))
+        sql = f"UPDATE meters SET {sets} WHERE id = ?"
+        if self.conn.execute(sql, (*fields.values(), meter_id)).rowcount == 0:
+            self.meter(meter_id)  # creates the row on first use
+            self.conn.execute(sql, (*fields.values(), meter_id))
 
     # -- the disconnection rate limit ----------------------------------------
     def count_disconnects(self, since_s: int) -> int:
-        self.conn.execute("DELETE FROM disconnects WHERE t < ?", (since_s - 3600,))
         row = self.conn.execute("SELECT COUNT(*) FROM disconnects WHERE t >= ?",
                                 (since_s,)).fetchone()
         return int(row[0])
@@ -254,4 +337,79 @@ class Journal:
         return None if row[0] is None else int(row[0])
 
     def record_disconnect(self, t: int) -> None:
+        # Only the last hour is ever counted; a day's rows are kept in case the clock
+        # steps back, and older ones pruned here, so the table stays small.
+        self.conn.execute("DELETE FROM disconnects WHERE t < ? OR t > ?", (t - 86_400, t + 86_400))
         self.conn.execute("INSERT INTO disconnects (t) VALUES (?)", (t,))
+
+    # -- spending, for the low-balance estimate of days left ---------------------
+    def spend_since(self, acct: str, since_s: int) -> tuple[int, int | None]:
+        """(paise debited by energy, duty and fixed entries at t >= since_s, the first t).
+
+        Looks at the last SPEND_SCAN_ENTRIES entries only (a primary-key range, no index
+        on t to maintain on every posting): a shorter window at worst, never a slow one."""
+        last_n = int(self.conn.execute("SELECT n FROM accounts WHERE id = ?",
+                                       (acct,)).fetchone()[0])
+        row = self.conn.execute(
+            "SELECT COALESCE(-SUM(amt), 0), MIN(t) FROM journal WHERE acct = ? AND n > ? "
+            "AND t >= ? AND kind IN ('energy', 'duty', 'fixed')",
+            (acct, last_n - SPEND_SCAN_ENTRIES, since_s)).fetchone()
+        return int(row[0]), (None if row[1] is None else int(row[1]))
+
+    # -- tariff versions (the `tariff` command; DOMAIN: entries name their version) ----
+    def tariff_versions(self) -> list[TariffVersion]:
+        rows = self.conn.execute("SELECT name, version, body, effective_s, source FROM tariffs "
+                                 "ORDER BY name, version").fetchall()
+        return [TariffVersion(*r) for r in rows]
+
+    def add_tariff_version(self, v: TariffVersion) -> None:
+        self.conn.execute("INSERT INTO tariffs (name, version, body, effective_s, source) "
+                          "VALUES (?, ?, ?, ?, ?)",
+                          (v.name, v.version, v.body, v.effective_s, v.source))
+
+    # -- the policy overlay (the `policy` command over the config's [policy]) ----------
+    def policy_overlay(self) -> dict[str, str]:
+        """key -> JSON text of its value, as last set by a command."""
+        return {k: v for k, v in self.conn.execute("SELECT key, value FROM policy ORDER BY key")}
+
+    def set_policy_key(self, key: str, value_json: str, t: int) -> None:
+        self.conn.execute("INSERT INTO policy (key, value, t) VALUES (?, ?, ?) ON CONFLICT(key) "
+                          "DO UPDATE SET value = excluded.value, t = excluded.t",
+                          (key, value_json, t))
+
+    # -- offline token verifier state and wrong-entry gate (ledger invariant 4) ---------
+    def token_row(self, acct: str) -> TokenRow | None:
+        row = self.conn.execute(
+            "SELECT max_counter, used, wrong_in_row, lockouts, locked_from_s, locked_until_s, "
+            "last_wrong_s FROM tokens WHERE acct = ?", (acct,)).fetchone()
+        if row is None:
+            return None
+        used = frozenset(int(x) for x in row[1].split(",") if x)
+        return TokenRow(row[0], used, row[2], row[3], row[4], row[5], row[6])
+
+    def save_token_row(self, acct: str, r: TokenRow) -> None:
+        used = ",".join(str(c) for c in sorted(r.used))
+        self.conn.execute(
+            "INSERT INTO tokens (acct, max_counter, used, wrong_in_row, lockouts, locked_from_s, "
+            "locked_until_s, last_wrong_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(acct) DO "
+            "UPDATE SET max_counter = excluded.max_counter, used = excluded.used, "
+            "wrong_in_row = excluded.wrong_in_row, lockouts = excluded.lockouts, "
+            "locked_from_s = excluded.locked_from_s, locked_until_s = excluded.locked_until_s, "
+            "last_wrong_s = excluded.last_wrong_s",
+            (acct, r.max_counter, used, r.wrong_in_row, r.lockouts, r.locked_from_s,
+             r.locked_until_s, r.last_wrong_s))
+
+    # -- tamper evidence (append-only) -------------------------------------------------
+    def record_tamper(self, meter: str, acct: str | None, t: int, kind: str, code: int,
+                      balance: int | None, relay: str, action: str) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO tamper (meter, acct, t, kind, code, balance, relay, action) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (meter, acct, t, kind, code, balance, relay, action))
+        return int(cur.lastrowid or 0)
+
+    def tamper_log(self, meter: str | None = None, limit: int = 100) -> list[dict[str, object]]:
+        cols = ("id", "meter", "acct", "t", "kind", "code", "balance", "relay", "action")
+        where, params = ("WHERE meter = ?", (meter,)) if meter else ("", ())
+        rows = self.conn.execute(f"SELECT {', '.join(cols)} FROM tamper {where} "
+                                 f"ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
+        return [dict(zip(cols, r, strict=True)) for r in reversed(rows)]

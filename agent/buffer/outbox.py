@@ -1,35 +1,133 @@
-"""Forming uplink messages from pending items (CONTRACT 4–7).
+"""Forming uplink messages from pending items (CONTRACT 4-7), and the storage bound.
 
-A message is formed once: its ``seq`` is taken and its exact bytes stored in
-the same transaction that removes the items it carries, so a seq always names
-the same bytes across reconnects, restarts and power loss.
+A message is formed once: its ``seq`` is taken and its exact bytes stored in the
+same transaction that removes the items it carries, so a seq always names the
+same bytes across reconnects, restarts and power loss.
 
-Bounds: a message carries at most ``MAX_ITEMS`` items and about
-``MAX_BATCH_BYTES`` of them. While the link is down, readings stay pending
-until a full batch has gathered, so a long outage drains in few, large
-messages; events and ledger entries are formed at once (they are few and the
-head-end wants them first).
+When (nothing is formed while the link is down: a seq is taken only for what can
+be sent now, and until then items can still be thinned at the storage bound):
+- events and ledger entries: at every call, all of them;
+- live readings (``t >= now - LIVE_AGE_S``) into lane ``LANE_READINGS``: once a
+  full batch has gathered or the oldest of them is ``LIVE_FLUSH_S`` old;
+- backlog readings (older: they piled up while the link was down) into lane
+  ``LANE_BACKLOG``: on demand, ``BACKLOG_AHEAD`` messages ahead of the in-flight
+  window (``form_backlog``, called by Delivery). The store keeps readings as runs
+  (up to ``RUN_MAX`` consecutive readings of one meter in one row, store.py); a
+  backlog message holds whole runs, oldest first, so delta encoding packs a
+  72-hour backlog at about 15 bytes per reading and each meter's backlog goes out
+  in time order. The first tick with the link up seals the runs that began before
+  ``LIVE_AGE_S``: what comes after starts new runs, which go out live.
+Delivery sends lane by lane (replies, events, ledger, live, backlog): a live
+reading waits at most for one PUBACK of the drain, never for the drain. Each of
+the two reading streams is in time order per meter; a live message formed during
+a drain has a lower seq than older readings still to come from the backlog, so a
+head-end orders a meter's readings by ``t``, not by seq (docs/mqtt-api.md).
+
+Bounds: a message carries at most ``MAX_ITEMS`` events or entries and
+``MAX_ITEM_BYTES`` of them (readings: ``MAX_RUNS`` runs, ``MAX_READING_ITEM_BYTES``);
+an encoded message over ``MAX_MESSAGE_BYTES`` is formed again from half of them.
+One call forms at most ``MAX_MESSAGES_PER_CALL`` messages, so it never holds the
+writer for long.
+
+The storage bound (``enforce_bounds``): the bytes held for the uplink may not
+exceed ``[store] max_bytes``, and while free disk is under ``min_free_bytes`` they
+may not grow past what they were when it got there (SQLite reuses freed pages,
+so a store that does not grow takes no more disk). Over the bound, in this order:
+  1. strip the instantaneous values (p_w, v_dv, i_ma, f_chz, pf_milli) from the
+     oldest pending readings, a run at a time: the energy registers stay;
+  2. drop the oldest readings whole: pending items, or formed readings messages
+     (oldest data first); a dropped message's seq becomes a gap that the event
+     names in ``detail.seqs``.
+Ledger entries, events and replies are never dropped. Each pass that drops
+reports it as ``data_dropped`` events ({what: instantaneous | readings, count}).
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Any
 
-from agent.buffer.store import LANE_EVENTS, LANE_LEDGER, LANE_READINGS, LANE_REPLY, Store
+import cbor2
+
+from agent.buffer.store import (
+    LANE_BACKLOG,
+    LANE_EVENTS,
+    LANE_LEDGER,
+    LANE_READINGS,
+    LANE_REPLY,
+    PendingRow,
+    Store,
+    disk_free_bytes,
+)
+from agent.config import StoreConfig
 from agent.drivers.reading import Reading
 from agent.uplink import cbor, wire
 
-MAX_ITEMS = 500
-MAX_BATCH_BYTES = 32 * 1024
-MAX_MESSAGES_PER_CALL = 64  # one call never holds the writer for long
+log = logging.getLogger("agent.outbox")
+
+MAX_ITEMS = 4096  # events or entries per message
+MAX_ITEM_BYTES = 32 * 1024  # events and entries: about the size of the message
+MAX_READING_ITEM_BYTES = 96 * 1024  # readings shrink ~2x into delta-encoded series
+MAX_MESSAGE_BYTES = 64 * 1024  # the hard bound on one up/* message
+MAX_MESSAGES_PER_CALL = 64
+LIVE_AGE_S = 60  # a pending reading older than this when the link is up is backlog
+LIVE_FLUSH_S = 5  # live readings wait at most this long to share a message
+BACKLOG_AHEAD = 32  # backlog messages formed ahead of the in-flight window
+MAX_RUNS = 1024  # reading runs looked at per message (with the bytes: a memory bound)
+MAX_VALUE = 2**62  # |value| below this: every delta fits int64 (CONTRACT 1: signed 64-bit)
+INSTANTANEOUS = ("p_w", "v_dv", "i_ma", "f_chz", "pf_milli")
+_KEEP = tuple(q not in INSTANTANEOUS for q in wire.QUANTITIES)
+BOUND_CHUNK = 64  # runs (up to RUN_MAX readings each) stripped or dropped per round
+BOUND_ROUNDS = 64  # rounds per call; what is left over is done at the next call
 
 
+class _R:
+    """A reading as wire.readings_body wants it, without Reading's per-value asserts."""
+
+    __slots__ = ("meter", "t", "values")
+
+    def __init__(self, meter: str, t: int, values: dict[str, int]) -> None:
+        self.meter, self.t, self.values = meter, t, values
+
+
+# -- items: our own bytes in the store ------------------------------------------------
 def reading_item(reading: Reading) -> bytes:
-    return cbor.dumps({"m": reading.meter, "t": reading.t, "v": dict(reading.values)})
+    """[m, t, import_wh, export_wh, p_w, v_dv, i_ma, f_chz, pf_milli], null where the
+    meter does not measure: a third of a map's bytes, and twice as fast to decode.
+
+    A value of 2**62 or more (no meter shows one; a driver bug could) is left out and
+    logged: its delta might not fit int64, and one such value must not stop a drain."""
+    values = {}
+    for q, v in reading.values.items():
+        if -MAX_VALUE < v < MAX_VALUE:
+            values[q] = v
+        else:
+            log.warning("event=value_out_of_range meter=%s t=%d %s=%d", reading.meter,
+                        reading.t, q, v)
+    return cbor.dumps([reading.meter, reading.t, *(values.get(q) for q in wire.QUANTITIES)])
 
 
-def _reading_from_item(item: Any) -> Reading:
-    return Reading(meter=item["m"], t=item["t"], values=dict(item["v"]))
+def _readings(item: bytes) -> list[_R]:
+    """The readings of a run (a CBOR sequence of reading items). Our own bytes: cbor2's
+    C decoder directly, the whole run at once as an indefinite-length array (the
+    hardened cbor.loads is for bytes from outside). A schema-1 store holds
+    {"m", "t", "v"} maps: read those too."""
+    out = []
+    for d in cbor2.loads(b"\x9f" + item + b"\xff"):
+        if isinstance(d, dict):
+            out.append(_R(d["m"], d["t"], dict(d["v"])))
+        else:
+            out.append(_R(d[0], d[1], {q: v for q, v in zip(wire.QUANTITIES, d[2:],
+                                                             strict=True) if v is not None}))
+    return out
+
+
+def _strip(run: bytes) -> bytes:
+    """The run without its instantaneous values (the storage bound, step 1)."""
+    return b"".join(cbor.dumps([r.meter, r.t, *(r.values.get(q) if keep else None for q, keep
+                                                in zip(wire.QUANTITIES, _KEEP, strict=True))])
+                    for r in _readings(run))
 
 
 def event_item(t: int, type_: str, *, m: str | None = None, acct: str | None = None,
@@ -42,42 +140,259 @@ def event_item(t: int, type_: str, *, m: str | None = None, acct: str | None = N
     return cbor.dumps(event)
 
 
-def _body(lane: int, items: list[bytes]) -> dict[str, Any]:
-    decoded = [cbor.loads(i) for i in items]
-    if lane == LANE_READINGS:
-        return {"readings": wire.readings_body([_reading_from_item(d) for d in decoded])}
+# -- messages -------------------------------------------------------------------------
+def _deterministic(m: dict[str, Any]) -> dict[str, Any]:
+    """``m`` with its keys in RFC 8949 4.2.1 order (bytewise by their encoding)."""
+    return {k: m[k] for k in sorted(m, key=cbor2.dumps)}
+
+
+def encode_readings(gw: str, boot: int, seq: int, body: list[dict[str, Any]]) -> bytes:
+    """An up/readings message, byte for byte what ``cbor.dumps`` writes for it (a test
+    checks): cbor.dumps walks every integer of every array to order map keys, which is
+    most of the cost of a backlog drain; here only the maps are ordered, and the arrays
+    hold ints that wire.series has checked to be int64."""
+    message = wire.envelope(gw, boot, seq)
+    message["readings"] = [_deterministic(s) for s in body]
+    return bytes(cbor2.dumps(_deterministic(message), canonical=False))
+
+
+def _encode(lane: int, gw: str, boot: int, seq: int, items: list[Any]) -> bytes:
+    """``items``: series for the readings lanes, else decoded maps."""
+    if lane in (LANE_READINGS, LANE_BACKLOG):
+        return encode_readings(gw, boot, seq, items)
+    message = wire.envelope(gw, boot, seq)
     if lane == LANE_EVENTS:
-        return {"events": decoded}
-    if lane == LANE_LEDGER:
-        return {"entries": decoded}
-    raise AssertionError(f"lane {lane} is not batched")
+        message["events"] = items
+    elif lane == LANE_LEDGER:
+        message["entries"] = items
+    else:
+        raise AssertionError(f"lane {lane} is not batched")
+    return cbor.dumps(message)
 
 
-def form_messages(store: Store, gw: str, boot: int, now_s: int, link_up: bool) -> int:
-    """Turn pending items into outbox messages; returns how many were formed."""
+def _run_series(item: bytes) -> list[dict[str, Any]]:
+    """The series of one run. The common case (one meter, in time order, the same
+    quantities throughout) is built from columns (C-level transposition); anything
+    else goes through wire.readings_body one reading at a time."""
+    rows = cbor2.loads(b"\x9f" + item + b"\xff")
+    if all(type(r) is list for r in rows):  # noqa: E721 - schema-1 items are maps
+        cols = list(zip(*rows, strict=True))
+        meter, times = rows[0][0], list(cols[1])
+        present = {}
+        uniform = cols[0].count(meter) == len(rows) and times == sorted(times)
+        for q, col in zip(wire.QUANTITIES, cols[2:], strict=True):
+            nones = col.count(None)
+            if nones == 0:
+                present[q] = list(col)
+            elif nones != len(col):
+                uniform = False
+        if uniform:
+            return [wire.series(meter, times, present)]
+    return wire.readings_body(_readings(item))
+
+
+def _decoded(lane: int, rows: list[PendingRow]) -> list[Any]:
+    if lane in (LANE_READINGS, LANE_BACKLOG):
+        body = [s for row in rows for s in _run_series(row.item)]
+        body.sort(key=lambda s: (s["m"], s["t"][0]))  # by meter, then time (docs)
+        return body
+    return [cbor2.loads(r.item) for r in rows]
+
+
+def _store_message(store: Store, lane: int, gw: str, boot: int, now_s: int,
+                   rows: list[PendingRow]) -> int:
+    """Form one message from ``rows`` (or from its first half, again, while it is over
+    MAX_MESSAGE_BYTES), inside the caller's transaction; the caller deletes the rows
+    used. Returns how many rows that is."""
+    seq = store.meta("next_seq")  # taken below, once the bytes fit
+    while True:
+        payload = _encode(lane, gw, boot, seq, _decoded(lane, rows))
+        if len(payload) <= MAX_MESSAGE_BYTES or len(rows) == 1:
+            break
+        rows = rows[: len(rows) // 2]
+    assert store.take_seq() == seq
+    store.add_outbox(seq, lane, payload, now_s, items=sum(r.n for r in rows),
+                     t0=min(r.t for r in rows))
+    return len(rows)
+
+
+def form_messages(store: Store, gw: str, boot: int, now_s: int, link_up: bool, *,
+                  limits: StoreConfig | None = None, free_bytes: int | None = None) -> int:
+    """Enforce the storage bound (when ``limits`` are given), then turn pending items
+    into messages while the link is up; returns how many messages were formed."""
+    if limits is not None:
+        enforce_bounds(store, limits, now_s, free_bytes=free_bytes)
+    if not link_up:
+        return 0
     formed = 0
-    for lane in (LANE_EVENTS, LANE_LEDGER, LANE_READINGS):
+    for lane in (LANE_EVENTS, LANE_LEDGER):
         while formed < MAX_MESSAGES_PER_CALL:
-            count, _oldest = store.pending_stats(lane)
-            if count == 0:
-                break
-            if lane == LANE_READINGS and not link_up and count < MAX_ITEMS:
-                break
             with store.tx():
-                rows = store.pending(lane, MAX_BATCH_BYTES, MAX_ITEMS)
-                seq = store.take_seq()
-                message = wire.envelope(gw, boot, seq)
-                message.update(_body(lane, [item for _, item in rows]))
-                store.add_outbox(seq, lane, cbor.dumps(message), now_s)
-                store.delete_pending([row_id for row_id, _ in rows])
+                pending = store.pending(lane, MAX_ITEM_BYTES, MAX_ITEMS)
+                if not pending:
+                    break
+                rows = [PendingRow(i, item, len(item), now_s) for i, item in pending]
+                used = _store_message(store, lane, gw, boot, now_s, rows)
+                store.delete_pending([r.id for r in rows[:used]])
             formed += 1
+    formed += _form_live(store, gw, boot, now_s, MAX_MESSAGES_PER_CALL - formed)
+    ahead = BACKLOG_AHEAD - store.outbox_rows(LANE_BACKLOG)
+    return formed + form_backlog(store, gw, boot, now_s,
+                                 min(ahead, MAX_MESSAGES_PER_CALL - formed))
+
+
+def _form_live(store: Store, gw: str, boot: int, now_s: int, room: int) -> int:
+    formed = 0
+    while formed < room:
+        with store.tx():
+            store.seal_runs(now_s - LIVE_AGE_S)  # what piled up while down is backlog
+            rows = store.pending_since(LANE_READINGS, now_s - LIVE_AGE_S, MAX_RUNS,
+                                       MAX_READING_ITEM_BYTES)
+            full = len(rows) == MAX_RUNS or 2 * sum(r.size for r in rows) > \
+                MAX_READING_ITEM_BYTES
+            if not rows or (not full and min(r.t for r in rows) > now_s - LIVE_FLUSH_S):
+                break
+            used = _store_message(store, LANE_READINGS, gw, boot, now_s, rows)
+            store.delete_pending([r.id for r in rows[:used]])
+        formed += 1
     return formed
 
 
-def add_reply(store: Store, gw: str, boot: int, now_s: int, body: dict[str, Any]) -> int:
-    """One reply is one message; call inside the transaction of the command's effects."""
+def form_backlog(store: Store, gw: str, boot: int, now_s: int, want: int) -> int:
+    """Form up to ``want`` backlog messages from the oldest runs; returns how many.
+
+    A run is one meter's consecutive readings, so a message of whole runs holds long
+    series (delta encoding pays), and taking runs strictly oldest first keeps each
+    meter's readings in time order from message to message."""
+    cutoff = now_s - LIVE_AGE_S
+    _count, oldest = store.pending_stats(LANE_READINGS)  # (lane, t) index: cheap
+    if want <= 0 or oldest is None or oldest >= cutoff:
+        return 0
+    formed = 0
+    while formed < want:
+        with store.tx():
+            store.seal_runs(cutoff)
+            rows = []
+            for row in store.oldest_readings(MAX_RUNS, max_bytes=MAX_READING_ITEM_BYTES):
+                if row.t >= cutoff:
+                    break  # live from here on
+                rows.append(row)
+            if not rows:
+                break
+            used = _store_message(store, LANE_BACKLOG, gw, boot, now_s, rows)
+            store.delete_pending([r.id for r in rows[:used]])
+        formed += 1
+    return formed
+
+
+def add_reply(store: Store, gw: str, boot: int, now_s: int, command_id: str | None,
+              code: str, msg: str = "", result: dict[str, Any] | None = None, *,
+              dup: bool = False) -> int:
+    """One reply is one message, built by wire.reply_message (which checks it); call
+    inside the transaction of the command's effects."""
     seq = store.take_seq()
-    message = wire.envelope(gw, boot, seq)
-    message.update(body)
+    message = wire.reply_message(gw, boot, seq, command_id, code, msg, result, dup=dup)
     store.add_outbox(seq, LANE_REPLY, cbor.dumps(message), now_s)
     return seq
+
+
+# -- the storage bound ----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Drops:
+    """What one enforce_bounds call took away."""
+
+    stripped: int = 0  # readings that lost their instantaneous values
+    readings: int = 0  # readings dropped whole (pending or in dropped messages)
+    seqs: tuple[int, ...] = ()  # formed messages dropped
+
+
+def store_cap(store: Store, limits: StoreConfig, free_bytes: int) -> int:
+    """The byte cap now: ``max_bytes``, or while the disk is under its free floor the
+    store's size when it got there (kept in meta so a restart keeps it)."""
+    frozen = store.meta("frozen_bytes")
+    if free_bytes < limits.min_free_bytes:
+        if not frozen:
+            frozen = max(1, store.size_bytes())
+            store.set_meta("frozen_bytes", frozen)
+            log.warning("event=disk_floor free=%d floor=%d frozen_bytes=%d", free_bytes,
+                        limits.min_free_bytes, frozen)
+        return min(limits.max_bytes, frozen)
+    if frozen:
+        store.set_meta("frozen_bytes", 0)
+    return limits.max_bytes
+
+
+def enforce_bounds(store: Store, limits: StoreConfig, now_s: int, *,
+                   free_bytes: int | None = None) -> Drops:
+    """Bring the uplink's bytes under the cap (see the module docstring for the order);
+    the drops and their data_dropped events commit together."""
+    free = disk_free_bytes(store.path.parent) if free_bytes is None else free_bytes
+    stripped: list[PendingRow] = []
+    dropped: list[PendingRow] = []
+    seqs: list[int] = []
+    in_messages = 0
+    times: list[int] = []
+    with store.tx():
+        cap = store_cap(store, limits, free)
+        size = store.size_bytes()
+        rounds = 0
+        while size > cap and rounds < BOUND_ROUNDS:
+            rounds += 1
+            rows = store.oldest_readings(BOUND_CHUNK, unstripped=True)
+            if not rows:
+                break
+            for row in rows:
+                new = _strip(row.item)
+                store.replace_item(row.id, new)
+                size += len(new) - row.size
+                stripped.append(row)
+                if size <= cap:
+                    break
+        while size > cap and rounds < BOUND_ROUNDS:
+            rounds += 1
+            oldest_pending = store.oldest_readings(BOUND_CHUNK)
+            message = store.oldest_reading_message()
+            if message is not None and (not oldest_pending or message[2] <= oldest_pending[0].t):
+                seq, items, t0 = message
+                before = store.size_bytes()
+                store.drop_message(seq)
+                size -= before - store.size_bytes()
+                seqs.append(seq)
+                in_messages += items
+                times.append(t0)
+                continue
+            if not oldest_pending:
+                break
+            chosen: list[PendingRow] = []
+            for row in oldest_pending:
+                chosen.append(row)
+                size -= row.size
+                if size <= cap:
+                    break
+            store.delete_pending([r.id for r in chosen])
+            dropped += chosen
+        if size > cap:
+            log.warning("event=store_over_cap bytes=%d cap=%d (only what is never dropped, "
+                        "or more next time)", size, cap)
+        drops = Drops(sum(r.n for r in stripped), sum(r.n for r in dropped) + in_messages,
+                      tuple(seqs))
+        if drops.stripped:
+            store.count("stripped_readings", drops.stripped)
+            ts = [r.t for r in stripped]
+            store.add_pending(LANE_EVENTS, event_item(now_s, "data_dropped", detail={
+                "what": "instantaneous", "count": drops.stripped,
+                "quantities": list(INSTANTANEOUS), "from": min(ts), "to": max(ts)}), now_s)
+        if drops.readings:
+            store.count("dropped_readings", drops.readings)
+            store.count("dropped_messages", len(seqs))
+            ts = times + [r.t for r in dropped]
+            detail: dict[str, Any] = {"what": "readings", "count": drops.readings,
+                                      "from": min(ts), "to": max(ts)}
+            if seqs:
+                detail["seqs"] = sorted(seqs)
+            store.add_pending(LANE_EVENTS, event_item(now_s, "data_dropped", detail=detail),
+                              now_s)
+    if drops.stripped or drops.readings:
+        log.warning("event=data_dropped stripped=%d readings=%d seqs=%s cap=%d",
+                    drops.stripped, drops.readings, list(seqs), cap)
+    return drops

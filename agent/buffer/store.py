@@ -7,11 +7,22 @@ Only the runtime thread holds the writable ``Store``; the CLI and the status
 page open ``Store.open_readonly``.
 
 Tables
-  meta      boot counter, next uplink seq, schema version
-  pending   items (readings, events, ledger entries) not yet in a message
+  meta      boot counter, next uplink seq, schema version, drop counters
+  pending   items (events, ledger entries) not yet in a message, and readings as
+            runs: one row holds up to ``RUN_MAX`` consecutive readings of one meter
+            (a CBOR sequence, RFC 8742, of ``outbox.reading_item``s), appended to
+            in place until the run is sealed; so a long outage costs one row per
+            meter and day, not one per reading, and drains at a few bytes per reading
   outbox    formed messages: seq -> topic + exact bytes; deleted only on PUBACK
   seen      command ids with their stored reply, kept until the command's exp
+  tally     per (table, lane): rows, bytes and items, kept by the methods below in
+            the transaction of each change (and recounted at every open), so the
+            byte cap and the health report cost no table scan
   (ledger tables live in journal.py, same database)
+
+Schema 2 adds pending.m/n/sealed/stripped, outbox.items/t0 and tally to
+schema 1; a schema-1 file is migrated in place when opened (its pending readings
+become sealed runs of one).
 """
 
 from __future__ import annotations
@@ -22,51 +33,63 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from agent.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "agent.sqlite3"
 
-# Outbox lanes, in delivery priority order (lower first).
+# Lanes, in delivery priority order (lower first). Pending items use 0-3; the outbox
+# splits readings into live (3: formed as they come) and backlog (4: formed on demand
+# from what piled up while the link was down), so live data never waits behind a drain.
 LANE_REPLY = 0
 LANE_EVENTS = 1
 LANE_LEDGER = 2
 LANE_READINGS = 3
+LANE_BACKLOG = 4
 LANE_TOPICS = {
     LANE_REPLY: "up/reply",
     LANE_EVENTS: "up/events",
     LANE_LEDGER: "up/ledger",
     LANE_READINGS: "up/readings",
+    LANE_BACKLOG: "up/readings",
 }
+READING_LANES = (LANE_READINGS, LANE_BACKLOG)
+COUNTERS = ("stripped_readings", "dropped_readings", "dropped_messages")
+RUN_MAX = 96  # readings per run row: a day at 15-minute polls
+_CHUNK = 500  # keys per DELETE ... IN (...): under SQLite's parameter limit
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (
-  key   TEXT PRIMARY KEY,
-  value INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS pending (
-  id    INTEGER PRIMARY KEY AUTOINCREMENT,
-  lane  INTEGER NOT NULL,
-  item  BLOB NOT NULL,
-  size  INTEGER NOT NULL,
-  t     INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS pending_lane ON pending (lane, id);
-CREATE TABLE IF NOT EXISTS outbox (
-  seq     INTEGER PRIMARY KEY,
-  lane    INTEGER NOT NULL,
-  topic   TEXT NOT NULL,
-  payload BLOB NOT NULL,
-  created INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS outbox_lane ON outbox (lane, seq);
-CREATE TABLE IF NOT EXISTS seen (
-  id    TEXT PRIMARY KEY,
-  reply BLOB NOT NULL,
-  exp   INTEGER NOT NULL
-);
-"""
+_TABLES = [
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS pending (
+         id INTEGER PRIMARY KEY AUTOINCREMENT, lane INTEGER NOT NULL, item BLOB NOT NULL,
+         size INTEGER NOT NULL, t INTEGER NOT NULL, m TEXT,
+         n INTEGER NOT NULL DEFAULT 1, sealed INTEGER NOT NULL DEFAULT 1,
+         stripped INTEGER NOT NULL DEFAULT 0)""",
+    """CREATE TABLE IF NOT EXISTS outbox (
+         seq INTEGER PRIMARY KEY, lane INTEGER NOT NULL, topic TEXT NOT NULL,
+         payload BLOB NOT NULL, created INTEGER NOT NULL,
+         items INTEGER NOT NULL DEFAULT 1, t0 INTEGER)""",
+    """CREATE TABLE IF NOT EXISTS seen (
+         id TEXT PRIMARY KEY, reply BLOB NOT NULL, exp INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS tally (
+         tbl TEXT NOT NULL, lane INTEGER NOT NULL, rows INTEGER NOT NULL DEFAULT 0,
+         bytes INTEGER NOT NULL DEFAULT 0, items INTEGER NOT NULL DEFAULT 0,
+         PRIMARY KEY (tbl, lane))""",
+]
+_COLUMNS_V2 = {  # added to schema-1 tables by the migration
+    "pending": ("m TEXT", "n INTEGER NOT NULL DEFAULT 1", "sealed INTEGER NOT NULL DEFAULT 1",
+                "stripped INTEGER NOT NULL DEFAULT 0"),
+    "outbox": ("items INTEGER NOT NULL DEFAULT 1", "t0 INTEGER"),
+}
+_INDEXES = [
+    "CREATE INDEX IF NOT EXISTS pending_lane ON pending (lane, id)",
+    "CREATE INDEX IF NOT EXISTS pending_lane_t ON pending (lane, t)",
+    "CREATE INDEX IF NOT EXISTS pending_unstripped ON pending (lane, id) WHERE stripped = 0",
+    "CREATE INDEX IF NOT EXISTS pending_open ON pending (m) WHERE sealed = 0",
+    "CREATE INDEX IF NOT EXISTS outbox_lane ON outbox (lane, seq)",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +99,24 @@ class OutboxRow:
     topic: str
     payload: bytes
     created: int
+
+
+class PendingRow(NamedTuple):
+    id: int
+    item: bytes  # readings: a run (CBOR sequence); else one item
+    size: int
+    t: int  # readings: the run's first reading
+    n: int = 1  # items in the row
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What has not reached the broker yet (from the tally: no table scan)."""
+
+    messages: int  # formed, not acknowledged
+    items: int  # readings, events and entries not acknowledged, formed or not
+    bytes: int  # payload bytes of both
+    oldest_t: int | None  # the oldest item's time (Unix s), formed or not
 
 
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
@@ -98,6 +139,16 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
+def _meter_of(item: bytes) -> str:
+    """The meter of a reading item: ``[m, t, ...]`` (schema 1: ``{"m": ...}``)."""
+    import cbor2  # our own bytes; agent.uplink.cbor would import the wire module here
+
+    d = cbor2.loads(item)
+    meter = d["m"] if isinstance(d, dict) else d[0]
+    assert isinstance(meter, str), meter
+    return meter
+
+
 class Store:
     """The single writer. Not thread-safe by design: only the runtime thread uses it."""
 
@@ -111,19 +162,78 @@ class Store:
         self.conn = _connect(self.path, readonly)
         self._depth = 0
         if not readonly:
-            from agent.buffer import journal  # the ledger tables share this database
+            self._create()
 
-            with self.tx():
-                for statement in (_SCHEMA + journal.SCHEMA).split(";"):
-                    if statement.strip():
-                        self.conn.execute(statement)
-                self._meta_default("schema", SCHEMA_VERSION)
-                self._meta_default("boot", 0)
-                self._meta_default("next_seq", 1)
+    def _create(self) -> None:
+        from agent.buffer import journal  # the ledger tables share this database
+
+        with self.tx():
+            fresh = self.conn.execute(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'meta'").fetchone()[0] == 0
+            for statement in _TABLES:
+                self.conn.execute(statement)
+            for statement in journal.SCHEMA.split(";"):
+                if statement.strip():
+                    self.conn.execute(statement)
+            self._meta_default("schema", SCHEMA_VERSION if fresh else 1)
+            self._meta_default("boot", 0)
+            self._meta_default("next_seq", 1)
+            self._meta_default("frozen_bytes", 0)  # outbox.store_cap: 0 = not frozen
+            for key in COUNTERS:
+                self._meta_default(key, 0)
             version = self.meta("schema")
-            if version != SCHEMA_VERSION:
+            if version == 1:
+                self._migrate_1_to_2()
+            elif version != SCHEMA_VERSION:
                 raise StoreError(f"{self.path}: schema {version}, this agent knows "
                                  f"{SCHEMA_VERSION}")
+            for statement in _INDEXES:
+                self.conn.execute(statement)
+            self._recount()
+
+    def _recount(self) -> None:
+        """The tally from the rows (one scan, at open): whatever happened before, the
+        counts are right from here on."""
+        self.conn.execute("DELETE FROM tally")
+        for tbl in ("pending", "outbox"):
+            for lane in LANE_TOPICS:
+                self.conn.execute("INSERT INTO tally (tbl, lane) VALUES (?, ?)", (tbl, lane))
+        for lane, rows, nbytes, items in self.conn.execute(
+                "SELECT lane, COUNT(*), SUM(size), SUM(n) FROM pending GROUP BY lane").fetchall():
+            self._tally("pending", lane, rows, nbytes, items)
+        for lane, rows, nbytes, items in self.conn.execute(
+                "SELECT lane, COUNT(*), SUM(LENGTH(payload)), SUM(items) FROM outbox "
+                "GROUP BY lane").fetchall():
+            self._tally("outbox", lane, rows, nbytes, items)
+
+    def _tally(self, tbl: str, lane: int, rows: int, nbytes: int, items: int) -> None:
+        self.conn.execute("UPDATE tally SET rows = rows + ?, bytes = bytes + ?, "
+                          "items = items + ? WHERE tbl = ? AND lane = ?",
+                          (rows, nbytes, items, tbl, lane))
+
+    def _delete(self, tbl: str, key: str, size: str, items: str, keys: list[int]) -> None:
+        """Delete rows by key, keeping the tally; chunks of ``_CHUNK`` keys."""
+        for i in range(0, len(keys), _CHUNK):
+            chunk = keys[i:i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for lane, rows, nbytes, n in self.conn.execute(
+                    f"SELECT lane, COUNT(*), SUM({size}), SUM({items}) FROM {tbl} "
+                    f"WHERE {key} IN ({marks}) GROUP BY lane", chunk).fetchall():
+                self._tally(tbl, lane, -rows, -nbytes, -n)
+            self.conn.execute(f"DELETE FROM {tbl} WHERE {key} IN ({marks})", chunk)
+
+    def _migrate_1_to_2(self) -> None:
+        for table, columns in _COLUMNS_V2.items():
+            have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+            for column in columns:
+                if column.split()[0] not in have:
+                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+        self.conn.execute("UPDATE outbox SET t0 = created WHERE t0 IS NULL")
+        rows = self.conn.execute("SELECT id, item FROM pending WHERE lane = ?",
+                                 (LANE_READINGS,)).fetchall()
+        self.conn.executemany("UPDATE pending SET m = ? WHERE id = ?",
+                              [(_meter_of(bytes(item)), i) for i, item in rows])
+        self.set_meta("schema", 2)
 
     @classmethod
     def open_readonly(cls, data_dir: Path) -> Store:
@@ -156,6 +266,20 @@ class Store:
         finally:
             self._depth = 0
 
+    @contextmanager
+    def savepoint(self, name: str = "sp") -> Iterator[None]:
+        """Inside ``tx()``: undo only this block's writes if it raises (the outer
+        transaction goes on), e.g. a command refused half-way keeps its reply."""
+        assert self._depth, "a savepoint lives inside a transaction"
+        self.conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute(f"ROLLBACK TO {name}")
+            self.conn.execute(f"RELEASE {name}")
+            raise
+        self.conn.execute(f"RELEASE {name}")
+
     # -- meta -------------------------------------------------------------
     def _meta_default(self, key: str, value: int) -> None:
         self.conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
@@ -173,6 +297,14 @@ class Store:
             (key, value),
         )
 
+    def count(self, key: str, n: int) -> None:
+        """Add to a drop counter (``COUNTERS``); inside the transaction of the drop."""
+        assert key in COUNTERS, key
+        self.conn.execute("UPDATE meta SET value = value + ? WHERE key = ?", (n, key))
+
+    def counters(self) -> dict[str, int]:
+        return {key: self.meta(key) for key in COUNTERS}
+
     def next_boot(self) -> int:
         """Count this start; durable before anything is published with it."""
         with self.tx():
@@ -189,10 +321,32 @@ class Store:
 
     # -- pending items ----------------------------------------------------
     def add_pending(self, lane: int, item: bytes, t: int) -> None:
-        self.conn.execute(
-            "INSERT INTO pending (lane, item, size, t) VALUES (?, ?, ?, ?)",
-            (lane, item, len(item), t),
-        )
+        """Queue one item; a reading (``outbox.reading_item``) joins its meter's open run."""
+        assert lane in (LANE_EVENTS, LANE_LEDGER, LANE_READINGS), lane
+        if lane != LANE_READINGS:
+            self.conn.execute("INSERT INTO pending (lane, item, size, t) VALUES (?, ?, ?, ?)",
+                              (lane, item, len(item), t))
+            self._tally("pending", lane, 1, len(item), 1)
+            return
+        meter = _meter_of(item)
+        run = self.conn.execute("SELECT id, n FROM pending WHERE m = ? AND sealed = 0",
+                                (meter,)).fetchone()
+        if run is not None and run[1] < RUN_MAX:
+            # || makes text; CAST gives the same bytes back as a blob
+            self.conn.execute("UPDATE pending SET item = CAST(item || ? AS BLOB), "
+                              "size = size + ?, n = n + 1, sealed = n + 1 >= ? WHERE id = ?",
+                              (item, len(item), RUN_MAX, run[0]))
+            self._tally("pending", lane, 0, len(item), 1)
+            return
+        self.conn.execute("INSERT INTO pending (lane, item, size, t, m, sealed) "
+                          "VALUES (?, ?, ?, ?, ?, 0)", (lane, item, len(item), t, meter))
+        self._tally("pending", lane, 1, len(item), 1)
+
+    def seal_runs(self, before_t: int) -> None:
+        """No more appends to runs that began before ``before_t`` (link up again: what
+        piled up is backlog; new readings start new runs, which go out live)."""
+        self.conn.execute("UPDATE pending SET sealed = 1 WHERE sealed = 0 AND t < ?",
+                          (before_t,))
 
     def pending(self, lane: int, max_bytes: int, max_items: int) -> list[tuple[int, bytes]]:
         """Oldest pending items of a lane, within the byte and item bounds (at least one)."""
@@ -209,50 +363,129 @@ class Store:
             total += size
         return out
 
+    def _rows(self, where: str, args: tuple[object, ...],
+              max_bytes: int | None = None) -> list[PendingRow]:
+        """Rows in order; with ``max_bytes``, only as many as fit (at least one), read
+        lazily so a long backlog is not loaded to find the first few runs."""
+        out: list[PendingRow] = []
+        total = 0
+        for r in self.conn.execute(f"SELECT id, item, size, t, n FROM pending WHERE {where}",
+                                   args):
+            if max_bytes is not None and out and total + r[2] > max_bytes:
+                break
+            out.append(PendingRow(r[0], bytes(r[1]), r[2], r[3], r[4]))
+            total += r[2]
+        return out
+
+    def pending_since(self, lane: int, since_t: int, max_rows: int,
+                      max_bytes: int | None = None) -> list[PendingRow]:
+        """A lane's rows with ``t >= since_t`` (the live ones), oldest first."""
+        return self._rows("lane = ? AND t >= ? ORDER BY id LIMIT ?", (lane, since_t, max_rows),
+                          max_bytes)
+
+    def oldest_readings(self, limit: int, *, unstripped: bool = False,
+                        max_bytes: int | None = None) -> list[PendingRow]:
+        """The oldest pending reading runs, by arrival."""
+        where = " AND stripped = 0" if unstripped else ""
+        return self._rows(f"lane = ?{where} ORDER BY id LIMIT ?", (LANE_READINGS, limit),
+                          max_bytes)
+
     def pending_stats(self, lane: int) -> tuple[int, int | None]:
-        """(count, oldest t) of a lane's pending items."""
-        row = self.conn.execute(
-            "SELECT COUNT(*), MIN(t) FROM pending WHERE lane = ?", (lane,)
-        ).fetchone()
-        return int(row[0]), (None if row[1] is None else int(row[1]))
+        """(items, oldest t) of a lane's pending items."""
+        count = self.conn.execute("SELECT items FROM tally WHERE tbl = 'pending' AND lane = ?",
+                                  (lane,)).fetchone()[0]
+        row = self.conn.execute("SELECT MIN(t) FROM pending WHERE lane = ?", (lane,)).fetchone()
+        return int(count), (None if row[0] is None else int(row[0]))
 
     def delete_pending(self, ids: list[int]) -> None:
-        self.conn.executemany("DELETE FROM pending WHERE id = ?", [(i,) for i in ids])
+        self._delete("pending", "id", "size", "n", ids)
+
+    def replace_item(self, row_id: int, item: bytes) -> None:
+        """A run made smaller at the storage bound (never a formed message); sealed, so
+        what comes later starts a run of its own."""
+        lane, size = self.conn.execute("SELECT lane, size FROM pending WHERE id = ?",
+                                       (row_id,)).fetchone()
+        self._tally("pending", lane, 0, len(item) - size, 0)
+        self.conn.execute("UPDATE pending SET item = ?, size = ?, stripped = 1, sealed = 1 "
+                          "WHERE id = ?", (item, len(item), row_id))
 
     # -- outbox -----------------------------------------------------------
-    def add_outbox(self, seq: int, lane: int, payload: bytes, created: int) -> None:
+    def add_outbox(self, seq: int, lane: int, payload: bytes, created: int, *,
+                   items: int = 1, t0: int | None = None) -> None:
         self.conn.execute(
-            "INSERT INTO outbox (seq, lane, topic, payload, created) VALUES (?, ?, ?, ?, ?)",
-            (seq, lane, LANE_TOPICS[lane], payload, created),
+            "INSERT INTO outbox (seq, lane, topic, payload, created, items, t0) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (seq, lane, LANE_TOPICS[lane], payload, created, items,
+             created if t0 is None else t0),
         )
+        self._tally("outbox", lane, 1, len(payload), items)
 
     def outbox_next(self, exclude: set[int], limit: int) -> list[OutboxRow]:
-        """Unsent rows by lane priority then seq, skipping those in flight."""
+        """Unsent rows by lane priority then seq, skipping those in flight (whose
+        payloads are not read again: the (lane, seq) index answers first)."""
         if limit <= 0:
             return []
+        keys = [r[0] for r in self.conn.execute(
+            "SELECT seq FROM outbox ORDER BY lane, seq LIMIT ?", (limit + len(exclude),))
+            if r[0] not in exclude][:limit]
+        if not keys:
+            return []
+        marks = ",".join("?" * len(keys))
         rows = self.conn.execute(
-            "SELECT seq, lane, topic, payload, created FROM outbox ORDER BY lane, seq LIMIT ?",
-            (limit + len(exclude),),
-        ).fetchall()
-        out = [OutboxRow(int(r[0]), int(r[1]), r[2], bytes(r[3]), int(r[4]))
-               for r in rows if int(r[0]) not in exclude]
-        return out[:limit]
+            f"SELECT seq, lane, topic, payload, created FROM outbox WHERE seq IN ({marks}) "
+            "ORDER BY lane, seq", keys).fetchall()
+        return [OutboxRow(int(r[0]), int(r[1]), r[2], bytes(r[3]), int(r[4])) for r in rows]
+
+    def outbox_rows(self, lane: int) -> int:
+        return int(self.conn.execute("SELECT rows FROM tally WHERE tbl = 'outbox' AND lane = ?",
+                                     (lane,)).fetchone()[0])
+
+    def oldest_reading_message(self) -> tuple[int, int, int] | None:
+        """(seq, items, t0) of the formed readings message with the oldest data."""
+        row = self.conn.execute(
+            "SELECT seq, items, t0 FROM outbox WHERE lane IN (?, ?) ORDER BY t0, seq LIMIT 1",
+            READING_LANES).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]), int(row[2]))
+
+    def drop_message(self, seq: int) -> None:
+        """Only at the storage bound, for a readings message; its seq becomes a gap that
+        the data_dropped event names (docs/mqtt-api.md)."""
+        lane = self.conn.execute("SELECT lane FROM outbox WHERE seq = ?", (seq,)).fetchone()
+        assert lane is not None and lane[0] in READING_LANES, (seq, lane)
+        self._delete("outbox", "seq", "LENGTH(payload)", "items", [seq])
 
     def ack(self, seq: int) -> None:
         """The broker acknowledged ``seq``: the message has left; forget it."""
-        with self.tx():
-            self.conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+        self.ack_many([seq])
+
+    def ack_many(self, seqs: list[int]) -> None:
+        """Several PUBACKs in one transaction (one fsync, not one per message)."""
+        if seqs:
+            with self.tx():
+                self._delete("outbox", "seq", "LENGTH(payload)", "items", seqs)
 
     def backlog(self) -> tuple[int, int | None]:
         """(messages not yet acknowledged, creation time of the oldest)."""
         row = self.conn.execute("SELECT COUNT(*), MIN(created) FROM outbox").fetchone()
         return int(row[0]), (None if row[1] is None else int(row[1]))
 
+    def backlog_summary(self) -> Backlog:
+        tally = self.conn.execute(
+            "SELECT tbl, SUM(rows), SUM(bytes), SUM(items) FROM tally GROUP BY tbl").fetchall()
+        by = {r[0]: (int(r[1] or 0), int(r[2] or 0), int(r[3] or 0)) for r in tally}
+        pend = by.get("pending", (0, 0, 0))
+        out = by.get("outbox", (0, 0, 0))
+        firsts = [self.conn.execute("SELECT MIN(t) FROM pending WHERE lane = ?",  # (lane, t)
+                                    (lane,)).fetchone()[0]
+                  for lane in (LANE_EVENTS, LANE_LEDGER, LANE_READINGS)]
+        firsts.append(self.conn.execute("SELECT MIN(t0) FROM outbox").fetchone()[0])
+        oldest = [int(v) for v in firsts if v is not None]
+        return Backlog(messages=out[0], items=pend[2] + out[2], bytes=pend[1] + out[1],
+                       oldest_t=min(oldest) if oldest else None)
+
     def size_bytes(self) -> int:
-        row = self.conn.execute(
-            "SELECT (SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM outbox) + "
-            "(SELECT COALESCE(SUM(size), 0) FROM pending)"
-        ).fetchone()
+        """Payload bytes held for the uplink (pending items + formed messages)."""
+        row = self.conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM tally").fetchone()
         return int(row[0])
 
     # -- seen commands ------------------------------------------------------

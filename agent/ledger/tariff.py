@@ -228,3 +228,66 @@ def tariff_problems(tariff: Tariff) -> list[tuple[str, str]]:
                 problems.append(("tod", "windows " + str(holders) + " overlap"))
                 break
     return problems
+
+
+def _hhmm_text(minutes: int) -> str:
+    minutes = minutes % 1440  # 24:00 is written as 00:00, as the config writes midnight
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def tariff_table(tariff: Tariff) -> dict[str, object]:
+    """The tariff as a CONTRACT 2 ``[tariff.NAME]`` table (what the `tariff` command
+    carries): the canonical form the agent stores for each version, so two equal
+    tariffs always give equal tables."""
+    slabs: list[dict[str, int]] = []
+    for slab in tariff.slabs:
+        item = {"rate": slab.rate}
+        if slab.upto_kwh is not None:
+            item["upto_kwh"] = slab.upto_kwh
+        slabs.append(item)
+    table: dict[str, object] = {
+        "fixed_per_day": tariff.fixed_per_day,
+        "slabs": slabs,
+        "duty_bp": tariff.duty_bp,
+        "billing_day": tariff.billing_day,
+    }
+    if tariff.tod:
+        table["tod"] = [
+            {"from": _hhmm_text(w.from_min), "to": _hhmm_text(w.to_min), "pct": w.pct}
+            for w in tariff.tod
+        ]
+    return table
+
+
+# --- tariff versions (the `tariff` command) ------------------------------------------
+# ``versions`` is ``[(effective_s, Tariff), ...]`` in version order, effective times
+# never decreasing; the first is in force before its own effective time too.
+
+
+def version_at(versions: list[tuple[int, Tariff]], t: int) -> Tariff:
+    """The version in force at unix time ``t``."""
+    chosen = versions[0][1]
+    for effective_s, tariff in versions:
+        if effective_s > t:
+            break
+        chosen = tariff
+    return chosen
+
+
+def version_parts(
+    versions: list[tuple[int, Tariff]], t0: int, t1: int
+) -> list[tuple[Tariff, int, int]]:
+    """``[(tariff, start, end), ...]``: the interval (t0, t1] cut where a new version came
+    into force, so energy is priced by the version in force when it was used. A
+    backwards interval (the clock went back) is one part, the version at ``t1``."""
+    if t1 <= t0:
+        return [(version_at(versions, t1), t0, t1)]
+    points = [t0]
+    for effective_s, _ in versions:
+        if t0 < effective_s < t1 and effective_s != points[-1]:
+            points.append(effective_s)
+    points.append(t1)
+    return [
+        (version_at(versions, points[i]), points[i], points[i + 1])
+        for i in range(len(points) - 1)
+    ]

@@ -1,67 +1,181 @@
-"""Delivery of outbox rows over the MQTT link: in-flight window, PUBACKs, stuck links.
+"""Delivery of outbox rows over the MQTT link: in-flight window, PUBACKs, stuck links,
+backlog forming on demand, and the gateway's health on the retained ``state`` topic.
 
 The outbox owns delivery (STYLE rule 6): a row is published at QoS 1 and
-deleted only when its PUBACK arrives. paho's session lives in memory only, so
-on every (re)connect everything unacknowledged is simply sent again from the
-store (at-least-once; the head-end dedupes by ``(gw, seq)``).
+deleted only when its PUBACK arrives. paho keeps no session across connections
+(mqtt.py), so on every (re)connect everything unacknowledged is simply sent
+again from the store (at-least-once; the head-end dedupes by ``(gw, seq)``).
 
-Bounds: at most ``MAX_INFLIGHT`` publishes unacknowledged; a row in flight
-for ``PUBACK_TIMEOUT_S`` while the link claims to be up means the connection
-is stuck: the MQTT client is restarted (never the store).
+Order: rows go out by lane (replies, events, ledger, live readings, backlog
+readings) and by seq within a lane, so a live reading waits at most for one
+PUBACK of a backlog drain. While backlog readings are pending and the link is
+up, ``pump`` forms ``BACKLOG_AHEAD`` messages ahead of the window (outbox.py).
+
+Bounds: at most ``MAX_INFLIGHT`` publishes and ``MAX_INFLIGHT_BYTES`` of them
+unacknowledged (at least one is always allowed). A row in flight for
+``PUBACK_TIMEOUT_S`` while the link claims to be up means the connection is
+stuck: the MQTT client is restarted (never the store), and the window is sent
+again on the next connection. PUBACKs are deleted in one transaction per pump
+(a crash before it only means those rows are sent again).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from agent.buffer.store import Store
+from agent import __version__
+from agent.buffer import outbox
+from agent.buffer.store import LANE_BACKLOG, Store
 from agent.clock import Clock
 from agent.uplink.mqtt import MqttLink
 
 log = logging.getLogger("agent.delivery")
 
 MAX_INFLIGHT = 32
+MAX_INFLIGHT_BYTES = 512 * 1024
 PUBACK_TIMEOUT_S = 30.0
+STATE_EVERY_S = 60.0  # the retained health report (also sent at every connect)
+
+
+def state_payload(status: Mapping[str, Any], *, backlog: Mapping[str, Any],
+                  drops: Mapping[str, int], link: Mapping[str, Any]) -> bytes:
+    """The retained ``state`` JSON (birth and health), docs/mqtt-api.md. ``status`` is
+    the runtime's status() map; the rest comes from the store and the link."""
+    meters: dict[str, Any] = {}
+    for meter in status.get("meters", []):
+        errors = meter.get("errors") or {}
+        polls = int(errors.get("polls", 0))
+        failed = polls - int(errors.get("ok", polls))
+        meters[str(meter["id"])] = {
+            "polls": polls, "failed": failed,
+            "rate_pm": (failed * 1000 // polls) if polls else 0,  # per mille of polls
+            "online": meter.get("online"),
+        }
+    body = {
+        "online": True,
+        "version": status.get("version", __version__),
+        "boot": status["boot"],
+        "started": status.get("started"),
+        "meters": len(meters),
+        "backlog": backlog["messages"],
+        "backlog_items": backlog["items"],
+        "backlog_bytes": backlog["bytes"],
+        "oldest_s": backlog["oldest_s"],
+        "drops": dict(drops),
+        "reconnects": link.get("reconnects", 0),
+        "restarts": link.get("restarts", 0),
+        "meter_errors": meters,
+    }
+    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
 
 
 class Delivery:
-    def __init__(self, store: Store, link: MqttLink, clock: Clock) -> None:
+    def __init__(self, store: Store, link: MqttLink, clock: Clock, *,
+                 gw: str | None = None, boot: int | None = None,
+                 status: Callable[[], Mapping[str, Any]] | None = None,
+                 max_inflight: int = MAX_INFLIGHT,
+                 max_inflight_bytes: int = MAX_INFLIGHT_BYTES,
+                 puback_timeout_s: float = PUBACK_TIMEOUT_S) -> None:
+        """``gw``/``boot``: form backlog messages on demand (without them the runtime's
+        once-a-second form_messages does, more slowly). ``status``: the runtime's
+        status(); with it the birth and the periodic state are published from here."""
         self.store = store
         self.link = link
         self.clock = clock
-        self.inflight: dict[int, tuple[int, float]] = {}  # mid -> (seq, sent at monotonic)
+        self.gw = gw
+        self.boot = boot
+        self.status = status
+        self.max_inflight = max_inflight
+        self.max_inflight_bytes = max_inflight_bytes
+        self.puback_timeout_s = puback_timeout_s
+        self.inflight: dict[int, tuple[int, float, int]] = {}  # mid -> (seq, sent at, bytes)
+        self.acked_seqs: list[int] = []  # PUBACKed, deleted at the next pump
         self.acked = 0
+        self.up = False  # between our on_connected and on_disconnected
+        self.next_state_s = 0.0
 
+    # -- link events ---------------------------------------------------------------
     def on_connected(self) -> None:
-        self.inflight.clear()  # resend everything unacknowledged from the store
+        self.flush_acks()
+        self.inflight.clear()  # send everything unacknowledged again, from the store
+        self.up = True
+        self.next_state_s = 0.0  # the birth goes out at the next pump
 
     def on_disconnected(self) -> None:
+        self.flush_acks()
         self.inflight.clear()
+        self.up = False
 
     def on_puback(self, mid: int) -> None:
         sent = self.inflight.pop(mid, None)
         if sent is not None:
-            self.store.ack(sent[0])
+            self.acked_seqs.append(sent[0])
             self.acked += 1
 
+    def flush_acks(self) -> None:
+        if self.acked_seqs:
+            self.store.ack_many(self.acked_seqs)
+            self.acked_seqs = []
+
+    # -- the loop --------------------------------------------------------------------
     def pump(self) -> None:
         """Publish rows (by lane priority, then seq) while the window has room."""
-        if not self.link.connected:
+        self.flush_acks()
+        if not (self.up and self.link.connected):
             return
-        room = MAX_INFLIGHT - len(self.inflight)
+        self._maybe_state()
+        room = self.max_inflight - len(self.inflight)
         if room <= 0:
             return
-        busy = {seq for seq, _ in self.inflight.values()}
+        if self.gw is not None and self.boot is not None \
+                and self.store.outbox_rows(LANE_BACKLOG) < room + outbox.BACKLOG_AHEAD // 2:
+            outbox.form_backlog(self.store, self.gw, self.boot, int(self.clock.time_s()),
+                                outbox.BACKLOG_AHEAD)
+        busy = {seq for seq, _, _ in self.inflight.values()}
+        in_bytes = sum(n for _, _, n in self.inflight.values())
         for row in self.store.outbox_next(busy, room):
+            if self.inflight and in_bytes + len(row.payload) > self.max_inflight_bytes:
+                return
             mid = self.link.publish(row.topic, row.payload)
             if mid is None:
                 return
-            self.inflight[mid] = (row.seq, self.clock.monotonic_s())
+            self.inflight[mid] = (row.seq, self.clock.monotonic_s(), len(row.payload))
+            in_bytes += len(row.payload)
 
-    def check_stuck(self) -> None:
+    def check_stuck(self) -> bool:
+        """Restart the MQTT client when the oldest publish waits too long for its
+        PUBACK; True if it did."""
         if not self.inflight or not self.link.connected:
+            return False
+        oldest = min(sent for _, sent, _ in self.inflight.values())
+        if self.clock.monotonic_s() - oldest <= self.puback_timeout_s:
+            return False
+        log.warning("event=stuck_link inflight=%d oldest_wait_s=%.1f", len(self.inflight),
+                    self.clock.monotonic_s() - oldest)
+        self.inflight.clear()
+        self.link.restart()
+        return True
+
+    # -- health ----------------------------------------------------------------------
+    def state_payload(self, status: Mapping[str, Any]) -> bytes:
+        """The birth / periodic ``state`` for ``status`` (the runtime's status())."""
+        summary = self.store.backlog_summary()
+        now = int(self.clock.time_s())
+        backlog = {"messages": summary.messages, "items": summary.items,
+                   "bytes": summary.bytes,
+                   "oldest_s": 0 if summary.oldest_t is None else max(0, now - summary.oldest_t)}
+        return state_payload(status, backlog=backlog, drops=self.store.counters(),
+                             link=self.link.status())
+
+    def _maybe_state(self) -> None:
+        if self.status is None:
             return
-        oldest = min(sent for _, sent in self.inflight.values())
-        if self.clock.monotonic_s() - oldest > PUBACK_TIMEOUT_S:
-            self.inflight.clear()
-            self.link.restart()
+        mono = self.clock.monotonic_s()
+        if mono < self.next_state_s:
+            return
+        if self.link.publish("state", self.state_payload(self.status()), retain=True) \
+                is not None:
+            self.next_state_s = mono + STATE_EVERY_S

@@ -176,12 +176,9 @@ def check_envelope(msg: object) -> dict[str, Any]:
 # -- readings (CONTRACT 4) --------------------------------------------------------------
 def delta(values: list[int]) -> list[int]:
     """Element 0 absolute, each next one the difference from the one before."""
-    out: list[int] = []
-    prev = 0
-    for i, x in enumerate(values):
-        out.append(x if i == 0 else x - prev)
-        prev = x
-    return out
+    if not values:
+        return []
+    return [values[0]] + [values[i] - values[i - 1] for i in range(1, len(values))]
 
 
 def undelta(values: list[int]) -> list[int]:
@@ -196,35 +193,68 @@ def undelta(values: list[int]) -> list[int]:
 
 def readings_body(readings: Iterable[ReadingLike]) -> list[dict[str, Any]]:
     """Series (see the module docstring): by meter id, then time; one per run of readings
-    of a meter with the same set of quantities."""
+    of a meter with the same set of quantities.
+
+    The hot path of a backlog drain (150,000 readings): values are checked a column at
+    a time (type, then min/max against int64) rather than one by one."""
     by_meter: dict[str, list[ReadingLike]] = {}
     for r in readings:
         _need(isinstance(r.meter, str) and len(r.meter) > 0, "reading.meter must be a text")
-        _int(r.t, "reading.t", 0)
-        for q, v in r.values.items():
-            _need(q in QUANTITIES, "reading: unknown quantity " + repr(q))
-            _int(v, "reading." + q)
         by_meter.setdefault(r.meter, []).append(r)
     body: list[dict[str, Any]] = []
     for meter in sorted(by_meter):
-        run: list[ReadingLike] = []
-        for r in sorted(by_meter[meter], key=lambda r: r.t):  # stable: equal t keep order
-            if run and _keys(run[0]) != _keys(r):
-                body.append(_series(meter, run))
-                run = []
-            run.append(r)
-        body.append(_series(meter, run))
+        rs = by_meter[meter]
+        _column([r.t for r in rs], "reading.t")  # so that sorting cannot fail
+        rs.sort(key=_time_key)  # stable: equal t keep their order
+        start = 0
+        for i in range(1, len(rs) + 1):
+            if i == len(rs) or rs[i].values.keys() != rs[start].values.keys():
+                body.append(_series(meter, rs[start:i]))
+                start = i
     return body
+
+
+def _time_key(r: ReadingLike) -> int:
+    return r.t
 
 
 def _keys(r: ReadingLike) -> list[str]:
     return [q for q in QUANTITIES if q in r.values]
 
 
+def _column(values: list[Any], what: str) -> list[int]:
+    _need(len(values) > 0, what + " must not be empty")
+    if len(set(map(type, values))) != 1 or type(values[0]) is not int:  # noqa: E721
+        for x in values:  # bools are ints to isinstance, not here
+            _int(x, what)  # raises, saying why
+    if min(values) < _I64_MIN or max(values) > _I64_MAX:
+        _need(False, what + " must be " + str(_I64_MIN) + ".." + str(_I64_MAX))
+    return values
+
+
 def _series(meter: str, run: list[ReadingLike]) -> dict[str, Any]:
-    s: dict[str, Any] = {"m": meter, "t": delta([r.t for r in run])}
-    for q in _keys(run[0]):
-        s[q] = delta([r.values[q] for r in run])
+    """One run (all with the keys of ``run[0]``): its arrays, checked and delta-encoded."""
+    first = run[0].values
+    return series(meter, [r.t for r in run],
+                  {q: [r.values[q] for r in run] for q in first})
+
+
+def series(meter: str, times: list[int], columns: Mapping[str, list[int]]) -> dict[str, Any]:
+    """One series from its columns (absolute values, in time order): checked (a column
+    at a time) and delta-encoded. For builders that hold readings as columns already."""
+    _need(isinstance(meter, str) and len(meter) > 0, "reading.meter must be a text")
+    _column(times, "reading.t")
+    _need(min(times) >= 0, "reading.t must be 0.." + str(_I64_MAX))
+    for q in columns:
+        _need(q in QUANTITIES, "reading: unknown quantity " + repr(q))
+    s: dict[str, Any] = {"m": meter, "t": delta(times)}
+    for q in QUANTITIES:
+        if q in columns:
+            column = columns[q]
+            _need(len(column) == len(times), "reading." + q + " must have the length of t")
+            # the deltas too must be int64 (check_readings): |values| < 2**62 always are
+            s[q] = _column(delta(_column(column, "reading." + q)), "reading." + q + " step")
+    _need(len(times) < 2 or min(s["t"][1:]) >= 0, "a series must be in time order")
     return s
 
 

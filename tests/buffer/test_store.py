@@ -1,16 +1,64 @@
-"""The store: WAL + FULL, boot and seq durable, outbox rows leave only on ack, seen commands."""
+"""The store: WAL + FULL, boot and seq durable, reading runs, the tally, outbox rows that
+leave only on ack, lanes, forming (live, backlog), the schema-1 migration, seen commands."""
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import cbor2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.buffer import outbox
 from agent.buffer.journal import Journal
-from agent.buffer.store import LANE_EVENTS, LANE_READINGS, Store
+from agent.buffer.store import (
+    LANE_BACKLOG,
+    LANE_EVENTS,
+    LANE_LEDGER,
+    LANE_READINGS,
+    RUN_MAX,
+    Store,
+)
 from agent.drivers.reading import Reading
-from agent.uplink import cbor
+from agent.uplink import cbor, wire
+
+T0 = 1_767_225_600
+GW = "gw1"
+
+
+def reading(meter: str, t: int, wh: int, **extra: int) -> Reading:
+    return Reading(meter, t, {"import_wh": wh, **extra})
+
+
+def add(store: Store, readings: list[Reading]) -> None:
+    with store.tx():
+        for r in readings:
+            store.add_pending(LANE_READINGS, outbox.reading_item(r), r.t)
+
+
+def delivered(store: Store) -> list[tuple[int, str, dict[str, Any]]]:
+    """Every outbox row in delivery order, decoded, acknowledged on the way."""
+    out = []
+    for row in store.outbox_next(set(), 100_000):
+        message = cbor.loads(row.payload, max_bytes=1 << 20)
+        assert isinstance(message, dict)
+        out.append((row.seq, row.topic, message))
+        store.ack(row.seq)
+    return out
+
+
+def recount(store: Store) -> dict[tuple[str, int], tuple[int, int, int]]:
+    got = {(r[0], r[1]): (r[2], r[3], r[4]) for r in store.conn.execute(
+        "SELECT tbl, lane, rows, bytes, items FROM tally")}
+    store._recount()
+    want = {(r[0], r[1]): (r[2], r[3], r[4]) for r in store.conn.execute(
+        "SELECT tbl, lane, rows, bytes, items FROM tally")}
+    assert got == want
+    return want
 
 
 def test_pragmas(tmp_path: Path) -> None:
@@ -38,33 +86,169 @@ def test_seq_gapless_and_rolled_back_with_its_transaction(tmp_path: Path) -> Non
         assert store.take_seq() == 2
 
 
-def test_outbox_row_leaves_only_on_ack(tmp_path: Path) -> None:
+def test_readings_of_a_meter_share_a_run_until_it_is_full(tmp_path: Path) -> None:
     store = Store(tmp_path)
+    add(store, [reading("A", T0 + i, i) for i in range(RUN_MAX + 3)]
+        + [reading("B", T0, 7, p_w=5)])
+    rows = store.conn.execute("SELECT m, n, sealed FROM pending ORDER BY id").fetchall()
+    assert rows == [("A", RUN_MAX, 1), ("A", 3, 0), ("B", 1, 0)]
+    run = store.oldest_readings(10)[0]
+    items = cbor2.loads(b"\x9f" + run.item + b"\xff")
+    assert items[:2] == [["A", T0, 0] + [None] * 6, ["A", T0 + 1, 1] + [None] * 6]
+    assert store.pending_stats(LANE_READINGS) == (RUN_MAX + 4, T0)
+    recount(store)
+
+
+def test_nothing_is_formed_while_the_link_is_down(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    add(store, [reading("A", T0, 1)])
     with store.tx():
-        for i in range(3):
-            store.add_pending(LANE_READINGS, outbox.reading_item(
-                Reading("M1", 100 + i, {"import_wh": 1000 + i})), 100 + i)
-        store.add_pending(LANE_EVENTS, outbox.event_item(100, "meter_online", m="M1"), 100)
-    assert outbox.form_messages(store, "gw1", 1, 200, link_up=True) == 2
+        store.add_pending(LANE_EVENTS, outbox.event_item(T0, "meter_online", m="A"), T0)
+    assert outbox.form_messages(store, GW, 1, T0 + 3600, link_up=False) == 0
+    assert store.backlog()[0] == 0 and store.meta("next_seq") == 1
+
+
+def test_live_readings_wait_up_to_the_flush_time_events_do_not(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    add(store, [reading("A", T0, 1)])
+    with store.tx():
+        store.add_pending(LANE_EVENTS, outbox.event_item(T0, "meter_online", m="A"), T0)
+    assert outbox.form_messages(store, GW, 1, T0 + 1, link_up=True) == 1  # the event
+    assert outbox.form_messages(store, GW, 1, T0 + outbox.LIVE_FLUSH_S, link_up=True) == 1
+    assert [(topic, m.get("readings")) for _, topic, m in delivered(store)] == [
+        ("up/events", None), ("up/readings", [{"m": "A", "t": [T0], "import_wh": [1]}])]
+
+
+def test_rows_leave_only_on_ack_and_keep_their_bytes(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    add(store, [reading("M1", T0 + i, 1000 + i) for i in range(3)])
+    with store.tx():
+        store.add_pending(LANE_EVENTS, outbox.event_item(T0, "meter_online", m="M1"), T0)
+    assert outbox.form_messages(store, GW, 1, T0 + 10, link_up=True) == 2
     rows = store.outbox_next(set(), 10)
     assert [r.topic for r in rows] == ["up/events", "up/readings"]  # events first
     assert [r.seq for r in rows] == [1, 2]
-    readings = cbor.loads(rows[1].payload)
-    assert readings["v"] == 1 and readings["gw"] == "gw1" and readings["seq"] == 2
+    readings = wire.check_readings(cbor.loads(rows[1].payload))
+    assert readings["v"] == 1 and readings["gw"] == GW and readings["seq"] == 2
     assert readings["readings"][0]["import_wh"] == [1000, 1, 1]
     assert store.outbox_next({1}, 10)[0].seq == 2  # in flight rows are skipped
-    store.ack(1)
+    store.ack_many([1])
     assert store.backlog()[0] == 1
     reopened = Store(tmp_path)
     assert reopened.outbox_next(set(), 10)[0].payload == rows[1].payload  # same bytes
+    assert reopened.backlog_summary().items == 3
 
 
-def test_offline_readings_wait_for_a_full_batch(tmp_path: Path) -> None:
+def test_a_backlog_goes_out_after_live_data_each_meter_in_time_order(tmp_path: Path) -> None:
+    """Three hours of two meters piled up while the link was down; the link is up (the
+    first tick seals that as backlog) and a new reading comes: it is formed as live data
+    and delivered before the backlog."""
     store = Store(tmp_path)
-    with store.tx():
-        store.add_pending(LANE_READINGS, outbox.reading_item(Reading("M1", 1, {"p_w": 5})), 1)
-    assert outbox.form_messages(store, "gw1", 1, 2, link_up=False) == 0
-    assert outbox.form_messages(store, "gw1", 1, 2, link_up=True) == 1
+    old = [reading(m, T0 + 60 * i, 10 * i, p_w=i) for i in range(180) for m in ("A", "B")]
+    add(store, old)
+    now = T0 + 3 * 3600 + 600
+    formed = outbox.form_messages(store, GW, 1, now, link_up=True)
+    assert formed == store.outbox_rows(LANE_BACKLOG) >= 1
+    add(store, [reading("A", now + 1, 99_999)])
+    assert outbox.form_messages(store, GW, 1, now + 1 + outbox.LIVE_FLUSH_S, True) == 1
+    out = delivered(store)
+    assert out[0][2]["readings"] == [{"m": "A", "t": [now + 1], "import_wh": [99_999]}]
+    assert out[0][0] > out[1][0]  # a higher seq, yet first: a head-end orders by t
+    backlog = [r for _, _, m in out[1:] for r in wire.decode_readings(m)]
+    for meter in ("A", "B"):
+        mine = [r for r in backlog if r.meter == meter]
+        assert mine == sorted(mine, key=lambda r: r.t)
+        assert [r.t for r in mine] == [T0 + 60 * i for i in range(180)]
+        assert all(r.values == {"import_wh": 10 * i, "p_w": i} for i, r in enumerate(mine))
+    assert store.size_bytes() == 0
+    recount(store)
+
+
+def test_backlog_messages_stay_under_the_byte_bound(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    big = 2**62 - 1  # deltas of these need the longest integer heads
+    add(store, [Reading(f"M{m:03d}", T0 + i, {q: big if i % 2 else -big
+                                              for q in wire.QUANTITIES})
+                for i in range(40) for m in range(200)])
+    formed = outbox.form_backlog(store, GW, 1, T0 + 7200, 1000)
+    rows = store.outbox_next(set(), 10_000)
+    assert formed == len(rows) > 1
+    assert max(len(r.payload) for r in rows) <= outbox.MAX_MESSAGE_BYTES
+    assert sum(len(wire.decode_readings(cbor.loads(r.payload, max_bytes=1 << 20)))
+               for r in rows) == 8000
+
+
+series = st.lists(st.integers(-(2**62) + 1, 2**62 - 1), min_size=1, max_size=5)
+
+
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=30), st.dictionaries(
+    st.sampled_from(wire.QUANTITIES), series)), min_size=0, max_size=4),
+    st.integers(0, 2**32), st.integers(1, 2**40))
+def test_encode_readings_is_cbor_dumps_byte_for_byte(body: list[Any], boot: int,
+                                                      seq: int) -> None:
+    built = []
+    for meter, columns in body:
+        n = min((len(c) for c in columns.values()), default=1)
+        built.append(wire.series(meter, list(range(T0, T0 + n)),
+                                 {q: c[:n] for q, c in columns.items()}))
+    message = wire.envelope(GW, boot, seq)
+    message["readings"] = built
+    assert outbox.encode_readings(GW, boot, seq, built) == cbor.dumps(message)
+
+
+ops = st.lists(st.one_of(
+    st.tuples(st.just("reading"), st.sampled_from("ABC"), st.integers(0, 10_000)),
+    st.tuples(st.just("event"), st.just(""), st.integers(0, 10_000)),
+    st.tuples(st.just("form"), st.just(""), st.integers(0, 10_000)),
+    st.tuples(st.just("ack"), st.just(""), st.integers(0, 5)),
+), max_size=60)
+
+
+@settings(max_examples=40, deadline=None)
+@given(ops)
+def test_the_tally_always_matches_a_recount(tmp_path_factory: Any,
+                                           steps: list[tuple[str, str, int]]) -> None:
+    store = Store(tmp_path_factory.mktemp("tally"))
+    store.conn.execute("PRAGMA synchronous = OFF")  # the counts, not the fsyncs, are tested
+    t = T0
+    for op, meter, n in steps:
+        t += n
+        if op == "reading":
+            add(store, [reading(meter, t, n)])
+        elif op == "event":
+            with store.tx():
+                store.add_pending(LANE_EVENTS, outbox.event_item(t, "x"), t)
+        elif op == "form":
+            outbox.form_messages(store, GW, 1, t, link_up=True)
+        else:
+            store.ack_many([r.seq for r in store.outbox_next(set(), n)])
+        recount(store)
+    summary = store.backlog_summary()
+    assert summary.bytes == store.size_bytes()
+    assert summary.messages == store.backlog()[0]
+
+
+def test_a_schema_1_store_is_migrated(tmp_path: Path) -> None:
+    """A store written by the walking skeleton (schema 1, readings as maps)."""
+    conn = sqlite3.connect(tmp_path / "agent.sqlite3")
+    conn.executescript(SCHEMA_1)
+    conn.executemany("INSERT INTO meta VALUES (?, ?)",
+                     [("schema", 1), ("boot", 4), ("next_seq", 8)])
+    old = cbor.dumps({"m": "A", "t": T0, "v": {"import_wh": 5, "p_w": 7}})
+    conn.execute("INSERT INTO pending (lane, item, size, t) VALUES (3, ?, ?, ?)",
+                 (old, len(old), T0))
+    conn.execute("INSERT INTO outbox VALUES (7, 1, 'up/events', x'a0', ?)", (T0,))
+    conn.commit()
+    conn.close()
+    store = Store(tmp_path)
+    assert store.meta("schema") == 2 and store.next_boot() == 5
+    add(store, [reading("A", T0 + 1, 6)])  # a new run: the old row is sealed
+    assert store.backlog_summary().items == 3
+    assert outbox.form_messages(store, GW, 5, T0 + 3600, link_up=True) == 1
+    out = delivered(store)
+    assert out[0][0] == 7 and out[1][0] == 8
+    assert wire.decode_readings(out[1][2]) == [Reading("A", T0, {"import_wh": 5, "p_w": 7}),
+                                               reading("A", T0 + 1, 6)]
 
 
 def test_seen_commands_kept_until_exp(tmp_path: Path) -> None:
@@ -74,6 +258,21 @@ def test_seen_commands_kept_until_exp(tmp_path: Path) -> None:
         store.remember("c2", b"\xa0", exp=300)
     assert store.forget_expired(200) == 1
     assert store.seen_reply("c1") is None and store.seen_reply("c2") == b"\xa0"
+    assert Store(tmp_path).seen_reply("c2") == b"\xa0"  # across a restart
+
+
+def test_savepoint_undoes_only_its_block(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    with store.tx():
+        store.add_pending(LANE_LEDGER, b"\xa0", 1)
+        try:
+            with store.savepoint():
+                store.add_pending(LANE_LEDGER, b"\xa1", 2)
+                raise ValueError("refused half-way")
+        except ValueError:
+            pass
+    assert [r[0] for r in store.conn.execute("SELECT item FROM pending")] == [b"\xa0"]
+    recount(store)
 
 
 def test_topup_once_per_txn_and_journal_sums(tmp_path: Path) -> None:
@@ -109,3 +308,16 @@ with s.tx():
     journal = Journal(store)
     assert journal.account("A").balance == 700
     assert [e.ref for e in journal.entries("A")] == ["x1"]
+    recount(store)
+
+
+SCHEMA_1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE pending (id INTEGER PRIMARY KEY AUTOINCREMENT, lane INTEGER NOT NULL,
+  item BLOB NOT NULL, size INTEGER NOT NULL, t INTEGER NOT NULL);
+CREATE INDEX pending_lane ON pending (lane, id);
+CREATE TABLE outbox (seq INTEGER PRIMARY KEY, lane INTEGER NOT NULL, topic TEXT NOT NULL,
+  payload BLOB NOT NULL, created INTEGER NOT NULL);
+CREATE INDEX outbox_lane ON outbox (lane, seq);
+CREATE TABLE seen (id TEXT PRIMARY KEY, reply BLOB NOT NULL, exp INTEGER NOT NULL);
+"""

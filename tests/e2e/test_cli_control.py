@@ -72,7 +72,7 @@ def test_token_issue_reference_issuer(tmp_path: Path) -> None:
 
     a: dict[str, Any] = json.loads(first.stdout)
     b: dict[str, Any] = json.loads(second.stdout)
-    assert (a["counter"], b["counter"]) == (0, 1)  # the issuer's counter advances
+    assert (a["counter"], b["counter"]) == (1, 2)  # the issuer's counter advances
     groups = a["token"].split()
     assert len(groups) == 5 and all(len(x) == 4 and x.isdigit() for x in groups)
     bad = cli("token", "issue", "ACC-0001", "150", "-c", str(config))

@@ -170,6 +170,19 @@ def test_records_a_seq_sent_again_with_other_bytes(headend: HeadEnd,
     assert [e["t"] for e in headend.events(gw)] == [1]  # the first one is kept
 
 
+def test_gaps_tell_a_drop_from_a_loss(headend: HeadEnd, gateway: FakeGateway) -> None:
+    """Seqs 2 and 4 never come: 2 was dropped at the storage bound (named by a
+    data_dropped event), 4 is lost so far."""
+    gw = gateway.gw
+    gateway.send("events", wire.events_message(gw, 1, 1, [wire.event(1, "meter_online")]))
+    gateway.send("events", wire.events_message(gw, 1, 3, [wire.event(
+        2, "data_dropped", detail={"what": "readings", "count": 96, "seqs": [2]})]))
+    gateway.send("events", wire.events_message(gw, 1, 5, [wire.event(3, "meter_online")]))
+    headend.wait_for(lambda: len(headend.raw_seqs(gw)) == 3, 5, "3 arrivals")
+    assert headend.dropped_seqs(gw) == {2}
+    assert headend.gaps(gw) == [4]
+
+
 def test_command_and_reply(headend: HeadEnd, gateway: FakeGateway) -> None:
     gw = gateway.gw
     cid = headend.command(gw, "topup", {"account": "A", "amount": 100, "txn": "t-1"})

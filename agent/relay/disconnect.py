@@ -1,0 +1,252 @@
+"""When the relay may open, and who decides (DOMAIN "When the relay may open"; docs/policy.md).
+
+The imperative side of ``agent.ledger.policy``: for each meter of an account it
+decides the relay intent, in this order, and writes it in the caller's
+transaction (``Actuation.set_intent``), before anything is switched:
+
+  1. a manual override (`relay` command or technician) until ``until`` or `auto`;
+  2. a tamper hold (only with ``disconnect_on_tamper``), until an override;
+  3. credit: balance > 0 closes the relay at any hour (reconnection is never held);
+  4. the policy: ``decide_disconnect`` with every input gathered here, logged;
+     a held-back disconnection is one ``disconnect_deferred`` event per episode.
+
+It also keeps what the policy needs that is not in the store: the head-end's
+retained state and whether the clock is trusted (NTP since boot, or a verified
+command's ``iat`` within 5 minutes).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import functools
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from agent.buffer.journal import Account, Journal
+from agent.buffer.store import Store
+from agent.config import MeterConfig
+from agent.ledger.policy import Policy, PolicyInputs, decide_disconnect
+from agent.relay.actuation import Actuation, Emit
+
+log = logging.getLogger("agent.ledger")
+
+CLOCK_CONFIRM_WINDOW_S = 300  # DOMAIN: a verified command's iat within 5 minutes
+TAMPER_KINDS = ("cover_open", "magnet", "neutral_missing", "reverse_current", "other")
+# IS 15959 pairs occurrence/restoration codes (201/202 magnet, 203/204 neutral): a
+# restoration is kept as evidence but never opens a relay.
+RESTORATION_CODES = frozenset({202, 204})
+
+
+@dataclasses.dataclass
+class HeadendView:
+    online: bool | None = None
+    payments: bool | None = None
+    heard_s: float | None = None  # last time heard over a live broker connection
+
+
+# -- is the clock NTP-synchronised since boot? (DOMAIN: the clock is trusted) --------
+STA_UNSYNC = 0x0040  # <linux/timex.h>: the kernel clock is not synchronised
+TIME_ERROR = 5  # adjtimex's return when it is not
+TIMESYNCD_FLAG = Path("/run/systemd/timesync/synchronized")  # on tmpfs: gone at each boot
+
+
+class _Timex(ctypes.Structure):  # struct timex of <sys/timex.h>, read-only use (modes = 0)
+    _fields_ = [("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
+                ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long),
+                ("status", ctypes.c_int), ("rest", ctypes.c_byte * 256)]  # room to spare
+
+
+@functools.cache
+def _adjtimex() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn: Callable[..., int] = ctypes.CDLL(None, use_errno=True).adjtimex
+    except (OSError, AttributeError):
+        return None
+    return fn
+
+
+def kernel_clock_synchronised() -> bool:
+    """True when systemd-timesyncd has synchronised since boot, or when the kernel says
+    an NTP daemon (chrony, ntpd, timesyncd) disciplines the clock: adjtimex() is not
+    TIME_ERROR and STA_UNSYNC is clear. False elsewhere (not Linux, no libc). Asked
+    about once a second until it says yes (then Disconnection latches it)."""
+    if TIMESYNCD_FLAG.exists():
+        return True
+    adjtimex = _adjtimex()
+    if adjtimex is None:
+        return False
+    timex = _Timex()  # modes = 0: read only, never sets anything
+    state = int(adjtimex(ctypes.byref(timex)))
+    return state not in (-1, TIME_ERROR) and not timex.status & STA_UNSYNC
+
+
+class Disconnection:
+    def __init__(self, store: Store, journal: Journal, meters: Mapping[str, MeterConfig],
+                 emit: Emit, local_s: Callable[[int], int], policy: Callable[[], Policy],
+                 clock_synchronised: Callable[[], bool] | None) -> None:
+        self.store = store
+        self.journal = journal
+        self.meters = meters
+        self.emit = emit
+        self.local_s = local_s
+        self.policy = policy  # the policy in force now (a `policy` command may change it)
+        self.headend = HeadendView()
+        self.clock_trusted = False
+        self.clock_confirmed = False  # by a verified head-end command
+        self._clock_synchronised = clock_synchronised
+        self.actuation = Actuation(store, journal, meters, emit)
+
+    def _meters_of(self, acct_id: str) -> list[MeterConfig]:
+        return [m for m in self.meters.values() if m.account == acct_id]
+
+    # -- the clock ------------------------------------------------------------
+    def confirm_clock(self, iat_s: int, now_s: int) -> None:
+        if abs(iat_s - now_s) <= CLOCK_CONFIRM_WINDOW_S:
+            self.clock_confirmed = self.clock_trusted = True
+
+    def refresh_clock_trust(self) -> bool:
+        """Trusted once NTP synchronised the clock since boot (latched for this process)
+        or a verified head-end command confirmed it."""
+        if not self.clock_trusted and self._clock_synchronised is not None:
+            self.clock_trusted = bool(self._clock_synchronised())
+        return self.clock_trusted
+
+    # -- the head-end's retained state ---------------------------------------------
+    def headend_state(self, online: bool | None, payments: bool | None, now_s: float) -> None:
+        self.headend.online = online
+        self.headend.payments = payments
+        self.headend.heard_s = now_s
+
+    def headend_still_heard(self, now_s: float) -> None:
+        """While the broker connection that delivered the retained state stays up, any
+        change would reach us at once: the last state is still what the head-end says."""
+        if self.headend.heard_s is not None:
+            self.headend.heard_s = now_s
+
+    # -- decisions -----------------------------------------------------------------
+    def evaluate(self, acct_id: str, now_s: int, acct: Account | None = None) -> None:
+        """Make each of the account's relay intents what the rules say, in order:
+        a live override, a tamper hold, credit (reconnect at any hour), the policy.
+        ``acct``: the account as just written by the caller (saves reading it again)."""
+        if acct is None:
+            acct = self.journal.account(acct_id)
+        for meter in self._meters_of(acct_id):
+            state = self.journal.meter(meter.id)
+            if state.override:
+                if state.override_until is None or now_s < state.override_until:
+                    want = "closed" if state.override == "connect" else "open"
+                    if state.relay_intent != want:
+                        self._set_intent(meter, want, f"override_{state.override}", now_s)
+                    continue
+                self.journal.update_meter(meter.id, override="", override_until=None)
+                if state.relay_intent == "open" and state.relay_reason.startswith("override"):
+                    self._set_intent(meter, "closed", "override_end", now_s)
+                state = self.journal.meter(meter.id)
+            if state.tamper_hold:
+                if state.relay_intent != "open":
+                    self._set_intent(meter, "open", "tamper", now_s)
+                continue
+            if acct.balance > 0:  # reconnection is allowed at any hour (DOMAIN)
+                if state.relay_intent == "open":
+                    self._set_intent(meter, "closed", "credit", now_s)
+                self._end_deferral(acct)
+                continue
+            if acct.balance >= 0 or state.relay_intent == "open":
+                continue
+            self._consider(acct, meter, now_s)
+
+    def _end_deferral(self, acct: Account) -> None:
+        if acct.deferred:
+            self.journal.update_account(acct.id, deferred="")
+
+    def _consider(self, acct: Account, meter: MeterConfig, now_s: int) -> None:
+        inputs = PolicyInputs(
+            balance=acct.balance,
+            local_s=self.local_s(now_s),
+            clock_trusted=self.refresh_clock_trust(),
+            moratorium_until=self.journal.moratorium_until(acct.id),
+            now_s=now_s,
+            headend_online=self.headend.online,
+            payments_ok=self.headend.payments,
+            headend_heard_s=self.headend.heard_s,
+            alerts_raised=acct.alerts,
+            zero_alert_at_s=acct.zero_alert_at,
+            disconnects_last_hour=self.journal.count_disconnects(now_s - 3600),
+            policy=self.policy(),
+        )
+        decision = decide_disconnect(inputs)
+        log.info("event=disconnect_decision acct=%s meter=%s allowed=%s reasons=%s balance=%d "
+                 "floor=%d local=%s trusted=%s online=%s payments=%s heard=%s moratorium=%s "
+                 "alerts=%s zero_at=%s disconnects_1h=%d", acct.id, meter.id, decision.allowed,
+                 ",".join(decision.reasons), acct.balance, -self.policy().emergency_credit,
+                 inputs.local_s, inputs.clock_trusted, inputs.headend_online,
+                 inputs.payments_ok, inputs.headend_heard_s, inputs.moratorium_until,
+                 sorted(acct.alerts), acct.zero_alert_at, inputs.disconnects_last_hour)
+        if decision.allowed:
+            self.journal.record_disconnect(now_s)
+            self._set_intent(meter, "open", "credit", now_s)
+            self._end_deferral(acct)
+            return
+        key = ",".join(decision.reasons)
+        if key != acct.deferred:  # acct was read after the balance change that led here
+            # once per episode: an episode is a run of decisions with the same reasons
+            self.emit(now_s, "disconnect_deferred", m=meter.id, acct=acct.id,
+                      detail={"reasons": list(decision.reasons), "reason": decision.reason,
+                              "balance": acct.balance})
+            self.journal.update_account(acct.id, deferred=key)
+
+    def _set_intent(self, meter: MeterConfig, want: str, reason: str, now_s: int) -> None:
+        self.actuation.set_intent(meter.id, want, reason, now_s)
+
+    # -- tamper ------------------------------------------------------------------
+    def on_tamper(self, meter_id: str, kind: str, code: int, t: int) -> None:
+        """A meter reported tamper: evidence is kept, a `tamper` event raised; the relay
+        opens (durable intent first) only with policy.disconnect_on_tamper."""
+        kind = kind if kind in TAMPER_KINDS else "other"
+        meter = self.meters.get(meter_id)
+        acct_id = meter.account if meter else None
+        with self.store.tx():
+            state = self.journal.meter(meter_id)
+            balance = self.journal.account(acct_id).balance if acct_id else None
+            action = "none"
+            if (meter is not None and self.policy().disconnect_on_tamper
+                    and code not in RESTORATION_CODES and meter.relay_spec.kind != "none"):
+                action = "open"
+                self.journal.update_meter(meter_id, tamper_hold=t)
+                self.journal.record_disconnect(t)
+            self.journal.record_tamper(meter_id, acct_id, t, kind, code, balance,
+                                       state.relay_actual or "unknown", action)
+            self.emit(t, "tamper", m=meter_id, acct=acct_id,
+                      detail={"kind": kind, "code": code, "action": action})
+            if action == "open" and acct_id is not None:
+                self.evaluate(acct_id, t)
+
+    def set_override(self, meter_id: str, action: str, until: int | None, now_s: int) -> str:
+        """A manual override (cloud `relay` op or a technician); returns the resulting intent.
+        Any override also ends a tamper hold: a person has decided. Joins the caller's tx."""
+        meter = self.meters[meter_id]
+        with self.store.tx():
+            state = self.journal.meter(meter_id)
+            if action == "auto":
+                self.journal.update_meter(meter_id, override="", override_until=None,
+                                          tamper_hold=0)
+                if state.relay_intent == "open" and state.relay_reason.startswith(
+                        ("override", "tamper")):
+                    self._set_intent(meter, "closed", "override_auto", now_s)
+            else:
+                self.journal.update_meter(meter_id, override=action, override_until=until,
+                                          tamper_hold=0)
+            log.info("event=relay_override meter=%s action=%s until=%s", meter_id, action, until)
+            self.evaluate(meter.account, now_s)
+            return self.journal.meter(meter_id).relay_intent
+
+    def set_moratorium(self, acct: str, until: int, reason: str, now_s: int) -> None:
+        """Joins the caller's transaction; ``acct`` '*' covers every account."""
+        with self.store.tx():
+            self.journal.set_moratorium(acct, until, reason)
+        log.info("event=moratorium acct=%s until=%d reason=%s t=%d", acct, until, reason, now_s)

@@ -1,0 +1,161 @@
+"""The agent's memory and CPU with 250 meters (issue 5) -> bench/results/uplink.md.
+
+  python -m bench.uplink_rss [--meters 250] [--poll 5] [--warmup 20] [--window 60]
+
+The real agent (``python -m agent.cli run``) with ``--meters`` simulated Eastron
+meters on two buses (115,200 baud, polled every ``--poll`` s), a private mosquitto and
+a head-end that counts the readings it receives. After ``--warmup`` s: the agent's
+resident memory (VmRSS, highest of 1 s samples, and VmHWM) and its CPU time (user +
+system, /proc) over ``--window`` s, divided by the readings the head-end received in
+that window: the agent's CPU per reading end to end (bus frames, the ledger's
+transaction, forming, CBOR, TLS-less MQTT). Baseline in the same run: the RSS of a bare
+interpreter that imported what the agent imports, and of one that imported nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sim.broker import Mosquitto
+from sim.headend import HeadEnd
+from sim.keys import write_key
+from sim.tomlw import dumps
+
+ROOT = Path(__file__).resolve().parents[1]
+GW = "gw-bench-01"
+
+
+def config(work: Path, port: int, meters: int, poll_s: float) -> Path:
+    buses = [{"name": f"rs485-{b}", "port": str(work / "tty" / f"rs485-{b}"),
+              "baudrate": 115200, "parity": "N", "protocol": "modbus",
+              "poll_interval_s": poll_s} for b in range(2)]
+    raw: dict[str, Any] = {
+        "gateway": {"id": GW, "data_dir": str(work / "data"), "timezone": "Asia/Kolkata"},
+        "mqtt": {"host": "127.0.0.1", "port": port, "prefix": "gw", "keepalive_s": 30},
+        "security": {"command_key_file": str(work / "cmd.key"),
+                     "token_key_file": str(work / "token.key")},
+        "bus": buses,
+        "meter": [{"id": f"SDM-{m:04d}", "bus": f"rs485-{m % 2}", "address": 1 + m // 2,
+                   "model": "eastron-sdm120", "account": f"ACC-{m:04d}", "relay": "none"}
+                  for m in range(meters)],
+        "tariff": {"domestic": {"fixed_per_day": 300, "duty_bp": 500, "billing_day": 1,
+                                "slabs": [{"upto_kwh": 100, "rate": 550}, {"rate": 650}]}},
+        "account": [{"id": f"ACC-{m:04d}", "tariff": "domestic"} for m in range(meters)],
+    }
+    write_key(work / "cmd.key")
+    write_key(work / "token.key")
+    path = work / "bench.toml"
+    path.write_text(dumps(raw) + "\n")
+    return path
+
+
+def proc_status(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])  # kB
+    raise KeyError(field)
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bare_rss_kb(code: str) -> int:
+    proc = subprocess.Popen([sys.executable, "-c", code + "; import time; time.sleep(30)"],
+                            cwd=ROOT)
+    try:
+        time.sleep(2.0)
+        return proc_status(proc.pid, "VmRSS")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def measure(meters: int, poll_s: float, warmup_s: float, window_s: float) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
+        work = Path(tmp)
+        broker = Mosquitto(work / "broker")
+        broker.start()
+        procs: list[subprocess.Popen[bytes]] = []
+        he = None
+        try:
+            cfg = config(work, broker.port, meters, poll_s)
+            he = HeadEnd("127.0.0.1", broker.port, "gw", bytes(32), client_id="bench-he")
+            he.start()
+            he.publish_state(online=True, payments=True)
+            log = open(work / "meters.log", "wb")  # noqa: SIM115 - closed with the process
+            procs.append(subprocess.Popen([sys.executable, "-m", "sim.meters", "-c", str(cfg)],
+                                          cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+            time.sleep(2.0)
+            agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "-c", str(cfg),
+                                      "--log-level", "WARNING"], cwd=ROOT,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs.append(agent)
+            time.sleep(warmup_s)
+            n0, c0 = len(he.readings(GW)), cpu_s(agent.pid)
+            rss = 0
+            t_end = time.monotonic() + window_s
+            while time.monotonic() < t_end:
+                rss = max(rss, proc_status(agent.pid, "VmRSS"))
+                time.sleep(1.0)
+            n1, c1 = len(he.readings(GW)), cpu_s(agent.pid)
+            hwm = proc_status(agent.pid, "VmHWM")
+        finally:
+            for p in reversed(procs):
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+            if he is not None:
+                he.stop()
+            broker.stop()
+    imports = ("import paho.mqtt.client, cbor2, sqlite3, zoneinfo, serial, agent.runtime")
+    return {"meters": meters, "poll": poll_s, "window": window_s, "rss_kb": rss,
+            "hwm_kb": hwm, "readings": n1 - n0, "cpu_s": c1 - c0,
+            "bare_kb": bare_rss_kb("pass"), "imports_kb": bare_rss_kb(imports)}
+
+
+def report(r: dict[str, Any]) -> str:
+    per = r["cpu_s"] / max(1, r["readings"]) * 1000
+    return "\n".join([
+        f"## The agent with {r['meters']} meters: memory and CPU",
+        "",
+        f"`python -m bench.uplink_rss`: the real agent (`agent.cli run`), {r['meters']} "
+        f"simulated SDM120 meters on two buses at 115,200 baud polled every {r['poll']:g} s, "
+        f"a local mosquitto and a head-end; measured over {r['window']:g} s after a warm-up.",
+        "",
+        "| what | figure |",
+        "|---|---:|",
+        f"| agent RSS (highest 1 s sample) | **{r['rss_kb'] / 1024:.1f} MB** |",
+        f"| agent peak RSS (VmHWM) | {r['hwm_kb'] / 1024:.1f} MB |",
+        f"| baseline: bare interpreter | {r['bare_kb'] / 1024:.1f} MB |",
+        f"| baseline: interpreter + the agent's imports, nothing running | "
+        f"{r['imports_kb'] / 1024:.1f} MB |",
+        f"| readings received by the head-end in the window | {r['readings']:,} |",
+        f"| agent CPU (user + system) in the window | {r['cpu_s']:.2f} s |",
+        f"| **agent CPU per reading, end to end** | **{per:.2f} ms** |",
+    ])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--meters", type=int, default=250)
+    parser.add_argument("--poll", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=20.0)
+    parser.add_argument("--window", type=float, default=60.0)
+    args = parser.parse_args()
+    print(report(measure(args.meters, args.poll, args.warmup, args.window)))
+
+
+if __name__ == "__main__":
+    main()

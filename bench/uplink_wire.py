@@ -1,0 +1,163 @@
+"""Bytes per reading on the wire (issue 5) -> a section of bench/results/uplink.md.
+
+  python -m bench.uplink_wire [--meters 500] [--hours 72]
+
+The same readings (``--meters`` meters polled every 15 minutes for ``--hours``, all
+seven quantities, realistic values) three ways:
+1. as the agent sends a backlog (the store's runs formed by outbox.form_backlog);
+2. as the agent sends live data (messages of what is polled within LIVE_FLUSH_S);
+3. the baseline: ThingsBoard gateway telemetry JSON (``v1/gateway/telemetry``:
+   ``{"SDM-0001": [{"ts": ms, "values": {...}}]}``), compact separators, grouped
+   exactly like the agent's messages (the fairest grouping for JSON), and one
+   reading per message as the ThingsBoard gateway's connectors usually send it.
+Both with and without MQTT PUBLISH framing (fixed header, topic, packet id).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from agent.buffer import outbox
+from agent.buffer.store import LANE_READINGS, Store
+from agent.drivers.reading import Reading
+from agent.uplink import cbor, wire
+
+ROOT = Path(__file__).resolve().parents[1]
+T0 = 1_767_225_600
+STEP_S = 900
+AGENT_TOPIC = "gw/gw-demo-01/up/readings"
+TB_TOPIC = "v1/gateway/telemetry"
+
+
+def make_readings(meters: int, hours: int, seed: int = 1) -> list[Reading]:
+    """A daily load profile per meter (W), with the registers and instantaneous values
+    a single-phase meter shows; each meter polled at its own second of the interval."""
+    rng = random.Random(seed)
+    out = []
+    for m in range(meters):
+        base = rng.uniform(150, 900)
+        wh = rng.randrange(100_000, 9_000_000)
+        offset = rng.randrange(STEP_S)
+        for k in range(hours * 3600 // STEP_S):
+            t = T0 + k * STEP_S + offset
+            hour = (t // 3600) % 24
+            p = base * (0.5 + 0.9 * math.exp(-((hour - 20) % 24) ** 2 / 8)) * rng.uniform(.8, 1.2)
+            wh += int(p * STEP_S / 3600)
+            v = 2300 + rng.randrange(-60, 60)
+            out.append(Reading(f"SDM-{m:04d}", t, {
+                "import_wh": wh, "export_wh": 0, "p_w": int(p), "v_dv": v,
+                "i_ma": int(p / (v / 10) * 1000), "f_chz": 5000 + rng.randrange(-15, 15),
+                "pf_milli": rng.randrange(880, 990)}))
+    out.sort(key=lambda r: r.t)
+    return out
+
+
+def mqtt_overhead(topic: str, payload: int) -> int:
+    """PUBLISH QoS 1: fixed header (1 + remaining-length varint), topic, packet id."""
+    remaining = 2 + len(topic) + 2 + payload
+    return 1 + (1 if remaining < 128 else 2 if remaining < 16384 else 3) + 2 + len(topic) + 2
+
+
+def thingsboard(groups: list[list[Reading]]) -> tuple[int, int]:
+    """(payload bytes, with framing) of the readings as ThingsBoard gateway telemetry."""
+    payload = framed = 0
+    for group in groups:
+        body: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in group:
+            body[r.meter].append({"ts": r.t * 1000, "values": dict(r.values)})
+        n = len(json.dumps(body, separators=(",", ":")).encode())
+        payload += n
+        framed += n + mqtt_overhead(TB_TOPIC, n)
+    return payload, framed
+
+
+def backlog(readings: list[Reading]) -> tuple[list[bytes], list[list[Reading]]]:
+    """The agent's backlog messages, and the readings in each."""
+    with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
+        store = Store(Path(tmp))
+        with store.tx():
+            for r in readings:
+                store.add_pending(LANE_READINGS, outbox.reading_item(r), r.t)
+        while outbox.form_backlog(store, "gw-demo-01", 1, readings[-1].t + 3600, 64):
+            pass
+        payloads = [row.payload for row in store.outbox_next(set(), 1_000_000)]
+        store.close()
+    groups = [wire.decode_readings(cbor.loads(p, max_bytes=1 << 20)) for p in payloads]
+    return payloads, groups
+
+
+def live(readings: list[Reading]) -> tuple[list[bytes], list[list[Reading]]]:
+    """The agent's live messages: what is polled within one LIVE_FLUSH_S shares one."""
+    windows: dict[int, list[Reading]] = defaultdict(list)
+    for r in readings:
+        windows[r.t // outbox.LIVE_FLUSH_S].append(r)
+    payloads, groups = [], []
+    for seq, (_, group) in enumerate(sorted(windows.items()), start=1):
+        payloads.append(outbox.encode_readings("gw-demo-01", 1, seq, wire.readings_body(group)))
+        groups.append(group)
+    return payloads, groups
+
+
+def measure(meters: int, hours: int) -> dict[str, Any]:
+    readings = make_readings(meters, hours)
+    n = len(readings)
+    rows: dict[str, Any] = {"readings": n, "meters": meters, "hours": hours}
+    for name, (payloads, groups) in (("backlog", backlog(readings)), ("live", live(readings))):
+        assert sum(len(g) for g in groups) == n
+        payload = sum(len(p) for p in payloads)
+        framed = payload + sum(mqtt_overhead(AGENT_TOPIC, len(p)) for p in payloads)
+        tb_payload, tb_framed = thingsboard(groups)
+        rows[name] = {"messages": len(payloads), "payload": payload / n, "framed": framed / n,
+                      "tb_payload": tb_payload / n, "tb_framed": tb_framed / n}
+    one_each = thingsboard([[r] for r in readings])
+    rows["tb_one_per_message"] = {"payload": one_each[0] / n, "framed": one_each[1] / n}
+    return rows
+
+
+def report(r: dict[str, Any]) -> str:
+    lines = [
+        "## Bytes per reading on the wire",
+        "",
+        f"{r['readings']:,} readings: {r['meters']} meters, every 15 minutes for "
+        f"{r['hours']} hours, all seven quantities (`python -m bench.uplink_wire`).",
+        "Baseline: the same readings as ThingsBoard gateway telemetry JSON "
+        "(`{\"SDM-0001\": [{\"ts\": ms, \"values\": {...}}]}`, compact), grouped into "
+        "messages exactly as the agent grouped them.",
+        "",
+        "| how the agent sent them | messages | agent B/reading | JSON B/reading | ratio |"
+        " agent B/reading, MQTT framing incl. | JSON, framing incl. | ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, label in (("backlog", "backlog (after an outage)"),
+                        ("live", f"live ({outbox.LIVE_FLUSH_S} s batches)")):
+        x = r[name]
+        lines.append(f"| {label} | {x['messages']:,} | {x['payload']:.1f} | "
+                     f"{x['tb_payload']:.1f} | 1/{x['tb_payload'] / x['payload']:.1f} | "
+                     f"{x['framed']:.1f} | {x['tb_framed']:.1f} | "
+                     f"1/{x['tb_framed'] / x['framed']:.1f} |")
+    one = r["tb_one_per_message"]
+    lines += ["", f"JSON with one reading per message (how ThingsBoard connectors "
+              f"usually publish): {one['payload']:.1f} B/reading, {one['framed']:.1f} with "
+              f"framing, i.e. 1/{one['framed'] / r['live']['framed']:.1f} against the "
+              "agent's live messages and "
+              f"1/{one['framed'] / r['backlog']['framed']:.1f} against its backlog."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--meters", type=int, default=500)
+    parser.add_argument("--hours", type=int, default=72)
+    args = parser.parse_args()
+    print(report(measure(args.meters, args.hours)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,379 @@
+"""When the relay may open (DOMAIN), end to end through Accounting and the real store:
+every deferral reason (one `disconnect_deferred` per episode, with detail.reasons and
+detail.reason), credit running out inside protected time, alerts before disconnection,
+reconnection at any hour, overrides, tamper, `armed`, bounded relay retries, and the
+`policy` command."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.errors import CommandError
+from agent.relay import actuation
+from tests.ledger.rig import Rig, unix
+
+FLAT: dict[str, Any] = {"fixed_per_day": 0, "slabs": [{"rate": 10_000}], "duty_bp": 0}  # 10 p/Wh
+EC = 1_000  # emergency credit in these tests
+MONDAY_10 = unix(2026, 3, 2, 10)
+
+
+class House:
+    """One account on a rig, with its meter's register."""
+
+    def __init__(self, tmp: Path, *, now_s: int = MONDAY_10, meters: int = 1,
+                 **kw: Any) -> None:
+        policy = {"emergency_credit": EC, **kw.pop("policy", {})}
+        self.rig = Rig(tmp, now_s=now_s, tariff=FLAT, policy=policy, meters=meters, **kw)
+        self.reg = {f"M{i}": 1_000_000 for i in range(1, meters + 1)}
+        for m, wh in self.reg.items():
+            self.rig.read(m, wh)
+
+    def spend(self, paise: int, meter: str = "M1", after_s: int = 300) -> None:
+        self.rig.advance(after_s)
+        self.reg[meter] += paise // 10
+        self.rig.read(meter, self.reg[meter])
+
+    def ticks(self, n: int, every_s: int = 60) -> None:
+        for _ in range(n):
+            self.rig.advance(every_s)
+            self.rig.tick()
+
+    def intent(self, meter: str = "M1") -> str:
+        return self.rig.meter(meter).relay_intent
+
+
+# -- every deferral reason, once per episode -----------------------------------------
+Hook = Callable[[House], None]
+
+
+def _nothing(h: House) -> None:
+    pass
+
+
+def _payments_down(h: House) -> None:
+    h.rig.acc.headend_state(True, False, h.rig.now)
+
+
+def _payments_up(h: House) -> None:
+    h.rig.acc.headend_state(True, True, h.rig.now)
+
+
+def _headend_silent(h: House) -> None:
+    h.rig.headend_up = False  # the broker connection that carried it is gone
+    h.rig.advance(7 * 3600)  # > payment_outage_h = 6
+
+
+def _moratorium(h: House) -> None:
+    h.rig.acc.set_moratorium("*", h.rig.now + 3600, "billing system upgrade", h.rig.now)
+
+
+def _confirm_clock(h: House) -> None:
+    h.rig.acc.confirm_clock(h.rig.now + 30, h.rig.now)
+
+
+def _advance(seconds: int) -> Hook:
+    def hook(h: House) -> None:
+        h.rig.advance(seconds)
+    return hook
+
+
+def _spend_more(h: House) -> None:
+    h.spend(EC)
+
+
+CASES: dict[str, dict[str, Any]] = {
+    "protected_hours": dict(now_s=unix(2026, 3, 2, 20), policy={
+        "protected_hours": "18:00-08:00"}, lift=_advance(12 * 3600)),
+    "holiday_weekday": dict(reason="holiday", now_s=unix(2026, 3, 1, 10), policy={
+        "protected_weekdays": ["sun"]}, lift=_advance(14 * 3600)),
+    "holiday_date": dict(reason="holiday", policy={"holidays": ["2026-03-02"]},
+                         lift=_advance(14 * 3600)),
+    "payments_down": dict(reason="payment_outage", setup=_payments_down, lift=_payments_up),
+    "headend_never_heard": dict(reason="payment_outage", headend=False, lift=_payments_up),
+    "headend_not_heard_6h": dict(reason="payment_outage", setup=_headend_silent,
+                                 lift=_payments_up),
+    "moratorium": dict(setup=_moratorium, lift=_advance(3600)),
+    "emergency_credit": dict(spend=EC // 2, lift=_spend_more),
+    "notice": dict(policy={"min_notice_h": 24}, lift=_advance(24 * 3600)),
+    "untrusted_clock": dict(trusted=False, lift=_confirm_clock),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_each_deferral_reason_is_reported_once_then_lifted(tmp_path: Path, case: str) -> None:
+    spec = dict(CASES[case])
+    reason = spec.pop("reason", case)
+    setup: Hook = spec.pop("setup", _nothing)
+    lift: Hook = spec.pop("lift")
+    spent = spec.pop("spend", 2 * EC)
+    h = House(tmp_path, **spec)
+    setup(h)
+    h.spend(spent)
+    h.ticks(30)
+    deferred = h.rig.events("disconnect_deferred")
+    assert len(deferred) == 1, deferred  # one episode, however many decisions
+    assert deferred[0]["detail"]["reasons"] == [reason]
+    assert deferred[0]["detail"]["reason"] == reason
+    assert deferred[0]["acct"] == "A1" and deferred[0]["m"] == "M1"
+    assert h.intent() == "closed" and h.rig.account().deferred == reason
+    lift(h)
+    h.rig.tick()
+    assert h.intent() == "open" and h.rig.meter().relay_reason == "credit"
+    assert len(h.rig.events("disconnect_deferred")) == 1
+    assert h.rig.account().deferred == ""
+    h.rig.close()
+
+
+def test_rate_limit_holds_the_next_account_for_an_hour(tmp_path: Path) -> None:
+    h = House(tmp_path, meters=2, policy={"max_disconnects_per_hour": 1})
+    h.spend(2 * EC, "M1")
+    h.spend(2 * EC, "M2", after_s=60)
+    assert h.intent("M1") == "open"
+    assert h.intent("M2") == "closed"
+    h.ticks(10)
+    [event] = h.rig.events("disconnect_deferred")
+    assert (event["acct"], event["detail"]["reasons"], event["detail"]["reason"]) == (
+        "A2", ["rate_limit"], "rate_limit")
+    h.ticks(60)  # an hour after the first disconnection
+    assert h.intent("M2") == "open"
+    h.rig.close()
+
+
+def test_every_reason_at_once_is_listed_in_contract_order(tmp_path: Path) -> None:
+    h = House(tmp_path, now_s=unix(2026, 3, 1, 20), trusted=False, headend=False, policy={
+        "protected_hours": "18:00-08:00", "protected_weekdays": ["sun"], "min_notice_h": 24})
+    _moratorium(h)
+    h.spend(EC // 2)
+    [event] = h.rig.events("disconnect_deferred")
+    assert event["detail"]["reasons"] == ["protected_hours", "holiday", "payment_outage",
+                                          "moratorium", "emergency_credit", "notice",
+                                          "untrusted_clock"]
+    assert event["detail"]["reason"] == "protected_hours"
+    h.rig.close()
+
+
+def test_a_changed_set_of_reasons_is_a_new_episode(tmp_path: Path) -> None:
+    h = House(tmp_path, policy={"min_notice_h": 1})
+    h.spend(EC // 2)  # within the emergency credit, and no notice yet
+    h.spend(EC, after_s=60)  # now past it: only the notice holds
+    h.ticks(5)
+    reasons = [e["detail"]["reasons"] for e in h.rig.events("disconnect_deferred")]
+    assert reasons == [["emergency_credit", "notice"], ["notice"]]
+    h.rig.close()
+
+
+def test_the_emergency_credit_is_given_in_full_to_the_paisa(tmp_path: Path) -> None:
+    h = House(tmp_path)
+    h.spend(EC)  # balance exactly -EC: not below the floor
+    h.ticks(5)
+    assert h.rig.account().balance == -EC and h.intent() == "closed"
+    h.spend(10)  # one Wh more: -EC - 10
+    assert h.intent() == "open"
+    assert [e["detail"]["balance"] for e in h.rig.events("credit_exhausted")] == [-EC - 10]
+    h.rig.close()
+
+
+# -- protected time: disconnect at the next allowed time, not before ---------------------
+PH, HOL = "protected_hours", "holiday"
+
+
+@pytest.mark.parametrize(("start", "opens", "episodes"), [
+    # Friday evening -> Saturday 08:00
+    (unix(2026, 3, 6, 17, 50), unix(2026, 3, 7, 8), [(PH,)]),
+    # Saturday evening -> Sunday (protected weekday), Monday 9th (a holiday) -> Tuesday 08:00
+    (unix(2026, 3, 7, 17, 50), unix(2026, 3, 10, 8),
+     [(PH,), (PH, HOL), (HOL,), (PH, HOL), (HOL,), (PH, HOL), (PH,)]),
+], ids=["friday", "weekend_and_holiday"])
+def test_credit_out_in_protected_time_disconnects_at_the_next_allowed_minute(
+        tmp_path: Path, start: int, opens: int, episodes: list[tuple[str, ...]]) -> None:
+    h = House(tmp_path, now_s=start, policy={
+        "protected_hours": "18:00-08:00", "protected_weekdays": ["sun"],
+        "holidays": ["2026-03-09"]})
+    h.spend(2 * EC, after_s=15 * 60)  # runs out at 18:05
+    while h.rig.now < opens - 60:
+        h.rig.advance(60)
+        h.rig.tick()
+        assert h.intent() == "closed", f"opened {opens - h.rig.now} s early"
+    h.rig.advance(60)
+    h.rig.tick()
+    assert h.rig.now == opens and h.intent() == "open"
+    # One event per episode: a run of decisions held back by the same set of reasons.
+    chain = [tuple(e["detail"]["reasons"]) for e in h.rig.events("disconnect_deferred")]
+    assert chain == episodes
+    h.rig.close()
+
+
+# -- alerts, then disconnection, then reconnection at any hour ------------------------------
+def test_each_alert_fires_once_and_all_precede_the_disconnection(tmp_path: Path) -> None:
+    h = House(tmp_path, policy={"min_notice_h": 2})
+    h.rig.topup("A1", 10_000, "pay-1")
+    for _ in range(30):
+        h.spend(500, after_s=120)
+        h.rig.tick()
+    low = h.rig.events("low_balance")
+    assert [e["detail"]["level_pct"] for e in low] == [30, 10, 0]
+    assert [e["detail"]["balance"] for e in low] == [3_000, 1_000, 0]
+    assert all(isinstance(e["detail"]["days_left"], int) for e in low)
+    assert h.intent() == "closed"  # the 0% alert is not yet 2 h old
+    zero_t = low[2]["t"]
+    while h.intent() == "closed":
+        h.ticks(1)
+    assert h.rig.now - zero_t == 2 * 3600
+    h.rig.topup("A1", 500, "pay-2")  # still below zero: nothing re-arms, nothing closes
+    assert h.intent() == "open" and len(h.rig.events("low_balance")) == 3
+    h.rig.close()
+
+
+def test_reconnection_happens_at_any_hour_as_soon_as_credit_is_positive(tmp_path: Path) -> None:
+    h = House(tmp_path, now_s=unix(2026, 3, 2, 17, 0), policy={"protected_hours": "18:00-08:00"})
+    h.spend(2 * EC)
+    assert h.intent() == "open"
+    h.rig.follow_relays()
+    h.rig.now = unix(2026, 3, 2, 23, 30)  # protected hours: reconnection is never held
+    applied, balance = h.rig.topup("A1", 2 * EC + 1, "late-payment")
+    assert applied and balance == 1
+    assert h.intent() == "closed" and h.rig.acc.relay_jobs(h.rig.now) == [("M1", True)]
+    assert h.rig.meter().relay_reason == "credit"
+    h.rig.close()
+
+
+# -- overrides --------------------------------------------------------------------------
+def test_a_disconnect_override_wins_until_its_time_then_credit_rules(tmp_path: Path) -> None:
+    h = House(tmp_path)
+    h.rig.topup("A1", 50_000, "p")
+    assert h.rig.acc.set_override("M1", "disconnect", h.rig.now + 600, h.rig.now) == "open"
+    assert h.rig.meter().relay_reason == "override_disconnect"
+    h.ticks(9)
+    assert h.intent() == "open"
+    h.ticks(1)
+    assert h.intent() == "closed" and h.rig.meter().relay_reason == "override_end"
+    assert h.rig.meter().override == ""
+    h.rig.close()
+
+
+def test_a_connect_override_holds_supply_on_until_auto(tmp_path: Path) -> None:
+    h = House(tmp_path)
+    h.rig.acc.set_override("M1", "connect", None, h.rig.now)
+    h.spend(5 * EC)
+    h.ticks(3)
+    assert h.intent() == "closed"
+    assert h.rig.acc.set_override("M1", "auto", None, h.rig.now) == "open"
+    h.rig.close()
+
+
+# -- tamper -------------------------------------------------------------------------------
+def test_tamper_keeps_evidence_and_does_not_open_by_default(tmp_path: Path) -> None:
+    h = House(tmp_path)
+    h.rig.acc.on_tamper("M1", "magnet", 201, h.rig.now)
+    h.rig.acc.on_tamper("M1", "bogus-kind", 999, h.rig.now)
+    [first, second] = h.rig.events("tamper")
+    assert first["detail"] == {"kind": "magnet", "code": 201, "action": "none"}
+    assert second["detail"]["kind"] == "other"
+    log = h.rig.journal.tamper_log("M1")
+    assert [(r["kind"], r["code"], r["action"]) for r in log] == [
+        ("magnet", 201, "none"), ("other", 999, "none")]
+    assert h.intent() == "closed"
+    h.rig.close()
+
+
+def test_disconnect_on_tamper_opens_until_a_person_decides(tmp_path: Path) -> None:
+    h = House(tmp_path, policy={"disconnect_on_tamper": True})
+    h.rig.topup("A1", 50_000, "p")
+    h.rig.acc.on_tamper("M1", "cover_open", 251, h.rig.now)
+    assert h.intent() == "open" and h.rig.meter().relay_reason == "tamper"
+    h.rig.topup("A1", 50_000, "p2")  # credit does not end a tamper hold
+    h.rig.restart()  # nor does a restart
+    h.ticks(2)
+    assert h.intent() == "open"
+    assert h.rig.acc.set_override("M1", "auto", None, h.rig.now) == "closed"
+    h.rig.acc.on_tamper("M1", "magnet", 202, h.rig.now)  # a restoration: evidence only
+    assert h.intent() == "closed"
+    assert h.rig.journal.tamper_log("M1")[-1]["action"] == "none"
+    h.rig.close()
+
+
+# -- actuation: armed, read-back, bounded retries -----------------------------------------------
+def test_armed_satisfies_a_closed_intent_and_is_reported(tmp_path: Path) -> None:
+    h = House(tmp_path)
+    h.spend(2 * EC)
+    h.rig.follow_relays()
+    h.rig.topup("A1", 10_000, "p")
+    h.rig.acc.relay_result("M1", None, "", h.rig.now, state="armed")  # DLMS: press the button
+    assert h.rig.events("relay")[-1]["detail"] == {"state": "armed", "reason": "credit"}
+    assert h.rig.acc.relay_jobs(h.rig.now) == []
+    h.rig.acc.relay_result("M1", True, "", h.rig.now, state="closed")  # the consumer pressed it
+    assert h.rig.events("relay")[-1]["detail"]["state"] == "closed"
+    with pytest.raises(Exception, match="closed | open | armed"):
+        h.rig.acc.relay_result("M1", True, "", h.rig.now, state="half")
+    h.rig.close()
+
+
+def test_a_failing_relay_is_retried_with_backoff_and_reported_once(tmp_path: Path) -> None:
+    h = House(tmp_path)
+    h.spend(2 * EC)
+    delays = []
+    for _ in range(7):
+        assert h.rig.acc.relay_jobs(h.rig.now) == [("M1", False)]
+        h.rig.acc.relay_result("M1", None, "no answer", h.rig.now)
+        delays.append(h.rig.meter().relay_next_s - h.rig.now)
+        assert h.rig.acc.relay_jobs(h.rig.now) == []  # backing off
+        h.rig.now = h.rig.meter().relay_next_s
+    assert delays == [10, 20, 40, 80, 160, 320, 640]
+    assert len(h.rig.events("relay_failed")) == 1
+    assert h.rig.events("relay_failed")[0]["detail"]["attempts"] == actuation.REPORT_AFTER
+    h.rig.acc.relay_result("M1", True, "", h.rig.now)  # read back: still closed
+    assert h.rig.meter().relay_attempts == 8
+    h.rig.topup("A1", 10_000, "p")  # a new intent is acted on at once
+    assert h.rig.acc.relay_jobs(h.rig.now) == []  # closed already matches
+    assert h.rig.meter().relay_attempts == 0
+    h.rig.close()
+
+
+# -- the `policy` command ------------------------------------------------------------------------
+def test_a_policy_command_overlays_the_config_and_survives_restart(tmp_path: Path) -> None:
+    h = House(tmp_path)
+    h.rig.acc.apply_policy({"emergency_credit": 5_000, "protected_weekdays": ["sat", "sun"]},
+                           h.rig.now)
+    h.rig.restart()
+    policy = h.rig.acc.policy
+    assert (policy.emergency_credit, policy.protected_weekdays) == (5_000, (5, 6))
+    assert policy.min_notice_h == 0  # the config's value for keys not overlaid
+    h.spend(2 * EC)
+    assert h.intent() == "closed"  # within the new emergency credit
+    h.rig.close()
+
+
+@pytest.mark.parametrize(("changes", "key"), [
+    ({"emergency_credit": -1}, "policy.emergency_credit"),
+    ({"protected_hours": "25:00-08:00"}, "policy.protected_hours"),
+    ({"alert_levels_pct": [30, 10]}, "policy.alert_levels_pct"),
+    ({"disconnect_on_tamper": "yes"}, "policy.disconnect_on_tamper"),
+    ({"bogus": 1}, "policy.bogus"),
+])
+def test_an_invalid_policy_command_names_the_key_and_changes_nothing(
+        tmp_path: Path, changes: dict[str, Any], key: str) -> None:
+    h = House(tmp_path)
+    before = h.rig.acc.policy
+    with pytest.raises(CommandError) as err:
+        h.rig.acc.apply_policy({"min_notice_h": 5, **changes}, h.rig.now)
+    assert err.value.code == "invalid_args" and key in str(err.value)
+    h.rig.restart()
+    assert h.rig.acc.policy == before
+    h.rig.close()
+
+
+def test_meters_replaced_at_run_time_reach_the_relay_engine(tmp_path: Path) -> None:
+    """The runtime assigns ``accounting.meters`` on meter_add / meter_remove."""
+    h = House(tmp_path)
+    h.spend(2 * EC)
+    assert h.rig.acc.relay_jobs(h.rig.now) == [("M1", False)]
+    h.rig.acc.meters = {}  # M1 removed
+    assert h.rig.acc.relay_jobs(h.rig.now) == []
+    assert h.rig.acc.relays.meters is h.rig.acc.meters
+    h.rig.acc.meters = {m.id: m for m in h.rig.cfg.meters}
+    assert h.rig.acc.relay_jobs(h.rig.now) == [("M1", False)]
+    h.rig.close()
