@@ -444,5 +444,5 @@ class Runtime:
         tmp = path.with_suffix(".tmp")
         status = self.status()
         self.status_snapshot = status
-        tmp.write_text(json.dumps(status, indent=1))
+        tmp.write_text(json.dumps(status, separators=(",", ":")))
         os.replace(tmp, path)
