@@ -21,7 +21,6 @@ time-out does. Frames to another address, and everything while a meter is
 from __future__ import annotations
 
 import logging
-from collections import deque
 from typing import TYPE_CHECKING, Final
 
 from agent.drivers.dlms.errors import DlmsProtocolError
@@ -36,7 +35,7 @@ from agent.drivers.dlms.hdlc import (
 )
 from agent.drivers.dlms.reader import FrameReader
 from sim.dlms_meter import SimDlmsMeter
-from sim.line import BusBuild, SimEnv, SimMeter
+from sim.line import BusBuild, FramedLineServer, SimEnv, SimMeter
 from sim.load import serial_number
 
 if TYPE_CHECKING:
@@ -46,7 +45,6 @@ log = logging.getLogger("sim.dlms")
 
 MAX_INFO_FIELD: Final = 128  # the §6.4.4.4.3.2 default, what most meters keep
 INACTIVITY_S: Final = 120.0  # IEC 62056-46 default inactivity time-out
-MAX_PENDING_REPLIES: Final = 16
 MAX_REQUEST_BYTES: Final = 0xFFFF + 3  # a reassembled request is at most one APDU + LLC
 
 
@@ -150,44 +148,22 @@ class HdlcServerLink:
         return self._reply(frame, FrameKind.I, chunks[0], segmented=bool(self._tx))
 
 
-class DlmsLineServer:
+class DlmsLineServer(FramedLineServer):
     """HDLC frames in (any split), replies out at the bus's baud rate."""
 
     def __init__(self, links: dict[int, HdlcServerLink], baudrate: int) -> None:
+        super().__init__(FrameReader(), HdlcFrame, DlmsProtocolError, baudrate)
         self.links = links
-        self.baudrate = baudrate
-        self._reader = FrameReader()
-        self._replies: deque[bytes] = deque(maxlen=MAX_PENDING_REPLIES)
 
-    def receive_data(self, data: bytes) -> None:
-        self._reader.receive_data(data)
-        self._drain()
-
-    def silence(self) -> None:
-        self._reader.receive_data(b"")  # no frame spans a silence
-        self._drain()
-
-    def next_reply(self) -> tuple[bytes, int] | None:
-        return (self._replies.popleft(), self.baudrate) if self._replies else None
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                frame = self._reader.next_event()
-            except DlmsProtocolError as exc:
-                log.info("bad frame ignored: %s", exc)
-                continue
-            if not isinstance(frame, HdlcFrame):
-                return
-            destination = frame.destination
-            if destination.upper != MANAGEMENT_LOGICAL_DEVICE or destination.lower is None:
-                continue
-            link = self.links.get(destination.lower)
-            if link is None or link.meter.silent:
-                continue
-            reply = link.handle(frame)
-            if reply is not None:
-                self._replies.append(reply.to_bytes())
+    def answer(self, frame: HdlcFrame) -> bytes | None:
+        destination = frame.destination
+        if destination.upper != MANAGEMENT_LOGICAL_DEVICE or destination.lower is None:
+            return None
+        link = self.links.get(destination.lower)
+        if link is None or link.meter.silent:
+            return None
+        reply = link.handle(frame)
+        return reply.to_bytes() if reply is not None else None
 
 
 def build_bus(bus: BusConfig, meters: list[MeterConfig], env: SimEnv) -> BusBuild:

@@ -12,8 +12,10 @@ Each protocol module offers ``build_bus(bus, meters, env) -> BusBuild``.
 
 from __future__ import annotations
 
+import logging
+from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from agent.clock import Clock
@@ -32,6 +34,61 @@ class LineServer(Protocol):
     def next_reply(self) -> tuple[bytes, int] | None:
         """The next frame to send and the baud rate to send it at, or None."""
         ...
+
+
+class FrameReader(Protocol):
+    """A sans-IO reader: ``receive_data(b"")`` means the line went silent."""
+
+    def receive_data(self, data: bytes) -> None: ...
+
+    def next_event(self) -> object: ...
+
+
+class FramedLineServer:
+    """A ``LineServer`` for a request/answer protocol: frames in through a sans-IO reader,
+    one answer per frame queued out at the bus's baud rate. Subclasses answer a frame.
+
+    Bound: ``MAX_PENDING_REPLIES`` answers wait; when requests come faster than the line
+    carries answers, the oldest waiting answer is dropped (as a real bus would lose it).
+    """
+
+    MAX_PENDING_REPLIES = 16
+
+    def __init__(self, reader: FrameReader, frame_type: type, error: type[Exception],
+                 baudrate: int) -> None:
+        self.baudrate = baudrate
+        self._reader = reader
+        self._frame_type = frame_type
+        self._error = error
+        self._replies: deque[bytes] = deque(maxlen=self.MAX_PENDING_REPLIES)
+        self._log = logging.getLogger(type(self).__module__)
+
+    def receive_data(self, data: bytes) -> None:
+        self._reader.receive_data(data)
+        self._drain()
+
+    def silence(self) -> None:
+        self._reader.receive_data(b"")  # no frame spans a silence
+        self._drain()
+
+    def next_reply(self) -> tuple[bytes, int] | None:
+        return (self._replies.popleft(), self.baudrate) if self._replies else None
+
+    def answer(self, frame: Any) -> bytes | None:
+        raise NotImplementedError
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                frame = self._reader.next_event()
+            except self._error as exc:
+                self._log.info("bad frame ignored: %s", exc)
+                continue
+            if not isinstance(frame, self._frame_type):
+                return  # the reader needs more bytes
+            reply = self.answer(frame)
+            if reply is not None:
+                self._replies.append(reply)
 
 
 class SimMeter(Protocol):

@@ -10,59 +10,29 @@ unit, or to a meter set silent, gets no reply, as on a real bus; broadcasts
 
 from __future__ import annotations
 
-import logging
-from collections import deque
 from typing import TYPE_CHECKING, Final
 
 from agent.drivers.modbus.codec import ModbusProtocolError, Request, RequestReader
-from sim.line import BusBuild, SimEnv, SimMeter
+from sim.line import BusBuild, FramedLineServer, SimEnv, SimMeter
 from sim.load import serial_number
 from sim.modbus_device import SimCoilModule, SimDevice, SimEastronMeter, SimSDM120, SimSDM630
 
 if TYPE_CHECKING:
     from agent.config import BusConfig, MeterConfig
 
-log = logging.getLogger("sim.modbus")
 
 MODELS: Final = {"eastron-sdm120": SimSDM120, "eastron-sdm630": SimSDM630}
 COILS_PER_MODULE: Final = 8
-MAX_PENDING_REPLIES: Final = 16  # requests faster than the line: the oldest answers win
 
 
-class ModbusLineServer:
+class ModbusLineServer(FramedLineServer):
     """Requests in (any split), replies out at the bus's baud rate."""
 
     def __init__(self, devices: dict[int, SimDevice], baudrate: int) -> None:
+        super().__init__(RequestReader(), Request, ModbusProtocolError, baudrate)
         self.devices = devices
-        self.baudrate = baudrate
-        self._reader = RequestReader()
-        self._replies: deque[bytes] = deque(maxlen=MAX_PENDING_REPLIES)
 
-    def receive_data(self, data: bytes) -> None:
-        self._reader.receive_data(data)
-        self._drain()
-
-    def silence(self) -> None:
-        self._reader.receive_data(b"")  # no request spans a silence
-        self._drain()
-
-    def next_reply(self) -> tuple[bytes, int] | None:
-        return (self._replies.popleft(), self.baudrate) if self._replies else None
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                event = self._reader.next_event()
-            except ModbusProtocolError as exc:
-                log.info("bad request ignored: %s", exc)
-                continue
-            if not isinstance(event, Request):
-                return
-            frame = self._answer(event)
-            if frame is not None:
-                self._replies.append(frame)
-
-    def _answer(self, request: Request) -> bytes | None:
+    def answer(self, request: Request) -> bytes | None:
         if request.unit == 0:  # broadcast: every device acts, none answers
             for each in self.devices.values():
                 each.handle(request)
