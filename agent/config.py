@@ -90,6 +90,10 @@ class MeterConfig:
     account: str
     relay: str = "none"
     relay_spec: RelaySpec = field(default_factory=lambda: RelaySpec("none"))
+    # DLMS only: the low-level-security password (a file, like the keys) and the client
+    # SAP to associate as. IS 15959 meter readers usually log in as client 0x20.
+    password_file: Path | None = None
+    client: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +271,10 @@ def parse_relay(text: str) -> RelaySpec:
     )
 
 
+def _optional_path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
 def _array(root: _Table, name: str) -> list[_Table]:
     raw = root.get(name, list, [])
     return [_Table(item, f"{name}[{i}]", root.errors) for i, item in enumerate(raw)]
@@ -360,8 +368,13 @@ def _read_meter(t: _Table, buses: tuple[BusConfig, ...]) -> MeterConfig:
         account=t.get("account", str, "", required=True),
         relay=relay,
         relay_spec=spec,
+        password_file=_optional_path(t.get("password_file", str, None)),
+        client=t.get("client", int, None, check=_range(1, 127)),
     )
     protocol = {b.name: b.protocol for b in buses}.get(m.bus)
+    for key, value in (("password_file", m.password_file), ("client", m.client)):
+        if value is not None and protocol not in (None, "dlms"):
+            t.errors.add(t.key(key), f"is for DLMS meters; bus {m.bus!r} speaks {protocol}")
     if m.bus and protocol is None:
         t.errors.add(t.key("bus"), f"no [[bus]] named {m.bus!r}")
     if m.model and protocol is not None:

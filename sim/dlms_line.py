@@ -180,6 +180,9 @@ def build_bus(bus: BusConfig, meters: list[MeterConfig], env: SimEnv) -> BusBuil
             speed=env.speed,
             load_scale=env.load_scale,
             utc_offset_s=env.utc_offset_s,
+            # the meter expects the password the board config gives the agent for it
+            password=(m.password_file.read_bytes().rstrip(b"\r\n") if m.password_file
+                      else b"00000000"),
         )
         links[m.address] = HdlcServerLink(meter)
         by_id[m.id] = meter

@@ -132,3 +132,20 @@ def test_missing_file_exit_2(capsys) -> None:  # type: ignore[no-untyped-def]
 def test_tomlw_round_trips_the_sim_config() -> None:
     doc = raw()
     assert tomllib.loads(dumps(doc)) == doc
+
+
+def test_dlms_password_and_client_only_on_dlms_buses() -> None:
+    doc = raw()
+    doc["meter"][0]["password_file"] = "keys/meter.pw"
+    doc["meter"][0]["client"] = 0x20
+    errors = errors_of(doc)
+    assert "is for DLMS meters" in errors["meter[0].password_file"]
+    assert "is for DLMS meters" in errors["meter[0].client"]
+    doc = raw()
+    doc["bus"][0]["protocol"] = "dlms"
+    doc["meter"] = doc["meter"][:1]
+    doc["account"] = doc["account"][:1]
+    doc["meter"][0].update(model="dlms-is15959", relay="meter", password_file="m.pw",
+                           client=0x20)
+    cfg = parse_config(doc)
+    assert cfg.meters[0].password_file == Path("m.pw") and cfg.meters[0].client == 0x20

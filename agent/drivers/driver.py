@@ -141,7 +141,18 @@ def make_driver(
 
         return IecMeter(transport, str(meter.address), clock=clock)
     if protocol == "dlms":
-        driver: MeterDriver = _dlms_module().DlmsMeter(transport, meter.address, clock=clock)
+        dlms = _dlms_module()
+        password: bytes | None = b"00000000"  # IS 15959's factory LLS password
+        if meter.password_file is not None:
+            try:
+                password = meter.password_file.read_bytes().rstrip(b"\r\n")
+            except OSError as exc:
+                raise DriverError(f"meter {meter.id}: cannot read password_file "
+                                  f"{meter.password_file}: {exc.strerror}") from exc
+        driver: MeterDriver = dlms.DlmsMeter(
+            transport, meter.address, password=password,
+            client_address=meter.client if meter.client is not None else dlms.PUBLIC_CLIENT,
+            clock=clock)
         return driver
     raise DriverError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
 

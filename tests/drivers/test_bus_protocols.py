@@ -93,3 +93,36 @@ def test_dlms_bus_relay_and_tamper_through_the_scheduler(
     reading = next(e for e in events if e.kind == "reading")
     assert reading.reading is not None
     assert reading.reading.values["import_wh"] == meters["M1"].snapshot()["import_wh"]
+
+
+def test_dlms_password_and_client_come_from_the_board_config(tmp_path: Path) -> None:
+    import dataclasses
+
+    def with_password(config: object, secret: bytes, name: str) -> object:
+        path = tmp_path / name
+        path.write_bytes(secret + b"\n")
+        meters = tuple(dataclasses.replace(m, password_file=path, client=0x20)
+                       for m in config.meters)  # type: ignore[attr-defined]
+        return dataclasses.replace(config, meters=meters)  # type: ignore[type-var]
+
+    base = board(tmp_path, protocol="dlms", addresses=(1,), poll_interval_s=0.2,
+                 timeout_s=0.5)
+    meter_side = with_password(base, b"s3cret!!", "meter.pw")
+    with serving(meter_side, speed=0.0, seed=4, turnaround_ms=2):  # type: ignore[arg-type]
+        sched, events, lock = start(meter_side)  # the agent knows the password
+        try:
+            wait_for(events, lock, lambda ev: any(e.kind == "reading" for e in ev), 10)
+        finally:
+            sched.stop()
+            sched.join(10)
+        wrong = with_password(base, b"00000000", "wrong.pw")
+        sched, events, lock = start(wrong)  # the factory password is refused
+        try:
+            wait_for(events, lock, lambda ev: any(e.kind == "meter_offline" for e in ev), 15)
+            with lock:
+                assert not any(e.kind == "reading" for e in events)
+                offline = [e for e in events if e.kind == "meter_offline"][0]
+            assert "refused" in offline.error.lower() or "association" in offline.error.lower()
+        finally:
+            sched.stop()
+            sched.join(10)
