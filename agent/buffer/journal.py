@@ -407,6 +407,13 @@ class Journal:
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (meter, acct, t, kind, code, balance, relay, action))
         return int(cur.lastrowid or 0)
 
+    def tamper_recorded(self, meter: str, t: int, code: int) -> bool:
+        """Is this meter's log entry (its time and code) recorded already? A restarted
+        agent reads the meter's event log from the start again."""
+        row = self.conn.execute("SELECT 1 FROM tamper WHERE meter = ? AND t = ? AND code = ? "
+                                "LIMIT 1", (meter, t, code)).fetchone()
+        return row is not None
+
     def tamper_log(self, meter: str | None = None, limit: int = 100) -> list[dict[str, object]]:
         cols = ("id", "meter", "acct", "t", "kind", "code", "balance", "relay", "action")
         where, params = ("WHERE meter = ?", (meter,)) if meter else ("", ())

@@ -211,6 +211,9 @@ class Disconnection:
         meter = self.meters.get(meter_id)
         acct_id = meter.account if meter else None
         with self.store.tx():
+            if self.journal.tamper_recorded(meter_id, t, code):
+                log.info("event=tamper_seen_before meter=%s t=%d code=%d", meter_id, t, code)
+                return
             state = self.journal.meter(meter_id)
             balance = self.journal.account(acct_id).balance if acct_id else None
             action = "none"
