@@ -108,7 +108,8 @@ class Runtime:
         self.control = ControlServer(cfg.gateway.data_dir, self.inbox.put) if control else None
         self.delivery = Delivery(self.store, self.link, self.clock, gw=cfg.gateway.id,
                                  boot=self.boot, status=self.status)
-        self.relay_pending: dict[str, float] = {}  # meter -> when the switch was asked
+        # meter -> (when a switch was asked, the state asked: connected?)
+        self.relay_pending: dict[str, tuple[float, bool]] = {}
         self.scans: dict[str, ControlRequest] = {}  # scan ref -> the CLI request waiting
         self.last_readings: dict[str, dict[str, Any]] = {}
         self.meter_online: dict[str, bool] = {}
@@ -238,7 +239,9 @@ class Runtime:
                                      acct=meter.account if meter else None,
                                      detail={"error": event.error} if event.error else {})
         elif event.kind == "relay_result":
-            self.relay_pending.pop(event.meter, None)
+            asked = self.relay_pending.get(event.meter)
+            if asked is not None and event.connected in (None, asked[1]):
+                del self.relay_pending[event.meter]  # the answer to the switch in flight
             self.accounting.relay_result(event.meter, event.connected, event.error, now,
                                          state=event.state or None)
         elif event.kind == "tamper":
@@ -395,11 +398,11 @@ class Runtime:
             if meter_id in self.gpio_relays:
                 continue
             asked = self.relay_pending.get(meter_id)
-            if asked is not None and mono - asked < RELAY_RETRY_S:
-                continue
+            if asked is not None and asked[1] == connected and mono - asked[0] < RELAY_RETRY_S:
+                continue  # this very switch is in flight; a changed intent goes out at once
             meter = self.accounting.meters[meter_id]
             if self.buses[meter.bus].switch_relay(meter_id, connected):
-                self.relay_pending[meter_id] = mono
+                self.relay_pending[meter_id] = (mono, connected)
 
     # -- status for the CLI, the demo and the local page -------------------------
     def status(self) -> dict[str, Any]:
