@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint keys bench clean system-deps
+.PHONY: demo test lint keys bench soak clean system-deps
 
 system-deps:
 	@scripts/system-deps.sh
@@ -31,6 +31,10 @@ lint: $(STAMP)
 keys: $(STAMP)
 	$(PY) -c "from pathlib import Path; from sim.keys import write_key; \
 	[write_key(Path('keys/gw-demo-01.' + k + '.key')) for k in ('cmd', 'token')]"
+
+# Many long simulation seeds and the planted-bug scans (minutes, not for CI).
+soak: $(STAMP)
+	SOAK=1 $(PY) -m pytest -q tests/sim
 
 bench: $(STAMP)
 	$(PY) -m bench.wire_limit
