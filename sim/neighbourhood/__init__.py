@@ -13,7 +13,8 @@ DOMAIN.md at the end and ``judge`` every disconnection as it happens;
 all; the same seed gives the same bytes.
 
 Modules: world (truth: calendar, tariff, households), plan (the seeded schedule),
-agentcfg (board config and keys), simbus, simlink, headend, consumers, faults,
+agentcfg (board config and keys), simbus (the bus scheduler stand-in), simline (the
+RS-485 line and its devices), simlink (broker and link), headend, consumers, faults,
 lifecycle (boots and crashes), observe, judge, runner, checks, report, png, plot,
 plant (bugs planted on purpose).
 """
