@@ -91,7 +91,15 @@ class Accounting:
             for acct in self.cfg.accounts:
                 self.journal.ensure_account(acct.id, acct.tariff)
             for meter in self.cfg.meters:
-                self.journal.meter(meter.id)
+                state = self.journal.meter(meter.id)
+                # A credit disconnection decided but not yet carried out when the agent
+                # stopped is decided again now (clock, head-end, protected time may differ):
+                # the intent goes back to the relay's last known state.
+                if (state.relay_intent == "open" and state.relay_reason == "credit"
+                        and state.relay_actual != "open"):
+                    self.journal.update_meter(meter.id, relay_intent="closed",
+                                              relay_reason="redecide_after_restart")
+                    log.info("event=relay_redecide meter=%s reason=restart", meter.id)
             self._sync_config_tariffs(now_s)
         self.versions = self._load_tariffs()
         self.tick(now_s)

@@ -380,3 +380,15 @@ def test_meters_replaced_at_run_time_reach_the_relay_engine(tmp_path: Path) -> N
     h.rig.acc.meters = {m.id: m for m in h.rig.cfg.meters}
     assert h.rig.acc.relay_jobs(h.rig.now) == [("M1", False)]
     h.rig.close()
+
+
+def test_an_uncarried_credit_disconnection_is_decided_again_after_a_restart(
+        tmp_path: Path) -> None:
+    h = House(tmp_path)
+    with h.rig.store.tx():  # the decision committed, the agent died before switching
+        h.rig.journal.update_meter("M1", relay_intent="open", relay_reason="credit",
+                                   relay_actual="closed")
+    h.rig.restart()
+    state = h.rig.meter()
+    assert state.relay_intent == "closed" and state.relay_reason != "credit"
+    h.rig.close()
