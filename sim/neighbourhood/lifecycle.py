@@ -71,6 +71,9 @@ class Lifecycle:
         crash = self.crash
         if crash is None or not crash.text.startswith(point + ":"):
             return
+        if self.sim.now >= self.sim.plan.end_s:  # the settling hours have no faults
+            self.crash = None
+            return
         self.count += 1
         if self.count >= int(crash.text.split(":")[1]):
             self.crashing = True
@@ -79,6 +82,8 @@ class Lifecycle:
     def _progress(self) -> int:
         if self.crashing:
             return 1  # everything after the crash point fails too: the process is gone
+        if self.sim.now >= self.sim.plan.end_s:
+            return 0
         try:
             self.trip("sql")
         except SimCrash:
@@ -98,7 +103,7 @@ class Lifecycle:
 
     def _force(self, fault: Fault) -> None:
         rt = self.sim.rt
-        if self.crash is fault and rt is not None:
+        if self.crash is fault and rt is not None and self.sim.now < self.sim.plan.end_s:
             self.crash = Fault(fault.t, fault.kind, value=fault.value,
                                text="sql:1:" + fault.text.split(":", 2)[2])
             rt.store.conn.set_progress_handler(self._progress, 1)

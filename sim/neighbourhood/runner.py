@@ -275,6 +275,9 @@ class GatewaySim:
             elif want == "absorb":
                 self._absorb()
         self.advance_s(max(0.0, end - self._now))
+        while self.rt is None and self._heap and self._heap[0][0] < end + SETTLE_S:
+            self.advance_s(max(0.0, self._heap[0][0] - self._now))  # down: wait for the boot
+            self._fire_due()
         self._flush()
 
     def _flush(self) -> None:
