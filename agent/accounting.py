@@ -114,6 +114,7 @@ class Accounting:
         # so a meter added or removed at run time (meter_add) is seen everywhere at once.
         self._meters.clear()
         self._meters.update(meters)
+        self.relays.meters_changed()
 
     def accounts(self) -> set[str]:
         return {a.id for a in self.cfg.accounts}

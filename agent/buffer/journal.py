@@ -11,7 +11,10 @@ append-only too (evidence).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from dataclasses import fields as dataclass_fields
+from typing import cast
 
 from agent.buffer.store import LANE_LEDGER, Store
 from agent.errors import LedgerError
@@ -192,6 +195,12 @@ class TokenRow:
     last_wrong_s: int
 
 
+def _account(row: tuple[object, ...]) -> Account:
+    alerts = frozenset(int(x) for x in str(row[5]).split(",") if x)
+    return Account(*row[:5], alerts, *row[6:])  # type: ignore[arg-type, call-arg]
+
+
+_ACCOUNT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclass_fields(Account))
 _ACCOUNT_COLS = ("id, tariff, balance, n, reference, alerts, zero_alert_at, fixed_last, month, "
                  "consumed_wh, energy_mp, energy_posted, duty_posted, duty_mp_bp, deferred")
 _METER_COLS = ("id, serial, base_wh, base_t, relay_intent, relay_reason, relay_actual, "
@@ -199,11 +208,67 @@ _METER_COLS = ("id, serial, base_wh, base_t, relay_intent, relay_reason, relay_a
 
 
 class Journal:
+    """The agent is the store's only writer, so a writing Journal keeps the accounts and
+    meters rows in memory as well (read on every reading and every tick). A meter's
+    write goes to SQLite first and to memory after it succeeds. An account's changes
+    (a posting moves its balance, the month's accrual moves with it) stay in memory
+    and are written once, by the store's flush hook, before the transaction commits:
+    one UPDATE an account a transaction instead of three a reading. Any rollback
+    (Store.rollback_hooks) drops what memory holds, and it is read again. A read-only
+    Journal (the CLI's, beside a running agent) always asks SQLite. Memory: one row per
+    account and per meter, as many as the config has."""
+
     def __init__(self, store: Store) -> None:
         self.store = store
         self.conn = store.conn
-        if not store.readonly:
+        self._keep = not store.readonly
+        self._accounts: dict[str, Account] | None = None
+        self._meters: dict[str, MeterState] | None = None
+        self._dirty: set[str] = set()  # accounts changed in memory, not yet in SQLite
+        if self._keep:
+            store.flush_hooks.insert(0, self.flush)  # before the tally: postings queue items
+            store.rollback_hooks.append(self.forget)
             self._migrate()
+
+    def forget(self) -> None:
+        """Read accounts and meters from SQLite again at the next use."""
+        self._accounts = None
+        self._meters = None
+        self._dirty.clear()
+
+    def flush(self) -> None:
+        """The accounts changed in memory into SQLite (the store calls it before COMMIT)."""
+        if not self._dirty or self._accounts is None:
+            return
+        dirty, self._dirty = sorted(self._dirty), set()
+        for acct_id in dirty:
+            a = self._accounts[acct_id]
+            self.conn.execute(
+                "UPDATE accounts SET balance = ?, n = ?, reference = ?, alerts = ?, "
+                "zero_alert_at = ?, fixed_last = ?, month = ?, consumed_wh = ?, "
+                "energy_mp = ?, energy_posted = ?, duty_posted = ?, duty_mp_bp = ?, "
+                "deferred = ? WHERE id = ?",
+                (a.balance, a.n, a.reference, ",".join(str(x) for x in sorted(a.alerts)),
+                 a.zero_alert_at, a.fixed_last, a.month, a.consumed_wh, a.energy_mp,
+                 a.energy_posted, a.duty_posted, a.duty_mp_bp, a.deferred, acct_id))
+
+    def _all_accounts(self) -> dict[str, Account]:
+        if self._accounts is None:
+            rows = self.conn.execute(f"SELECT {_ACCOUNT_COLS} FROM accounts").fetchall()
+            accounts = {row[0]: _account(row) for row in rows}
+            if not self._keep:
+                return accounts
+            self._accounts = accounts
+        return self._accounts
+
+    def _all_meters(self) -> dict[str, MeterState]:
+        if self._meters is None:
+            rows = self.conn.execute(f"SELECT {_METER_COLS} FROM meters").fetchall()
+            meters = {row[0]: MeterState(*row) for row in rows}
+            if not self._keep:
+                return meters
+            self._meters = meters
+        return self._meters
 
     def _migrate(self) -> None:
         with self.store.tx():
@@ -215,34 +280,45 @@ class Journal:
 
     # -- accounts -----------------------------------------------------------
     def ensure_account(self, acct: str, tariff: str) -> None:
+        self.flush()  # what memory holds goes to SQLite before all is read again
         self.conn.execute(
             "INSERT INTO accounts (id, tariff) VALUES (?, ?) "
             "ON CONFLICT(id) DO UPDATE SET tariff = excluded.tariff",
             (acct, tariff),
         )
+        self._accounts = None  # rare (start-up, provisioning): read them all again
 
     def account(self, acct: str) -> Account:
-        row = self.conn.execute(
-            f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = ?", (acct,)
-        ).fetchone()
-        if row is None:
-            raise LedgerError(f"unknown account {acct!r}")
-        alerts = frozenset(int(x) for x in row[5].split(",") if x)
-        return Account(row[0], row[1], row[2], row[3], row[4], alerts, row[6], row[7], row[8],
-                       row[9], row[10], row[11], row[12], row[13], row[14])
+        if not self._keep:
+            row = self.conn.execute(
+                f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = ?", (acct,)).fetchone()
+            if row is None:
+                raise LedgerError(f"unknown account {acct!r}")
+            return _account(row)
+        try:
+            return self._all_accounts()[acct]
+        except KeyError:
+            raise LedgerError(f"unknown account {acct!r}") from None
 
     def accounts(self) -> list[Account]:
-        ids = [r[0] for r in self.conn.execute("SELECT id FROM accounts ORDER BY id")]
-        return [self.account(i) for i in ids]
+        accounts = self._all_accounts()
+        return [accounts[i] for i in sorted(accounts)]
 
     def update_account(self, acct: str, **fields: object) -> None:
         allowed = {"reference", "alerts", "zero_alert_at", "fixed_last", "month", "consumed_wh",
                    "energy_mp", "energy_posted", "duty_posted", "duty_mp_bp", "deferred"}
         assert set(fields) <= allowed, set(fields) - allowed  # balance/n only change via post()
+        assert self.store._depth, "update_account() must run inside store.tx()"
         if "alerts" in fields:
-            fields["alerts"] = ",".join(str(x) for x in sorted(fields["alerts"]))  # type: ignore[call-overload]
-        sets = ", ".join(f"{k} = ?" for k in fields)
-        self.conn.execute(f"UPDATE accounts SET {sets} WHERE id = ?", (*fields.values(), acct))
+            fields["alerts"] = frozenset(cast("Iterable[int]", fields["alerts"]))
+        self._accounts_changed(self.account(acct), fields)
+
+    def _accounts_changed(self, before: Account, fields: dict[str, object]) -> None:
+        assert self._accounts is not None  # account() has read them
+        # positional: dataclasses.replace costs twice as much, three times a reading
+        self._accounts[before.id] = Account(*[  # type: ignore[arg-type]
+            fields[f] if f in fields else getattr(before, f) for f in _ACCOUNT_FIELDS])
+        self._dirty.add(before.id)
 
     # -- the journal --------------------------------------------------------
     def post(self, acct: str, t: int, kind: str, amt: int, ref: str) -> Entry:
@@ -252,18 +328,15 @@ class Journal:
             raise LedgerError(f"unknown entry kind {kind!r}")
         if not isinstance(amt, int) or isinstance(amt, bool):
             raise LedgerError(f"amount must be integer paise, got {amt!r}")
-        row = self.conn.execute("SELECT balance, n FROM accounts WHERE id = ?", (acct,)).fetchone()
-        if row is None:
-            raise LedgerError(f"unknown account {acct!r}")
-        balance, n = int(row[0]) + amt, int(row[1]) + 1
+        before = self.account(acct)
+        balance, n = before.balance + amt, before.n + 1
         assert -(2**63) <= balance < 2**63, "balance leaves signed 64-bit"
         entry = Entry(acct, n, t, kind, amt, balance, ref)
         self.conn.execute(
             "INSERT INTO journal (acct, n, t, kind, amt, bal, ref) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (acct, n, t, kind, amt, balance, ref),
         )
-        self.conn.execute("UPDATE accounts SET balance = ?, n = ? WHERE id = ?",
-                          (balance, n, acct))
+        self._accounts_changed(before, {"balance": balance, "n": n})
         self.store.add_pending(LANE_LEDGER, cbor.dumps(entry.wire()), t)
         return entry
 
@@ -296,27 +369,33 @@ class Journal:
 
     # -- meters -------------------------------------------------------------
     def meter(self, meter_id: str) -> MeterState:
-        row = self.conn.execute(
-            f"SELECT {_METER_COLS} FROM meters WHERE id = ?", (meter_id,)).fetchone()
-        if row is None:
+        if not self._keep:
+            row = self.conn.execute(
+                f"SELECT {_METER_COLS} FROM meters WHERE id = ?", (meter_id,)).fetchone()
+            return MeterState(meter_id, None, None, None, "closed", "", "", "", None) \
+                if row is None else MeterState(*row)
+        meters = self._all_meters()
+        state = meters.get(meter_id)
+        if state is None:  # created on first use, with the table's defaults
             self.conn.execute("INSERT OR IGNORE INTO meters (id) VALUES (?)", (meter_id,))
-            return MeterState(meter_id, None, None, None, "closed", "", "", "", None)
-        return MeterState(*row)
+            state = meters[meter_id] = MeterState(meter_id, None, None, None, "closed", "", "",
+                                                  "", None)
+        return state
 
     def meters(self) -> list[MeterState]:
-        rows = self.conn.execute(f"SELECT {_METER_COLS} FROM meters ORDER BY id").fetchall()
-        return [MeterState(*r) for r in rows]
+        meters = self._all_meters()
+        return [meters[i] for i in sorted(meters)]
 
     def update_meter(self, meter_id: str, **fields: object) -> None:
         allowed = {"serial", "base_wh", "base_t", "relay_intent", "relay_reason",
                    "relay_actual", "override", "override_until", "tamper_hold",
                    "relay_attempts", "relay_next_s"}
         assert set(fields) <= allowed, set(fields) - allowed
+        state = self.meter(meter_id)  # creates the row on first use
         sets = ", ".join(f"{k} = ?" for k in fields)
-        sql = f"UPDATE meters SET {sets} WHERE id = ?"
-        if self.conn.execute(sql, (*fields.values(), meter_id)).rowcount == 0:
-            self.meter(meter_id)  # creates the row on first use
-            self.conn.execute(sql, (*fields.values(), meter_id))
+        self.conn.execute(f"UPDATE meters SET {sets} WHERE id = ?", (*fields.values(), meter_id))
+        if self._meters is not None:
+            self._meters[meter_id] = replace(state, **fields)  # type: ignore[arg-type]
 
     # -- the disconnection rate limit ----------------------------------------
     def count_disconnects(self, since_s: int) -> int:
@@ -348,8 +427,7 @@ class Journal:
 
         Looks at the last SPEND_SCAN_ENTRIES entries only (a primary-key range, no index
         on t to maintain on every posting): a shorter window at worst, never a slow one."""
-        last_n = int(self.conn.execute("SELECT n FROM accounts WHERE id = ?",
-                                       (acct,)).fetchone()[0])
+        last_n = self.account(acct).n
         row = self.conn.execute(
             "SELECT COALESCE(-SUM(amt), 0), MIN(t) FROM journal WHERE acct = ? AND n > ? "
             "AND t >= ? AND kind IN ('energy', 'duty', 'fixed')",

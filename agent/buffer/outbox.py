@@ -143,7 +143,7 @@ def event_item(t: int, type_: str, *, m: str | None = None, acct: str | None = N
 # -- messages -------------------------------------------------------------------------
 def _deterministic(m: dict[str, Any]) -> dict[str, Any]:
     """``m`` with its keys in RFC 8949 4.2.1 order (bytewise by their encoding)."""
-    return {k: m[k] for k in sorted(m, key=cbor2.dumps)}
+    return {k: m[k] for k in cbor.key_order(m)}
 
 
 def encode_readings(gw: str, boot: int, seq: int, body: list[dict[str, Any]]) -> bytes:
@@ -156,18 +156,32 @@ def encode_readings(gw: str, boot: int, seq: int, body: list[dict[str, Any]]) ->
     return bytes(cbor2.dumps(_deterministic(message), canonical=False))
 
 
-def _encode(lane: int, gw: str, boot: int, seq: int, items: list[Any]) -> bytes:
-    """``items``: series for the readings lanes, else decoded maps."""
+def _encode(lane: int, gw: str, boot: int, seq: int, rows: list[PendingRow]) -> bytes:
     if lane in (LANE_READINGS, LANE_BACKLOG):
-        return encode_readings(gw, boot, seq, items)
-    message = wire.envelope(gw, boot, seq)
-    if lane == LANE_EVENTS:
-        message["events"] = items
-    elif lane == LANE_LEDGER:
-        message["entries"] = items
-    else:
-        raise AssertionError(f"lane {lane} is not batched")
-    return cbor.dumps(message)
+        body = [s for row in rows for s in _run_series(row.item)]
+        body.sort(key=lambda s: (s["m"], s["t"][0]))  # by meter, then time (docs)
+        return encode_readings(gw, boot, seq, body)
+    # An event or entry item is our own cbor.dumps output: spliced in as it is.
+    key = {LANE_EVENTS: "events", LANE_LEDGER: "entries"}[lane]
+    return cbor.dumps_with_items(wire.envelope(gw, boot, seq), key, [r.item for r in rows])
+
+
+def _one_series(row: object) -> dict[str, Any] | None:
+    """The series of a single reading item, or None to take the general path (which
+    says what is wrong with it). The checks of wire.series, for one value each."""
+    if type(row) is not list or len(row) != 2 + len(wire.QUANTITIES):  # noqa: E721
+        return None
+    meter, t = row[0], row[1]
+    if type(meter) is not str or not meter or type(t) is not int or not 0 <= t < 2**63:  # noqa: E721
+        return None
+    series: dict[str, Any] = {"m": meter, "t": [t]}
+    for q, value in zip(wire.QUANTITIES, row[2:], strict=True):
+        if value is None:
+            continue
+        if type(value) is not int or not -MAX_VALUE < value < MAX_VALUE:  # noqa: E721
+            return None
+        series[q] = [value]
+    return series
 
 
 def _run_series(item: bytes) -> list[dict[str, Any]]:
@@ -175,6 +189,10 @@ def _run_series(item: bytes) -> list[dict[str, Any]]:
     quantities throughout) is built from columns (C-level transposition); anything
     else goes through wire.readings_body one reading at a time."""
     rows = cbor2.loads(b"\x9f" + item + b"\xff")
+    if len(rows) == 1:  # live data: a run of one reading, checked here without columns
+        one = _one_series(rows[0])
+        if one is not None:
+            return [one]
     if all(type(r) is list for r in rows):  # noqa: E721 - schema-1 items are maps
         cols = list(zip(*rows, strict=True))
         meter, times = rows[0][0], list(cols[1])
@@ -191,14 +209,6 @@ def _run_series(item: bytes) -> list[dict[str, Any]]:
     return wire.readings_body(_readings(item))
 
 
-def _decoded(lane: int, rows: list[PendingRow]) -> list[Any]:
-    if lane in (LANE_READINGS, LANE_BACKLOG):
-        body = [s for row in rows for s in _run_series(row.item)]
-        body.sort(key=lambda s: (s["m"], s["t"][0]))  # by meter, then time (docs)
-        return body
-    return [cbor2.loads(r.item) for r in rows]
-
-
 def _store_message(store: Store, lane: int, gw: str, boot: int, now_s: int,
                    rows: list[PendingRow]) -> int:
     """Form one message from ``rows`` (or from its first half, again, while it is over
@@ -206,7 +216,7 @@ def _store_message(store: Store, lane: int, gw: str, boot: int, now_s: int,
     used. Returns how many rows that is."""
     seq = store.meta("next_seq")  # taken below, once the bytes fit
     while True:
-        payload = _encode(lane, gw, boot, seq, _decoded(lane, rows))
+        payload = _encode(lane, gw, boot, seq, rows)
         if len(payload) <= MAX_MESSAGE_BYTES or len(rows) == 1:
             break
         rows = rows[: len(rows) // 2]

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +161,15 @@ class Store:
             raise StoreError(f"no store at {self.path} (has the agent run with this config?)")
         self.conn = _connect(self.path, readonly)
         self._depth = 0
+        # (tbl, lane) -> [rows, bytes, items] not yet in the tally table: written once at
+        # the commit instead of an UPDATE per item (a poll cycle adds hundreds).
+        self._tally_delta: dict[tuple[str, int], list[int]] = {}
+        # Whoever keeps writes in memory until the commit (the journal's account rows,
+        # the tally) writes them out in a flush hook, called before COMMIT and
+        # before a SAVEPOINT; and forgets them in a rollback hook, called when writes
+        # are undone (a rollback, a savepoint rolled back, a failed commit).
+        self.flush_hooks: list[Callable[[], None]] = [self._flush_tally]
+        self.rollback_hooks: list[Callable[[], None]] = [self._forget_tally]
         if not readonly:
             self._create()
 
@@ -207,9 +216,27 @@ class Store:
             self._tally("outbox", lane, rows, nbytes, items)
 
     def _tally(self, tbl: str, lane: int, rows: int, nbytes: int, items: int) -> None:
-        self.conn.execute("UPDATE tally SET rows = rows + ?, bytes = bytes + ?, "
-                          "items = items + ? WHERE tbl = ? AND lane = ?",
-                          (rows, nbytes, items, tbl, lane))
+        if not self._depth:
+            self.conn.execute("UPDATE tally SET rows = rows + ?, bytes = bytes + ?, "
+                              "items = items + ? WHERE tbl = ? AND lane = ?",
+                              (rows, nbytes, items, tbl, lane))
+            return
+        delta = self._tally_delta.setdefault((tbl, lane), [0, 0, 0])
+        delta[0] += rows
+        delta[1] += nbytes
+        delta[2] += items
+
+    def _forget_tally(self) -> None:
+        self._tally_delta = {}
+
+    def _flush_tally(self) -> None:
+        """The tally's changes of this transaction into its table: before a commit,
+        a savepoint and every read of the tally."""
+        deltas, self._tally_delta = self._tally_delta, {}
+        for (tbl, lane), (rows, nbytes, items) in deltas.items():
+            self.conn.execute("UPDATE tally SET rows = rows + ?, bytes = bytes + ?, "
+                              "items = items + ? WHERE tbl = ? AND lane = ?",
+                              (rows, nbytes, items, tbl, lane))
 
     def _delete(self, tbl: str, key: str, size: str, items: str, keys: list[int]) -> None:
         """Delete rows by key, keeping the tally; chunks of ``_CHUNK`` keys."""
@@ -257,24 +284,37 @@ class Store:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self.conn
+                self._flush()
             except BaseException:
+                self._rolled_back()
                 self.conn.execute("ROLLBACK")
                 raise
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            self._rolled_back()  # a failed COMMIT (disk full, I/O error) undid it all
             raise StoreError(f"store transaction failed: {exc}") from exc
         finally:
             self._depth = 0
+
+    def _flush(self) -> None:
+        for hook in self.flush_hooks:
+            hook()
+
+    def _rolled_back(self) -> None:
+        for hook in self.rollback_hooks:
+            hook()
 
     @contextmanager
     def savepoint(self, name: str = "sp") -> Iterator[None]:
         """Inside ``tx()``: undo only this block's writes if it raises (the outer
         transaction goes on), e.g. a command refused half-way keeps its reply."""
         assert self._depth, "a savepoint lives inside a transaction"
+        self._flush()  # a rollback to here must undo only what comes after it
         self.conn.execute(f"SAVEPOINT {name}")
         try:
             yield
         except BaseException:
+            self._rolled_back()
             self.conn.execute(f"ROLLBACK TO {name}")
             self.conn.execute(f"RELEASE {name}")
             raise
@@ -392,6 +432,7 @@ class Store:
 
     def pending_stats(self, lane: int) -> tuple[int, int | None]:
         """(items, oldest t) of a lane's pending items."""
+        self._flush_tally()
         count = self.conn.execute("SELECT items FROM tally WHERE tbl = 'pending' AND lane = ?",
                                   (lane,)).fetchone()[0]
         row = self.conn.execute("SELECT MIN(t) FROM pending WHERE lane = ?", (lane,)).fetchone()
@@ -437,6 +478,7 @@ class Store:
         return [OutboxRow(int(r[0]), int(r[1]), r[2], bytes(r[3]), int(r[4])) for r in rows]
 
     def outbox_rows(self, lane: int) -> int:
+        self._flush_tally()
         return int(self.conn.execute("SELECT rows FROM tally WHERE tbl = 'outbox' AND lane = ?",
                                      (lane,)).fetchone()[0])
 
@@ -470,6 +512,7 @@ class Store:
         return int(row[0]), (None if row[1] is None else int(row[1]))
 
     def backlog_summary(self) -> Backlog:
+        self._flush_tally()
         tally = self.conn.execute(
             "SELECT tbl, SUM(rows), SUM(bytes), SUM(items) FROM tally GROUP BY tbl").fetchall()
         by = {r[0]: (int(r[1] or 0), int(r[2] or 0), int(r[3] or 0)) for r in tally}
@@ -485,6 +528,7 @@ class Store:
 
     def size_bytes(self) -> int:
         """Payload bytes held for the uplink (pending items + formed messages)."""
+        self._flush_tally()
         row = self.conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM tally").fetchone()
         return int(row[0])
 

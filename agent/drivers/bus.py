@@ -91,6 +91,9 @@ class BusEvent:
 
 @dataclass
 class MeterStats:
+    """Per-meter counters; ``as_dict`` is what the runtime reports. The simulated bus
+    (sim/neighbourhood/simbus.py) subclasses it, so both keep the same record."""
+
     polls: int = 0
     ok: int = 0
     timeouts: int = 0
@@ -109,7 +112,10 @@ class MeterStats:
 
 
 @dataclass(order=True)
-class _Job:
+class BusJob:
+    """A queued relay or read job, in (priority, submission order); shared with the
+    simulated bus so both queue the same way."""
+
     priority: int
     order: int
     kind: str = field(compare=False)
@@ -144,7 +150,7 @@ class BusScheduler(threading.Thread):
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._jobs: list[_Job] = []
+        self._jobs: list[BusJob] = []
         self._order = itertools.count()
         self.meters: dict[str, MeterConfig] = {m.id: m for m in meters}
         self.stats: dict[str, MeterStats] = {m.id: MeterStats() for m in meters}
@@ -168,10 +174,10 @@ class BusScheduler(threading.Thread):
         self._wake.set()
 
     def switch_relay(self, meter_id: str, connected: bool) -> bool:
-        return self._submit(_Job(0, next(self._order), "relay", meter_id, connected))
+        return self._submit(BusJob(0, next(self._order), "relay", meter_id, connected))
 
     def read_now(self, meter_id: str, ref: str) -> bool:
-        return self._submit(_Job(1, next(self._order), "read", meter_id, ref=ref))
+        return self._submit(BusJob(1, next(self._order), "read", meter_id, ref=ref))
 
     def scan(self, addresses: Iterable[int], ref: str, *, timeout_s: float = 0.2) -> bool:
         """Probe ``addresses`` between polls; one ``scan_result`` event when done.
@@ -190,7 +196,7 @@ class BusScheduler(threading.Thread):
         self._stopping.set()
         self._wake.set()
 
-    def _submit(self, job: _Job) -> bool:
+    def _submit(self, job: BusJob) -> bool:
         with self._lock:
             if len(self._jobs) >= MAX_JOBS:
                 return False
@@ -257,7 +263,7 @@ class BusScheduler(threading.Thread):
                  self.bus.port, self.bus.baudrate, self.bus.protocol)
         return True
 
-    def _next_job(self) -> _Job | None:
+    def _next_job(self) -> BusJob | None:
         with self._lock:
             return heapq.heappop(self._jobs) if self._jobs else None
 
@@ -369,7 +375,7 @@ class BusScheduler(threading.Thread):
             self.post(BusEvent("tamper", meter_id,
                                detail={"kind": event.kind, "code": event.code, "t": event.t}))
 
-    def _run_job(self, job: _Job) -> None:
+    def _run_job(self, job: BusJob) -> None:
         if job.kind == "read":
             try:
                 reading = self._read(job.meter)

@@ -94,6 +94,8 @@ def month_parts(t0_local_s: int, t1_local_s: int, billing_day: int) -> list[tupl
     """
     start = min(t0_local_s, t1_local_s)
     last = billing_month(t1_local_s, billing_day)
+    if start >= billing_month_start_s(last, billing_day):  # the usual: one month
+        return [(last, start, t1_local_s)]
     earliest_start = billing_month_start_s(add_months(last, 1 - MAX_MONTH_PARTS), billing_day)
     start = max(start, earliest_start)
     month = billing_month(start, billing_day)

@@ -100,9 +100,19 @@ class Disconnection:
         self.clock_confirmed = False  # by a verified head-end command
         self._clock_synchronised = clock_synchronised
         self.actuation = Actuation(store, journal, meters, emit)
+        self._by_account: dict[str, list[MeterConfig]] | None = None
 
     def _meters_of(self, acct_id: str) -> list[MeterConfig]:
-        return [m for m in self.meters.values() if m.account == acct_id]
+        if self._by_account is None:  # asked on every reading: indexed once
+            by_account: dict[str, list[MeterConfig]] = {}
+            for meter in self.meters.values():
+                by_account.setdefault(meter.account, []).append(meter)
+            self._by_account = by_account
+        return self._by_account.get(acct_id, [])
+
+    def meters_changed(self) -> None:
+        """The shared meters mapping changed (meter_add, meter_remove)."""
+        self._by_account = None
 
     # -- the clock ------------------------------------------------------------
     def confirm_clock(self, iat_s: int, now_s: int) -> None:

@@ -26,7 +26,7 @@ import inspect
 import io
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import cbor2
 
@@ -37,6 +37,7 @@ MAX_UPLINK_BYTES = 1024 * 1024  # an `up/*` message read by a head-end; larger i
 MAX_DEPTH = 32  # nesting of arrays/maps we write; our deepest message is 4 levels
 
 Tag = cbor2.CBORTag
+K = TypeVar("K")
 
 # Exceptions cbor2 5.x/6.x can raise on hostile input besides its own CBORError: the
 # pure-Python decoder lets some through (unhashable map keys, tag 4/5 Decimal
@@ -65,11 +66,58 @@ def dumps(obj: object) -> bytes:
         raise CborError(f"cannot encode: {exc}") from exc
 
 
+def dumps_with_items(obj: dict[str, Any], key: str, items: list[bytes]) -> bytes:
+    """``dumps({**obj, key: [the items]})``, byte for byte, where ``items`` are CBOR
+    items already in core deterministic encoding (the agent's own, from its store):
+    they are spliced in, not decoded and encoded again."""
+    assert key not in obj
+    order = key_order({**obj, key: None})
+    out = [_head(5, len(order))]
+    for k in order:
+        out.append(cbor2.dumps(k))
+        if k == key:
+            out.append(_head(4, len(items)))
+            out.extend(items)
+        else:
+            out.append(dumps(obj[k]))
+    return b"".join(out)
+
+
+def _head(major: int, n: int) -> bytes:
+    """The initial byte and argument of a data item (RFC 8949 3, shortest form, 4.2.1)."""
+    if n < 24:
+        return bytes([major << 5 | n])
+    for extra, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if n < 1 << (8 * size):
+            return bytes([major << 5 | extra]) + n.to_bytes(size, "big")
+    raise CborError(f"length {n} does not fit a CBOR head")
+
+
 def _ordered(obj: object, depth: int) -> object:
     """A copy of ``obj`` whose maps iterate in core deterministic key order."""
+    kind = type(obj)
+    if kind is str or kind is bytes or obj is None or kind is bool:  # the usual, first
+        return obj
+    if kind is int:
+        if not -(2**64) <= obj < 2**64:  # type: ignore[operator]
+            raise CborError(f"integer {obj} does not fit CBOR major types 0/1")
+        return obj
     if depth > MAX_DEPTH:
         raise CborError(f"nesting deeper than {MAX_DEPTH}")
-    if obj is None or isinstance(obj, (bool, str, bytes)):
+    if kind is dict:
+        mapping = cast("dict[object, object]", obj)
+        out = {}
+        for key in key_order(mapping):
+            value = mapping[key]
+            vkind = type(value)
+            # plain scalars inline: a journal entry or an event is a flat map
+            if vkind is str or vkind is bytes or value is None or vkind is bool or (
+                    vkind is int and -(2**64) <= value < 2**64):  # type: ignore[operator]
+                out[key] = value
+            else:
+                out[key] = _ordered(value, depth + 1)
+        return out
+    if isinstance(obj, (bool, str, bytes)):  # subclasses
         return obj
     if isinstance(obj, int):
         if not -(2**64) <= obj < 2**64:  # beyond that cbor2 writes a bignum tag: not ours
@@ -80,18 +128,42 @@ def _ordered(obj: object, depth: int) -> object:
     if isinstance(obj, (list, tuple)):
         return [_ordered(x, depth + 1) for x in obj]
     if isinstance(obj, dict):
-        items = []
-        for key, value in obj.items():
-            if isinstance(key, bool) or not isinstance(key, (int, str, bytes)):
-                raise CborError(f"map key {key!r}: only int, str and bytes keys")
-            items.append((cbor2.dumps(_ordered(key, depth + 1)), key, value))
-        items.sort(key=lambda item: item[0])  # bytewise order of the encoded keys
-        return {key: _ordered(value, depth + 1) for _, key, value in items}
+        return {key: _ordered(obj[key], depth + 1) for key in key_order(obj)}
     if isinstance(obj, cbor2.CBORTag):
         return cbor2.CBORTag(obj.tag, _ordered(obj.value, depth + 1))
     if isinstance(obj, float):
         raise CborError("floats are not used on this wire (money and energy are ints)")
     raise CborError(f"cannot encode a {type(obj).__name__}")
+
+
+# A message has a handful of shapes, each with the same keys every time: the sorted key
+# order of a shape is kept, so encoding a map does not encode its keys again. Only
+# shapes of text keys are kept (True == 1 and 1.0 == 1 would let a refused key match a
+# kept int shape); at most _ORDER_CACHE_MAX of them, past that a new shape is sorted
+# each time (still correct, only slower).
+_ORDER_CACHE_MAX = 512
+_order_cache: dict[tuple[object, ...], tuple[object, ...]] = {}
+
+
+def key_order(obj: dict[K, Any]) -> tuple[K, ...]:
+    """The keys of ``obj`` in RFC 8949 4.2.1 order: bytewise by their encodings."""
+    try:
+        shape = tuple(obj)
+        return _order_cache[shape]  # type: ignore[return-value]
+    except (KeyError, TypeError):  # TypeError: an unhashable key, refused below
+        pass
+    items = []
+    for key in obj:
+        if isinstance(key, bool) or not isinstance(key, (int, str, bytes)):
+            raise CborError(f"map key {key!r}: only int, str and bytes keys")
+        if isinstance(key, int) and not -(2**64) <= key < 2**64:
+            raise CborError(f"integer {key} does not fit CBOR major types 0/1")
+        items.append((cbor2.dumps(key), key))
+    items.sort(key=lambda item: item[0])
+    order: tuple[K, ...] = tuple(key for _, key in items)
+    if len(_order_cache) < _ORDER_CACHE_MAX and all(type(k) is str for k in order):
+        _order_cache[tuple(obj)] = order
+    return order
 
 
 def loads(data: bytes, *, max_bytes: int = MAX_COMMAND_BYTES) -> object:

@@ -35,7 +35,7 @@ from typing import Any, Final
 from agent.clock import Clock
 from agent.config import BusConfig, MeterConfig
 from agent.drivers import bus as real_bus
-from agent.drivers.bus import BusEvent
+from agent.drivers.bus import BusEvent, BusJob, MeterStats
 from agent.drivers.modbus.client import ModbusClient
 from agent.drivers.modbus.device import ModbusCoilRelay, ModbusMeter
 from agent.drivers.reading import Reading
@@ -59,29 +59,12 @@ RELAY_TRIES: Final[int] = getattr(real_bus, "RELAY_TRIES", getattr(
     importlib.import_module("agent.drivers.driver"), "RELAY_TRIES", 3))
 
 
-class _Stats:
-    def __init__(self) -> None:
-        self.polls = self.ok = self.timeouts = self.crc_errors = self.protocol_errors = 0
-        self.failures = 0
-        self.offline = False
-        self.backoff_s = 0.0
-        self.reads_since_serial = SERIAL_REFRESH_READS
-        self.serial: int | None = None
+@dataclass
+class SimMeterStats(MeterStats):
+    """The real scheduler's record plus the serial cache that the driver keeps in codec mode."""
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"polls": self.polls, "ok": self.ok, "timeouts": self.timeouts,
-                "crc_errors": self.crc_errors, "protocol_errors": self.protocol_errors,
-                "offline": self.offline}
-
-
-@dataclass(order=True)
-class _Job:
-    priority: int
-    order: int
-    kind: str
-    meter: str
-    connected: bool = True
-    ref: str = ""
+    reads_since_serial: int = SERIAL_REFRESH_READS
+    serial: int | None = None
 
 
 class SimBus:
@@ -97,9 +80,9 @@ class SimBus:
         self.timing = Timing(bus)
         self.port_error = ""
         self.meters: dict[str, MeterConfig] = {}
-        self.stats: dict[str, _Stats] = {}
+        self.stats: dict[str, SimMeterStats] = {}
         self._due: dict[str, float] = {}
-        self._jobs: list[_Job] = []
+        self._jobs: list[BusJob] = []
         self._order = itertools.count()
         self.line: MemLine | None = None
         self.client: ModbusClient | None = None
@@ -110,7 +93,7 @@ class SimBus:
     def set_meters(self, meters: list[MeterConfig]) -> None:
         self.meters = {m.id: m for m in meters}
         for m in meters:
-            self.stats.setdefault(m.id, _Stats())
+            self.stats.setdefault(m.id, SimMeterStats())
         if self.mode == "codec":
             self._build_line()
 
@@ -140,12 +123,12 @@ class SimBus:
 
     def switch_relay(self, meter_id: str, connected: bool) -> bool:
         self.on_switch(meter_id, connected)
-        return self._submit(_Job(0, next(self._order), "relay", meter_id, connected))
+        return self._submit(BusJob(0, next(self._order), "relay", meter_id, connected))
 
     def read_now(self, meter_id: str, ref: str) -> bool:
-        return self._submit(_Job(1, next(self._order), "read", meter_id, ref=ref))
+        return self._submit(BusJob(1, next(self._order), "read", meter_id, ref=ref))
 
-    def _submit(self, job: _Job) -> bool:
+    def _submit(self, job: BusJob) -> bool:
         if len(self._jobs) >= MAX_JOBS:
             return False
         heapq.heappush(self._jobs, job)
@@ -193,7 +176,7 @@ class SimBus:
             return dev.read(meter_id, int(self.clock.time_s()), timeout_s=self.bus.timeout_s)
         return self._direct_read(meter_id, st)
 
-    def _direct_read(self, meter_id: str, st: _Stats) -> Reading:
+    def _direct_read(self, meter_id: str, st: SimMeterStats) -> Reading:
         """What the codec path does, frame by frame, with the same clock moves; each
         block is read from the meter when its request has arrived, as a device would."""
         silent, corrupt_pct = self.field.fault(meter_id)
@@ -255,8 +238,8 @@ class SimBus:
         try:
             reading = self._read(meter_id, attempts)
         except DriverError as exc:
-            st.failures += 1
-            if st.failures >= OFFLINE_AFTER:
+            st.consecutive_failures += 1
+            if st.consecutive_failures >= OFFLINE_AFTER:
                 st.backoff_s = min(QUARANTINE_MAX_S,
                                    max(QUARANTINE_MIN_S, st.backoff_s * 2))
                 if not st.offline:
@@ -266,7 +249,7 @@ class SimBus:
             else:
                 self._due[meter_id] = self._due.get(meter_id, 0.0) + interval
             return
-        st.failures, st.backoff_s = 0, 0.0
+        st.consecutive_failures, st.backoff_s = 0, 0.0
         if st.offline:
             st.offline = False
             self.post(BusEvent("meter_online", meter_id))
@@ -277,7 +260,7 @@ class SimBus:
         due = self._due.get(meter_id, now) + interval
         self._due[meter_id] = due if due > now else now + interval
 
-    def _read_job(self, job: _Job) -> None:
+    def _read_job(self, job: BusJob) -> None:
         try:
             reading = self._read(job.meter, RETRIES + 1)
         except DriverError as exc:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import cbor2
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -194,6 +195,25 @@ def test_encode_readings_is_cbor_dumps_byte_for_byte(body: list[Any], boot: int,
     message = wire.envelope(GW, boot, seq)
     message["readings"] = built
     assert outbox.encode_readings(GW, boot, seq, built) == cbor.dumps(message)
+
+
+@given(st.lists(st.dictionaries(st.text(max_size=5), st.integers(-(2**63), 2**63 - 1) |
+                                st.text(max_size=30), max_size=5), max_size=40),
+       st.integers(0, 2**32), st.integers(1, 2**40), st.sampled_from(["events", "entries"]))
+def test_spliced_items_are_cbor_dumps_byte_for_byte(items: list[dict[str, Any]], boot: int,
+                                                    seq: int, key: str) -> None:
+    """Events and entries are spliced into their message as stored (cbor.dumps_with_items),
+    never decoded and encoded again: the bytes must be what encoding the message gives."""
+    message = wire.envelope(GW, boot, seq)
+    spliced = cbor.dumps_with_items(message, key, [cbor.dumps(i) for i in items])
+    message[key] = items
+    assert spliced == cbor.dumps(message)
+
+
+@pytest.mark.parametrize("n", [0, 23, 24, 255, 256, 65_535, 65_536])
+def test_splice_heads_at_every_length_boundary(n: int) -> None:
+    items = [cbor.dumps(0)] * n
+    assert cbor.dumps_with_items({"a": 1}, "b", items) == cbor.dumps({"a": 1, "b": [0] * n})
 
 
 ops = st.lists(st.one_of(

@@ -1,11 +1,15 @@
-"""Board configs for the driver tests that run the simulator on real ptys."""
+"""The driver tests' rigs: board configs for the simulator on real ptys, and an
+in-process bus of simulated Modbus devices."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
+from agent.clock import SimClock
 from agent.config import Config, load_config
+from agent.drivers.modbus.codec import Request, RequestReader
+from sim.modbus_device import SimDevice
 
 HEAD = """
 [gateway]
@@ -61,9 +65,12 @@ def board(
     poll_interval_s: float = 15,
     timeout_s: float = 0.5,
     relays: bool = False,
+    relay_unit: int = 100,
     relay: str = "none",
 ) -> Config:
-    """One bus of ``protocol`` with a meter ``M<address>`` at each address."""
+    """One bus of ``protocol`` with a meter ``M<address>`` at each address, written to
+    ``tmp_path / "board.toml"``. ``relays``: the i-th meter switches through coil i of a
+    Modbus coil module at ``relay_unit``; otherwise every meter has ``relay``."""
     from agent.drivers.driver import known_models
 
     model = known_models(protocol)[0]  # the config checks a model against its bus protocol
@@ -71,9 +78,44 @@ def board(
                        parity="E" if protocol == "iec62056-21" else "N",
                        poll_interval_s=poll_interval_s, timeout_s=timeout_s)
     for i, address in enumerate(addresses):
-        spec = f"modbus-coil:100:{i}" if relays else relay
+        spec = f"modbus-coil:{relay_unit}:{i}" if relays else relay
         text += METER.format(id=f"M{address}", address=address, model=model, relay=spec)
     path = tmp_path / "board.toml"
     path.write_text(text)
     config = load_config(path)
     return config
+
+
+class SimBusTransport:
+    """An in-process bus: a request goes straight to the simulated devices; a read with
+    nothing to deliver advances the SimClock by its timeout (a silent line)."""
+
+    def __init__(self, clock: SimClock, devices: dict[int, SimDevice]) -> None:
+        self.clock = clock
+        self.devices = devices
+        self.baudrate = 9600
+        self.out = b""
+        self.requests: list[Request] = []
+
+    def write(self, data: bytes) -> None:
+        reader = RequestReader()
+        reader.receive_data(data)
+        request = reader.next_event()
+        assert isinstance(request, Request)
+        self.requests.append(request)
+        device = self.devices.get(request.unit)
+        response = device.handle(request) if device is not None else None
+        self.out = response.to_bytes() if response is not None else b""
+        self.clock.advance(0.01)  # request, turnaround and answer on the wire
+
+    def read(self, max_bytes: int, timeout_s: float) -> bytes:
+        data, self.out = self.out[:max_bytes], self.out[max_bytes:]
+        if not data:
+            self.clock.advance(timeout_s)
+        return data
+
+    def reset_input(self) -> None:
+        self.out = b""
+
+    def close(self) -> None:
+        pass

@@ -18,48 +18,13 @@ from agent.drivers.bus import (
     BusScheduler,
 )
 from agent.drivers.driver import MeterDriver, MeterEvent, make_driver
-from agent.drivers.modbus.codec import Request, RequestReader
 from agent.drivers.reading import Reading
 from agent.drivers.scan import Found, scan_bus
 from agent.errors import DriverError, TimeoutError_
 from sim.modbus_device import SimCoilModule, SimDevice, SimSDM120
+from tests.drivers.simbus import SimBusTransport
 
 BUS = BusConfig(name="b0", port="sim://", baudrate=9600, poll_interval_s=1.0, timeout_s=0.2)
-
-
-class SimBusTransport:
-    """An in-process bus: a request goes straight to the simulated devices; a read with
-    nothing to deliver advances the SimClock by its timeout (a silent line)."""
-
-    def __init__(self, clock: SimClock, devices: dict[int, SimDevice]) -> None:
-        self.clock = clock
-        self.devices = devices
-        self.baudrate = 9600
-        self.out = b""
-        self.requests: list[Request] = []
-
-    def write(self, data: bytes) -> None:
-        reader = RequestReader()
-        reader.receive_data(data)
-        request = reader.next_event()
-        assert isinstance(request, Request)
-        self.requests.append(request)
-        device = self.devices.get(request.unit)
-        response = device.handle(request) if device is not None else None
-        self.out = response.to_bytes() if response is not None else b""
-        self.clock.advance(0.01)  # request, turnaround and answer on the wire
-
-    def read(self, max_bytes: int, timeout_s: float) -> bytes:
-        data, self.out = self.out[:max_bytes], self.out[max_bytes:]
-        if not data:
-            self.clock.advance(timeout_s)
-        return data
-
-    def reset_input(self) -> None:
-        self.out = b""
-
-    def close(self) -> None:
-        pass
 
 
 class ClockEvent:

@@ -26,7 +26,6 @@ from agent.drivers.modbus.codec import (
     ModbusChecksumError,
     ModbusProtocolError,
     Request,
-    RequestReader,
     Response,
 )
 from agent.drivers.modbus.device import RESPONSE_LATENCY_S, ModbusCoilRelay, ModbusMeter
@@ -37,7 +36,8 @@ from agent.drivers.transport import (
     silent_interval_s,
 )
 from agent.errors import DeviceException, DriverError, TimeoutError_
-from sim.modbus_device import SimCoilModule, SimDevice, SimSDM120
+from sim.modbus_device import SimCoilModule, SimSDM120
+from tests.drivers.simbus import SimBusTransport, board
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,40 +71,6 @@ class ScriptedTransport:
 
     def reset_input(self) -> None:
         self.resets += 1
-
-    def close(self) -> None:
-        pass
-
-
-class SimBusTransport:
-    """An in-process bus: requests go straight to simulated devices."""
-
-    baudrate = 9600
-
-    def __init__(self, clock: SimClock, devices: dict[int, SimDevice]) -> None:
-        self.clock = clock
-        self.devices = devices
-        self.reader = RequestReader()
-        self.out = b""
-        self.requests: list[Request] = []
-
-    def write(self, data: bytes) -> None:
-        self.reader.receive_data(data)
-        request = self.reader.next_event()
-        assert isinstance(request, Request)
-        self.requests.append(request)
-        device = self.devices.get(request.unit)
-        response = device.handle(request) if device is not None else None
-        self.out = response.to_bytes() if response is not None else b""
-
-    def read(self, max_bytes: int, timeout_s: float) -> bytes:
-        data, self.out = self.out[:max_bytes], self.out[max_bytes:]
-        if not data:
-            self.clock.advance(timeout_s)
-        return data
-
-    def reset_input(self) -> None:
-        self.out = b""
 
     def close(self) -> None:
         pass
@@ -294,65 +260,11 @@ def test_sim_answers_exceptions_like_the_meter() -> None:
 
 # --- real ptys ------------------------------------------------------------------
 
-CONFIG = """
-[gateway]
-id = "gw-test"
-data_dir = "{tmp}/data"
-timezone = "Asia/Kolkata"
-
-[mqtt]
-host = "127.0.0.1"
-port = 1883
-
-[security]
-command_key_file = "{tmp}/keys/cmd.key"
-token_key_file = "{tmp}/keys/token.key"
-
-[[bus]]
-name = "rs485-0"
-port = "{port}"
-baudrate = 9600
-parity = "N"
-protocol = "modbus"
-poll_interval_s = 15
-
-[[meter]]
-id = "SDM-A"
-bus = "rs485-0"
-address = 1
-model = "eastron-sdm120"
-account = "ACC-A"
-relay = "modbus-coil:10:0"
-
-[[meter]]
-id = "SDM-B"
-bus = "rs485-0"
-address = 2
-model = "eastron-sdm120"
-account = "ACC-B"
-relay = "modbus-coil:10:1"
-
-[tariff.domestic]
-fixed_per_day = 300
-slabs = [ {{ upto_kwh = 100, rate = 550 }}, {{ rate = 650 }} ]
-duty_bp = 500
-billing_day = 1
-
-[[account]]
-id = "ACC-A"
-tariff = "domestic"
-
-[[account]]
-id = "ACC-B"
-tariff = "domestic"
-"""
-
-
 def write_config(tmp_path: Path) -> tuple[Path, Path]:
-    port = tmp_path / "tty" / "rs485-0"
-    path = tmp_path / "board.toml"
-    path.write_text(CONFIG.format(tmp=tmp_path, port=port))
-    return path, port
+    """Meters M1 and M2 at addresses 1 and 2, switched by coils 0 and 1 of unit 10;
+    returns (the board file, the bus's port)."""
+    config = board(tmp_path, addresses=(1, 2), relays=True, relay_unit=10)
+    return tmp_path / "board.toml", Path(config.buses[0].port)
 
 
 def read_state(path: Path) -> dict[str, Any]:
@@ -407,24 +319,24 @@ def test_pty_read_meter_and_switch_coil(served: tuple[Path, Path]) -> None:
     try:
         client = ModbusClient(transport)
         started = time.monotonic()
-        reading = ModbusMeter(client, 1, "eastron-sdm120").read("SDM-A", 0)
+        reading = ModbusMeter(client, 1, "eastron-sdm120").read("M1", 0)
         elapsed = time.monotonic() - started
         # serial + two reads at 9600 baud: their line time is a floor
         assert elapsed >= frame_time_s(9 + 69 + 17, 9600)
-        sim = read_state(state)["meters"]["SDM-A"]
+        sim = read_state(state)["meters"]["M1"]
         assert reading.values["import_wh"] == sim["import_wh"]  # frozen time: equal
         assert sim["connected"] is True and reading.serial is not None
         relay = ModbusCoilRelay(client, 10, 0)
         relay.set_connected(False)
         assert relay.read_connected() is False
-        wait_for(lambda: read_state(state)["meters"]["SDM-A"]["connected"] is False)
-        assert read_state(state)["meters"]["SDM-A"]["p_w"] == 0
-        assert read_state(state)["meters"]["SDM-B"]["connected"] is True
-        assert ModbusMeter(client, 1, "eastron-sdm120").read("SDM-A", 1).values["p_w"] == 0
+        wait_for(lambda: read_state(state)["meters"]["M1"]["connected"] is False)
+        assert read_state(state)["meters"]["M1"]["p_w"] == 0
+        assert read_state(state)["meters"]["M2"]["connected"] is True
+        assert ModbusMeter(client, 1, "eastron-sdm120").read("M1", 1).values["p_w"] == 0
         with pytest.raises(TimeoutError_):
             ModbusMeter(client, 7, "eastron-sdm120").read("absent", 0, timeout_s=0.1)
         relay.set_connected(True)
-        wait_for(lambda: read_state(state)["meters"]["SDM-A"]["connected"] is True)
+        wait_for(lambda: read_state(state)["meters"]["M1"]["connected"] is True)
     finally:
         transport.close()
 
@@ -440,7 +352,7 @@ def test_pymodbus_reads_our_simulator(served: tuple[Path, Path]) -> None:
         assert not rr.isError()
         kwh = client.convert_from_registers(rr.registers, data_type=client.DATATYPE.FLOAT32)
         assert isinstance(kwh, float)
-        assert round(kwh * 1000) == read_state(state)["meters"]["SDM-B"]["import_wh"]
+        assert round(kwh * 1000) == read_state(state)["meters"]["M2"]["import_wh"]
         coils = client.read_coils(0, count=2, device_id=10)
         assert coils.bits[:2] == [True, True]
         bad = client.read_input_registers(0x0100, count=2, device_id=2)
@@ -450,7 +362,7 @@ def test_pymodbus_reads_our_simulator(served: tuple[Path, Path]) -> None:
     # and our own stack agrees with pymodbus
     transport = SerialTransport(str(port), 9600)
     try:
-        ours = ModbusMeter(ModbusClient(transport), 2, "eastron-sdm120").read("SDM-B", 0)
+        ours = ModbusMeter(ModbusClient(transport), 2, "eastron-sdm120").read("M2", 0)
     finally:
         transport.close()
     assert ours.values["import_wh"] == round(kwh * 1000)
@@ -479,12 +391,12 @@ def test_sim_process_runs_until_sigterm_and_cleans_up(tmp_path: Path) -> None:
     try:
         wait_for(state.exists, 10)
         first = read_state(state)
-        assert first["pid"] == proc.pid and set(first["meters"]) == {"SDM-A", "SDM-B"}
+        assert first["pid"] == proc.pid and set(first["meters"]) == {"M1", "M2"}
         assert port.is_symlink()
         wait_for(
             lambda: (
-                read_state(state)["meters"]["SDM-A"]["import_wh"]
-                > first["meters"]["SDM-A"]["import_wh"]
+                read_state(state)["meters"]["M1"]["import_wh"]
+                > first["meters"]["M1"]["import_wh"]
             )
         )
         os.kill(proc.pid, signal.SIGTERM)

@@ -262,6 +262,28 @@ def test_dumps_is_deterministic(m: dict[Any, Any], rnd: Any) -> None:
     assert cbor.loads(cbor.dumps(m), max_bytes=cbor.MAX_UPLINK_BYTES) == m
 
 
+@given(st.dictionaries(st.text(max_size=6) | ints64 | st.binary(max_size=4), st.integers(0, 9),
+                       max_size=8))
+def test_dumps_key_order_matches_the_rfc_rule_with_kept_shapes(m: dict[Any, int]) -> None:
+    """The kept key orders (cbor._key_order) give what sorting the encoded keys gives,
+    the first time and from the cache."""
+    want = b"".join(cbor2.dumps(k) + cbor2.dumps(m[k]) for k in sorted(m, key=cbor2.dumps))
+    for _ in range(2):
+        assert cbor.dumps(m)[1 if len(m) < 24 else 2:] == want
+
+
+def test_a_kept_shape_lets_no_refused_key_through() -> None:
+    """True == 1 and 1.0 == 1 in Python: a kept shape must never accept them."""
+    for _ in range(2):
+        cbor.dumps({1: 0, "a": 0})
+        cbor.dumps({"a": 0})
+    for bad in ({True: 0, "a": 0}, {1.0: 0, "a": 0}, {True: 0}):
+        with pytest.raises(cbor.CborError):
+            cbor.dumps(bad)
+    with pytest.raises(cbor.CborError):
+        cbor.dumps({2**64: 0})
+
+
 @pytest.mark.parametrize("value", [
     1.5, {1.5: 1}, {True: 1}, {(1, 2): 1}, {1, 2}, datetime.date(2026, 1, 1), 2**64,
     object(),
