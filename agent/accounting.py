@@ -58,6 +58,33 @@ def _problems_text(errors: list[tuple[str, str]]) -> str:
     return "; ".join(f"{key}: {msg}" for key, msg in errors)
 
 
+class LocalTime:
+    """Unix seconds to local wall-clock seconds in one zone; asked several times a
+    reading, so each hour's offset is kept once known to hold for the whole hour (no
+    transition in it). At most OFFSETS_KEPT hours, then they are read again."""
+
+    OFFSETS_KEPT = 1024
+
+    def __init__(self, tz: ZoneInfo) -> None:
+        self.tz = tz
+        self._offsets: dict[int, int] = {}  # unix hour -> UTC offset in s
+
+    def local_s(self, unix_s: int) -> int:
+        hour = unix_s // 3600
+        offset_s = self._offsets.get(hour)
+        if offset_s is None:
+            offset_s = self._offset_s(unix_s)
+            if self._offset_s(hour * 3600) == self._offset_s(hour * 3600 + 3599):
+                if len(self._offsets) >= self.OFFSETS_KEPT:
+                    self._offsets.clear()
+                self._offsets[hour] = offset_s
+        return unix_s + offset_s
+
+    def _offset_s(self, unix_s: int) -> int:
+        offset = datetime.fromtimestamp(unix_s, self.tz).utcoffset()
+        return int(offset.total_seconds()) if offset else 0
+
+
 class Accounting:
     def __init__(self, cfg: Config, store: Store, journal: Journal, *,
                  token_key: bytes | None = None,
@@ -67,6 +94,7 @@ class Accounting:
         self.store = store
         self.journal = journal
         self.tz = ZoneInfo(cfg.gateway.timezone)
+        self._local = LocalTime(self.tz)
         self._meters: dict[str, MeterConfig] = {m.id: m for m in cfg.meters}
         self._token_key = token_key
         self.policy: Policy = self._load_policy()
@@ -77,8 +105,7 @@ class Accounting:
 
     # -- helpers ------------------------------------------------------------
     def local_s(self, unix_s: int) -> int:
-        offset = datetime.fromtimestamp(unix_s, self.tz).utcoffset()
-        return unix_s + (int(offset.total_seconds()) if offset else 0)
+        return self._local.local_s(unix_s)
 
     def emit(self, t: int, type_: str, *, m: str | None = None, acct: str | None = None,
              detail: dict[str, Any] | None = None) -> None:
@@ -232,7 +259,8 @@ class Accounting:
     def on_reading(self, reading: Reading) -> None:
         meter = self.meters.get(reading.meter)
         with self.store.tx():
-            self.store.add_pending(LANE_READINGS, outbox.reading_item(reading), reading.t)
+            self.store.add_pending(LANE_READINGS, outbox.reading_item(reading), reading.t,
+                                   reading.meter)
             if meter is None or "import_wh" not in reading.values:
                 return
             self._charge_reading(meter, reading)

@@ -40,6 +40,7 @@ from agent.drivers.bus import BusEvent, BusScheduler
 from agent.errors import AgentError, CommandError, ConfigError, RelayError
 from agent.provisioning import Provisioning
 from agent.relay.base import Relay, sync
+from agent.relay.disconnect import kernel_clock_synchronised
 from agent.sdnotify import Notifier
 from agent.uplink.cose import read_hex_key
 from agent.uplink.delivery import Delivery
@@ -87,7 +88,10 @@ class Runtime:
         link_factory: Callable[..., MqttLink] | None = None,
         bus_factory: Callable[..., BusScheduler] | None = None,
         control: bool = True,
+        clock_synchronised: Callable[[], bool] = kernel_clock_synchronised,
     ) -> None:
+        """``clock_synchronised``: has NTP set the clock (the kernel's view by default; a
+        simulation gives its own), one of the ways the clock becomes trusted."""
         self.cfg = cfg
         self.clock = clock or SystemClock()
         self.command_key, self.token_key = read_keys(cfg)
@@ -96,7 +100,8 @@ class Runtime:
         self.boot = self.store.next_boot()
         self.started = int(self.clock.time_s())
         self.journal = Journal(self.store)
-        self.accounting = Accounting(cfg, self.store, self.journal, token_key=self.token_key)
+        self.accounting = Accounting(cfg, self.store, self.journal, token_key=self.token_key,
+                                     clock_synchronised=clock_synchronised)
         self.provisioning = Provisioning(self.store, cfg)
         provisioned = self.provisioning.meters()
         self.accounting.meters = {m.id: m for m in provisioned}

@@ -7,11 +7,16 @@ reconnection at any hour, overrides, tamper, `armed`, bounded relay retries, and
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from agent.accounting import LocalTime
 from agent.errors import CommandError
 from agent.relay import actuation
 from tests.ledger.rig import Rig, unix
@@ -392,3 +397,25 @@ def test_an_uncarried_credit_disconnection_is_decided_again_after_a_restart(
     state = h.rig.meter()
     assert state.relay_intent == "closed" and state.relay_reason != "credit"
     h.rig.close()
+
+
+# -- local time: the offsets kept per hour give what the zone database gives ------------
+@settings(max_examples=300)
+@given(st.sampled_from(["Asia/Kolkata", "Europe/London", "Australia/Lord_Howe",
+                        "America/Sao_Paulo"]),
+       st.lists(st.integers(unix(2024, 1, 1), unix(2027, 1, 1)), min_size=1, max_size=40))
+def test_local_s_kept_offsets_match_the_zone_database(zone: str, times: list[int]) -> None:
+    """Lord Howe moves by 30 minutes, London at 01:00 UTC: instants on both sides of a
+    transition, asked in any order, get the offset the zone database gives."""
+    z = LocalTime(ZoneInfo(zone))
+    tz = ZoneInfo(zone)
+    for t in times + [t + 1 for t in times] + times:
+        offset = datetime.fromtimestamp(t, tz).utcoffset()
+        assert z.local_s(t) == t + (int(offset.total_seconds()) if offset else 0)
+
+
+def test_local_s_across_a_transition_second_by_second() -> None:
+    z = LocalTime(ZoneInfo("Europe/London"))
+    change = int(datetime(2026, 3, 29, 1, tzinfo=UTC).timestamp())  # clocks go forward
+    for t in range(change - 3700, change + 3700, 7):
+        assert z.local_s(t) == t + (3600 if t >= change else 0)

@@ -12,7 +12,7 @@ append-only too (evidence).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from typing import cast
 
@@ -201,6 +201,7 @@ def _account(row: tuple[object, ...]) -> Account:
 
 
 _ACCOUNT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclass_fields(Account))
+_METER_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclass_fields(MeterState))
 _ACCOUNT_COLS = ("id, tariff, balance, n, reference, alerts, zero_alert_at, fixed_last, month, "
                  "consumed_wh, energy_mp, energy_posted, duty_posted, duty_mp_bp, deferred")
 _METER_COLS = ("id, serial, base_wh, base_t, relay_intent, relay_reason, relay_actual, "
@@ -395,7 +396,8 @@ class Journal:
         sets = ", ".join(f"{k} = ?" for k in fields)
         self.conn.execute(f"UPDATE meters SET {sets} WHERE id = ?", (*fields.values(), meter_id))
         if self._meters is not None:
-            self._meters[meter_id] = replace(state, **fields)  # type: ignore[arg-type]
+            self._meters[meter_id] = MeterState(*[  # type: ignore[arg-type]
+                fields[f] if f in fields else getattr(state, f) for f in _METER_FIELDS])
 
     # -- the disconnection rate limit ----------------------------------------
     def count_disconnects(self, since_s: int) -> int:

@@ -169,7 +169,8 @@ class Store:
         # before a SAVEPOINT; and forgets them in a rollback hook, called when writes
         # are undone (a rollback, a savepoint rolled back, a failed commit).
         self.flush_hooks: list[Callable[[], None]] = [self._flush_tally]
-        self.rollback_hooks: list[Callable[[], None]] = [self._forget_tally]
+        self.rollback_hooks: list[Callable[[], None]] = [self._forget_tally, self._forget_runs]
+        self._open_runs: dict[str, tuple[int, int, int]] | None = None  # see _runs
         if not readonly:
             self._create()
 
@@ -360,33 +361,55 @@ class Store:
         return seq
 
     # -- pending items ----------------------------------------------------
-    def add_pending(self, lane: int, item: bytes, t: int) -> None:
-        """Queue one item; a reading (``outbox.reading_item``) joins its meter's open run."""
+    def add_pending(self, lane: int, item: bytes, t: int, meter: str | None = None) -> None:
+        """Queue one item; a reading (``outbox.reading_item``; ``meter``: its meter, when
+        the caller knows it) joins its meter's open run."""
         assert lane in (LANE_EVENTS, LANE_LEDGER, LANE_READINGS), lane
         if lane != LANE_READINGS:
             self.conn.execute("INSERT INTO pending (lane, item, size, t) VALUES (?, ?, ?, ?)",
                               (lane, item, len(item), t))
             self._tally("pending", lane, 1, len(item), 1)
             return
-        meter = _meter_of(item)
-        run = self.conn.execute("SELECT id, n FROM pending WHERE m = ? AND sealed = 0",
-                                (meter,)).fetchone()
+        meter = _meter_of(item) if meter is None else meter
+        runs = self._runs()
+        run = runs.get(meter)
         if run is not None and run[1] < RUN_MAX:
             # || makes text; CAST gives the same bytes back as a blob
             self.conn.execute("UPDATE pending SET item = CAST(item || ? AS BLOB), "
                               "size = size + ?, n = n + 1, sealed = n + 1 >= ? WHERE id = ?",
                               (item, len(item), RUN_MAX, run[0]))
             self._tally("pending", lane, 0, len(item), 1)
+            if run[1] + 1 >= RUN_MAX:
+                del runs[meter]  # sealed
+            else:
+                runs[meter] = (run[0], run[1] + 1, run[2])
             return
-        self.conn.execute("INSERT INTO pending (lane, item, size, t, m, sealed) "
-                          "VALUES (?, ?, ?, ?, ?, 0)", (lane, item, len(item), t, meter))
+        cur = self.conn.execute("INSERT INTO pending (lane, item, size, t, m, sealed) "
+                                "VALUES (?, ?, ?, ?, ?, 0)", (lane, item, len(item), t, meter))
         self._tally("pending", lane, 1, len(item), 1)
+        runs[meter] = (int(cur.lastrowid or 0), 1, t)
+
+    def _runs(self) -> dict[str, tuple[int, int, int]]:
+        """The open (unsealed) reading runs: meter -> (row id, readings, first t). Read
+        once, then kept by every method that seals or deletes runs; forgotten on a
+        rollback. Spares a SELECT a reading."""
+        if self._open_runs is None:
+            self._open_runs = {m: (int(i), int(n), int(t)) for i, m, n, t in self.conn.execute(
+                "SELECT id, m, n, t FROM pending WHERE sealed = 0 AND lane = ? ORDER BY id",
+                (LANE_READINGS,))}
+        return self._open_runs
+
+    def _forget_runs(self) -> None:
+        self._open_runs = None
 
     def seal_runs(self, before_t: int) -> None:
         """No more appends to runs that began before ``before_t`` (link up again: what
         piled up is backlog; new readings start new runs, which go out live)."""
         self.conn.execute("UPDATE pending SET sealed = 1 WHERE sealed = 0 AND t < ?",
                           (before_t,))
+        runs = self._runs()
+        for meter in [m for m, run in runs.items() if run[2] < before_t]:
+            del runs[meter]
 
     def pending(self, lane: int, max_bytes: int, max_items: int) -> list[tuple[int, bytes]]:
         """Oldest pending items of a lane, within the byte and item bounds (at least one)."""
@@ -440,6 +463,10 @@ class Store:
 
     def delete_pending(self, ids: list[int]) -> None:
         self._delete("pending", "id", "size", "n", ids)
+        if self._open_runs:
+            gone = set(ids)
+            for meter in [m for m, run in self._open_runs.items() if run[0] in gone]:
+                del self._open_runs[meter]
 
     def replace_item(self, row_id: int, item: bytes) -> None:
         """A run made smaller at the storage bound (never a formed message); sealed, so
@@ -449,6 +476,9 @@ class Store:
         self._tally("pending", lane, 0, len(item) - size, 0)
         self.conn.execute("UPDATE pending SET item = ?, size = ?, stripped = 1, sealed = 1 "
                           "WHERE id = ?", (item, len(item), row_id))
+        if self._open_runs:
+            for meter in [m for m, run in self._open_runs.items() if run[0] == row_id]:
+                del self._open_runs[meter]
 
     # -- outbox -----------------------------------------------------------
     def add_outbox(self, seq: int, lane: int, payload: bytes, created: int, *,

@@ -161,12 +161,7 @@ class Lifecycle:
                      link_factory=cast(Callable[[Config, int, "queue.Queue[Any]"], MqttLink],
                                        sim.make_link),
                      bus_factory=cast(Callable[..., BusScheduler], sim.make_bus),
-                     control=False)
-        relays = getattr(rt.accounting, "relays", None)
-        if relays is None or not hasattr(relays, "_clock_synchronised"):
-            raise RuntimeError("cannot inject clock synchronisation into the agent "
-                               "(docs/simulation.md: the Runtime should take it)")
-        relays._clock_synchronised = lambda: self.ntp
+                     control=False, clock_synchronised=lambda: self.ntp)
         rt.store.conn.execute("PRAGMA synchronous = OFF")  # power cuts are simulated instead
         Observer.install(rt.store.conn)
         sim.boot = BootTruth(rt.boot, sim.now, self.offset_s, ntp=self.ntp)

@@ -221,12 +221,18 @@ ops = st.lists(st.one_of(
     st.tuples(st.just("event"), st.just(""), st.integers(0, 10_000)),
     st.tuples(st.just("form"), st.just(""), st.integers(0, 10_000)),
     st.tuples(st.just("ack"), st.just(""), st.integers(0, 5)),
+    st.tuples(st.just("seal"), st.just(""), st.integers(0, 10_000)),
+    st.tuples(st.just("rollback"), st.sampled_from("ABC"), st.integers(0, 10_000)),
 ), max_size=60)
+
+
+class _Undo(Exception):
+    pass
 
 
 @settings(max_examples=40, deadline=None)
 @given(ops)
-def test_the_tally_always_matches_a_recount(tmp_path_factory: Any,
+def test_the_tally_and_open_runs_always_match_the_table(tmp_path_factory: Any,
                                            steps: list[tuple[str, str, int]]) -> None:
     store = Store(tmp_path_factory.mktemp("tally"))
     store.conn.execute("PRAGMA synchronous = OFF")  # the counts, not the fsyncs, are tested
@@ -240,9 +246,24 @@ def test_the_tally_always_matches_a_recount(tmp_path_factory: Any,
                 store.add_pending(LANE_EVENTS, outbox.event_item(t, "x"), t)
         elif op == "form":
             outbox.form_messages(store, GW, 1, t, link_up=True)
+        elif op == "seal":
+            with store.tx():
+                store.seal_runs(t - n)
+        elif op == "rollback":  # a reading and an event undone with their transaction
+            try:
+                with store.tx():
+                    store.add_pending(LANE_READINGS, outbox.reading_item(reading(meter, t, n)), t)
+                    store.add_pending(LANE_EVENTS, outbox.event_item(t, "x"), t)
+                    raise _Undo
+            except _Undo:
+                pass
         else:
             store.ack_many([r.seq for r in store.outbox_next(set(), n)])
         recount(store)
+        # the open runs kept in memory are the ones in the table
+        kept = store._runs()
+        store._forget_runs()
+        assert kept == store._runs()
     summary = store.backlog_summary()
     assert summary.bytes == store.size_bytes()
     assert summary.messages == store.backlog()[0]
