@@ -292,7 +292,14 @@ class Store:
                 raise
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            self._rolled_back()  # a failed COMMIT (disk full, I/O error) undid it all
+            # A failed COMMIT (disk full, I/O error, busy): undo it all, so that what
+            # memory holds and what the database holds agree again.
+            self._rolled_back()
+            if self.conn.in_transaction:
+                try:
+                    self.conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the error above is the one to report
             raise StoreError(f"store transaction failed: {exc}") from exc
         finally:
             self._depth = 0

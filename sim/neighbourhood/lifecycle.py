@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import queue
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 from agent.clock import SimClock
@@ -57,6 +58,7 @@ class Lifecycle:
         self.crash: Fault | None = None
         self.count = 0
         self.crashing = False
+        self.quiet = False  # the simulation's own statements run (sim_reads)
         self.offset_s = 0  # the agent's wall clock minus true time
         self.ntp = False  # synchronised since power-on
         self.ntp_pending = False
@@ -79,7 +81,19 @@ class Lifecycle:
             self.crashing = True
             raise SimCrash(point)
 
+    @contextmanager
+    def sim_reads(self) -> Iterator[None]:
+        """The simulation's own statements on the agent's connection (the observer, the
+        checks): never a crash point, and not counted towards one."""
+        self.quiet = True
+        try:
+            yield
+        finally:
+            self.quiet = False
+
     def _progress(self) -> int:
+        if self.quiet:
+            return 0
         if self.crashing:
             return 1  # everything after the crash point fails too: the process is gone
         if self.sim.now >= self.sim.plan.end_s:

@@ -361,14 +361,16 @@ class GatewaySim:
         except Exception as exc:  # noqa: BLE001 - the supervisor: a crash, or an agent bug
             self.life.died(exc)
             return
-        self.obs.scan(rt.store.conn, self.now, self.boot.index, self.life.offset_s)
-        self._after_step(rt)
+        with self.life.sim_reads():
+            self.obs.scan(rt.store.conn, self.now, self.boot.index, self.life.offset_s)
+            self._after_step(rt)
+            if full and self.plan.store_max_bytes:
+                self._disk(rt)
+            if full and self._flush_at is None and self.boot.connected and \
+                    rt.store.conn.execute("SELECT 1 FROM pending WHERE lane = ? LIMIT 1",
+                                          (LANE_READINGS,)).fetchone():
+                self._flush_at = self._now + LIVE_FLUSH_S  # the outbox forms them in a few s
         self._quick = self._urgent(rt) or any(b.has_jobs for b in self.buses.values())
-        if full and self.plan.store_max_bytes:
-            self._disk(rt)
-        if full and self._flush_at is None and self.boot.connected and rt.store.conn.execute(
-                "SELECT 1 FROM pending WHERE lane = ? LIMIT 1", (LANE_READINGS,)).fetchone():
-            self._flush_at = self._now + LIVE_FLUSH_S  # the outbox forms them in a few s
 
     def _disk(self, rt: Runtime) -> None:
         """[store] max_bytes: the bytes held for the uplink may pass the cap only with
@@ -408,8 +410,9 @@ class GatewaySim:
         except Exception as exc:  # noqa: BLE001 - the supervisor: a crash, or an agent bug
             self.life.died(exc)
             return
-        self.obs.scan(rt.store.conn, self.now, self.boot.index, self.life.offset_s)
-        self._after_step(rt)
+        with self.life.sim_reads():
+            self.obs.scan(rt.store.conn, self.now, self.boot.index, self.life.offset_s)
+            self._after_step(rt)
 
     def _after_step(self, rt: Runtime) -> None:
         still: list[tuple[ControlRequest, str, str, str, int]] = []

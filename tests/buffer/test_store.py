@@ -362,3 +362,39 @@ CREATE TABLE outbox (seq INTEGER PRIMARY KEY, lane INTEGER NOT NULL, topic TEXT 
 CREATE INDEX outbox_lane ON outbox (lane, seq);
 CREATE TABLE seen (id TEXT PRIMARY KEY, reply BLOB NOT NULL, exp INTEGER NOT NULL);
 """
+
+
+def test_journal_memory_follows_commits_and_rollbacks(tmp_path: Path) -> None:
+    """The writer's Journal keeps accounts and meters in memory (account changes reach
+    SQLite only at the commit): a savepoint or a transaction rolled back must leave
+    memory and the database agreeing, and a reader sees exactly what was committed."""
+    store = Store(tmp_path)
+    j = Journal(store)
+    with store.tx():
+        j.ensure_account("A", "dom")
+    with store.tx():
+        j.post("A", 1, "topup", 100, "t1")
+        try:
+            with store.savepoint():
+                j.post("A", 2, "energy", -30, "e1")
+                j.update_account("A", deferred="night", alerts={50})
+                j.update_meter("M", base_wh=5)
+                raise ValueError("refused half-way")
+        except ValueError:
+            pass
+        kept = j.account("A")
+        assert (kept.balance, kept.n, kept.deferred, kept.alerts) == (100, 1, "", frozenset())
+        assert j.meter("M").base_wh is None
+        j.update_account("A", alerts={25})
+    try:
+        with store.tx():
+            j.post("A", 3, "energy", -10, "e2")
+            j.update_meter("M", base_wh=7)
+            raise ValueError("the process dies here")
+    except ValueError:
+        pass
+    assert j.account("A").balance == 100 and j.meter("M").base_wh is None
+    reader = Journal(Store.open_readonly(tmp_path))
+    assert reader.account("A") == j.account("A") and reader.account("A").alerts == {25}
+    assert reader.meters() == j.meters()
+    assert [e.amt for e in reader.entries("A")] == [100]
