@@ -296,6 +296,7 @@ class Accounting:
         before = acct.balance
         parts = version_parts(self.versions[acct.tariff], t0, t1)
         shares = pro_rata(delta_wh, [max(end - start, 0) for _, start, end in parts])
+        items: list[tuple[str, int, str]] = []  # (kind, amt, ref), posted together below
         for i, (tariff, start, end) in enumerate(parts):
             if shares[i] == 0:
                 continue
@@ -305,17 +306,15 @@ class Accounting:
                 # the entry names the meter, the billing month and the tariff version in force
                 ref = f"{meter.id}/{posting.month}/{tariff.name}@{posting.tariff_version}"
                 if posting.energy_paise:
-                    self.journal.post(acct.id, t1, "energy", -posting.energy_paise, ref)
+                    items.append(("energy", -posting.energy_paise, ref))
                 if posting.duty_paise:
-                    self.journal.post(acct.id, t1, "duty", -posting.duty_paise, ref)
+                    items.append(("duty", -posting.duty_paise, ref))
             accrual = result.accrual
         assert accrual is not None  # delta_wh > 0 leaves at least one non-empty share
-        self.journal.update_account(acct.id, month=accrual.month,
-                                    consumed_wh=accrual.consumed_wh,
-                                    energy_mp=accrual.energy_mp,
-                                    energy_posted=accrual.energy_posted,
-                                    duty_posted=accrual.duty_posted,
-                                    duty_mp_bp=accrual.duty_mp_bp)
+        self.journal.post_all(acct.id, t1, items, month=accrual.month,
+                              consumed_wh=accrual.consumed_wh, energy_mp=accrual.energy_mp,
+                              energy_posted=accrual.energy_posted,
+                              duty_posted=accrual.duty_posted, duty_mp_bp=accrual.duty_mp_bp)
         self._after_balance_change(acct.id, before, t1)
 
     # -- money in -------------------------------------------------------------
@@ -394,7 +393,9 @@ class Accounting:
                 if acct.tariff not in self.versions:
                     continue
                 # A clock not yet trusted could use up dates that never come back.
-                dates = billing.fixed_dates_due(acct.fixed_last, today) if trusted else []
+                # (posted for today already, the usual case: nothing to parse)
+                dates = billing.fixed_dates_due(acct.fixed_last, today) if trusted and (
+                    acct.fixed_last is None or acct.fixed_last < today) else []
                 posted = False
                 for date in dates:
                     midnight_s = calendar.parse_date(date) * calendar.DAY_S - (local_now - now_s)
@@ -431,8 +432,8 @@ class Accounting:
                                   "days_left": days})
                 if level == 0:
                     zero_at = now_s
-            acct = dataclasses.replace(acct, alerts=acct.alerts | frozenset(crossed),
-                                       zero_alert_at=zero_at)
+            acct = acct._replace(alerts=acct.alerts | frozenset(crossed),
+                                 zero_alert_at=zero_at)
             self.journal.update_account(acct_id, alerts=acct.alerts, zero_alert_at=zero_at)
         floor = -self.policy.emergency_credit
         if before >= floor > acct.balance:

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from dataclasses import fields as dataclass_fields
-from typing import cast
+from typing import NamedTuple, cast
 
 from agent.buffer.store import LANE_LEDGER, Store
 from agent.errors import LedgerError
@@ -140,8 +139,10 @@ class Entry:
                 "amt": self.amt, "bal": self.bal, "ref": self.ref}
 
 
-@dataclass(frozen=True, slots=True)
-class Account:
+# Account and MeterState are NamedTuples, not frozen dataclasses: the writer's copy in
+# memory is replaced (``_replace``) several times a reading, which costs a frozen
+# dataclass three times as much. Immutable all the same.
+class Account(NamedTuple):
     id: str
     tariff: str
     balance: int
@@ -159,8 +160,7 @@ class Account:
     deferred: str
 
 
-@dataclass(frozen=True, slots=True)
-class MeterState:
+class MeterState(NamedTuple):
     id: str
     serial: str | None
     base_wh: int | None
@@ -200,8 +200,10 @@ def _account(row: tuple[object, ...]) -> Account:
     return Account(*row[:5], alerts, *row[6:])  # type: ignore[arg-type, call-arg]
 
 
-_ACCOUNT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclass_fields(Account))
-_METER_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclass_fields(MeterState))
+# what update_account may set: balance and n change only by posting
+_ACCOUNT_SETTABLE = frozenset({"reference", "alerts", "zero_alert_at", "fixed_last", "month",
+                               "consumed_wh", "energy_mp", "energy_posted", "duty_posted",
+                               "duty_mp_bp", "deferred"})
 _ACCOUNT_COLS = ("id, tariff, balance, n, reference, alerts, zero_alert_at, fixed_last, month, "
                  "consumed_wh, energy_mp, energy_posted, duty_posted, duty_mp_bp, deferred")
 _METER_COLS = ("id, serial, base_wh, base_t, relay_intent, relay_reason, relay_actual, "
@@ -306,41 +308,52 @@ class Journal:
         return [accounts[i] for i in sorted(accounts)]
 
     def update_account(self, acct: str, **fields: object) -> None:
-        allowed = {"reference", "alerts", "zero_alert_at", "fixed_last", "month", "consumed_wh",
-                   "energy_mp", "energy_posted", "duty_posted", "duty_mp_bp", "deferred"}
-        assert set(fields) <= allowed, set(fields) - allowed  # balance/n only change via post()
         assert self.store._depth, "update_account() must run inside store.tx()"
+        self._check_fields(fields)
+        self._accounts_changed(self.account(acct), fields)
+
+    @staticmethod
+    def _check_fields(fields: dict[str, object]) -> None:
+        assert fields.keys() <= _ACCOUNT_SETTABLE, fields.keys() - _ACCOUNT_SETTABLE
         if "alerts" in fields:
             fields["alerts"] = frozenset(cast("Iterable[int]", fields["alerts"]))
-        self._accounts_changed(self.account(acct), fields)
 
     def _accounts_changed(self, before: Account, fields: dict[str, object]) -> None:
         assert self._accounts is not None  # account() has read them
-        # positional: dataclasses.replace costs twice as much, three times a reading
-        self._accounts[before.id] = Account(*[  # type: ignore[arg-type]
-            fields[f] if f in fields else getattr(before, f) for f in _ACCOUNT_FIELDS])
+        self._accounts[before.id] = before._replace(**fields)  # type: ignore[arg-type]
         self._dirty.add(before.id)
 
     # -- the journal --------------------------------------------------------
     def post(self, acct: str, t: int, kind: str, amt: int, ref: str) -> Entry:
         """Append one entry, move the balance, queue it for the uplink: all or nothing."""
-        assert self.store._depth, "post() must run inside store.tx()"
-        if kind not in KINDS:
-            raise LedgerError(f"unknown entry kind {kind!r}")
-        if not isinstance(amt, int) or isinstance(amt, bool):
-            raise LedgerError(f"amount must be integer paise, got {amt!r}")
-        before = self.account(acct)
-        balance, n = before.balance + amt, before.n + 1
-        assert -(2**63) <= balance < 2**63, "balance leaves signed 64-bit"
-        entry = Entry(acct, n, t, kind, amt, balance, ref)
-        self.conn.execute(
-            "INSERT INTO journal (acct, n, t, kind, amt, bal, ref) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (acct, n, t, kind, amt, balance, ref),
-        )
-        self._accounts_changed(before, {"balance": balance, "n": n})
-        self.store.add_pending(LANE_LEDGER, cbor.dumps(entry.wire()), t)
-        return entry
+        return self.post_all(acct, t, [(kind, amt, ref)])[0]
 
+    def post_all(self, acct: str, t: int, items: list[tuple[str, int, str]],
+                 **fields: object) -> list[Entry]:
+        """Append entries ``(kind, amt, ref)`` in order, each moving the balance, queue
+        them for the uplink, and set the account ``fields`` (as update_account) too: a
+        reading's energy and duty with the month's accrual, in one change of the row."""
+        assert self.store._depth, "post() must run inside store.tx()"
+        before = self.account(acct)
+        balance, n = before.balance, before.n
+        entries = []
+        for kind, amt, ref in items:
+            if kind not in KINDS:
+                raise LedgerError(f"unknown entry kind {kind!r}")
+            if type(amt) is not int:  # noqa: E721 - a bool is not an amount either
+                raise LedgerError(f"amount must be integer paise, got {amt!r}")
+            balance, n = balance + amt, n + 1
+            assert -(2**63) <= balance < 2**63, "balance leaves signed 64-bit"
+            entry = Entry(acct, n, t, kind, amt, balance, ref)
+            self.conn.execute(
+                "INSERT INTO journal (acct, n, t, kind, amt, bal, ref) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", (acct, n, t, kind, amt, balance, ref))
+            self.store.add_pending(LANE_LEDGER, cbor.dumps(entry.wire()), t)
+            entries.append(entry)
+        if fields:
+            self._check_fields(fields)
+        self._accounts_changed(before, {**fields, "balance": balance, "n": n})
+        return entries
     def topup_applied(self, txn: str) -> tuple[str, int] | None:
         row = self.conn.execute("SELECT acct, amount FROM topups WHERE txn = ?", (txn,)).fetchone()
         return None if row is None else (row[0], int(row[1]))
@@ -396,8 +409,7 @@ class Journal:
         sets = ", ".join(f"{k} = ?" for k in fields)
         self.conn.execute(f"UPDATE meters SET {sets} WHERE id = ?", (*fields.values(), meter_id))
         if self._meters is not None:
-            self._meters[meter_id] = MeterState(*[  # type: ignore[arg-type]
-                fields[f] if f in fields else getattr(state, f) for f in _METER_FIELDS])
+            self._meters[meter_id] = state._replace(**fields)  # type: ignore[arg-type]
 
     # -- the disconnection rate limit ----------------------------------------
     def count_disconnects(self, since_s: int) -> int:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 import io
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar, cast
 
 import cbor2
@@ -93,6 +93,16 @@ def _head(major: int, n: int) -> bytes:
     raise CborError(f"length {n} does not fit a CBOR head")
 
 
+def _ordered_item(value: object, depth: int) -> object:
+    """An item of a map or array at ``depth``: plain scalars (a journal entry, an event,
+    a reading item are flat) without a call of their own."""
+    vkind = type(value)
+    if vkind is str or vkind is bytes or value is None or vkind is bool or (
+            vkind is int and -(2**64) <= value < 2**64):  # type: ignore[operator]
+        return value
+    return _ordered(value, depth + 1)
+
+
 def _ordered(obj: object, depth: int) -> object:
     """A copy of ``obj`` whose maps iterate in core deterministic key order."""
     kind = type(obj)
@@ -106,17 +116,9 @@ def _ordered(obj: object, depth: int) -> object:
         raise CborError(f"nesting deeper than {MAX_DEPTH}")
     if kind is dict:
         mapping = cast("dict[object, object]", obj)
-        out = {}
-        for key in key_order(mapping):
-            value = mapping[key]
-            vkind = type(value)
-            # plain scalars inline: a journal entry or an event is a flat map
-            if vkind is str or vkind is bytes or value is None or vkind is bool or (
-                    vkind is int and -(2**64) <= value < 2**64):  # type: ignore[operator]
-                out[key] = value
-            else:
-                out[key] = _ordered(value, depth + 1)
-        return out
+        return {key: _ordered_item(mapping[key], depth) for key in key_order(mapping)}
+    if kind is list:
+        return [_ordered_item(x, depth) for x in cast("list[object]", obj)]
     if isinstance(obj, (bool, str, bytes)):  # subclasses
         return obj
     if isinstance(obj, int):
@@ -181,7 +183,35 @@ def loads(data: bytes, *, max_bytes: int = MAX_COMMAND_BYTES) -> object:
         raise CborError(f"not valid CBOR: {exc}") from exc
     if fp.tell() != len(data):
         raise CborError(f"{len(data) - fp.tell()} bytes after the CBOR item")
+    if _is_plain(obj, 0):  # the usual: nothing to copy or refuse
+        return obj
     return _plain(obj, 0)
+
+
+_SCALARS = frozenset({int, str, bytes, bool, float, type(None)})
+_KEYS = frozenset({int, str, bytes})
+_PLAIN_DEPTH = 16  # our messages nest 4 deep; deeper goes the long way (_plain)
+
+
+def _is_plain(obj: object, depth: int) -> bool:
+    """Is ``obj`` already what ``_plain`` would return (lists, dicts with int, text or
+    bytes keys, scalars, of exact built-in types, at most _PLAIN_DEPTH deep)? Checked
+    without a copy; False only means "not sure": _plain decides and says why."""
+    kind = type(obj)
+    if kind is list:
+        items: Iterable[object] = cast("list[object]", obj)
+    elif kind is dict:
+        mapping = cast("dict[object, object]", obj)
+        if not _KEYS.issuperset(map(type, mapping)):
+            return False
+        items = mapping.values()
+    else:
+        return kind in _SCALARS
+    if _SCALARS.issuperset(map(type, items)):
+        return True
+    if depth >= _PLAIN_DEPTH:
+        return False
+    return all(type(x) in _SCALARS or _is_plain(x, depth + 1) for x in items)
 
 
 def _plain(obj: object, depth: int, in_tag: bool = False) -> object:

@@ -276,6 +276,51 @@ def reading_fields(reading: ReadingLike) -> dict[str, Any]:
 
 def check_readings(msg: object) -> dict[str, Any]:
     m = check_envelope(msg)
+    if _readings_ok(m.get("readings")):
+        return m
+    return _check_readings_in_full(m)
+
+
+def _readings_ok(body: object) -> bool:
+    """True only if ``_check_readings_in_full`` would pass ``body``: exact built-in types,
+    whole columns at a time, no error texts built. False means "not sure": the full
+    check then runs and says why (so the two always agree; a test checks)."""
+    if type(body) is not list:
+        return False
+    for s in body:
+        if type(s) is not dict:
+            return False
+        m = s.get("m")
+        t = s.get("t")
+        if type(m) is not str or not 0 < len(m) <= 256 or not _ints_ok(t, 0, _I64_MAX):
+            return False
+        assert isinstance(t, list)
+        n = len(t)
+        present = 2
+        for q in QUANTITIES:
+            if q in s:
+                arr = s[q]
+                if not _ints_ok(arr, _I64_MIN, _I64_MAX) or len(arr) != n:
+                    return False
+                present += 1
+        if len(s) != present:  # a key besides m, t and the quantities
+            return False
+    return True
+
+
+def _ints_ok(arr: object, lo: int, hi: int) -> bool:
+    """A non-empty list of ints (not bools) in lo..hi."""
+    if type(arr) is not list or not arr:
+        return False
+    assert isinstance(arr, list)
+    if len(set(map(type, arr))) != 1 or type(arr[0]) is not int:  # noqa: E721
+        return False
+    low: int = min(arr)
+    high: int = max(arr)
+    return lo <= low and high <= hi
+
+
+def _check_readings_in_full(m: dict[str, Any]) -> dict[str, Any]:
     for i, raw in enumerate(_list(m.get("readings"), "readings")):
         what = "readings[" + str(i) + "]"
         s = _map(raw, what)
@@ -402,6 +447,47 @@ def ledger_message(gw: str, boot: int, seq: int, entries: Iterable[object]) -> d
 
 def check_ledger(msg: object) -> dict[str, Any]:
     m = check_envelope(msg)
+    if _ledger_ok(m.get("entries")):
+        return m
+    return _check_ledger_in_full(m)
+
+
+_LEDGER_KEYS = 7  # acct, n, t, kind, amt, bal, ref: all required, nothing else
+
+
+def _ledger_ok(entries: object) -> bool:
+    """True only if ``_check_ledger_in_full`` would pass ``entries`` (exact built-in types,
+    no error texts built); False means "not sure": the full check then says why."""
+    if type(entries) is not list:
+        return False
+    last: dict[str, tuple[int, int]] = {}
+    for e in entries:
+        if type(e) is not dict or len(e) != _LEDGER_KEYS:
+            return False
+        try:
+            acct, n, t, kind, amt, bal, ref = _ledger_fields(e)
+        except KeyError:
+            return False
+        # Each of the seven keys found and 7 keys in all: no other key (what _only checks).
+        if not (type(acct) is str and 0 < len(acct) <= 256
+                and type(n) is int and 1 <= n <= _I64_MAX
+                and type(t) is int and 0 <= t <= _I64_MAX
+                and type(amt) is int and _I64_MIN <= amt <= _I64_MAX
+                and type(bal) is int and _I64_MIN <= bal <= _I64_MAX
+                and type(kind) is str and kind in ENTRY_KINDS and type(ref) is str):
+            return False
+        prev = last.get(acct)
+        if prev is not None and n == prev[0] + 1 and prev[1] + amt != bal:
+            return False
+        last[acct] = (n, bal)
+    return True
+
+
+def _ledger_fields(e: dict[str, Any]) -> tuple[Any, ...]:
+    return (e["acct"], e["n"], e["t"], e["kind"], e["amt"], e["bal"], e["ref"])
+
+
+def _check_ledger_in_full(m: dict[str, Any]) -> dict[str, Any]:
     last: dict[str, tuple[int, int]] = {}  # acct -> (n, bal) of its previous entry here
     for i, raw in enumerate(_list(m.get("entries"), "entries")):
         what = "entries[" + str(i) + "]"

@@ -34,7 +34,7 @@ from __future__ import annotations
 import sqlite3
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from sim.neighbourhood.world import (
@@ -43,6 +43,7 @@ from sim.neighbourhood.world import (
     REGISTER_MOD_WH,
     WS_PER_WH,
     billing_month,
+    billing_month_of,
     energy_mp,
 )
 
@@ -101,13 +102,28 @@ def month_split(sim: GatewaySim, t0: int, t1: int, wh: int) -> list[tuple[str, i
     cuts = [t0]
     while True:
         year, month = (year + 1, 1) if month == 12 else (year, month + 1)
-        start = int(datetime(year, month, BILLING_DAY, tzinfo=sim.cal.tz).timestamp())
+        start = _month_start(sim.cal.tz, year, month)
         if start >= t1:
             break
         cuts.append(start)
+    if len(cuts) == 1:  # within a month (the usual): pro_rata would give it all
+        return [(billing_month_of(local), wh)]
     cuts.append(t1)
     parts = pro_rata(wh, [b - a for a, b in zip(cuts, cuts[1:], strict=False)])
     return [(billing_month(a, sim.cal), p) for a, p in zip(cuts, parts, strict=False)]
+
+
+_month_starts: dict[tuple[tzinfo, int, int], int] = {}  # at most 12 a year simulated
+
+
+def _month_start(tz: tzinfo, year: int, month: int) -> int:
+    """The true time the billing month starts (BILLING_DAY, 00:00 local)."""
+    key = (tz, year, month)
+    start = _month_starts.get(key)
+    if start is None:
+        start = _month_starts[key] = int(datetime(year, month, BILLING_DAY,
+                                                  tzinfo=tz).timestamp())
+    return start
 
 
 Row = tuple[int, int, int, "str | None", int]  # agent t, Wh read, register truth (W s),
@@ -250,8 +266,12 @@ def _money(sim: GatewaySim, conn: sqlite3.Connection, rows: list[tuple[Any, ...]
            out: list[str]) -> None:
     credits = Counter(ref for _a, _n, _t, kind, _amt, _b, ref in rows if kind == "topup")
     out += [f"topups: txn {r} credited {c} times" for r, c in credits.items() if c > 1]
+    topups: dict[str, list[tuple[Any, ...]]] = defaultdict(list)  # txn -> its rows, in order
+    for r in rows:
+        if r[3] == "topup":
+            topups[r[6]].append(r)
     for txn, (acct, amount, _t) in sorted(sim.consumers.ledger.cloud.items()):
-        found = [r for r in rows if r[3] == "topup" and r[6] == txn]
+        found = topups.get(txn, [])
         if len(found) != 1 or found[0][0] != acct or found[0][4] != amount:
             out.append(f"topups: payment {txn} ({acct}, {amount} paise) credited as {found}")
     tokens = Counter(ref for _a, _n, _t, kind, _amt, _b, ref in rows if kind == "token")

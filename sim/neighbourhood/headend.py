@@ -38,6 +38,17 @@ PING_EVERY_S: Final = 6 * 3600  # a ping at each agent boot, and then at most th
 CHECK_EVERY: Final = 8  # readings messages checked in full (wire.check_message): seq % 8 == 0
 
 
+
+
+def strict_loads(payload: bytes) -> Any:
+    """``cbor.loads(payload, max_bytes=cbor.MAX_UPLINK_BYTES)``, or None where it would
+    raise (the caller then takes the general path, which reports why)."""
+    try:
+        return cbor.loads(payload, max_bytes=cbor.MAX_UPLINK_BYTES)
+    except cbor.CborError:
+        return None
+
+
 class Host(Protocol):
     @property
     def now(self) -> int: ...
@@ -107,11 +118,7 @@ class HeadEnd:
         self.hash.update(topic.encode() + b"\0" + payload)
         kind = topic.rsplit("/", 1)[-1]
         try:
-            msg = cbor2.loads(payload)  # C decoder; the hardened cbor.loads for the checked
-            seq = int(msg["seq"])
-            if kind != "readings" or seq % CHECK_EVERY == 0:  # every message but 7 in 8
-                msg = cbor.loads(payload, max_bytes=cbor.MAX_UPLINK_BYTES)  # readings
-                wire.check_message(kind, msg)
+            msg, seq = self._decode(kind, payload)
         except (wire.WireError, cbor2.CBORError, TypeError, KeyError, ValueError) as exc:
             got.violations.append(f"t={t} {topic}: not a valid message: {exc}")
             return
@@ -139,6 +146,26 @@ class HeadEnd:
             got.entries += [(t, e) for e in msg["entries"]]
         elif kind == "reply":
             self._reply(msg, t)
+
+    @staticmethod
+    def _decode(kind: str, payload: bytes) -> tuple[Any, int]:
+        """(message, seq), every message checked with ``wire.check_message`` but 7 in 8
+        readings messages (those are decoded only, by cbor2's C decoder); raises what
+        ``on_up`` reports as a violation."""
+        if kind != "readings":  # decoded once, by the hardened decoder (if it is sure)
+            msg = strict_loads(payload)
+            if type(msg) is dict and type(msg.get("seq")) is int:
+                wire.check_message(kind, msg)
+                return msg, msg["seq"]
+        # the general case (and any doubt): the same steps, so the same errors
+        msg = cbor2.loads(payload)
+        seq = int(msg["seq"])
+        if kind != "readings" or seq % CHECK_EVERY == 0:  # every message but 7 in 8
+            msg = strict_loads(payload)
+            if msg is None:
+                msg = cbor.loads(payload, max_bytes=cbor.MAX_UPLINK_BYTES)
+            wire.check_message(kind, msg)
+        return msg, seq
 
     def on_agent_state(self, payload: bytes, t: int) -> None:
         state = json.loads(payload)

@@ -124,7 +124,10 @@ class GatewaySim:
         return self.rng.randint(lo, hi)
 
     def advance_us(self, micros: int) -> None:
-        self.advance_s(micros / 1_000_000)
+        seconds = micros / 1_000_000  # advance_s, inline: the buses call it per frame
+        self._now += seconds
+        if self.clock is not None:
+            self.clock.advance(seconds)
 
     def advance_s(self, seconds: float) -> None:
         self._now += seconds
@@ -134,8 +137,8 @@ class GatewaySim:
     # -- the world, for the buses (simbus.Field) -------------------------------------------
     def household(self, meter_id: str) -> Household | None:
         hh = self.by_meter.get(meter_id)
-        if hh is not None:
-            hh.advance(self.now, self.cal, self.season)
+        if hh is not None and int(self._now) > hh.last_t:  # else advance has nothing to do
+            hh.advance(int(self._now), self.cal, self.season)
         return hh
 
     def fault(self, meter_id: str) -> tuple[bool, int]:

@@ -48,6 +48,9 @@ SERIAL_REFRESH_READS: Final = 96  # the driver's (direct mode mirrors it)
 # SDM120 plan: input registers 0x00..0x1F and 0x46..0x4B, serial 0xFC00 (2 words).
 _DIRECT_FRAMES: Final = ((8, 5 + 64), (8, 5 + 12))
 _SERIAL_FRAME: Final = (8, 5 + 4)
+_SERIAL, _INSTANT, _ENERGY = 0, 1, 2  # what a frame reads
+_FRAME_KIND: Final = {_SERIAL_FRAME: _SERIAL, _DIRECT_FRAMES[0]: _INSTANT,
+                      _DIRECT_FRAMES[1]: _ENERGY}
 # The scheduler's bounds, taken from agent.drivers.bus (and driver.py) when they are
 # there, so the stand-in follows the real scheduler; the defaults are its values.
 MAX_JOBS: Final[int] = getattr(real_bus, "MAX_JOBS", 256)
@@ -78,6 +81,8 @@ class SimBus:
         self.mode = mode
         self.on_switch = on_switch  # the simulation records every switch the agent asks for
         self.timing = Timing(bus)
+        self._frames = self._frame_plan(_DIRECT_FRAMES)
+        self._frames_serial = self._frame_plan((_SERIAL_FRAME, *_DIRECT_FRAMES))
         self.port_error = ""
         self.meters: dict[str, MeterConfig] = {}
         self.stats: dict[str, SimMeterStats] = {}
@@ -142,8 +147,10 @@ class SimBus:
     def next_due_mono(self) -> float | None:
         if self._jobs:
             return self.clock.monotonic_s()
+        if not self.meters:
+            return None
         now = self.clock.monotonic_s()
-        return min((self._due.get(m, now) for m in self.meters), default=None)
+        return min(map(self._due.get, self.meters, itertools.repeat(now)))
 
     def service(self) -> int:
         """Run every job, then every poll that is due; returns transactions done."""
@@ -156,10 +163,14 @@ class SimBus:
                 self._read_job(job)
             done += 1
         now = self.clock.monotonic_s()
-        for meter_id in sorted(self.meters, key=lambda m: (self._due.get(m, now), m)):
-            if self._due.setdefault(meter_id, now) <= now:
-                self._poll(meter_id)
-                done += 1
+        # Due meters by (due, id). A poll moves only its own meter's due time, so which
+        # are due can be decided before the first poll; a meter never seen is due now.
+        due = self._due
+        polls = sorted((due.setdefault(m, now), m) for m in self.meters
+                       if due.get(m, now) <= now)
+        for _due, meter_id in polls:
+            self._poll(meter_id)
+            done += 1
         return done
 
     # -- one meter ----------------------------------------------------------------------
@@ -179,35 +190,45 @@ class SimBus:
     def _direct_read(self, meter_id: str, st: SimMeterStats) -> Reading:
         """What the codec path does, frame by frame, with the same clock moves; each
         block is read from the meter when its request has arrived, as a device would."""
-        silent, corrupt_pct = self.field.fault(meter_id)
+        field = self.field
+        silent, corrupt_pct = field.fault(meter_id)
         t = int(self.clock.time_s())  # as the real scheduler stamps it: before the frames
-        frames = list(_DIRECT_FRAMES)
-        if st.serial is None or st.reads_since_serial >= SERIAL_REFRESH_READS:
-            frames.insert(0, _SERIAL_FRAME)
-        timing, advance = self.timing, self.field.advance_us
+        frames = self._frames_serial if st.serial is None \
+            or st.reads_since_serial >= SERIAL_REFRESH_READS else self._frames
+        advance = field.advance_us
         values: dict[str, int] = {"export_wh": 0}
-        for request_bytes, answer_bytes in frames:
-            advance(timing.request_us(request_bytes))
-            hh = self.field.household(meter_id)
+        for what, request_us, answer_us, timeout_us, answer_bytes in frames:
+            advance(request_us)
+            hh = field.household(meter_id)
             if silent or hh is None:
-                advance(timing.timeout_us(answer_bytes))
+                advance(timeout_us)
                 st.serial = None  # off the bus: it may come back as another meter
                 raise TimeoutError_(f"{meter_id}: no answer")
-            if (request_bytes, answer_bytes) == _DIRECT_FRAMES[0]:
+            if what == _INSTANT:
                 values.update(instant(hh))
-            elif (request_bytes, answer_bytes) == _DIRECT_FRAMES[1]:
+            elif what == _ENERGY:
                 values["import_wh"] = register_wh(hh.wh)
             serial = hh.serial
-            advance(timing.answer_us(answer_bytes))
-            if corrupt_pct and self.field.rng.randrange(100) < corrupt_pct:
-                self.field.rng.randrange(answer_bytes - 5)  # the byte MemLine would flip
-                advance(timing.gap_us)  # the client waits for silence,
-                advance(timing.gap_us)  # then drains the line
+            advance(answer_us)
+            if corrupt_pct and field.rng.randrange(100) < corrupt_pct:
+                field.rng.randrange(answer_bytes - 5)  # the byte MemLine would flip
+                advance(self.timing.gap_us)  # the client waits for silence,
+                advance(self.timing.gap_us)  # then drains the line
                 raise ChecksumError(f"{meter_id}: CRC mismatch")
-            if (request_bytes, answer_bytes) == _SERIAL_FRAME:
+            if what == _SERIAL:
                 st.serial, st.reads_since_serial = serial, 0
         st.reads_since_serial += 1
         return Reading(meter_id, t, values, serial=None if st.serial is None else str(st.serial))
+
+    def _frame_plan(self, frames: tuple[tuple[int, int], ...]
+                    ) -> tuple[tuple[int, int, int, int, int], ...]:
+        """(what, request us, answer us, timeout us, answer bytes) of each frame: the line
+        times are constants of the bus, worked out once."""
+        timing = self.timing
+        return tuple((_FRAME_KIND[(request_bytes, answer_bytes)],
+                      timing.request_us(request_bytes), timing.answer_us(answer_bytes),
+                      timing.timeout_us(answer_bytes), answer_bytes)
+                     for request_bytes, answer_bytes in frames)
 
     def _read(self, meter_id: str, attempts: int) -> Reading:
         st = self.stats[meter_id]

@@ -129,7 +129,11 @@ def energy_mp(consumed_wh: int) -> int:
 
 
 def billing_month(t: int, cal: Calendar) -> str:
-    local = cal.local(t)
+    return billing_month_of(cal.local(t))
+
+
+def billing_month_of(local: datetime) -> str:
+    """The billing month of a local time (``billing_month``)."""
     year, month = local.year, local.month
     if local.day < BILLING_DAY:
         year, month = (year - 1, 12) if month == 1 else (year, month - 1)
@@ -137,8 +141,22 @@ def billing_month(t: int, cal: Calendar) -> str:
 
 
 # -- what the meter sends ------------------------------------------------------------------
+_F32: Final = struct.Struct(">f")
+
+
 def register_wh(wh: int) -> int:
-    """The Wh the agent decodes from the register: float32 kWh, then exact x 1000."""
+    """The Wh the agent decodes from the register: float32 kWh, then exact x 1000.
+
+    In binary floating point, exactly as with Decimal: ``wh / 1000`` is the correctly
+    rounded double of the exact quotient (as float(Decimal(wh) / 1000) is), and a float32
+    (24-bit significand) times 1000 needs 34 bits, so the double product is exact and
+    ``round`` (half to even) sees the exact value. tests/sim checks it against Decimal."""
+    kwh: float = _F32.unpack(_F32.pack(wh / 1000))[0]
+    return round(kwh * 1000)
+
+
+def register_wh_decimal(wh: int) -> int:
+    """``register_wh`` with Decimal arithmetic: the reference the test compares with."""
     kwh = struct.unpack(">f", struct.pack(">f", float(Decimal(wh) / 1000)))[0]
     return round(Decimal(kwh) * 1000)
 
@@ -167,16 +185,32 @@ class Household:
     registered_ws: int = 0  # everything the meter registered (across resets/swaps)
     open_ws: int = 0  # would have been drawn while the supply was cut (for the report)
     jumps: list[tuple[int, str, int, int]] = field(default_factory=list)  # (t, kind, wh0, wh1)
+    # power_w of the hours asked lately (a pure function of its arguments): each hour is
+    # asked again by every poll inside it. Cleared past POWER_CACHE_MAX entries.
+    _power: dict[tuple[int, int], int] = field(default_factory=dict, repr=False,
+                                               compare=False)
 
     MAGNET_PCT = 40
+    POWER_CACHE_MAX = 64
 
     def power_w(self, local_hour: int, season_pct: int) -> int:
         """Mean power of one local hour (hours counted since 1970 in local time)."""
+        key = (local_hour, season_pct)
+        power = self._power.get(key)
+        if power is None:
+            if len(self._power) >= self.POWER_CACHE_MAX:
+                self._power.clear()
+            power = self._power[key] = self._power_w(local_hour, season_pct)
+        return power
+
+    def _power_w(self, local_hour: int, season_pct: int) -> int:
         shape = DAYTIME_W if self.daytime else EVENING_W
         base = shape[local_hour % 24] * self.size_pct * season_pct // 10_000
-        noise = 0.6 + 0.8 * unit(self.seed, local_hour)
-        burst = 1200 * unit(self.seed + 1, local_hour) if unit(self.seed + 2, local_hour) < 0.12 \
-            else 0.0
+        # unit(seed + i, hour), with the hour's own hash computed once
+        hour = mix64(local_hour)
+        noise = 0.6 + 0.8 * (mix64(self.seed ^ hour) / 2.0**64)
+        burst = 1200 * (mix64((self.seed + 1) ^ hour) / 2.0**64) \
+            if mix64((self.seed + 2) ^ hour) / 2.0**64 < 0.12 else 0.0
         return int(base * noise + burst)
 
     def advance(self, t: int, cal: Calendar, season_pct: int) -> None:

@@ -398,3 +398,12 @@ def test_journal_memory_follows_commits_and_rollbacks(tmp_path: Path) -> None:
     assert reader.account("A") == j.account("A") and reader.account("A").alerts == {25}
     assert reader.meters() == j.meters()
     assert [e.amt for e in reader.entries("A")] == [100]
+
+
+@given(st.text(min_size=1, max_size=20), st.integers(0, 2**40),
+       st.dictionaries(st.sampled_from(wire.QUANTITIES), st.integers(-(2**63), 2**63 - 1)))
+def test_reading_item_is_cbor_dumps_byte_for_byte(meter: str, t: int,
+                                                  values: dict[str, int]) -> None:
+    kept = {q: v for q, v in values.items() if -outbox.MAX_VALUE < v < outbox.MAX_VALUE}
+    want = cbor.dumps([meter, t, *(kept.get(q) for q in wire.QUANTITIES)])
+    assert outbox.reading_item(Reading(meter, t, values)) == want

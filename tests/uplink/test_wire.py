@@ -284,6 +284,59 @@ def test_a_kept_shape_lets_no_refused_key_through() -> None:
         cbor.dumps({2**64: 0})
 
 
+cbor_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**64), 2**64 - 1),
+                         st.floats(allow_nan=False), st.text(max_size=5),
+                         st.binary(max_size=5))
+cbor_keys = st.one_of(st.integers(-3, 3), st.text(max_size=3), st.binary(max_size=2))
+cbor_items = st.recursive(
+    cbor_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(cbor_keys, inner, max_size=4),
+                            st.builds(cbor2.CBORTag, st.sampled_from([17, 1, 258, 4000]),
+                                      inner)),
+    max_leaves=20)
+
+
+@settings(max_examples=400)
+@given(cbor_items)
+def test_loads_fast_path_returns_what_the_copying_check_returns(item: object) -> None:
+    """cbor.loads returns the decoded item as it is when _is_plain says so: only when
+    the copying check (_plain) would give an equal item of the same types."""
+    try:
+        decoded = cbor2.loads(cbor2.dumps(item))
+    except Exception:  # noqa: BLE001 - cbor2 refuses some tags itself: nothing to compare
+        return
+    if cbor._is_plain(decoded, 0):
+        copied = cbor._plain(decoded, 0)
+        assert copied == decoded and _types(copied) == _types(decoded)
+
+
+def _types(x: object) -> object:
+    if isinstance(x, list):
+        return ["list", [_types(i) for i in x]]
+    if isinstance(x, dict):
+        return ["dict", sorted((repr(type(k)), repr(_types(v))) for k, v in x.items())]
+    return type(x).__name__
+
+
+@pytest.mark.parametrize("hexdata", [
+    "a1f501", "d1820102", "a1810102", "c11a6955b900", "81" * 40 + "01", "a2010101" "02",
+])
+def test_loads_fast_path_leaves_doubts_to_the_copying_check(hexdata: str) -> None:
+    """A bool key, a tag, an array key, a datetime, deep nesting, a repeated key: not
+    taken by the fast path (refused, or returned by _plain as before)."""
+    data = bytes.fromhex(hexdata)
+    try:
+        decoded = cbor2.loads(data)
+    except Exception:  # noqa: BLE001 - cbor2 refuses some itself; nothing to compare
+        return
+    if hexdata.startswith("81"):
+        assert not cbor._is_plain(decoded, 0)
+        assert cbor.loads(data) == decoded
+    elif not hexdata.startswith("a201"):
+        assert not cbor._is_plain(decoded, 0)
+
+
 @pytest.mark.parametrize("value", [
     1.5, {1.5: 1}, {True: 1}, {(1, 2): 1}, {1, 2}, datetime.date(2026, 1, 1), 2**64,
     object(),
