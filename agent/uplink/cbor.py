@@ -66,6 +66,14 @@ def dumps(obj: object) -> bytes:
         raise CborError(f"cannot encode: {exc}") from exc
 
 
+def dumps_record(obj: dict[str, int | str]) -> bytes:
+    """``dumps(obj)`` for the agent's own fixed-shape records (a journal entry), whose
+    caller has put the keys in core deterministic order already and whose values are
+    ints of 64 bits and texts: encoded as they are, without the walk. A test checks
+    that it gives what ``dumps`` gives for every record the caller builds."""
+    return bytes(cbor2.dumps(obj, canonical=False))
+
+
 def dumps_with_items(obj: dict[str, Any], key: str, items: list[bytes]) -> bytes:
     """``dumps({**obj, key: [the items]})``, byte for byte, where ``items`` are CBOR
     items already in core deterministic encoding (the agent's own, from its store):

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.buffer import outbox
-from agent.buffer.journal import Journal
+from agent.buffer.journal import Entry, Journal
 from agent.buffer.store import (
     LANE_BACKLOG,
     LANE_EVENTS,
@@ -407,3 +407,12 @@ def test_reading_item_is_cbor_dumps_byte_for_byte(meter: str, t: int,
     kept = {q: v for q, v in values.items() if -outbox.MAX_VALUE < v < outbox.MAX_VALUE}
     want = cbor.dumps([meter, t, *(kept.get(q) for q in wire.QUANTITIES)])
     assert outbox.reading_item(Reading(meter, t, values)) == want
+
+
+@given(st.text(min_size=1, max_size=20), st.integers(1, 2**62), st.integers(0, 2**40),
+       st.sampled_from(["topup", "token", "energy", "fixed", "duty", "adjust"]),
+       st.integers(-(2**62), 2**62), st.integers(-(2**63), 2**63 - 1), st.text(max_size=40))
+def test_entry_item_is_cbor_dumps_byte_for_byte(acct: str, n: int, t: int, kind: str,
+                                                amt: int, bal: int, ref: str) -> None:
+    entry = Entry(acct, n, t, kind, amt, bal, ref)
+    assert entry.item() == cbor.dumps(entry.wire())
