@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import NamedTuple
 
 from agent.errors import StoreError
@@ -117,6 +118,31 @@ class Backlog:
     items: int  # readings, events and entries not acknowledged, formed or not
     bytes: int  # payload bytes of both
     oldest_t: int | None  # the oldest item's time (Unix s), formed or not
+
+
+class _Tx:
+    """``with store.tx():`` (Store.tx)."""
+
+    __slots__ = ("store",)
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        store = self.store
+        if store._depth:
+            store._depth += 1  # joins the outer transaction
+        else:
+            store._begin()
+        return store.conn
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        store = self.store
+        if store._depth > 1:
+            store._depth -= 1
+            return
+        store._end(exc if kind is not None else None)
 
 
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
@@ -270,39 +296,51 @@ class Store:
     def close(self) -> None:
         self.conn.close()
 
-    @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        """One atomic transaction; nested use joins the outer one."""
-        if self._depth:
-            self._depth += 1
-            try:
-                yield self.conn
-            finally:
-                self._depth -= 1
-            return
+    def tx(self) -> _Tx:
+        """One atomic transaction; nested use joins the outer one. A class, not a
+        generator: it is entered a few times a reading."""
+        return _Tx(self)
+
+    def _begin(self) -> None:
         self._depth = 1
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.conn
-                self._flush()
-            except BaseException:
-                self._rolled_back()
-                self.conn.execute("ROLLBACK")
-                raise
-            self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            # A failed COMMIT (disk full, I/O error, busy): undo it all, so that what
-            # memory holds and what the database holds agree again.
-            self._rolled_back()
-            if self.conn.in_transaction:
-                try:
-                    self.conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass  # the error above is the one to report
+            self._depth = 0
             raise StoreError(f"store transaction failed: {exc}") from exc
+
+    def _end(self, failed: BaseException | None) -> None:
+        """Leave the outermost transaction: COMMIT, or ROLLBACK when ``failed``."""
+        try:
+            if failed is None:
+                try:
+                    self._flush()
+                except BaseException as exc:
+                    self._undo()
+                    if isinstance(exc, sqlite3.Error):
+                        raise StoreError(f"store transaction failed: {exc}") from exc
+                    raise
+                try:
+                    self.conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    # A failed COMMIT (disk full, I/O error, busy): undo it all, so that
+                    # what memory holds and what the database holds agree again.
+                    self._undo()
+                    raise StoreError(f"store transaction failed: {exc}") from exc
+                return
+            self._undo()
+            if isinstance(failed, sqlite3.Error):
+                raise StoreError(f"store transaction failed: {failed}") from failed
         finally:
             self._depth = 0
+
+    def _undo(self) -> None:
+        self._rolled_back()
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the error being raised is the one to report
 
     def _flush(self) -> None:
         for hook in self.flush_hooks:
