@@ -23,7 +23,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -223,36 +223,31 @@ class Runtime:
         one commit, so one fsync, instead of one a reading. Everything else is handled on
         its own, as before: a command's reply commits before its message is acknowledged,
         a token entry commits itself."""
-        taken = 0
-        follow: Any = None
-        while taken < MAX_EVENTS_PER_TURN:
-            if follow is not None:
-                event, follow = follow, None
-            else:
-                try:
-                    event = self.inbox.get_nowait()
-                except queue.Empty:
-                    return
-                taken += 1
+        batch: list[BusEvent] = []
+        for event in self._inbox_events(MAX_EVENTS_PER_TURN):
             if not _is_reading(event):
+                self._handle_readings(batch)
+                batch = []
                 self._handle(event)
                 continue
-            batch = [event]
-            while len(batch) < READINGS_PER_TX and taken < MAX_EVENTS_PER_TURN:
-                try:
-                    nxt = self.inbox.get_nowait()
-                except queue.Empty:
-                    break
-                taken += 1
-                if not _is_reading(nxt):
-                    follow = nxt
-                    break
-                batch.append(nxt)
+            if len(batch) == READINGS_PER_TX:
+                self._handle_readings(batch)
+                batch = []
+            batch.append(event)
+        self._handle_readings(batch)
+
+    def _inbox_events(self, limit: int) -> Iterator[Any]:
+        for _ in range(limit):
+            try:
+                yield self.inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _handle_readings(self, batch: list[BusEvent]) -> None:
+        if batch:
             with self.store.tx():
                 for reading in batch:
                     self._handle(reading)
-        if follow is not None:
-            self._handle(follow)
 
     def _handle(self, event: Any) -> None:
         now = int(self.clock.time_s())

@@ -1,0 +1,79 @@
+"""The runtime's inbox turn (Runtime._drain_inbox): a poll cycle's readings share one
+transaction, everything else is handled on its own, in arrival order, within the bounds."""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from agent import runtime
+from agent.drivers.bus import BusEvent
+from agent.drivers.reading import Reading
+from agent.runtime import Runtime
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.depth = 0
+        self.transactions = 0
+
+    @contextmanager
+    def tx(self) -> Iterator[None]:
+        if self.depth == 0:
+            self.transactions += 1
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+
+
+class _Turn:
+    """Runtime's inbox methods over a queue and a store that counts transactions."""
+
+    _drain_inbox = Runtime._drain_inbox
+    _inbox_events = Runtime._inbox_events
+    _handle_readings = Runtime._handle_readings
+
+    def __init__(self) -> None:
+        self.inbox: queue.Queue[Any] = queue.Queue()
+        self.store = _Store()
+        self.seen: list[tuple[str, int, int]] = []  # (what, in a transaction, which one)
+
+    def _handle(self, event: BusEvent) -> None:
+        what = event.reading.meter if event.reading is not None else event.kind
+        self.seen.append((what, self.store.depth, self.store.transactions))
+
+
+def reading(meter: str) -> BusEvent:
+    return BusEvent("reading", meter, Reading(meter, 1_770_000_000, {"import_wh": 1}))
+
+
+def test_consecutive_readings_share_a_transaction_and_order_is_kept() -> None:
+    turn = _Turn()
+    for event in [reading("A"), reading("B"), BusEvent("relay_result", "A"), reading("C"),
+                  BusEvent("meter_offline", "D"), BusEvent("meter_online", "D"), reading("E")]:
+        turn.inbox.put(event)
+    turn._drain_inbox()  # type: ignore[attr-defined]
+    assert turn.seen == [("A", 1, 1), ("B", 1, 1), ("relay_result", 0, 1), ("C", 1, 2),
+                         ("meter_offline", 0, 2), ("meter_online", 0, 2), ("E", 1, 3)]
+
+
+def test_a_transaction_holds_at_most_readings_per_tx(monkeypatch: Any) -> None:
+    monkeypatch.setattr(runtime, "READINGS_PER_TX", 3)
+    turn = _Turn()
+    for i in range(7):
+        turn.inbox.put(reading(f"M{i}"))
+    turn._drain_inbox()  # type: ignore[attr-defined]
+    assert [tx for _, _, tx in turn.seen] == [1, 1, 1, 2, 2, 2, 3]
+
+
+def test_a_turn_takes_at_most_max_events_per_turn(monkeypatch: Any) -> None:
+    monkeypatch.setattr(runtime, "MAX_EVENTS_PER_TURN", 4)
+    turn = _Turn()
+    for i in range(6):
+        turn.inbox.put(reading(f"M{i}"))
+    turn._drain_inbox()  # type: ignore[attr-defined]
+    assert len(turn.seen) == 4 and turn.inbox.qsize() == 2
