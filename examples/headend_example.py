@@ -71,6 +71,7 @@ class HeadEnd:
         self.readings = 0
         self.waiting: set[str] = set()
         self.lock = threading.Lock()
+        self.print_lock = threading.Lock()
         self.done = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
                                   client_id="example-headend-" + secrets.token_hex(3))
@@ -80,7 +81,9 @@ class HeadEnd:
         self.client.on_message = self.on_message
 
     def print(self, kind: str, body: Any) -> None:
-        print(json.dumps({kind: body}, default=repr), flush=True)
+        # one JSON object a line: paho's thread and this one both print
+        with self.print_lock:
+            print(json.dumps({kind: body}, default=repr), flush=True)
 
     def on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                    properties: Any) -> None:

@@ -25,15 +25,21 @@ ROOT = Path(__file__).resolve().parents[2]
 SIM_CONFIG = ROOT / "board_configs" / "sim.toml"
 
 
-def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str,
+               step: Callable[[], None] | None = None, poll_s: float = 0.1) -> Any:
+    """The first true value of ``predicate``, asked every ``poll_s`` (or after each
+    ``step()``, for a test that drives the loop itself) until ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.1)
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        if step is not None:
+            step()
+        else:
+            time.sleep(poll_s)
 
 
 def make_config(workdir: Path, broker_port: int, **overrides: Any) -> Path:

@@ -31,7 +31,7 @@ from agent.runtime import Runtime
 from agent.uplink.delivery import Delivery
 from agent.uplink.mqtt import LinkEvent, MqttLink
 from sim.broker import Mosquitto
-from tests.e2e.harness import ROOT, SIM_CONFIG, Gateway, Proc
+from tests.e2e.harness import ROOT, SIM_CONFIG, Gateway, Proc, wait_until
 
 GW = "gw-demo-01"
 
@@ -120,17 +120,7 @@ def paused(broker: Mosquitto) -> Iterator[None]:
 
 def wait(predicate: Callable[[], Any], timeout_s: float, what: str,
          step: Callable[[], None] | None = None) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        if step is not None:
-            step()
-        else:
-            time.sleep(0.05)
+    return wait_until(predicate, timeout_s, what, step, poll_s=0.05)
 
 
 # -- the pipeline in this process -------------------------------------------------------
