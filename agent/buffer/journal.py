@@ -235,7 +235,7 @@ class Journal:
         self._meters: dict[str, MeterState] | None = None
         self._dirty: set[str] = set()  # accounts changed in memory, not yet in SQLite
         if self._keep:
-            store.flush_hooks.insert(0, self.flush)  # before the tally: postings queue items
+            store.flush_hooks.append(self.flush)
             store.rollback_hooks.append(self.forget)
             self._migrate()
 
