@@ -237,20 +237,19 @@ def form_messages(store: Store, gw: str, boot: int, now_s: int, link_up: bool, *
         enforce_bounds(store, limits, now_s, free_bytes=free_bytes)
     if not link_up:
         return 0
-    # One transaction for the call (the inner ones join it): one commit instead of one
-    # a message and one a lane found empty; at most MAX_MESSAGES_PER_CALL messages of
-    # at most MAX_MESSAGE_BYTES (4 MiB) in it.
+    # One transaction for the call (those of _form_live and form_backlog join it): one
+    # commit instead of one a message and one a lane found empty; at most
+    # MAX_MESSAGES_PER_CALL messages of at most MAX_MESSAGE_BYTES (4 MiB) in it.
     with store.tx():
         formed = 0
         for lane in (LANE_EVENTS, LANE_LEDGER):
             while formed < MAX_MESSAGES_PER_CALL:
-                with store.tx():
-                    pending = store.pending(lane, MAX_ITEM_BYTES, MAX_ITEMS)
-                    if not pending:
-                        break
-                    rows = [PendingRow(i, item, len(item), now_s) for i, item in pending]
-                    used = _store_message(store, lane, gw, boot, now_s, rows)
-                    store.delete_pending([r.id for r in rows[:used]])
+                pending = store.pending(lane, MAX_ITEM_BYTES, MAX_ITEMS)
+                if not pending:
+                    break
+                rows = [PendingRow(i, item, len(item), now_s) for i, item in pending]
+                used = _store_message(store, lane, gw, boot, now_s, rows)
+                store.delete_pending([r.id for r in rows[:used]])
                 formed += 1
         formed += _form_live(store, gw, boot, now_s, MAX_MESSAGES_PER_CALL - formed)
         ahead = BACKLOG_AHEAD - store.outbox_rows(LANE_BACKLOG)

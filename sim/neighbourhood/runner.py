@@ -364,9 +364,8 @@ class GatewaySim:
         except Exception as exc:  # noqa: BLE001 - the supervisor: a crash, or an agent bug
             self.life.died(exc)
             return
+        self._observe(rt)
         with self.life.sim_reads():
-            self.obs.scan(rt.store.conn, self.now, self.boot.index, self.life.offset_s)
-            self._after_step(rt)
             if full and self.plan.store_max_bytes:
                 self._disk(rt)
             if full and self._flush_at is None and self.boot.connected and \
@@ -413,6 +412,11 @@ class GatewaySim:
         except Exception as exc:  # noqa: BLE001 - the supervisor: a crash, or an agent bug
             self.life.died(exc)
             return
+        self._observe(rt)
+
+    def _observe(self, rt: Runtime) -> None:
+        """After the agent's turn: what it committed (the observer), then the judge;
+        the simulation's own reads, never a crash point."""
         with self.life.sim_reads():
             self.obs.scan(rt.store.conn, self.now, self.boot.index, self.life.offset_s)
             self._after_step(rt)
