@@ -76,7 +76,7 @@ def check_store(tmp: Path, acked: list[str]) -> int:
             bal += e.amt
             assert e.bal == bal
         assert rig.account().balance == bal and rig.account().n == len(entries)
-        queued = [decode(i) for _, i in rig.store.pending(LANE_LEDGER, 1 << 40, 10**7)]
+        queued = [decode(i) for i in rig.store.pending_items(LANE_LEDGER)]
         assert sorted(q["n"] for q in queued) == [e.n for e in entries]
         refs = [e.ref for e in entries if e.kind in ("topup", "token")]
         assert len(refs) == len(set(refs)), "credited twice"

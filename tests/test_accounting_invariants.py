@@ -373,7 +373,7 @@ class LedgerMachine(RuleBasedStateMachine):
         for row in self.rig.store.outbox_next(set(), 10**6):
             if row.lane == lane:
                 items += decode(row.payload).get(key, [])
-        items += [decode(i) for _, i in self.rig.store.pending(lane, 1 << 40, 10**6)]
+        items += [decode(i) for i in self.rig.store.pending_items(lane)]
         return items
 
     @invariant()

@@ -51,6 +51,8 @@ from typing import Any
 import cbor2
 
 from agent.buffer.store import (
+    BATCH_MAX_BYTES,
+    BATCH_MAX_ITEMS,
     LANE_BACKLOG,
     LANE_EVENTS,
     LANE_LEDGER,
@@ -80,6 +82,7 @@ INSTANTANEOUS = ("p_w", "v_dv", "i_ma", "f_chz", "pf_milli")
 _KEEP = tuple(q not in INSTANTANEOUS for q in wire.QUANTITIES)
 BOUND_CHUNK = 64  # runs (up to RUN_MAX readings each) stripped or dropped per round
 BOUND_ROUNDS = 64  # rounds per call; what is left over is done at the next call
+assert BATCH_MAX_BYTES <= MAX_ITEM_BYTES and BATCH_MAX_ITEMS <= MAX_ITEMS  # a row fits
 
 
 class _R:
@@ -164,9 +167,10 @@ def _encode(lane: int, gw: str, boot: int, seq: int, rows: list[PendingRow]) -> 
         body = [s for row in rows for s in _run_series(row.item)]
         body.sort(key=lambda s: (s["m"], s["t"][0]))  # by meter, then time (docs)
         return encode_readings(gw, boot, seq, body)
-    # An event or entry item is our own cbor.dumps output: spliced in as it is.
+    # A row of events or entries is a sequence of our own cbor.dumps output: spliced in.
     key = {LANE_EVENTS: "events", LANE_LEDGER: "entries"}[lane]
-    return cbor.dumps_with_items(wire.envelope(gw, boot, seq), key, [r.item for r in rows])
+    return cbor.dumps_with_items(wire.envelope(gw, boot, seq), key, [r.item for r in rows],
+                                 sum(r.n for r in rows))
 
 
 def _one_series(row: object) -> dict[str, Any] | None:
@@ -244,10 +248,9 @@ def form_messages(store: Store, gw: str, boot: int, now_s: int, link_up: bool, *
         formed = 0
         for lane in (LANE_EVENTS, LANE_LEDGER):
             while formed < MAX_MESSAGES_PER_CALL:
-                pending = store.pending(lane, MAX_ITEM_BYTES, MAX_ITEMS)
-                if not pending:
+                rows = store.pending(lane, MAX_ITEM_BYTES, MAX_ITEMS)
+                if not rows:
                     break
-                rows = [PendingRow(i, item, len(item), now_s) for i, item in pending]
                 used = _store_message(store, lane, gw, boot, now_s, rows)
                 store.delete_pending([r.id for r in rows[:used]])
                 formed += 1

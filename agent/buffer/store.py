@@ -12,7 +12,10 @@ Tables
             runs: one row holds up to ``RUN_MAX`` consecutive readings of one meter
             (a CBOR sequence, RFC 8742, of ``outbox.reading_item``s), appended to
             in place until the run is sealed; so a long outage costs one row per
-            meter and day, not one per reading, and drains at a few bytes per reading
+            meter and day, not one per reading, and drains at a few bytes per reading.
+            Events and entries added in one transaction are written at its commit as
+            a few rows (CBOR sequences of up to ``BATCH_MAX_ITEMS`` items, ``n`` of
+            them), not a row each: a poll cycle posts hundreds of entries
   outbox    formed messages: seq -> topic + exact bytes; deleted only on PUBACK
   seen      command ids with their stored reply, kept until the command's exp
   tally     per (table, lane): rows, bytes and items, kept by the methods below in
@@ -60,6 +63,8 @@ READING_LANES = (LANE_READINGS, LANE_BACKLOG)
 COUNTERS = ("stripped_readings", "dropped_readings", "dropped_messages")
 RUN_MAX = 96  # readings per run row: a day at 15-minute polls
 _CHUNK = 500  # keys per DELETE ... IN (...): under SQLite's parameter limit
+BATCH_MAX_ITEMS = 256  # events or entries per pending row
+BATCH_MAX_BYTES = 16 * 1024  # and their bytes (a row always fits one message: outbox.py)
 
 _TABLES = [
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
@@ -104,9 +109,9 @@ class OutboxRow:
 
 class PendingRow(NamedTuple):
     id: int
-    item: bytes  # readings: a run (CBOR sequence); else one item
+    item: bytes  # a CBOR sequence of ``n`` items (readings: a run)
     size: int
-    t: int  # readings: the run's first reading
+    t: int  # the row's oldest item (readings: the run's first reading)
     n: int = 1  # items in the row
 
 
@@ -194,8 +199,12 @@ class Store:
         # the tally) writes them out in a flush hook, called before COMMIT and
         # before a SAVEPOINT; and forgets them in a rollback hook, called when writes
         # are undone (a rollback, a savepoint rolled back, a failed commit).
-        self.flush_hooks: list[Callable[[], None]] = [self._flush_tally]
-        self.rollback_hooks: list[Callable[[], None]] = [self._forget_tally, self._forget_runs]
+        self.flush_hooks: list[Callable[[], None]] = [self._flush_batch, self._flush_tally]
+        self.rollback_hooks: list[Callable[[], None]] = [self._forget_tally, self._forget_runs,
+                                                         self._forget_batch]
+        # lane -> [(item, t)]: the events and entries of this transaction, written at its
+        # commit (or before a savepoint or a read of the pending items) by _flush_batch
+        self._batch: dict[int, list[tuple[bytes, int]]] = {}
         self._open_runs: dict[str, tuple[int, int, int]] | None = None  # see _runs
         if not readonly:
             self._create()
@@ -408,12 +417,14 @@ class Store:
     # -- pending items ----------------------------------------------------
     def add_pending(self, lane: int, item: bytes, t: int, meter: str | None = None) -> None:
         """Queue one item; a reading (``outbox.reading_item``; ``meter``: its meter, when
-        the caller knows it) joins its meter's open run."""
-        assert lane in (LANE_EVENTS, LANE_LEDGER, LANE_READINGS), lane
+        the caller knows it) joins its meter's open run; an event or entry joins the
+        transaction's batch (written at its commit)."""
         if lane != LANE_READINGS:
-            self.conn.execute("INSERT INTO pending (lane, item, size, t) VALUES (?, ?, ?, ?)",
-                              (lane, item, len(item), t))
-            self._tally("pending", lane, 1, len(item), 1)
+            assert lane in (LANE_EVENTS, LANE_LEDGER), lane
+            if self._depth:
+                self._batch.setdefault(lane, []).append((item, t))
+            else:
+                self._insert_items(lane, [(item, t)])
             return
         meter = _meter_of(item) if meter is None else meter
         runs = self._runs()
@@ -433,6 +444,36 @@ class Store:
                                 "VALUES (?, ?, ?, ?, ?, 0)", (lane, item, len(item), t, meter))
         self._tally("pending", lane, 1, len(item), 1)
         runs[meter] = (int(cur.lastrowid or 0), 1, t)
+
+    def _insert_items(self, lane: int, items: list[tuple[bytes, int]]) -> None:
+        """Events or entries, in order, as rows of up to BATCH_MAX_ITEMS items and
+        BATCH_MAX_BYTES (at least one item a row)."""
+        rows: list[tuple[int, bytes, int, int, int]] = []
+        chunk: list[bytes] = []
+        size = 0
+        first_t = 0
+        for item, t in items:
+            if chunk and (len(chunk) >= BATCH_MAX_ITEMS or size + len(item) > BATCH_MAX_BYTES):
+                rows.append((lane, b"".join(chunk), size, first_t, len(chunk)))
+                chunk, size = [], 0
+            if not chunk or t < first_t:
+                first_t = t
+            chunk.append(item)
+            size += len(item)
+        if chunk:
+            rows.append((lane, b"".join(chunk), size, first_t, len(chunk)))
+        self.conn.executemany("INSERT INTO pending (lane, item, size, t, n) "
+                              "VALUES (?, ?, ?, ?, ?)", rows)
+        for _lane, _item, nbytes, _t, n in rows:
+            self._tally("pending", lane, 1, nbytes, n)
+
+    def _flush_batch(self) -> None:
+        batch, self._batch = self._batch, {}
+        for lane, items in batch.items():
+            self._insert_items(lane, items)
+
+    def _forget_batch(self) -> None:
+        self._batch = {}
 
     def _runs(self) -> dict[str, tuple[int, int, int]]:
         """The open (unsealed) reading runs: meter -> (row id, readings, first t). Read
@@ -456,20 +497,26 @@ class Store:
         for meter in [m for m, run in runs.items() if run[2] < before_t]:
             del runs[meter]
 
-    def pending(self, lane: int, max_bytes: int, max_items: int) -> list[tuple[int, bytes]]:
-        """Oldest pending items of a lane, within the byte and item bounds (at least one)."""
-        rows = self.conn.execute(
-            "SELECT id, item, size FROM pending WHERE lane = ? ORDER BY id LIMIT ?",
-            (lane, max_items),
-        ).fetchall()
-        out: list[tuple[int, bytes]] = []
-        total = 0
-        for row_id, item, size in rows:
-            if out and total + size > max_bytes:
+    def pending(self, lane: int, max_bytes: int, max_items: int) -> list[PendingRow]:
+        """Oldest pending rows of a lane, within the byte and item bounds (at least one
+        row): each a CBOR sequence of ``n`` events or entries."""
+        self._flush_batch()
+        out: list[PendingRow] = []
+        total = items = 0
+        for r in self.conn.execute("SELECT id, item, size, t, n FROM pending WHERE lane = ? "
+                                   "ORDER BY id LIMIT ?", (lane, max_items)):
+            if out and (total + r[2] > max_bytes or items + r[4] > max_items):
                 break
-            out.append((row_id, bytes(item)))
-            total += size
+            out.append(PendingRow(r[0], bytes(r[1]), r[2], r[3], r[4]))
+            total += r[2]
+            items += r[4]
         return out
+
+    def pending_items(self, lane: int) -> list[bytes]:
+        """Every pending event or entry of a lane, oldest first, one CBOR item each (for
+        tools and tests: forming reads whole rows)."""
+        return [item for row in self.pending(lane, 1 << 62, 1 << 62)
+                for item in split_sequence(row.item)]
 
     def _rows(self, where: str, args: tuple[object, ...],
               max_bytes: int | None = None) -> list[PendingRow]:
@@ -500,6 +547,7 @@ class Store:
 
     def pending_stats(self, lane: int) -> tuple[int, int | None]:
         """(items, oldest t) of a lane's pending items."""
+        self._flush_batch()
         self._flush_tally()
         count = self.conn.execute("SELECT items FROM tally WHERE tbl = 'pending' AND lane = ?",
                                   (lane,)).fetchone()[0]
@@ -587,6 +635,7 @@ class Store:
         return int(row[0]), (None if row[1] is None else int(row[1]))
 
     def backlog_summary(self) -> Backlog:
+        self._flush_batch()
         self._flush_tally()
         tally = self.conn.execute(
             "SELECT tbl, SUM(rows), SUM(bytes), SUM(items) FROM tally GROUP BY tbl").fetchall()
@@ -603,6 +652,7 @@ class Store:
 
     def size_bytes(self) -> int:
         """Payload bytes held for the uplink (pending items + formed messages)."""
+        self._flush_batch()
         self._flush_tally()
         row = self.conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM tally").fetchone()
         return int(row[0])
@@ -622,6 +672,23 @@ class Store:
         with self.tx():
             cur = self.conn.execute("DELETE FROM seen WHERE exp < ?", (now_s,))
         return cur.rowcount
+
+
+def split_sequence(data: bytes) -> list[bytes]:
+    """The items of a CBOR sequence (RFC 8742), each as its own bytes."""
+    import io
+
+    import cbor2  # our own bytes (see _meter_of)
+
+    fp = io.BytesIO(data)
+    decoder = cbor2.CBORDecoder(fp)
+    out = []
+    start = 0
+    while start < len(data):
+        decoder.decode()
+        out.append(data[start:fp.tell()])
+        start = fp.tell()
+    return out
 
 
 def disk_free_bytes(path: Path) -> int:

@@ -74,17 +74,19 @@ def dumps_record(obj: dict[str, int | str]) -> bytes:
     return bytes(cbor2.dumps(obj, canonical=False))
 
 
-def dumps_with_items(obj: dict[str, Any], key: str, items: list[bytes]) -> bytes:
+def dumps_with_items(obj: dict[str, Any], key: str, items: list[bytes],
+                     count: int | None = None) -> bytes:
     """``dumps({**obj, key: [the items]})``, byte for byte, where ``items`` are CBOR
     items already in core deterministic encoding (the agent's own, from its store):
-    they are spliced in, not decoded and encoded again."""
+    they are spliced in, not decoded and encoded again. Each of ``items`` may be a
+    sequence of several: ``count`` then says how many there are in all."""
     assert key not in obj
     order = key_order({**obj, key: None})
     out = [_head(5, len(order))]
     for k in order:
         out.append(cbor2.dumps(k))
         if k == key:
-            out.append(_head(4, len(items)))
+            out.append(_head(4, len(items) if count is None else count))
             out.extend(items)
         else:
             out.append(dumps(obj[k]))

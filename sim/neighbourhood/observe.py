@@ -22,7 +22,7 @@ from typing import Any
 
 import cbor2
 
-from agent.buffer.store import LANE_EVENTS, LANE_READINGS, LANE_REPLY
+from agent.buffer.store import LANE_EVENTS, LANE_READINGS, LANE_REPLY, split_sequence
 from agent.uplink import cbor
 from sim.neighbourhood.headend import strict_loads
 
@@ -116,15 +116,12 @@ class Observer:
                 for body in _sequence(bytes(item)):
                     self.readings.append((true_t, *reading_key(body)))
                 continue
-            data = bytes(item)
-            body = strict_loads(data)  # cbor.loads, faster when it is sure
-            if body is None:
-                body = cbor.loads(data, max_bytes=cbor.MAX_UPLINK_BYTES)
-            assert isinstance(body, dict)
             if src == "reply":
-                self.replies.append((true_t, body))
-            else:
-                self._event(true_t, boot, body, offset_s)
+                self.replies.append((true_t, _map(bytes(item))))
+                continue
+            # the events a transaction emitted: a sequence of them (store.py)
+            for data in split_sequence(bytes(item)):
+                self._event(true_t, boot, _map(data), offset_s)
 
     def _entry(self, entry: Entry) -> None:
         self.entries.append(entry)
@@ -146,6 +143,14 @@ class Observer:
                 # clock, read back to true time), a moment before it commits the event.
                 state = self.accounts.setdefault(body["acct"], Account())
                 state.alerts.setdefault(level, min(true_t, int(body["t"]) - offset_s))
+
+
+def _map(data: bytes) -> dict[str, Any]:
+    body = strict_loads(data)  # cbor.loads, faster when it is sure
+    if body is None:
+        body = cbor.loads(data, max_bytes=cbor.MAX_UPLINK_BYTES)
+    assert isinstance(body, dict)
+    return body
 
 
 def _sequence(data: bytes) -> list[object]:

@@ -40,10 +40,9 @@ def pending_readings(store: Store) -> list[Any]:
 
 
 def dropped_events(store: Store) -> list[dict[str, Any]]:
-    rows = store.conn.execute("SELECT item FROM pending WHERE lane = ? ORDER BY id",
-                              (LANE_EVENTS,)).fetchall()
     events = [wire.check_events({"v": 1, "gw": "g", "boot": 1, "seq": 1,
-                                 "events": [cbor.loads(r[0])]})["events"][0] for r in rows]
+                                 "events": [cbor.loads(item)]})["events"][0]
+              for item in store.pending_items(LANE_EVENTS)]
     return [e["detail"] for e in events if e["type"] == "data_dropped"]
 
 
@@ -91,7 +90,7 @@ def test_then_whole_readings_oldest_first_and_formed_messages_are_named(tmp_path
         journal.topup("A", 500, "t1", T0)
         store.add_pending(LANE_EVENTS, outbox.event_item(T0, "meter_online", m="M1"), T0)
     ledger_and_events = store.conn.execute(
-        "SELECT COUNT(*) FROM pending WHERE lane IN (?, ?)", (LANE_EVENTS, LANE_LEDGER)
+        "SELECT SUM(n) FROM pending WHERE lane IN (?, ?)", (LANE_EVENTS, LANE_LEDGER)
     ).fetchone()[0]
     drops = outbox.enforce_bounds(store, StoreConfig(1 << 20, 0), T0, free_bytes=HUGE)
     assert drops == outbox.Drops()
@@ -107,7 +106,7 @@ def test_then_whole_readings_oldest_first_and_formed_messages_are_named(tmp_path
     remaining = pending_readings(store)
     assert all(i[4:] == [None] * 5 for i in remaining)  # everything left was stripped first
     # never dropped: the ledger entry and the event (and the two data_dropped events)
-    assert store.conn.execute("SELECT COUNT(*) FROM pending WHERE lane IN (?, ?)",
+    assert store.conn.execute("SELECT SUM(n) FROM pending WHERE lane IN (?, ?)",
                               (LANE_EVENTS, LANE_LEDGER)).fetchone()[0] == \
         ledger_and_events + 2
     assert store.counters() == {"stripped_readings": events[0]["count"],

@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 from agent.buffer import outbox
 from agent.buffer.journal import Entry, Journal
 from agent.buffer.store import (
+    BATCH_MAX_BYTES,
+    BATCH_MAX_ITEMS,
     LANE_BACKLOG,
     LANE_EVENTS,
     LANE_LEDGER,
@@ -313,6 +315,40 @@ def test_savepoint_undoes_only_its_block(tmp_path: Path) -> None:
         except ValueError:
             pass
     assert [r[0] for r in store.conn.execute("SELECT item FROM pending")] == [b"\xa0"]
+    recount(store)
+
+
+def test_a_transactions_events_and_entries_share_bounded_rows(tmp_path: Path) -> None:
+    """Written at the commit as CBOR sequences of at most BATCH_MAX_ITEMS items and
+    BATCH_MAX_BYTES; seen by reads inside the transaction; formed into the same messages
+    as items of a row each would be; gone with a rollback."""
+    store = Store(tmp_path)
+    n = 2 * BATCH_MAX_ITEMS + 10
+    events = [outbox.event_item(T0 + i, "meter_online", m=f"M{i}") for i in range(n)]
+    big = [outbox.event_item(T0, "bad_reading", m="M1", detail={"why": "x" * 5000})
+           for _ in range(7)]  # 3 fit under BATCH_MAX_BYTES, so 3 rows: 3 + 3 + 1
+    with store.tx():
+        for i, item in enumerate(events):
+            store.add_pending(LANE_EVENTS, item, T0 + i)
+        assert store.pending_stats(LANE_EVENTS) == (n, T0)  # read inside: flushed first
+        for item in big:
+            store.add_pending(LANE_LEDGER, item, T0)
+    rows = store.conn.execute("SELECT lane, n, size FROM pending ORDER BY id").fetchall()
+    assert [(lane, k) for lane, k, _ in rows] == [
+        (LANE_EVENTS, BATCH_MAX_ITEMS), (LANE_EVENTS, BATCH_MAX_ITEMS), (LANE_EVENTS, 10),
+        (LANE_LEDGER, 3), (LANE_LEDGER, 3), (LANE_LEDGER, 1)]
+    assert all(size <= BATCH_MAX_BYTES for _, _, size in rows)
+    assert store.pending_items(LANE_EVENTS) == events
+    assert store.pending_items(LANE_LEDGER) == big
+    recount(store)
+    with pytest.raises(RuntimeError), store.tx():
+        store.add_pending(LANE_EVENTS, events[0], T0)
+        raise RuntimeError("crash before the commit")
+    assert store.pending_stats(LANE_EVENTS)[0] == n  # the rolled-back one left no row
+    outbox.form_messages(store, GW, 1, T0, link_up=True)
+    got = [e for _, topic, m in delivered(store) if topic == "up/events" for e in m["events"]]
+    assert [cbor.dumps(e) for e in got] == events
+    assert store.pending_stats(LANE_EVENTS) == (0, None)
     recount(store)
 
 

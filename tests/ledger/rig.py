@@ -122,7 +122,7 @@ class Rig:
 
     def events(self, type_: str | None = None, acct: str | None = None) -> list[dict[str, Any]]:
         out = []
-        for _, item in self.store.pending(LANE_EVENTS, 1 << 40, 10**9):
+        for item in self.store.pending_items(LANE_EVENTS):
             event = decode(item)
             if (type_ is None or event["type"] == type_) and (acct is None
                                                               or event.get("acct") == acct):
@@ -130,4 +130,4 @@ class Rig:
         return out
 
     def ledger_items(self) -> list[dict[str, Any]]:
-        return [decode(i) for _, i in self.store.pending(LANE_LEDGER, 1 << 40, 10**9)]
+        return [decode(i) for i in self.store.pending_items(LANE_LEDGER)]

@@ -61,8 +61,8 @@ def setup(tmp_path: Path, **kw: Any) -> tuple[Store, FakeLink, SimClock, Deliver
 
 
 def events(store: Store, n: int, t: int = T0) -> None:
-    with store.tx():
-        for i in range(n):
+    for i in range(n):  # a row each (one transaction's events share rows)
+        with store.tx():
             store.add_pending(LANE_EVENTS, outbox.event_item(t, "meter_online", m=f"M{i}"), t)
 
 
@@ -70,7 +70,7 @@ def form(store: Store, clock: SimClock) -> None:
     # one message per event: form one event at a time
     while store.pending_stats(LANE_EVENTS)[0]:
         with store.tx():
-            [(row_id, item)] = store.pending(LANE_EVENTS, 1, 1)
+            [(row_id, item, *_)] = store.pending(LANE_EVENTS, 1, 1)
             seq = store.take_seq()
             msg = {"v": 1, "gw": GW, "boot": 1, "seq": seq, "events": [cbor.loads(item)]}
             store.add_outbox(seq, LANE_EVENTS, cbor.dumps(msg), int(clock.time_s()))
