@@ -430,10 +430,17 @@ class Store:
         runs = self._runs()
         run = runs.get(meter)
         if run is not None and run[1] < RUN_MAX:
-            # || makes text; CAST gives the same bytes back as a blob
-            self.conn.execute("UPDATE pending SET item = CAST(item || ? AS BLOB), "
-                              "size = size + ?, n = n + 1, sealed = n + 1 >= ? WHERE id = ?",
-                              (item, len(item), RUN_MAX, run[0]))
+            # || makes text; CAST gives the same bytes back as a blob. ``sealed`` is set
+            # only by the append that fills the run: a statement that sets it changes
+            # the pending_open index too.
+            if run[1] + 1 < RUN_MAX:
+                self.conn.execute("UPDATE pending SET item = CAST(item || ? AS BLOB), "
+                                  "size = size + ?, n = n + 1 WHERE id = ?",
+                                  (item, len(item), run[0]))
+            else:
+                self.conn.execute("UPDATE pending SET item = CAST(item || ? AS BLOB), "
+                                  "size = size + ?, n = n + 1, sealed = 1 WHERE id = ?",
+                                  (item, len(item), run[0]))
             self._tally("pending", lane, 0, len(item), 1)
             if run[1] + 1 >= RUN_MAX:
                 del runs[meter]  # sealed
