@@ -95,7 +95,9 @@ def payloads(draw: st.DrawFn) -> dict[Any, Any]:
     p["iat"] = draw(st.one_of(st.just(NOW), values))
     p["exp"] = draw(st.one_of(st.just(NOW + 600), st.just(NOW - 1), values))
     p["args"] = draw(st.one_of(args, values))
-    extra = draw(st.dictionaries(st.one_of(st.text(max_size=5), st.integers()), values,
+    # keys CBOR can carry (major types 0/1): a sender's encoder refuses any other
+    extra = draw(st.dictionaries(st.one_of(st.text(max_size=5),
+                                           st.integers(-(2**64), 2**64 - 1)), values,
                                  max_size=2))
     return {**p, **extra} if draw(st.integers(0, 9)) == 0 else p
 
