@@ -433,16 +433,12 @@ class Store:
             # || makes text; CAST gives the same bytes back as a blob. ``sealed`` is set
             # only by the append that fills the run: a statement that sets it changes
             # the pending_open index too.
-            if run[1] + 1 < RUN_MAX:
-                self.conn.execute("UPDATE pending SET item = CAST(item || ? AS BLOB), "
-                                  "size = size + ?, n = n + 1 WHERE id = ?",
-                                  (item, len(item), run[0]))
-            else:
-                self.conn.execute("UPDATE pending SET item = CAST(item || ? AS BLOB), "
-                                  "size = size + ?, n = n + 1, sealed = 1 WHERE id = ?",
-                                  (item, len(item), run[0]))
+            full = run[1] + 1 >= RUN_MAX
+            self.conn.execute("UPDATE pending SET item = CAST(item || ? AS BLOB), size = "
+                              f"size + ?, n = n + 1{', sealed = 1' if full else ''} WHERE id = ?",
+                              (item, len(item), run[0]))
             self._tally("pending", lane, 0, len(item), 1)
-            if run[1] + 1 >= RUN_MAX:
+            if full:
                 del runs[meter]  # sealed
             else:
                 runs[meter] = (run[0], run[1] + 1, run[2])
