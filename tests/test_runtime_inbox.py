@@ -51,29 +51,30 @@ def reading(meter: str) -> BusEvent:
     return BusEvent("reading", meter, Reading(meter, 1_770_000_000, {"import_wh": 1}))
 
 
-def test_consecutive_readings_share_a_transaction_and_order_is_kept() -> None:
+def drained(events: list[BusEvent]) -> _Turn:
+    """One inbox turn over ``events``."""
     turn = _Turn()
-    for event in [reading("A"), reading("B"), BusEvent("relay_result", "A"), reading("C"),
-                  BusEvent("meter_offline", "D"), BusEvent("meter_online", "D"), reading("E")]:
+    for event in events:
         turn.inbox.put(event)
     turn._drain_inbox()  # type: ignore[attr-defined]
+    return turn
+
+
+def test_consecutive_readings_share_a_transaction_and_order_is_kept() -> None:
+    turn = drained([reading("A"), reading("B"), BusEvent("relay_result", "A"), reading("C"),
+                    BusEvent("meter_offline", "D"), BusEvent("meter_online", "D"),
+                    reading("E")])
     assert turn.seen == [("A", 1, 1), ("B", 1, 1), ("relay_result", 0, 1), ("C", 1, 2),
                          ("meter_offline", 0, 2), ("meter_online", 0, 2), ("E", 1, 3)]
 
 
 def test_a_transaction_holds_at_most_readings_per_tx(monkeypatch: Any) -> None:
     monkeypatch.setattr(runtime, "READINGS_PER_TX", 3)
-    turn = _Turn()
-    for i in range(7):
-        turn.inbox.put(reading(f"M{i}"))
-    turn._drain_inbox()  # type: ignore[attr-defined]
+    turn = drained([reading(f"M{i}") for i in range(7)])
     assert [tx for _, _, tx in turn.seen] == [1, 1, 1, 2, 2, 2, 3]
 
 
 def test_a_turn_takes_at_most_max_events_per_turn(monkeypatch: Any) -> None:
     monkeypatch.setattr(runtime, "MAX_EVENTS_PER_TURN", 4)
-    turn = _Turn()
-    for i in range(6):
-        turn.inbox.put(reading(f"M{i}"))
-    turn._drain_inbox()  # type: ignore[attr-defined]
+    turn = drained([reading(f"M{i}") for i in range(6)])
     assert len(turn.seen) == 4 and turn.inbox.qsize() == 2
