@@ -472,8 +472,10 @@ class Store:
 
     def _flush_batch(self) -> None:
         batch, self._batch = self._batch, {}
-        for lane, items in batch.items():
-            self._insert_items(lane, items)
+        for lane in (LANE_LEDGER, LANE_EVENTS):  # forming goes lane by lane: the order
+            items = batch.get(lane)  # only keeps the table's in commit order, entries first
+            if items:
+                self._insert_items(lane, items)
 
     def _forget_batch(self) -> None:
         self._batch = {}

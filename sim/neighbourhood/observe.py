@@ -7,7 +7,11 @@ transaction is rolled back) the simulation reads what the agent has *committed*:
   simulation adds to the agent's own connection: a temp table row is inserted in
   the same transaction as the agent's row, so it exists exactly when the agent's
   does (a rolled-back one leaves no trace, a committed one is seen once, in commit
-  order, whether or not the uplink was up to form it into a message yet).
+  order, whether or not the uplink was up to form it into a message yet). Entries
+  are read from the rows the agent queues them in for the uplink (a transaction's
+  entries, then its events, at its commit: store.py), not from the journal table:
+  a trigger a row of entries instead of one an entry. The end checks compare them
+  with the journal, so an entry journalled but never queued is found too.
 
 So each entry and event gets the true time of the step that committed it; the
 legality of a disconnection is judged with these, not with the agent's clock.
@@ -15,28 +19,25 @@ legality of a disconnection is judged with these, not with the agent's clock.
 
 from __future__ import annotations
 
-import io
 import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
 import cbor2
 
-from agent.buffer.store import LANE_EVENTS, LANE_READINGS, LANE_REPLY, split_sequence
+from agent.buffer.store import LANE_EVENTS, LANE_LEDGER, LANE_READINGS, LANE_REPLY, split_sequence
 from agent.uplink import cbor
 from sim.neighbourhood.headend import strict_loads
 
 CREDIT_KINDS = ("topup", "token")
 
 _TEMP = (
-    "CREATE TEMP TABLE IF NOT EXISTS sim_seen (src TEXT NOT NULL, item BLOB, acct TEXT, "
-    "n INTEGER, t INTEGER, kind TEXT, amt INTEGER, bal INTEGER, ref TEXT)",
-    "CREATE TEMP TRIGGER IF NOT EXISTS sim_journal AFTER INSERT ON main.journal BEGIN "
-    "INSERT INTO sim_seen (src, acct, n, t, kind, amt, bal, ref) VALUES "
-    "('entry', NEW.acct, NEW.n, NEW.t, NEW.kind, NEW.amt, NEW.bal, NEW.ref); END",
+    "CREATE TEMP TABLE IF NOT EXISTS sim_seen (src TEXT NOT NULL, item BLOB, t INTEGER)",
     "CREATE TEMP TRIGGER IF NOT EXISTS sim_pending AFTER INSERT ON main.pending "
-    f"WHEN NEW.lane IN ({LANE_EVENTS}, {LANE_READINGS}) BEGIN INSERT INTO sim_seen (src, item) "
-    f"VALUES (CASE NEW.lane WHEN {LANE_EVENTS} THEN 'event' ELSE 'reading' END, NEW.item); END",
+    f"WHEN NEW.lane IN ({LANE_EVENTS}, {LANE_LEDGER}, {LANE_READINGS}) BEGIN "
+    "INSERT INTO sim_seen (src, item) VALUES (CASE NEW.lane "
+    f"WHEN {LANE_EVENTS} THEN 'event' WHEN {LANE_LEDGER} THEN 'entries' "
+    "ELSE 'reading' END, NEW.item); END",
     # Readings may be appended to a meter's pending run (item = item || reading): the
     # bytes appended are the new reading.
     "CREATE TEMP TRIGGER IF NOT EXISTS sim_append AFTER UPDATE OF item ON main.pending "
@@ -83,6 +84,7 @@ class Observer:
     step_min: dict[str, int] = field(default_factory=dict)  # lowest balance in this step
     step_decided: list[int] = field(default_factory=list)  # true times decided this step
     step_credits: list[Entry] = field(default_factory=list)
+    last_n: dict[str, int] = field(default_factory=dict)  # the last entry seen, by account
 
     @staticmethod
     def install(conn: sqlite3.Connection) -> None:
@@ -100,17 +102,21 @@ class Observer:
     def scan(self, conn: sqlite3.Connection, true_t: int, boot: int, offset_s: int) -> None:
         """Everything committed since the last scan, in commit order (outside a tx).
         ``offset_s``: the agent's clock minus true time (to read its own time stamps)."""
-        seen = conn.execute("SELECT src, item, acct, n, t, kind, amt, bal, ref "
-                            "FROM temp.sim_seen ORDER BY rowid").fetchall()
+        seen = conn.execute("SELECT src, item, t FROM temp.sim_seen ORDER BY rowid").fetchall()
         if not seen:
             return
         conn.execute("DELETE FROM temp.sim_seen")
-        for src, item, acct, n, t, kind, amt, bal, ref in seen:
+        for src, item, t in seen:
             if src == "decided":
                 self.step_decided.append(int(t) - offset_s)
                 continue
-            if src == "entry":
-                self._entry(Entry(true_t, boot, acct, n, t, kind, amt, bal, ref))
+            if src == "entries":
+                for e in _sequence(bytes(item)):
+                    assert isinstance(e, dict), e
+                    if e["n"] > self.last_n.get(e["acct"], 0):  # else resent (resync)
+                        self.last_n[e["acct"]] = e["n"]
+                        self._entry(Entry(true_t, boot, e["acct"], e["n"], e["t"], e["kind"],
+                                          e["amt"], e["bal"], e["ref"]))
                 continue
             if src == "reading":
                 for body in _sequence(bytes(item)):
@@ -153,13 +159,13 @@ def _map(data: bytes) -> dict[str, Any]:
     return body
 
 
-def _sequence(data: bytes) -> list[object]:
-    """Every CBOR item in ``data`` (RFC 8742 sequence): one reading, or a run of them."""
-    decoder = cbor2.CBORDecoder(io.BytesIO(data))
-    out = []
-    while decoder.fp.tell() < len(data):
-        out.append(decoder.decode())
-    return out
+def _sequence(data: bytes) -> list[Any]:
+    """Every CBOR item in ``data`` (RFC 8742 sequence: one reading, a run of them, or a
+    transaction's entries): the agent's own bytes, decoded at once as an
+    indefinite-length array."""
+    items = cbor2.loads(b"\x9f" + data + b"\xff")
+    assert isinstance(items, list)
+    return items
 
 
 def reading_key(item: object) -> tuple[str, int, int]:
