@@ -212,6 +212,10 @@ _ACCOUNT_SETTABLE = frozenset({"reference", "alerts", "zero_alert_at", "fixed_la
                                "duty_mp_bp", "deferred"})
 _ACCOUNT_COLS = ("id, tariff, balance, n, reference, alerts, zero_alert_at, fixed_last, month, "
                  "consumed_wh, energy_mp, energy_posted, duty_posted, duty_mp_bp, deferred")
+_METER_SETTABLE = frozenset({"serial", "base_wh", "base_t", "relay_intent", "relay_reason",
+                             "relay_actual", "override", "override_until", "tamper_hold",
+                             "relay_attempts", "relay_next_s"})
+_METER_UPDATES: dict[tuple[str, ...], str] = {}  # the UPDATE for each set of fields
 _METER_COLS = ("id, serial, base_wh, base_t, relay_intent, relay_reason, relay_actual, "
                "override, override_until, tamper_hold, relay_attempts, relay_next_s")
 
@@ -407,13 +411,14 @@ class Journal:
         return [meters[i] for i in sorted(meters)]
 
     def update_meter(self, meter_id: str, **fields: object) -> None:
-        allowed = {"serial", "base_wh", "base_t", "relay_intent", "relay_reason",
-                   "relay_actual", "override", "override_until", "tamper_hold",
-                   "relay_attempts", "relay_next_s"}
-        assert set(fields) <= allowed, set(fields) - allowed
+        names = tuple(fields)
+        sql = _METER_UPDATES.get(names)
+        if sql is None:  # a few shapes in all (a reading's baseline, a relay's intent...)
+            assert set(names) <= _METER_SETTABLE, set(names) - _METER_SETTABLE
+            sql = _METER_UPDATES[names] = ("UPDATE meters SET " + ", ".join(
+                f"{k} = ?" for k in names) + " WHERE id = ?")
         state = self.meter(meter_id)  # creates the row on first use
-        sets = ", ".join(f"{k} = ?" for k in fields)
-        self.conn.execute(f"UPDATE meters SET {sets} WHERE id = ?", (*fields.values(), meter_id))
+        self.conn.execute(sql, (*fields.values(), meter_id))
         if self._meters is not None:
             self._meters[meter_id] = state._replace(**fields)  # type: ignore[arg-type]
 

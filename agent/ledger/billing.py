@@ -17,12 +17,15 @@ from __future__ import annotations
 
 from agent.errors import LedgerError
 from agent.ledger.calendar import (
+    DAY_S,
     add_months,
     billing_month,
     billing_month_start_s,
     date_of_day,
+    days_from_civil,
     next_month,
     parse_date,
+    parse_month,
 )
 from agent.ledger.record import dataclass
 from agent.ledger.tariff import Tariff, delta_energy_mp, pro_rata
@@ -93,8 +96,8 @@ def month_parts(t0_local_s: int, t1_local_s: int, billing_day: int) -> list[tupl
     At most MAX_MONTH_PARTS parts (see there).
     """
     start = min(t0_local_s, t1_local_s)
-    last = billing_month(t1_local_s, billing_day)
-    if start >= billing_month_start_s(last, billing_day):  # the usual: one month
+    first_s, _end_s, last = _month_around(t1_local_s, billing_day)
+    if start >= first_s:  # the usual: one month
         return [(last, start, t1_local_s)]
     earliest_start = billing_month_start_s(add_months(last, 1 - MAX_MONTH_PARTS), billing_day)
     start = max(start, earliest_start)
@@ -107,6 +110,25 @@ def month_parts(t0_local_s: int, t1_local_s: int, billing_day: int) -> list[tupl
             return parts
         parts.append((month, start, end))
         start, month = end, next_month(month)
+
+
+# billing_day -> (start, end, key) of the billing month last looked up: a reading falls
+# in the same month as the one before it nearly always (a plain dict: MicroPython too)
+_last_month: dict[int, tuple[int, int, str]] = {}
+
+
+def _month_around(local_s: int, billing_day: int) -> tuple[int, int, str]:
+    """(start, end, key) of the billing month containing ``local_s``."""
+    known = _last_month.get(billing_day)
+    if known is not None and known[0] <= local_s < known[1]:
+        return known
+    key = billing_month(local_s, billing_day)  # checks billing_day
+    year, month = parse_month(key)
+    after = (year + 1, 1) if month == 12 else (year, month + 1)
+    known = (billing_month_start_s(key, billing_day),
+             days_from_civil(after[0], after[1], billing_day) * DAY_S, key)
+    _last_month[billing_day] = known
+    return known
 
 
 def _check(accrual: MonthAccrual) -> None:

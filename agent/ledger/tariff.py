@@ -127,6 +127,8 @@ def pro_rata(amount: int, weights: list[int]) -> list[int]:
     ``amount x (w_0 + .. + w_k) // total``, so the parts add up to ``amount``
     exactly and none is negative. All zero weights: everything to the last item.
     """
+    if len(weights) == 1:  # the usual case (one month, one version): what the loop gives
+        return [amount]
     total = 0
     for weight in weights:
         total += weight
