@@ -118,7 +118,7 @@ class Runtime:
         self.link = (link_factory or MqttLink)(cfg, self.boot, self.inbox, manual_ack=True)
         self.control = ControlServer(cfg.gateway.data_dir, self.inbox.put) if control else None
         self.delivery = Delivery(self.store, self.link, self.clock, gw=cfg.gateway.id,
-                                 boot=self.boot, status=self.status)
+                                 boot=self.boot, status=self.health)
         # meter -> (when a switch was asked, the state asked: connected?)
         self.relay_pending: dict[str, tuple[float, bool]] = {}
         self.scans: dict[str, ControlRequest] = {}  # scan ref -> the CLI request waiting
@@ -440,6 +440,18 @@ class Runtime:
                 self.relay_pending[meter_id] = (mono, connected)
 
     # -- status for the CLI, the demo and the local page -------------------------
+    def health(self) -> dict[str, Any]:
+        """What the retained health report takes from status() (delivery.state_payload),
+        without the balances, relays and backlog it does not use: it goes out every
+        minute."""
+        meters = []
+        for m in self.accounting.meters.values():
+            stats = self.buses[m.bus].stats
+            meters.append({"id": m.id, "online": self.meter_online.get(m.id),
+                           "errors": stats[m.id].as_dict() if m.id in stats else {}})
+        return {"version": __version__, "boot": self.boot, "started": self.started,
+                "meters": meters}
+
     def status(self) -> dict[str, Any]:
         backlog, oldest = self.store.backlog()
         now = int(self.clock.time_s())

@@ -164,6 +164,8 @@ def run(options: Options) -> RunResult:
         if jobs <= 1:
             outcomes = [run_gateway(plan, i, workdir) for i in range(len(plan.gateways))]
         else:
+            # imported here, before the workers fork: each would import them again
+            from sim.neighbourhood import checks, plant, report, runner  # noqa: F401
             with ProcessPoolExecutor(max_workers=jobs) as pool:
                 futures = [pool.submit(run_gateway, plan, i, workdir)
                            for i in range(len(plan.gateways))]

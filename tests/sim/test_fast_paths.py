@@ -1,14 +1,18 @@
 """The simulation's fast paths give what the plain versions give (the neighbourhood's
 reports must not change with them): the register's float32 arithmetic without Decimal,
-the households' cached hourly power. (cbor.loads's own fast path: tests/uplink.)"""
+the households' cached hourly power; and the agent's health report from its short
+status. (cbor.loads's own fast path: tests/uplink.)"""
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sim.neighbourhood.plan import make_world
+from sim.neighbourhood.runner import GatewaySim
 from sim.neighbourhood.world import (
     DAYTIME_W,
     EVENING_W,
@@ -47,3 +51,15 @@ def test_cached_power_is_the_hash_of_the_hour(seed: int, size_pct: int, daytime:
     hh = Household(0, "M", "A", 1, 1, 1, seed, size_pct, daytime, "planner", 0, 0, 0, 0)
     for hour, season in asks + asks:
         assert hh.power_w(hour, season) == _power_reference(hh, hour, season)
+
+
+def test_health_report_from_health_is_the_one_from_status(tmp_path: Path) -> None:
+    """The runtime's minute health report is built from ``Runtime.health()``, a part of
+    ``status()``: the same bytes as from the whole status, after a simulated week."""
+    plan = make_world(2, 10, 7, gateways=1, poll_s=1800, mode="direct", plant="")
+    sim = GatewaySim(plan, plan.gateways[0], tmp_path)
+    sim.run()
+    rt = sim.rt
+    assert rt is not None and rt.accounting.meters
+    assert any(m["errors"] for m in rt.health()["meters"])
+    assert rt.delivery.state_payload(rt.health()) == rt.delivery.state_payload(rt.status())
