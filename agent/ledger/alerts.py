@@ -26,11 +26,20 @@ def threshold_paise(level_pct: int, reference_paise: int) -> int:
     return reference_paise * level_pct // 100
 
 
+_sorted_levels: dict[tuple[int, ...], list[int]] = {}  # a policy's levels -> _levels()
+
+
 def _levels(levels_pct: Iterable[int]) -> list[int]:
     # Highest first: the order a falling balance crosses them. 0 is always a level.
-    levels = set(levels_pct)
-    levels.add(0)
-    return sorted(levels, reverse=True)
+    key = tuple(levels_pct)
+    known = _sorted_levels.get(key)
+    if known is None:
+        if len(_sorted_levels) >= 64:  # policies change rarely: a small bound
+            _sorted_levels.clear()
+        levels = set(key)
+        levels.add(0)
+        known = _sorted_levels[key] = sorted(levels, reverse=True)
+    return known
 
 
 def crossed_levels(

@@ -284,6 +284,8 @@ def version_parts(
     backwards interval (the clock went back) is one part, the version at ``t1``."""
     if t1 <= t0:
         return [(version_at(versions, t1), t0, t1)]
+    if len(versions) == 1 and not t0 < versions[0][0] < t1:  # the usual: what the loop
+        return [(versions[0][1], t0, t1)]  # below gives for one version, not cut
     points = [t0]
     for effective_s, _ in versions:
         if t0 < effective_s < t1 and effective_s != points[-1]:

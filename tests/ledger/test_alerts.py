@@ -83,3 +83,16 @@ def test_days_left_estimate() -> None:
     assert days_left_estimate(10_000, 3_000) == 3
     assert days_left_estimate(-1, 3_000) == 0
     assert days_left_estimate(10_000, 0) is None
+
+
+@given(st.lists(st.integers(0, 100), max_size=6), st.integers(0, 10**6),
+       st.integers(-10**6, 10**6), st.integers(-10**6, 10**6))
+def test_crossed_levels_with_the_levels_kept_is_the_same(levels: list[int], reference: int,
+                                                         before: int, after: int) -> None:
+    """The sorted levels are kept per policy: asked twice, or after others, the same."""
+    first = crossed_levels(levels, reference, before, after, frozenset())
+    crossed_levels([5, 50], reference, before, after, frozenset())
+    again = crossed_levels(tuple(levels), reference, before, after, frozenset())
+    plain = [] if after > before else [
+        lv for lv in sorted({0, *levels}, reverse=True) if after <= threshold_paise(lv, reference)]
+    assert first == again == plain

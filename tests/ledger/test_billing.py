@@ -324,3 +324,33 @@ def test_fixed_never_twice_under_clock_jumps(jumps: list[int]) -> None:
     assert posted == sorted(posted)
     # Every date from the first to the last posted is posted (gaps here are < 400 days).
     assert len(posted) == days_between(posted[0], posted[-1]) + 1
+
+
+def _month_parts_plain(t0: int, t1: int, billing_day: int) -> list[tuple[str, int, int]]:
+    """month_parts worked out from the calendar alone (no month kept from a call before)."""
+    from agent.ledger.calendar import billing_month
+
+    start = min(t0, t1)
+    parts = []
+    month = billing_month(start, billing_day)
+    while True:
+        end = billing_month_start_s(next_month(month), billing_day)
+        if end >= t1:
+            return [*parts, (month, start, t1)]
+        parts.append((month, start, end))
+        start, month = end, next_month(month)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.integers(1_700_000_000, 1_800_000_000),
+                          st.integers(-3 * 86_400, 70 * 86_400), st.integers(1, 28)),
+                min_size=1, max_size=30))
+def test_month_parts_with_the_month_kept_is_the_plain_split(
+        asks: list[tuple[int, int, int]]) -> None:
+    """month_parts keeps the billing month it last found (the next reading nearly always
+    falls in it): in any order of calls, each answer is the one worked out afresh."""
+    for t1, back, billing_day in asks:
+        t0 = t1 - back
+        if t1 - min(t0, t1) > 20 * 31 * 86_400:
+            continue
+        assert month_parts(t0, t1, billing_day) == _month_parts_plain(t0, t1, billing_day)

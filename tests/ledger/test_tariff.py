@@ -18,6 +18,8 @@ from agent.ledger.tariff import (
     pro_rata,
     tariff_problems,
     tod_split_wh,
+    version_at,
+    version_parts,
 )
 from tests.ledger.helpers import UP_INLINE, UP_TOML, local_s, tariffs, up_tariff
 
@@ -191,3 +193,30 @@ def test_tariff_problems() -> None:
         "tod",
     ):
         assert key in keys, key
+
+
+def _version_parts_plain(versions: list[tuple[int, Tariff]], t0: int,
+                         t1: int) -> list[tuple[Tariff, int, int]]:
+    """The docstring's rule, written out: cut (t0, t1] where a version came into force."""
+    if t1 <= t0:
+        return [(version_at(versions, t1), t0, t1)]
+    points = [t0, *sorted({e for e, _ in versions if t0 < e < t1}), t1]
+    return [(version_at(versions, a), a, b) for a, b in zip(points, points[1:], strict=False)]
+
+
+@given(st.lists(st.integers(0, 3000), min_size=1, max_size=4), st.integers(0, 3000),
+       st.integers(-500, 2000))
+def test_version_parts_cut_where_a_version_comes_into_force(
+        effective: list[int], t0: int, span: int) -> None:
+    """One version (the usual, answered without the loop) or several: the same parts as
+    the rule written out, in and out of the interval."""
+    tariffs = [Tariff(name="t", fixed_per_day=0, slabs=(Slab(500),), version=i + 1)
+               for i in range(len(effective))]
+    versions = list(zip(sorted(effective), tariffs, strict=True))
+    assert version_parts(versions, t0, t0 + span) == \
+        _version_parts_plain(versions, t0, t0 + span)
+
+
+@given(st.integers(-10**12, 10**12), st.integers(-10**9, 10**9))
+def test_pro_rata_of_one_part_is_all_of_it(amount: int, weight: int) -> None:
+    assert pro_rata(amount, [weight]) == [amount]
