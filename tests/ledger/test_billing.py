@@ -331,7 +331,7 @@ def _month_parts_plain(t0: int, t1: int, billing_day: int) -> list[tuple[str, in
     from agent.ledger.calendar import billing_month
 
     start = min(t0, t1)
-    parts = []
+    parts: list[tuple[str, int, int]] = []
     month = billing_month(start, billing_day)
     while True:
         end = billing_month_start_s(next_month(month), billing_day)
