@@ -264,7 +264,7 @@ def _ledger(sim: GatewaySim, conn: sqlite3.Connection, out: list[str]) -> list[t
         if len(sim.obs.entries) != len(rows):
             out.append(f"ledger: {len(rows)} entries in the journal, {len(sim.obs.entries)} "
                        "seen committed")
-    got = Counter((e["acct"], e["n"]) for _t, e in sim.headend.got.entries)
+    got = Counter((acct, n) for _t, acct, n in sim.headend.got.entries)
     for key, count in got.items():
         if count > 1:
             out.append(f"ledger: entry {key} delivered {count} times")

@@ -78,7 +78,7 @@ class Received:
 
     readings: list[tuple[int, str, int, int]] = field(default_factory=list)  # at, m, t, wh
     events: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
-    entries: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    entries: list[tuple[int, str, int]] = field(default_factory=list)  # at, acct, n
     replies: dict[str, list[tuple[int, dict[str, Any]]]] = field(default_factory=dict)
     seqs: dict[int, bytes] = field(default_factory=dict)
     messages: int = 0  # arrivals, duplicates included
@@ -143,7 +143,7 @@ class HeadEnd:
                 got.events.append((t, event))
                 self.host.on_event(event, t)
         elif kind == "ledger":
-            got.entries += [(t, e) for e in msg["entries"]]
+            got.entries += [(t, e["acct"], e["n"]) for e in msg["entries"]]
         elif kind == "reply":
             self._reply(msg, t)
 

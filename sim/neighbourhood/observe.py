@@ -85,6 +85,7 @@ class Observer:
     step_decided: list[int] = field(default_factory=list)  # true times decided this step
     step_credits: list[Entry] = field(default_factory=list)
     last_n: dict[str, int] = field(default_factory=dict)  # the last entry seen, by account
+    _texts: dict[str, str] = field(default_factory=dict)  # one copy of each text kept
 
     @staticmethod
     def install(conn: sqlite3.Connection) -> None:
@@ -115,8 +116,10 @@ class Observer:
                     assert isinstance(e, dict), e
                     if e["n"] > self.last_n.get(e["acct"], 0):  # else resent (resync)
                         self.last_n[e["acct"]] = e["n"]
-                        self._entry(Entry(true_t, boot, e["acct"], e["n"], e["t"], e["kind"],
-                                          e["amt"], e["bal"], e["ref"]))
+                        text = self._texts.setdefault  # a month of entries shares a few
+                        self._entry(Entry(true_t, boot, text(e["acct"], e["acct"]), e["n"],
+                                          e["t"], text(e["kind"], e["kind"]), e["amt"],
+                                          e["bal"], text(e["ref"], e["ref"])))
                 continue
             if src == "reading":
                 for body in _sequence(bytes(item)):
