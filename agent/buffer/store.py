@@ -472,8 +472,11 @@ class Store:
 
     def _flush_batch(self) -> None:
         batch, self._batch = self._batch, {}
-        for lane in (LANE_LEDGER, LANE_EVENTS):  # forming goes lane by lane: the order
-            items = batch.get(lane)  # only keeps the table's in commit order, entries first
+        # Entries first, then events: forming reads each lane on its own, so the order
+        # only keeps the table in a fixed commit order for whoever reads it (tools, the
+        # simulation's observer).
+        for lane in (LANE_LEDGER, LANE_EVENTS):
+            items = batch.get(lane)
             if items:
                 self._insert_items(lane, items)
 

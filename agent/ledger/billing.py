@@ -124,6 +124,7 @@ def _month_around(local_s: int, billing_day: int) -> tuple[int, int, str]:
         return known
     key = billing_month(local_s, billing_day)  # checks billing_day
     year, month = parse_month(key)
+    # the end from the date itself: next_month refuses a key past 9999-12
     after = (year + 1, 1) if month == 12 else (year, month + 1)
     known = (billing_month_start_s(key, billing_day),
              days_from_civil(after[0], after[1], billing_day) * DAY_S, key)

@@ -122,7 +122,7 @@ def month_split(sim: GatewaySim, t0: int, t1: int, wh: int) -> list[tuple[str, i
 
 
 _month_starts: dict[tuple[tzinfo, int, int], int] = {}  # at most 12 a year simulated
-# zone -> (start, end, key) of the billing month month_split last found a split within
+# zone -> (start, end, key) of the billing month of the last reading interval within one
 _last_month: dict[tzinfo, tuple[int, int, str]] = {}
 
 

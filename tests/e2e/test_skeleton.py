@@ -73,7 +73,15 @@ def test_readings_arrive_and_decode_per_contract(gateways: Any) -> None:
     by_meter: dict[str, list[Any]] = {}
     for r in g.headend.readings(g.gw):
         by_meter.setdefault(r.meter, []).append(r)
-    sim = g.sim_state()["meters"]
+    # The simulator rewrites its state file every STATE_EVERY_S: wait for one written
+    # after the last reading of every meter (the register never runs back, so from then
+    # on it shows at least what the agent read).
+    def caught_up() -> dict[str, Any] | None:
+        meters: dict[str, Any] = g.sim_state()["meters"]
+        return meters if all(meters[m]["import_wh"] >= rs[-1].values["import_wh"]
+                             for m, rs in by_meter.items()) else None
+
+    sim = wait_until(caught_up, 10, "a simulator state written after the last readings")
     for meter, readings in by_meter.items():
         ts = [r.t for r in readings]
         assert ts == sorted(ts)

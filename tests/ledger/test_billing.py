@@ -22,6 +22,7 @@ from agent.ledger.billing import (
 )
 from agent.ledger.calendar import (
     add_days,
+    billing_month,
     billing_month_start_s,
     days_between,
     local_date,
@@ -328,8 +329,6 @@ def test_fixed_never_twice_under_clock_jumps(jumps: list[int]) -> None:
 
 def _month_parts_plain(t0: int, t1: int, billing_day: int) -> list[tuple[str, int, int]]:
     """month_parts worked out from the calendar alone (no month kept from a call before)."""
-    from agent.ledger.calendar import billing_month
-
     start = min(t0, t1)
     parts: list[tuple[str, int, int]] = []
     month = billing_month(start, billing_day)
