@@ -112,11 +112,11 @@ class Observer:
                 self.step_decided.append(int(t) - offset_s)
                 continue
             if src == "entries":
+                text = self._texts.setdefault  # a month of entries shares a few texts
                 for e in _sequence(bytes(item)):
                     assert isinstance(e, dict), e
                     if e["n"] > self.last_n.get(e["acct"], 0):  # else resent (resync)
                         self.last_n[e["acct"]] = e["n"]
-                        text = self._texts.setdefault  # a month of entries shares a few
                         self._entry(Entry(true_t, boot, text(e["acct"], e["acct"]), e["n"],
                                           e["t"], text(e["kind"], e["kind"]), e["amt"],
                                           e["bal"], text(e["ref"], e["ref"])))
