@@ -26,10 +26,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from agent.buffer import outbox
-from agent.buffer.journal import Journal, TariffVersion, TokenRow
+from agent.buffer.journal import Journal, MeterState, TariffVersion, TokenRow
 from agent.buffer.store import LANE_EVENTS, LANE_READINGS, Store
 from agent.config import _ID_RE, Config, MeterConfig, _Errors, _Table, read_policy, read_tariff
-from agent.drivers.modbus.maps import load_map
+from agent.drivers import models
 from agent.drivers.reading import Reading
 from agent.errors import CommandError, LedgerError
 from agent.ledger import alerts, billing, calendar, tokens
@@ -46,7 +46,6 @@ from agent.relay.disconnect import Disconnection, HeadendView, kernel_clock_sync
 
 log = logging.getLogger("agent.ledger")
 
-MAX_LINE_VOLTAGE_V = 300  # with the model's max current: the most a meter can pass
 SPEND_WINDOW_S = 7 * 86_400  # days-left estimate: average spend over at most the last week
 
 
@@ -265,6 +264,20 @@ class Accounting:
                 return
             self._charge_reading(meter, reading)
 
+    def reading_not_charged(self, reading: Reading, error: Exception) -> None:
+        """A reading whose charge raised (a bug, not a rule: the rules say bad_reading
+        themselves): it is still reported, with a ``bad_reading`` saying why, and its
+        meter's baseline stays where it was; the next reading is charged from there."""
+        meter = self.meters.get(reading.meter)
+        with self.store.tx():
+            self.store.add_pending(LANE_READINGS, outbox.reading_item(reading), reading.t,
+                                   reading.meter)
+            self.emit(reading.t, "bad_reading", m=reading.meter,
+                      acct=meter.account if meter else None,
+                      detail={"why": "charge_error",
+                              "error": f"{type(error).__name__}: {error}"[:200],
+                              "import_wh": reading.values.get("import_wh")})
+
     def _charge_reading(self, meter: MeterConfig, reading: Reading) -> None:
         state = self.journal.meter(meter.id)
         new_wh = reading.values["import_wh"]
@@ -272,21 +285,59 @@ class Accounting:
             self.journal.update_meter(meter.id, base_wh=new_wh, base_t=reading.t,
                                       serial=reading.serial)
             return
-        rmap = load_map(meter.model)
+        rated = models.model(meter.model)
         check = billing.validate_delta(
-            state.base_wh, new_wh, reading.t - state.base_t,
-            rmap.max_current_a * MAX_LINE_VOLTAGE_V * rmap.phases, rmap.register_max_wh,
-            state.serial, reading.serial)
+            state.base_wh, new_wh, reading.t - state.base_t, rated.max_power_w,
+            rated.register_max_wh, state.serial, reading.serial)
+        if check.kind == "negative":
+            self._below_baseline(meter, state, reading, rated.max_power_w)
+            return
+        if state.reset_count:  # a reading at or above the baseline: it was a glitch
+            self.journal.update_meter(meter.id, reset_count=0)
         if check.bad_reading or check.kind in ("rollover", "replaced"):  # never charged
-            self.emit(reading.t, "bad_reading", m=meter.id, acct=meter.account,
-                      detail={"why": check.kind, "reason": check.reason, "rebased": check.rebase,
-                              "baseline_wh": state.base_wh, "import_wh": new_wh})
+            self._bad_reading(meter, reading.t, check.kind, check.reason, check.rebase,
+                              state.base_wh, new_wh)
         if not check.rebase:
             return  # baseline kept: the next good reading is charged from it
         self.journal.update_meter(meter.id, base_wh=new_wh, base_t=reading.t,
                                   serial=reading.serial or state.serial)
         if check.kind == "ok" and check.delta_wh > 0:
             self._post_energy(meter, check.delta_wh, state.base_t, reading.t)
+
+    def _bad_reading(self, meter: MeterConfig, t: int, why: str, reason: str, rebased: bool,
+                     baseline_wh: int, import_wh: int, **extra: int) -> None:
+        self.emit(t, "bad_reading", m=meter.id, acct=meter.account,
+                  detail={"why": why, "reason": reason, "rebased": rebased,
+                          "baseline_wh": baseline_wh, "import_wh": import_wh, **extra})
+
+    def _below_baseline(self, meter: MeterConfig, state: MeterState, reading: Reading,
+                        max_power_w: int) -> None:
+        """A register below the baseline, same serial: a bad reading, unless it is the
+        RESET_READINGS-th consistent one in a row (DOMAIN: register reset), which rebases
+        the meter on the first of them and charges the last from it."""
+        assert state.base_wh is not None and state.base_t is not None
+        new_wh = reading.values["import_wh"]
+        before = billing.ResetWatch(state.reset_count, state.reset_first_wh,
+                                    state.reset_first_t, state.reset_last_wh,
+                                    state.reset_last_t) if state.reset_count else None
+        watch = billing.watch_reset(before, new_wh, reading.t, max_power_w)
+        if watch.count < billing.RESET_READINGS:
+            self.journal.update_meter(meter.id, reset_count=watch.count,
+                                      reset_first_wh=watch.first_wh,
+                                      reset_first_t=watch.first_t,
+                                      reset_last_wh=watch.last_wh, reset_last_t=watch.last_t)
+            self._bad_reading(meter, reading.t, "negative", f"register went back from "
+                              f"{state.base_wh} to {new_wh} Wh", False, state.base_wh, new_wh)
+            return
+        self._bad_reading(meter, reading.t, "register_reset",
+                          f"{watch.count} readings in a row below the baseline "
+                          f"{state.base_wh} Wh: rebased on {watch.first_wh} Wh", True,
+                          state.base_wh, new_wh, reset_wh=watch.first_wh)
+        delta_wh = new_wh - watch.first_wh  # consistent readings: >= 0 and plausible
+        self.journal.update_meter(meter.id, base_wh=new_wh, base_t=reading.t,
+                                  serial=reading.serial or state.serial, reset_count=0)
+        if delta_wh > 0:
+            self._post_energy(meter, delta_wh, watch.first_t, reading.t)
 
     def _post_energy(self, meter: MeterConfig, delta_wh: int, t0: int, t1: int) -> None:
         acct = self.journal.account(meter.account)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from agent.drivers.models import models_for
 from agent.errors import ConfigError
 from agent.ledger.policy import Policy, parse_protected_hours
 from agent.ledger.tariff import Slab, Tariff, TodWindow
@@ -378,9 +379,7 @@ def _read_meter(t: _Table, buses: tuple[BusConfig, ...]) -> MeterConfig:
     if m.bus and protocol is None:
         t.errors.add(t.key("bus"), f"no [[bus]] named {m.bus!r}")
     if m.model and protocol is not None:
-        from agent.drivers.driver import known_models  # late: tariffs need no drivers
-
-        models = known_models(protocol)
+        models = models_for(protocol)
         if m.model not in models:
             t.errors.add(t.key("model"), f"unknown model {m.model!r} for a {protocol} bus "
                          f"(known: {', '.join(models) or 'none'})")

@@ -13,6 +13,7 @@ connections are served at once; a request not answered within
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import AgentError
+from agent.supervisor import guarded
 
 log = logging.getLogger("agent.control")
 
@@ -71,10 +73,19 @@ class ControlServer:
         os.chmod(self.path, 0o600)
         self.sock.listen(MAX_CLIENTS)
         self.sock.settimeout(0.5)
-        self.thread = threading.Thread(target=self._serve, name="control", daemon=True)
+        self.thread = self._new_thread()
+
+    def _new_thread(self) -> threading.Thread:
+        return threading.Thread(target=guarded("control", self._serve), name="control",
+                                daemon=True)
 
     def start(self) -> None:
+        if self.thread.ident is not None:  # ended (the supervisor restarts it): a new one
+            self.thread = self._new_thread()
         self.thread.start()
+
+    def alive(self) -> bool:
+        return self.thread.is_alive()
 
     def stop(self) -> None:
         self._stop.set()
@@ -97,7 +108,8 @@ class ControlServer:
                 _send(conn, {"ok": False, "error": "agent busy: too many control clients"})
                 conn.close()
                 continue
-            threading.Thread(target=self._client, args=(conn,), daemon=True).start()
+            client = functools.partial(self._client, conn)
+            threading.Thread(target=guarded("control-client", client), daemon=True).start()
 
     def _client(self, conn: socket.socket) -> None:
         try:

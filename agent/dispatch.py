@@ -31,7 +31,8 @@ from agent.accounting import Accounting
 from agent.buffer import outbox
 from agent.buffer.journal import Journal
 from agent.buffer.store import LANE_LEDGER, Store
-from agent.errors import CommandError, LedgerError
+from agent.errors import CommandError, LedgerError, StoreError
+from agent.supervisor import contain
 from agent.uplink import cbor
 from agent.uplink.commands import Command, parse_command
 
@@ -93,7 +94,7 @@ class Dispatcher:
                 return self._start_read(cmd, now_s)
             try:
                 with self.store.savepoint("command"):
-                    result = self._apply(cmd, now_s)
+                    result = self._apply_contained(cmd, now_s)
             except CommandError as exc:
                 code, msg, result = exc.code, str(exc), {}
             else:
@@ -117,6 +118,17 @@ class Dispatcher:
         if meter_id not in self.accounting.meters:
             raise CommandError("unknown_meter", f"no meter {meter_id!r}")
         return str(meter_id)
+
+    def _apply_contained(self, cmd: Command, now_s: int) -> dict[str, Any]:
+        """``_apply``; a bug in an op's effects is the reply ``failed`` (and rolled back
+        with the savepoint), never an agent that crashes on each redelivery."""
+        result, failed = contain(lambda: self._apply(cmd, now_s), f"command {cmd.op}",
+                                 passthrough=(CommandError, StoreError))
+        if failed is not None:
+            raise CommandError("failed", f"internal error: {type(failed).__name__}: "
+                                         f"{failed}") from failed
+        assert result is not None
+        return result
 
     def _apply(self, cmd: Command, now_s: int) -> dict[str, Any]:
         """The op's effects, inside the caller's savepoint; raises CommandError to refuse."""

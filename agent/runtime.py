@@ -37,11 +37,12 @@ from agent.config import Config, MeterConfig
 from agent.control import ControlRequest, ControlServer
 from agent.dispatch import Dispatcher
 from agent.drivers.bus import BusEvent, BusScheduler
-from agent.errors import AgentError, CommandError, ConfigError, RelayError
+from agent.errors import AgentError, CommandError, ConfigError, RelayError, StoreError
 from agent.provisioning import Provisioning
 from agent.relay.base import Relay, sync
 from agent.relay.disconnect import kernel_clock_synchronised
 from agent.sdnotify import Notifier
+from agent.supervisor import Subsystem, Supervisor, contain
 from agent.uplink.cose import read_hex_key
 from agent.uplink.delivery import Delivery
 from agent.uplink.mqtt import LinkEvent, MqttLink
@@ -106,11 +107,11 @@ class Runtime:
         provisioned = self.provisioning.meters()
         self.accounting.meters = {m.id: m for m in provisioned}
         self.gpio_relays = self._open_gpio_relays(provisioned)
-        self.buses: dict[str, BusScheduler] = {}
-        for bus in cfg.buses:
-            meters = [m for m in provisioned if m.bus == bus.name]
-            make_bus = bus_factory or BusScheduler
-            self.buses[bus.name] = make_bus(bus, meters, self.inbox.put, clock=self.clock)
+        self._make_bus = bus_factory or BusScheduler
+        self.buses: dict[str, BusScheduler] = {
+            bus.name: self._make_bus(bus, [m for m in provisioned if m.bus == bus.name],
+                                     self.inbox.put, clock=self.clock)
+            for bus in cfg.buses}
         self.dispatcher = Dispatcher(gw=cfg.gateway.id, boot=self.boot, key=self.command_key,
                                      store=self.store, journal=self.journal,
                                      accounting=self.accounting, read_meter=self._read_meter,
@@ -123,6 +124,8 @@ class Runtime:
         self.relay_pending: dict[str, tuple[float, bool]] = {}
         self.scans: dict[str, ControlRequest] = {}  # scan ref -> the CLI request waiting
         self.last_readings: dict[str, dict[str, Any]] = {}
+        self.charge_errors: dict[str, int] = {}  # meter -> readings whose charge raised
+        self.supervisor = Supervisor()
         self.meter_online: dict[str, bool] = {}
         self.headend_this_connection = False
         self.stop_event = threading.Event()
@@ -174,6 +177,7 @@ class Runtime:
 
     def run(self) -> None:
         self.start()
+        self._supervise()
         # Started: a board with no network must still count as started (no MQTT wait).
         self._write_status()
         self.notifier.ready(f"gateway {self.cfg.gateway.id}, "
@@ -181,7 +185,10 @@ class Runtime:
         try:
             while not self.stop_event.is_set():
                 self.step()
-                self.notifier.maybe_watchdog(time.monotonic())
+                mono = time.monotonic()
+                self.supervisor.check(mono)
+                if self.supervisor.healthy(mono):  # else systemd restarts the agent
+                    self.notifier.maybe_watchdog(mono)
                 try:
                     event = self.inbox.get(timeout=0.05)
                 except queue.Empty:
@@ -192,6 +199,46 @@ class Runtime:
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    # -- the supervisor: every thread, started again when it dies ---------------------
+    def _supervise(self) -> None:
+        now = time.monotonic()
+        for name in self.buses:
+            self.supervisor.add(self._bus_subsystem(name), now)
+        self.supervisor.add(Subsystem("mqtt", alive=self.link.alive, restart=self.link.start),
+                            now)
+        if self.control is not None:
+            self.supervisor.add(Subsystem("control", alive=self.control.alive,
+                                          restart=self.control.start), now)
+        if self.web is not None:
+            self.supervisor.add(Subsystem("status-page", alive=self.web.alive,
+                                          restart=self.web.restart), now)
+
+    def _bus_subsystem(self, name: str) -> Subsystem:
+        return Subsystem(f"bus {name}", alive=lambda: self.buses[name].is_alive(),
+                         restart=lambda: self._restart_bus(name),
+                         on_dead=lambda: self._bus_died(name),
+                         heartbeat_s=lambda: self.buses[name].beat_s)
+
+    def _bus_died(self, name: str) -> None:
+        """A bus thread ended without being asked to: its meters are offline until a new
+        one reads them (the supervisor starts it after its back-off)."""
+        now = int(self.clock.time_s())
+        with self.store.tx():
+            for meter in self.buses[name].meters.values():
+                if self.meter_online.get(meter.id) is False:
+                    continue  # reported offline already
+                self.meter_online[meter.id] = False
+                self.accounting.emit(now, "meter_offline", m=meter.id, acct=meter.account,
+                                     detail={"error": f"bus {name}: its thread ended"})
+
+    def _restart_bus(self, name: str) -> None:
+        old = self.buses[name]
+        meters = list(old.meters.values())
+        bus = self._make_bus(old.bus, meters, self.inbox.put, clock=self.clock)
+        bus.mark_offline(m.id for m in meters)
+        self.buses[name] = bus
+        bus.start()
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
@@ -244,10 +291,26 @@ class Runtime:
                 return
 
     def _handle_readings(self, batch: list[BusEvent]) -> None:
-        if batch:
-            with self.store.tx():
-                for reading in batch:
-                    self._handle(reading)
+        if not batch:
+            return
+        _, failed = contain(lambda: self._readings_tx(batch), "readings",
+                            passthrough=(StoreError,))
+        if failed is None:
+            return
+        # A reading's charge raised: the batch's transaction was undone. Again one
+        # reading a transaction, so that only the faulty one goes uncharged.
+        for event in batch:
+            _, failed = contain(lambda: self._readings_tx([event]),  # noqa: B023 - called now
+                                f"reading of {event.meter}", passthrough=(StoreError,))
+            if failed is not None:
+                assert event.reading is not None
+                self.accounting.reading_not_charged(event.reading, failed)
+                self.charge_errors[event.meter] = self.charge_errors.get(event.meter, 0) + 1
+
+    def _readings_tx(self, batch: list[BusEvent]) -> None:
+        with self.store.tx():
+            for reading in batch:
+                self._handle(reading)
 
     def _handle(self, event: Any) -> None:
         now = int(self.clock.time_s())
@@ -469,7 +532,8 @@ class Runtime:
                 "relay": {"intent": st.relay_intent if st else None,
                           "actual": st.relay_actual if st else None,
                           "reason": st.relay_reason if st else None},
-                "errors": bus.stats[m.id].as_dict() if m.id in bus.stats else {},
+                "errors": {**(bus.stats[m.id].as_dict() if m.id in bus.stats else {}),
+                           "charge_errors": self.charge_errors.get(m.id, 0)},
             })
         return {
             "gateway": self.cfg.gateway.id, "version": __version__, "boot": self.boot,

@@ -40,6 +40,7 @@ from typing import Any
 
 from agent.config import LocalConfig
 from agent.errors import ConfigError
+from agent.supervisor import guarded
 
 log = logging.getLogger("agent.web")
 
@@ -259,12 +260,24 @@ class StatusServer:
         except OSError as exc:
             raise ConfigError([("local.http_port", f"cannot listen on {self.local.bind}:"
                                 f"{self.local.http_port}: {exc.strerror or exc}")]) from exc
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.5},
-                                        name="status-page", daemon=True)
-        self._thread.start()
+        self._start_thread()
         log.info("event=web_started bind=%s port=%d auth=%s", self.local.bind, self.port,
                  "basic" if password else "none")
+
+    def _start_thread(self) -> None:
+        server = self._server
+        assert server is not None
+        self._thread = threading.Thread(
+            target=guarded("status-page", lambda: server.serve_forever(poll_interval=0.5)),
+            name="status-page", daemon=True)
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def restart(self) -> None:
+        """A new serving thread on the same socket (the supervisor's, after a crash)."""
+        self._start_thread()
 
     def stop(self) -> None:
         if self._server is None:

@@ -2,7 +2,8 @@
 
 Store + Journal + Accounting in a temp dir (WAL, synchronous=FULL), driven by random
 interleavings of readings (valid, negative, implausible, register rollover, replaced
-meter), top-ups (with duplicate txns, also to another account), offline tokens (valid,
+meter, a register reset: consistent readings below the baseline), top-ups (with
+duplicate txns, also to another account), offline tokens (valid,
 duplicate, forged), restarts, wall-clock jumps both ways, head-end payment outages,
 manual overrides, relay read-backs, outbox forming and acknowledgement; and power cuts:
 any step may be cut at a random SQL statement (an exception no handler catches, like
@@ -56,6 +57,7 @@ METERS = ("M1", "M2")
 ACCTS = ("A1", "A2")
 MAX_W = 45 * 300  # eastron-sdm120: 45 A at the 300 V the agent allows for
 SLACK_WH = 10
+RESET_READINGS = 3  # DOMAIN: consistent readings below the baseline that rebase the meter
 REG_MAX = 99_999_990  # its register's modulus
 EMERGENCY = 5_000
 MIN_NOTICE_H = 1
@@ -144,6 +146,7 @@ class LedgerMachine(RuleBasedStateMachine):
                        now_s=unix(2026, 3, 30, 10))
         self.db = Path(self.rig.cfg.gateway.data_dir) / "agent.sqlite3"
         self.base: dict[str, tuple[int, int, str] | None] = {m: None for m in METERS}
+        self.below: dict[str, list[tuple[int, int]]] = {m: [] for m in METERS}  # (wh, t)
         self.serial = {m: f"{m}-S0" for m in METERS}
         self.month_c: dict[str, dict[str, int]] = {a: {} for a in ACCTS}
         self.open_month: dict[str, str | None] = {a: None for a in ACCTS}
@@ -239,16 +242,52 @@ class LedgerMachine(RuleBasedStateMachine):
         else:  # a replaced meter: a new serial and any register; near_top: about to wrap
             self.serial[m] = f"{m}-S{int(self.serial[m].split('-S')[1]) + 1}"
             value = REG_MAX - 1 - extra % 5000 if kind == "near_top" else extra
-        serial = self.serial[m]
+        self._read_value(m, value, cut)
+
+    def _read_value(self, m: str, value: int, cut: int | None) -> None:
+        serial, t = self.serial[m], self.rig.now
         done, _ = self._step(lambda: self.rig.read(m, value, serial), cut)
         if done:
             self._model_reading(m, value, t, serial)
         self._after()
 
+    @rule(m=st.sampled_from(METERS), start=st.integers(0, 100_000),
+          loads=st.lists(st.integers(0, 1000), min_size=1, max_size=4),
+          gap_s=st.integers(60, 3600), cut=cuts)
+    def register_reset(self, m: str, start: int, loads: list[int], gap_s: int,
+                       cut: int | None) -> None:
+        """The register starts again low (same serial) and climbs: two to five readings,
+        the last one possibly cut."""
+        base = self.base[m]
+        if base is None or start >= base[0]:
+            return
+        value = start
+        self._read_value(m, value, None)
+        for i, frac in enumerate(loads):
+            self.rig.advance(gap_s)
+            value += (MAX_W * gap_s // 3600) * frac // 1000
+            self._read_value(m, value, cut if i == len(loads) - 1 else None)
+
     def _model_reading(self, m: str, value: int, t: int, serial: str) -> None:
         base = self.base[m]
         kind = classify(base, value, t, serial)
-        if kind in ("implausible", "negative"):
+        if kind == "negative":
+            below = self.below[m]
+            if not (below and value >= below[-1][0] and plausible(value - below[-1][0],
+                                                                   t - below[-1][1])):
+                below.clear()
+            below.append((value, t))
+            if len(below) < RESET_READINGS:
+                return  # the baseline is kept
+            # a register reset: rebased on the first of them, the last charged from it
+            assert base is not None
+            base = (below[0][0], below[0][1], base[2])
+            below.clear()
+            kind = classify(base, value, t, serial)
+            assert kind == "ok", kind
+        else:
+            self.below[m].clear()
+        if kind == "implausible":
             return  # the baseline is kept
         self.base[m] = (value, t, serial)
         if kind != "ok" or base is None or value == base[0]:
@@ -423,6 +462,11 @@ class LedgerMachine(RuleBasedStateMachine):
             expect = self.base[m]
             assert (st_.base_wh, st_.base_t) == ((None, None) if expect is None
                                                  else (expect[0], expect[1]))
+            below = self.below[m]
+            assert st_.reset_count == len(below)
+            if below:
+                assert (st_.reset_first_wh, st_.reset_first_t, st_.reset_last_wh,
+                        st_.reset_last_t) == (*below[0], *below[-1])
 
     @invariant()
     def alerts_and_relays(self) -> None:  # invariants 6 and 8

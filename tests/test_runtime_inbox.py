@@ -36,6 +36,7 @@ class _Turn:
     _drain_inbox = Runtime._drain_inbox
     _inbox_events = Runtime._inbox_events
     _handle_readings = Runtime._handle_readings
+    _readings_tx = Runtime._readings_tx
 
     def __init__(self) -> None:
         self.inbox: queue.Queue[Any] = queue.Queue()

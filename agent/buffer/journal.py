@@ -66,7 +66,12 @@ CREATE TABLE IF NOT EXISTS meters (
   override_until INTEGER,
   tamper_hold   INTEGER NOT NULL DEFAULT 0,
   relay_attempts INTEGER NOT NULL DEFAULT 0,
-  relay_next_s  INTEGER NOT NULL DEFAULT 0
+  relay_next_s  INTEGER NOT NULL DEFAULT 0,
+  reset_count   INTEGER NOT NULL DEFAULT 0,
+  reset_first_wh INTEGER NOT NULL DEFAULT 0,
+  reset_first_t INTEGER NOT NULL DEFAULT 0,
+  reset_last_wh INTEGER NOT NULL DEFAULT 0,
+  reset_last_t  INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS disconnects (
   t INTEGER NOT NULL
@@ -117,7 +122,12 @@ CREATE TABLE IF NOT EXISTS tamper (
 _ADDED_COLUMNS = {
     "meters": (("tamper_hold", "INTEGER NOT NULL DEFAULT 0"),
                ("relay_attempts", "INTEGER NOT NULL DEFAULT 0"),
-               ("relay_next_s", "INTEGER NOT NULL DEFAULT 0")),
+               ("relay_next_s", "INTEGER NOT NULL DEFAULT 0"),
+               ("reset_count", "INTEGER NOT NULL DEFAULT 0"),
+               ("reset_first_wh", "INTEGER NOT NULL DEFAULT 0"),
+               ("reset_first_t", "INTEGER NOT NULL DEFAULT 0"),
+               ("reset_last_wh", "INTEGER NOT NULL DEFAULT 0"),
+               ("reset_last_t", "INTEGER NOT NULL DEFAULT 0")),
 }
 
 KINDS = ("topup", "token", "energy", "fixed", "duty", "adjust")
@@ -179,6 +189,12 @@ class MeterState(NamedTuple):
     tamper_hold: int = 0  # unix s of the tamper that opened the relay; 0: none
     relay_attempts: int = 0  # switch attempts since the relay last matched its intent
     relay_next_s: int = 0  # unix s before which a failed switch is not retried
+    # the register-reset watch (billing.ResetWatch; count 0: none)
+    reset_count: int = 0
+    reset_first_wh: int = 0
+    reset_first_t: int = 0
+    reset_last_wh: int = 0
+    reset_last_t: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,10 +230,13 @@ _ACCOUNT_COLS = ("id, tariff, balance, n, reference, alerts, zero_alert_at, fixe
                  "consumed_wh, energy_mp, energy_posted, duty_posted, duty_mp_bp, deferred")
 _METER_SETTABLE = frozenset({"serial", "base_wh", "base_t", "relay_intent", "relay_reason",
                              "relay_actual", "override", "override_until", "tamper_hold",
-                             "relay_attempts", "relay_next_s"})
+                             "relay_attempts", "relay_next_s", "reset_count",
+                             "reset_first_wh", "reset_first_t", "reset_last_wh",
+                             "reset_last_t"})
 _METER_UPDATES: dict[tuple[str, ...], str] = {}  # the UPDATE for each set of fields
 _METER_COLS = ("id, serial, base_wh, base_t, relay_intent, relay_reason, relay_actual, "
-               "override, override_until, tamper_hold, relay_attempts, relay_next_s")
+               "override, override_until, tamper_hold, relay_attempts, relay_next_s, "
+               "reset_count, reset_first_wh, reset_first_t, reset_last_wh, reset_last_t")
 
 
 class Journal:

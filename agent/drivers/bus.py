@@ -57,6 +57,7 @@ from agent.drivers.reading import Reading
 from agent.drivers.scan import Discovery, ScanJob, check_addresses, probe_once
 from agent.drivers.transport import SerialTransport, Transport, frame_time_s
 from agent.errors import ChecksumError, DriverError, ProtocolError, TimeoutError_
+from agent.supervisor import guarded
 
 log = logging.getLogger("agent.bus")
 
@@ -164,6 +165,7 @@ class BusScheduler(threading.Thread):
         self.discovery = Discovery()
         self.discovery.enabled = discover
         self.port_error = ""
+        self.beat_s: float | None = None  # monotonic s of the thread's last loop turn
 
     # -- called from other threads ---------------------------------------------
     def set_meters(self, meters: list[MeterConfig]) -> None:
@@ -204,10 +206,25 @@ class BusScheduler(threading.Thread):
         self._wake.set()
         return True
 
+    def mark_offline(self, meter_ids: Iterable[str]) -> None:
+        """These meters were reported offline (a bus thread before this one died): the
+        first good reading of each reports it online again."""
+        with self._lock:
+            for meter_id in meter_ids:
+                self.stats.setdefault(meter_id, MeterStats()).offline = True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
     # -- the bus thread ------------------------------------------------------
     def run(self) -> None:
+        guarded(self.name, self._run)()
+
+    def _run(self) -> None:
         try:
             while not self._stopping.is_set():
+                self.beat_s = self.clock.monotonic_s()
                 if self.transport is None and not self._open():
                     self._stopping.wait(REOPEN_S)
                     continue

@@ -39,10 +39,6 @@ if TYPE_CHECKING:
 PROTOCOLS: Final = ("modbus", "iec62056-21", "dlms")
 RELAY_STATES: Final = ("closed", "open", "armed")
 TAMPER_KINDS: Final = ("cover_open", "magnet", "neutral_missing", "reverse_current", "other")
-# Models that are not Modbus register maps: the OBIS readout and the DLMS
-# object model are standard, so one model name each covers every such meter.
-IEC_MODELS: Final = ("iec62056-21",)
-DLMS_MODELS: Final = ("dlms-is15959",)
 RELAY_TRIES: Final = 3  # switch + read back; then the relay_result carries the last error
 
 
@@ -85,16 +81,6 @@ class EventDriver(Protocol):
     def read_events(self, *, timeout_s: float | None = None) -> list[MeterEvent]:
         """The tamper entries of the meter's event log (recent ones, oldest first)."""
         ...
-
-
-def known_models(protocol: str | None = None) -> tuple[str, ...]:
-    """Model names a config may give for ``protocol`` (every protocol if None)."""
-    from agent.drivers.modbus.maps import known_models as modbus_models
-
-    by_protocol = {"modbus": modbus_models(), "iec62056-21": IEC_MODELS, "dlms": DLMS_MODELS}
-    if protocol is not None:
-        return tuple(by_protocol.get(protocol, ()))
-    return tuple(sorted({m for models in by_protocol.values() for m in models}))
 
 
 def _dlms_module() -> Any:

@@ -295,6 +295,47 @@ def validate_delta(
     return DeltaCheck("negative", 0, f"register went back from {prev_wh} to {new_wh} Wh")
 
 
+# --- register reset (DOMAIN "Billing": a counter that went back, same serial) ----------
+
+# This many consecutive readings below the baseline, consistent with each other (each
+# at or above the one before, by no more than the breaker could pass), rebase the
+# meter: the first of them is the new baseline and the last is charged from it. Fewer
+# are bad readings (a glitch), the baseline kept. So at most the energy used up to the
+# first of them (the jump itself) goes unbilled, never more than these readings.
+RESET_READINGS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ResetWatch:
+    """Readings below the baseline so far (persisted with the meter's baseline)."""
+
+    FIELDS = ("count", "first_wh", "first_t", "last_wh", "last_t")
+    count: int  # consecutive consistent readings below the baseline, 1..RESET_READINGS
+    first_wh: int  # the first of them: the baseline if the reset is confirmed
+    first_t: int
+    last_wh: int  # the latest of them: the next must be consistent with it
+    last_t: int
+
+
+def watch_reset(
+    watch: ResetWatch | None,
+    new_wh: int,
+    t: int,
+    max_power_w: int,
+    slack_wh: int = DEFAULT_SLACK_WH,
+) -> ResetWatch:
+    """The watch after one more reading below the baseline (a "negative" DeltaCheck).
+
+    A reading that does not follow on from the last one watched (lower than it, or
+    more than the breaker could pass since) starts the count again from itself.
+    ``count == RESET_READINGS`` confirms the reset.
+    """
+    if watch is not None and new_wh >= watch.last_wh and _plausible(
+            new_wh - watch.last_wh, t - watch.last_t, max_power_w, slack_wh):
+        return ResetWatch(watch.count + 1, watch.first_wh, watch.first_t, new_wh, t)
+    return ResetWatch(1, new_wh, t, new_wh, t)
+
+
 # --- fixed charge -------------------------------------------------------------------
 
 

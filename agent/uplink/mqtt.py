@@ -53,6 +53,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.config import Config
+from agent.supervisor import guarded
 
 log = logging.getLogger("agent.mqtt")
 
@@ -122,9 +123,14 @@ class MqttLink:
 
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> None:
-        assert self._thread is None, "already started"
-        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
+        assert self._thread is None or not self._thread.is_alive(), "already started"
+        self._thread = threading.Thread(target=guarded("mqtt", self._run), name="mqtt",
+                                        daemon=True)
         self._thread.start()
+
+    def alive(self) -> bool:
+        """Its thread runs (the supervisor starts it again when it does not)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> None:
         """A clean stop (DISCONNECT: no Last Will); the runtime publishes its own

@@ -14,9 +14,10 @@ tariff (``world.energy_mp``), never with ``agent.ledger``:
                duty = floor(E(C) x duty_bp / 1e7), C replayed from the readings with
                DOMAIN's rules; the open month's C equals the agent's own counter
   metered      per meter: each charged delta equals the register truth to within
-               float32 quantisation (but across a register reset: DOMAIN keeps the
-               baseline, so only the climb past it is charged); unbilled Wh only across
-               rollover, replacement, a reset or a bad reading, reported by reason
+               float32 quantisation; unbilled Wh only across rollover, replacement, a
+               register reset (three consistent readings below the baseline rebase the
+               meter on the first of them: only what was used up to it goes unbilled) or
+               a bad reading, reported by reason
   fixed        one fixed charge per account and local date, never for a future date
   alerts       the low_balance events are exactly the crossings of the levels, in order
   relays       every disconnection legal (judge.py); every reconnection in time
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 
 MAX_POWER_W = 45 * 300  # SDM120: Imax 45 A at 300 V, the agent's plausibility bound
 SLACK_WH = 10
+RESET_READINGS = 3  # DOMAIN: consistent readings below the baseline that rebase a meter
 QUANT_WH = 9  # float32 kWh near the register's top is 7.8 Wh coarse, plus flooring
 
 
@@ -155,6 +157,7 @@ def replay(sim: GatewaySim) -> Replay:
     unbilled: dict[str, int] = defaultdict(int)
     off: list[str] = []
     first_reg: dict[str, int] = {}
+    under: dict[str, list[Row]] = {}  # readings below the baseline, consistent so far
     for _true, meter, t, wh in sim.obs.readings:
         rows = served[meter]
         i = cursor[meter]
@@ -173,6 +176,25 @@ def replay(sim: GatewaySim) -> Replay:
             continue
         b_t, b_wh, b_reg, b_serial, b_true = base[meter]
         kind = classify(b_wh, wh, t - b_t, b_serial, row[3])
+        if kind == "negative":
+            below = under.get(meter)
+            if below and wh >= below[-1][1] and _plausible(wh - below[-1][1],
+                                                           t - below[-1][0]):
+                below.append(row)
+            else:
+                below = under[meter] = [row]
+            if len(below) < RESET_READINGS:
+                continue
+            # DOMAIN: a register reset; the first reading below the old baseline is the
+            # new one, and what was used up to it (the jump) is not billed
+            del under[meter]
+            unbilled["register_reset"] += (below[0][2] - b_reg) // WS_PER_WH
+            first = below[0]
+            base[meter] = (first[0], first[1], first[2], first[3] or b_serial, first[4])
+            b_t, b_wh, b_reg, b_serial, b_true = base[meter]
+            kind = classify(b_wh, wh, t - b_t, b_serial, row[3])
+        else:
+            under.pop(meter, None)
         if kind in ("negative", "implausible"):
             continue
         truth_wh = (row[2] - b_reg) // WS_PER_WH

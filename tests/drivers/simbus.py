@@ -71,9 +71,9 @@ def board(
     """One bus of ``protocol`` with a meter ``M<address>`` at each address, written to
     ``tmp_path / "board.toml"``. ``relays``: the i-th meter switches through coil i of a
     Modbus coil module at ``relay_unit``; otherwise every meter has ``relay``."""
-    from agent.drivers.driver import known_models
+    from agent.drivers.models import models_for
 
-    model = known_models(protocol)[0]  # the config checks a model against its bus protocol
+    model = models_for(protocol)[0]  # the config checks a model against its bus protocol
     text = HEAD.format(tmp=tmp_path, baudrate=baudrate, protocol=protocol,
                        parity="E" if protocol == "iec62056-21" else "N",
                        poll_interval_s=poll_interval_s, timeout_s=timeout_s)

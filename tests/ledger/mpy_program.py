@@ -127,6 +127,12 @@ def billing_part() -> None:
         billing.validate_delta(1000, 5, 60, 13500, 99999990, "A", "B"),
     ]
     out("validate_delta", [(c.kind, c.delta_wh, c.rebase, c.bad_reading) for c in checks])
+    watch = None
+    watches = []
+    for value, t in ((100, 60), (300, 660), (200, 1260), (250, 1860), (260, 2460)):
+        watch = billing.watch_reset(watch, value, t, 13500)
+        watches.append((watch.count, watch.first_wh, watch.last_wh))
+    out("watch_reset", watches)
     out("fixed_dates_due", [billing.fixed_dates_due(None, "2026-04-01"),
                             billing.fixed_dates_due("2026-04-03", "2026-04-01"),
                             len(billing.fixed_dates_due("2020-01-01", "2026-04-01"))])

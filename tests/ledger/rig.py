@@ -45,14 +45,25 @@ def unix(year: int, month: int, day: int, hour: int = 0, minute: int = 0, sec: i
 
 
 def make_config(tmp: Path, *, meters: int = 1, tariff: dict[str, Any] | None = None,
-                policy: dict[str, Any] | None = None, relay: str = "meter") -> Config:
+                policy: dict[str, Any] | None = None, relay: str = "meter",
+                models: list[str] | None = None) -> Config:
+    """``models``: one meter of each (``meters`` is then their number), each on a bus of
+    its model's protocol; otherwise ``meters`` Eastron SDM120s on one Modbus bus."""
+    from agent.drivers.models import model
+
+    models = models or ["eastron-sdm120"] * meters
+    meters = len(models)
+    protocols = sorted({model(m).protocol for m in models})
     raw: dict[str, Any] = {
         "gateway": {"id": "gw-test", "data_dir": str(tmp / "data"), "timezone": "Asia/Kolkata"},
         "security": {"command_key_file": str(tmp / "cmd.key"),
                      "token_key_file": str(tmp / "token.key")},
-        "bus": [{"name": "rs485-0", "port": str(tmp / "tty")}],
-        "meter": [{"id": f"M{i}", "bus": "rs485-0", "address": i, "model": "eastron-sdm120",
-                   "account": f"A{i}", "relay": relay} for i in range(1, meters + 1)],
+        "bus": [{"name": "rs485-0" if p == "modbus" else f"bus-{p}", "port": str(tmp / p),
+                 "protocol": p} for p in protocols],
+        "meter": [{"id": f"M{i}", "address": i, "model": name, "account": f"A{i}",
+                   "bus": "rs485-0" if model(name).protocol == "modbus"
+                   else f"bus-{model(name).protocol}", "relay": relay}
+                  for i, name in enumerate(models, start=1)],
         "tariff": {"dom": copy.deepcopy(tariff or UP_TABLE)},
         "account": [{"id": f"A{i}", "tariff": "dom"} for i in range(1, meters + 1)],
         "policy": {**OPEN_POLICY, **(policy or {})},

@@ -13,12 +13,14 @@ from agent.errors import LedgerError
 from agent.ledger.billing import (
     MAX_FIXED_CATCHUP_DAYS,
     MAX_MONTH_PARTS,
+    RESET_READINGS,
     Charge,
     MonthAccrual,
     charge,
     fixed_dates_due,
     month_parts,
     validate_delta,
+    watch_reset,
 )
 from agent.ledger.calendar import (
     add_days,
@@ -292,6 +294,29 @@ def test_kept_baseline_meets_a_growing_allowance() -> None:
     # 10 minutes later, it passes (elapsed is since the baseline, not the last poll).
     assert validate_delta(0, 1000, 60, 3000, None, "A", "A").kind == "implausible"
     assert validate_delta(0, 1000, 1200, 3000, None, "A", "A").kind == "ok"
+
+
+@given(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 7200)), min_size=1,
+                max_size=12), st.integers(1, 20_000))
+def test_a_reset_is_confirmed_only_by_consistent_readings(
+        readings: list[tuple[int, int]], max_w: int) -> None:
+    """Fed readings below a baseline one by one (value, seconds since the last): the
+    count is the length of the run of consistent readings ending here, and the run's
+    first reading is the one the meter would be rebased on."""
+    watch, t, run = None, 0, []
+    for value, gap_s in readings:
+        t += gap_s
+        if run and value >= run[-1][0] and (value - run[-1][0]) * 3600 <= (
+                max_w * (t - run[-1][1]) + 10 * 3600):
+            run.append((value, t))
+        else:
+            run = [(value, t)]
+        watch = watch_reset(watch, value, t, max_w)
+        assert watch.count == len(run)
+        assert (watch.first_wh, watch.first_t) == run[0]
+        assert (watch.last_wh, watch.last_t) == run[-1]
+        if watch.count >= RESET_READINGS:  # confirmed: the meter is rebased, a new watch
+            watch, run = None, []
 
 
 # --- fixed charge ----------------------------------------------------------------------
