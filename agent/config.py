@@ -80,6 +80,12 @@ class RelaySpec:
     unit: int | None = None
     coil: int | None = None
     line: int | None = None
+    bus: str | None = None  # modbus-coil: the module's bus, when not the meter's own
+
+
+def relay_bus(meter: MeterConfig) -> str:
+    """The bus that switches ``meter``'s relay (its own, or its coil module's)."""
+    return meter.relay_spec.bus or meter.bus
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,17 +255,21 @@ def _hhmm(text: str) -> int | None:
 
 
 def parse_relay(text: str) -> RelaySpec:
-    """``meter | modbus-coil:<unit>:<coil> | gpio:<line> | none``; ValueError with a reason."""
+    """``meter | modbus-coil:[<bus>:]<unit>:<coil> | gpio:<line> | none``; ValueError with a
+    reason. ``<bus>`` names the Modbus bus of the coil module when it is not the meter's
+    own (an IEC 62056-21 meter switched by a relay module on a Modbus bus)."""
     parts = text.split(":")
     kind = parts[0]
     if kind in ("meter", "none") and len(parts) == 1:
         return RelaySpec(kind)
     try:
-        if kind == "modbus-coil" and len(parts) == 3:
-            unit, coil = int(parts[1]), int(parts[2])
-            if not 1 <= unit <= 247 or not 0 <= coil <= 65535:
+        if kind == "modbus-coil" and len(parts) in (3, 4):
+            bus = parts[1] if len(parts) == 4 else None
+            unit, coil = int(parts[-2]), int(parts[-1])
+            if not 1 <= unit <= 247 or not 0 <= coil <= 65535 or (
+                    bus is not None and not _ID_RE.match(bus)):
                 raise ValueError
-            return RelaySpec(kind, unit=unit, coil=coil)
+            return RelaySpec(kind, unit=unit, coil=coil, bus=bus)
         if kind == "gpio" and len(parts) == 2:
             line = int(parts[1])
             if not 0 <= line <= 1023:
@@ -268,7 +278,8 @@ def parse_relay(text: str) -> RelaySpec:
     except ValueError:
         pass
     raise ValueError(
-        "must be meter | modbus-coil:<unit 1..247>:<coil 0..65535> | gpio:<line> | none"
+        "must be meter | modbus-coil:[<bus>:]<unit 1..247>:<coil 0..65535> | gpio:<line> "
+        "| none"
     )
 
 
@@ -383,8 +394,16 @@ def _read_meter(t: _Table, buses: tuple[BusConfig, ...]) -> MeterConfig:
         if m.model not in models:
             t.errors.add(t.key("model"), f"unknown model {m.model!r} for a {protocol} bus "
                          f"(known: {', '.join(models) or 'none'})")
-    if spec.kind == "modbus-coil" and protocol not in (None, "modbus"):
-        t.errors.add(t.key("relay"), f"a modbus-coil relay needs a modbus bus, not {protocol}")
+    if spec.kind == "modbus-coil" and spec.bus is None and protocol not in (None, "modbus"):
+        t.errors.add(t.key("relay"), f"bus {m.bus!r} speaks {protocol}: a modbus-coil relay "
+                     "names the Modbus bus of its module (modbus-coil:<bus>:<unit>:<coil>)")
+    elif spec.bus is not None:
+        relay_protocol = {b.name: b.protocol for b in buses}.get(spec.bus)
+        if relay_protocol is None:
+            t.errors.add(t.key("relay"), f"no [[bus]] named {spec.bus!r}")
+        elif relay_protocol != "modbus":
+            t.errors.add(t.key("relay"), f"bus {spec.bus!r} speaks {relay_protocol}: a "
+                         "modbus-coil relay module needs a modbus bus")
     t.finish()
     return m
 
@@ -400,6 +419,12 @@ def _read_meters(root: _Table, buses: tuple[BusConfig, ...]) -> tuple[MeterConfi
             root.errors.add(f"meter[{i}].address", f"address {m.address} is already used on "
                             f"bus {m.bus!r} by meter[{seen[(m.bus, m.address)]}]")
         seen.setdefault((m.bus, m.address), i)
+    for i, m in enumerate(meters):  # a relay module's unit is no meter's address
+        spec = m.relay_spec
+        if spec.kind == "modbus-coil" and spec.unit is not None \
+                and (relay_bus(m), spec.unit) in seen:
+            root.errors.add(f"meter[{i}].relay", f"unit {spec.unit} on bus {relay_bus(m)!r} "
+                            f"is meter[{seen[(relay_bus(m), spec.unit)]}]'s address")
     return tuple(meters)
 
 

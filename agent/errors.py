@@ -6,7 +6,9 @@
      │    ├── ProtocolError   bytes that do not form a valid frame of the protocol
      │    │    └── ChecksumError   a frame whose CRC/BCC does not match
      │    ├── TimeoutError_   no (complete) answer within the timeout
-     │    └── DeviceException the device answered with a protocol exception
+     │    ├── DeviceException the device answered with a protocol exception
+     │    └── PortError       the serial port itself failed (adapter unplugged, I/O
+     │                        error): the bus closes it and opens it again
      ├── LedgerError          a ledger rule would be broken (never a partial change)
      ├── RelayError           a relay could not be switched or read back
      ├── StoreError           the durable store failed or is full
@@ -55,6 +57,11 @@ class DeviceException(DriverError):
     def __init__(self, message: str, code: int) -> None:
         self.code = code
         super().__init__(message)
+
+
+class PortError(DriverError):
+    """The serial port failed (open, read, write, flush): no meter can be reached on it
+    until it is opened again."""
 
 
 class LedgerError(AgentError):

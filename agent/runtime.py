@@ -33,7 +33,7 @@ from agent.buffer import outbox
 from agent.buffer.journal import Journal
 from agent.buffer.store import Store
 from agent.clock import Clock, SystemClock
-from agent.config import Config, MeterConfig
+from agent.config import Config, MeterConfig, relay_bus
 from agent.control import ControlRequest, ControlServer
 from agent.dispatch import Dispatcher
 from agent.drivers.bus import BusEvent, BusScheduler
@@ -73,6 +73,13 @@ def read_keys(cfg: Config) -> tuple[bytes, bytes]:
     return keys[0], keys[1]
 
 
+def _on_bus(name: str, meters: tuple[MeterConfig, ...]
+            ) -> tuple[list[MeterConfig], list[MeterConfig]]:
+    """(the meters on bus ``name``, the other buses' meters whose relay is on it)."""
+    return ([m for m in meters if m.bus == name],
+            [m for m in meters if m.bus != name and relay_bus(m) == name])
+
+
 def _is_reading(event: object) -> bool:
     return isinstance(event, BusEvent) and event.kind == "reading" and event.reading is not None
 
@@ -108,10 +115,11 @@ class Runtime:
         self.accounting.meters = {m.id: m for m in provisioned}
         self.gpio_relays = self._open_gpio_relays(provisioned)
         self._make_bus = bus_factory or BusScheduler
-        self.buses: dict[str, BusScheduler] = {
-            bus.name: self._make_bus(bus, [m for m in provisioned if m.bus == bus.name],
-                                     self.inbox.put, clock=self.clock)
-            for bus in cfg.buses}
+        self.buses: dict[str, BusScheduler] = {}
+        for bus in cfg.buses:
+            meters, relayed = _on_bus(bus.name, provisioned)
+            self.buses[bus.name] = self._make_bus(bus, meters, self.inbox.put, clock=self.clock,
+                                                  relayed=relayed)
         self.dispatcher = Dispatcher(gw=cfg.gateway.id, boot=self.boot, key=self.command_key,
                                      store=self.store, journal=self.journal,
                                      accounting=self.accounting, read_meter=self._read_meter,
@@ -234,8 +242,9 @@ class Runtime:
 
     def _restart_bus(self, name: str) -> None:
         old = self.buses[name]
-        meters = list(old.meters.values())
-        bus = self._make_bus(old.bus, meters, self.inbox.put, clock=self.clock)
+        meters, relayed = list(old.meters.values()), list(old.relayed.values())
+        bus = self._make_bus(old.bus, meters, self.inbox.put, clock=self.clock,
+                             relayed=relayed)
         bus.mark_offline(m.id for m in meters)
         self.buses[name] = bus
         bus.start()
@@ -443,7 +452,7 @@ class Runtime:
     def _apply_meters(self, meters: tuple[MeterConfig, ...]) -> None:
         self.accounting.meters = {m.id: m for m in meters}
         for name, bus in self.buses.items():
-            bus.set_meters([m for m in meters if m.bus == name])
+            bus.set_meters(*_on_bus(name, meters))
 
     def _headend_message(self, payload: bytes, now: int) -> None:
         try:
@@ -499,7 +508,7 @@ class Runtime:
             if asked is not None and asked[1] == connected and mono - asked[0] < RELAY_RETRY_S:
                 continue  # this very switch is in flight; a changed intent goes out at once
             meter = self.accounting.meters[meter_id]
-            if self.buses[meter.bus].switch_relay(meter_id, connected):
+            if self.buses[relay_bus(meter)].switch_relay(meter_id, connected):
                 self.relay_pending[meter_id] = (mono, connected)
 
     # -- status for the CLI, the demo and the local page -------------------------

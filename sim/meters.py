@@ -117,12 +117,22 @@ def extra_meters(config: Config, specs: list[str]) -> list[MeterConfig]:
 
 def build(config: Config, env: SimEnv, extra: list[MeterConfig] | None = None) -> list[BusSim]:
     """The simulated devices of every bus, through each protocol's plug-in."""
+    from agent.config import relay_bus
+    from sim.modbus_line import ModbusLineServer, attach_relays
+
     meters = list(config.meters) + list(extra or [])
     buses = []
     for bus_cfg in config.buses:
         on_bus = [m for m in meters if m.bus == bus_cfg.name]
         buses.append(BusSim(bus_cfg, Path(bus_cfg.port),
                             builder(bus_cfg.protocol)(bus_cfg, on_bus, env)))
+    served = {meter_id: sim for bus in buses for meter_id, sim in bus.build.meters.items()}
+    for bus in buses:  # relay modules that gate another bus's meters
+        gated = [(m, served[m.id]) for m in meters
+                 if m.bus != bus.cfg.name and relay_bus(m) == bus.cfg.name]
+        if gated:
+            assert isinstance(bus.build.server, ModbusLineServer)  # config: a modbus bus
+            attach_relays(bus.cfg, bus.build.server, gated)
     return buses
 
 

@@ -175,9 +175,10 @@ class SimCoilModule:
     def __init__(self, unit: int, n_coils: int = 8) -> None:
         self.unit = unit
         self._coils = [True] * n_coils
-        self._gated: dict[int, SimEastronMeter] = {}
+        self._gated: dict[int, LoadModel] = {}
 
-    def attach(self, coil: int, meter: SimEastronMeter) -> None:
+    def attach(self, coil: int, meter: LoadModel) -> None:
+        """``meter`` (of any protocol: an IEC meter too) is supplied while ``coil`` is ON."""
         if not 0 <= coil < len(self._coils):
             raise ValueError(f"coil {coil} outside 0..{len(self._coils) - 1}")
         self._gated[coil] = meter

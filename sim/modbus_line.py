@@ -2,8 +2,9 @@
 
 Every ``[[meter]]`` of the bus is a simulated Eastron meter at its
 ``address`` (the model picks SDM120 or SDM630; an unknown model is served as
-an SDM120); a meter whose relay is ``modbus-coil:<unit>:<coil>`` is gated by
-a simulated coil module at that unit (coils start ON). A request to an absent
+an SDM120); a meter whose relay is ``modbus-coil:[<bus>:]<unit>:<coil>`` is
+gated by a simulated coil module at that unit of that bus (coils start ON), a
+meter of another bus too (``attach_relays``, called by ``sim.meters``). A request to an absent
 unit, or to a meter set silent, gets no reply, as on a real bus; broadcasts
 (unit 0) are acted on by every device and answered by none.
 """
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Final
 
 from agent.drivers.modbus.codec import ModbusProtocolError, Request, RequestReader
 from sim.line import BusBuild, FramedLineServer, SimEnv, SimMeter
-from sim.load import serial_number
+from sim.load import LoadModel, serial_number
 from sim.modbus_device import SimCoilModule, SimDevice, SimEastronMeter, SimSDM120, SimSDM630
 
 if TYPE_CHECKING:
@@ -60,17 +61,26 @@ def build_bus(bus: BusConfig, meters: list[MeterConfig], env: SimEnv) -> BusBuil
         )
         devices[m.address] = meter
         by_id[m.id] = meter
-    modules: dict[int, SimCoilModule] = {}
-    for m in meters:
+    server = ModbusLineServer(devices, bus.baudrate)
+    attach_relays(bus, server, [(m, by_id[m.id]) for m in meters
+                                if m.relay_spec.bus in (None, bus.name)])
+    sim_meters: dict[str, SimMeter] = dict(by_id)
+    return BusBuild(server=server, meters=sim_meters)
+
+
+def attach_relays(bus: BusConfig, server: ModbusLineServer,
+                  gated: list[tuple[MeterConfig, SimMeter]]) -> None:
+    """A coil module on this bus for each ``modbus-coil`` relay of ``gated``: the bus's own
+    meters, and meters of other buses (an IEC meter) whose module is on this one."""
+    for m, meter in gated:
         spec = m.relay_spec
         if spec.kind != "modbus-coil":
             continue
         assert spec.unit is not None and spec.coil is not None
-        if spec.unit not in modules:
-            if spec.unit in devices:
-                raise ValueError(f"bus {bus.name}: unit {spec.unit} is a meter and a relay")
-            modules[spec.unit] = SimCoilModule(spec.unit, COILS_PER_MODULE)
-            devices[spec.unit] = modules[spec.unit]
-        modules[spec.unit].attach(spec.coil, by_id[m.id])
-    sim_meters: dict[str, SimMeter] = dict(by_id)
-    return BusBuild(server=ModbusLineServer(devices, bus.baudrate), meters=sim_meters)
+        module = server.devices.get(spec.unit)
+        if module is None:
+            module = server.devices[spec.unit] = SimCoilModule(spec.unit, COILS_PER_MODULE)
+        if not isinstance(module, SimCoilModule):
+            raise ValueError(f"bus {bus.name}: unit {spec.unit} is a meter and a relay")
+        assert isinstance(meter, LoadModel)
+        module.attach(spec.coil, meter)

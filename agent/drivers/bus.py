@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.clock import Clock, SystemClock
-from agent.config import BusConfig, MeterConfig
+from agent.config import BusConfig, MeterConfig, relay_bus
 from agent.drivers.driver import (
     EventDriver,
     MeterDriver,
@@ -56,7 +56,7 @@ from agent.drivers.modbus.device import ModbusCoilRelay
 from agent.drivers.reading import Reading
 from agent.drivers.scan import Discovery, ScanJob, check_addresses, probe_once
 from agent.drivers.transport import SerialTransport, Transport, frame_time_s
-from agent.errors import ChecksumError, DriverError, ProtocolError, TimeoutError_
+from agent.errors import ChecksumError, DriverError, PortError, ProtocolError, TimeoutError_
 from agent.supervisor import guarded
 
 log = logging.getLogger("agent.bus")
@@ -66,7 +66,8 @@ RETRIES = 1
 OFFLINE_AFTER = 3
 QUARANTINE_MIN_S = 5.0
 QUARANTINE_MAX_S = 300.0
-REOPEN_S = 5.0  # how long to wait before reopening a port that failed
+REOPEN_MIN_S = 1.0  # a port that failed is opened again after this, doubling up to
+REOPEN_MAX_S = 30.0  # this; back to the minimum once it opens
 EVENTS_EVERY = 10
 MAX_SEEN_EVENTS = 256
 DISCOVERY_TIMEOUT_S = 0.1  # discovery's answer allowance; a scan may give more
@@ -142,7 +143,10 @@ class BusScheduler(threading.Thread):
         clock: Clock | None = None,
         transport_factory: Callable[[BusConfig], Transport] | None = None,
         discover: bool = True,
+        relayed: Iterable[MeterConfig] = (),
     ) -> None:
+        """``relayed``: meters of other buses whose relay module is on this one
+        (``modbus-coil:<bus>:<unit>:<coil>``): this bus switches them, never reads them."""
         super().__init__(name=f"bus-{bus.name}", daemon=True)
         self.bus = bus
         self.post = post
@@ -154,6 +158,7 @@ class BusScheduler(threading.Thread):
         self._jobs: list[BusJob] = []
         self._order = itertools.count()
         self.meters: dict[str, MeterConfig] = {m.id: m for m in meters}
+        self.relayed: dict[str, MeterConfig] = {m.id: m for m in relayed}
         self.stats: dict[str, MeterStats] = {m.id: MeterStats() for m in meters}
         self._due: dict[str, float] = {}
         self.transport: Transport | None = None
@@ -165,12 +170,14 @@ class BusScheduler(threading.Thread):
         self.discovery = Discovery()
         self.discovery.enabled = discover
         self.port_error = ""
+        self._reopen_s = REOPEN_MIN_S
         self.beat_s: float | None = None  # monotonic s of the thread's last loop turn
 
     # -- called from other threads ---------------------------------------------
-    def set_meters(self, meters: list[MeterConfig]) -> None:
+    def set_meters(self, meters: list[MeterConfig], relayed: Iterable[MeterConfig] = ()) -> None:
         with self._lock:
             self.meters = {m.id: m for m in meters}
+            self.relayed = {m.id: m for m in relayed}
             for m in meters:
                 self.stats.setdefault(m.id, MeterStats())
         self._wake.set()
@@ -226,19 +233,51 @@ class BusScheduler(threading.Thread):
             while not self._stopping.is_set():
                 self.beat_s = self.clock.monotonic_s()
                 if self.transport is None and not self._open():
-                    self._stopping.wait(REOPEN_S)
+                    self._stopping.wait(self._reopen_s)
+                    self._reopen_s = min(REOPEN_MAX_S, self._reopen_s * 2)
                     continue
-                self._step()
+                try:
+                    self._step()
+                except PortError as exc:  # the port, not a meter: close it, open it again
+                    self._port_lost(exc)
         finally:
-            for _cfg, driver in self._drivers.values():
-                close = getattr(driver, "close", None)  # DLMS: release the association
-                if close is not None:
-                    try:
-                        close(timeout_s=self.bus.timeout_s)
-                    except DriverError as exc:
-                        log.info("event=driver_close_failed bus=%s error=%s", self.bus.name, exc)
-            if self.transport is not None:
-                self.transport.close()
+            self._close_port(release=True)
+
+    def _close_port(self, *, release: bool = False) -> None:
+        """Forget the drivers and close the transport; ``release``: DLMS associations are
+        released first (a clean stop; a lost port cannot carry it)."""
+        drivers, self._drivers = self._drivers, {}
+        for _cfg, driver in drivers.values() if release else ():
+            close = getattr(driver, "close", None)  # DLMS: release the association
+            if close is not None:
+                try:
+                    close(timeout_s=self.bus.timeout_s)
+                except DriverError as exc:
+                    log.info("event=driver_close_failed bus=%s error=%s", self.bus.name, exc)
+        transport, self.transport, self.client = self.transport, None, None
+        if transport is not None:
+            try:
+                transport.close()
+            except DriverError as exc:
+                log.info("event=port_close_failed bus=%s error=%s", self.bus.name, exc)
+
+    def _port_lost(self, exc: PortError) -> None:
+        log.warning("event=port_lost bus=%s error=%s", self.bus.name, exc)
+        self.port_error = str(exc)
+        self._close_port()
+        self._all_offline(str(exc))
+
+    def _all_offline(self, error: str) -> None:
+        """Every meter of the bus is unreachable (its port is gone): reported once each;
+        each one's first good reading reports it online again."""
+        with self._lock:
+            ids = list(self.meters)
+        for meter_id in ids:
+            stats = self.stats.setdefault(meter_id, MeterStats())
+            if not stats.offline:
+                stats.offline = True
+                stats.consecutive_failures = OFFLINE_AFTER
+                self.post(BusEvent("meter_offline", meter_id, error=error))
 
     def _step(self) -> None:
         job = self._next_job()
@@ -266,10 +305,13 @@ class BusScheduler(threading.Thread):
             self.transport = self._factory(self.bus)
         except DriverError as exc:
             if str(exc) != self.port_error:
-                log.warning("event=bus_open_failed bus=%s error=%s", self.bus.name, exc)
+                log.warning("event=bus_open_failed bus=%s error=%s retry_s=%.0f",
+                            self.bus.name, exc, self._reopen_s)
             self.port_error = str(exc)
+            self._all_offline(str(exc))
             return False
         self.port_error = ""
+        self._reopen_s = REOPEN_MIN_S
         if self.bus.protocol == "modbus":
             self.client = ModbusClient(self.transport, clock=self.clock)
         if self.discovery.enabled and not available(self.bus.protocol):
@@ -342,6 +384,8 @@ class BusScheduler(threading.Thread):
         try:
             # A quarantined meter gets one attempt per backoff period, no retry.
             reading = self._read(meter_id, 1 if stats.offline else RETRIES + 1)
+        except PortError:
+            raise  # not this meter's failure: the bus reopens the port
         except DriverError as exc:
             stats.consecutive_failures += 1
             if stats.consecutive_failures >= OFFLINE_AFTER:
@@ -378,6 +422,8 @@ class BusScheduler(threading.Thread):
             return
         try:
             events = driver.read_events(timeout_s=self.bus.timeout_s)
+        except PortError:
+            raise
         except DriverError as exc:
             log.info("event=events_failed meter=%s error=%s", meter_id, exc)
             return
@@ -398,14 +444,20 @@ class BusScheduler(threading.Thread):
                 reading = self._read(job.meter)
             except DriverError as exc:
                 self.post(BusEvent("read_result", job.meter, error=str(exc), ref=job.ref))
+                if isinstance(exc, PortError):
+                    raise
             else:
                 self.post(BusEvent("read_result", job.meter, reading=reading, ref=job.ref))
             return
-        self._switch(job.meter, job.connected)
+        try:
+            self._switch(job.meter, job.connected)
+        except PortError as exc:  # answered as a failed switch: actuation backs off
+            self.post(BusEvent("relay_result", job.meter, connected=None, error=str(exc)))
+            raise
 
     def _switch(self, meter_id: str, connected: bool) -> None:
         with self._lock:
-            cfg = self.meters.get(meter_id)
+            cfg = self.meters.get(meter_id) or self.relayed.get(meter_id)
         kind = cfg.relay_spec.kind if cfg else "unknown meter"
         if cfg is not None and kind == "meter":
             try:
@@ -426,9 +478,11 @@ class BusScheduler(threading.Thread):
     def _busy_addresses(self) -> dict[int, str]:
         with self._lock:
             meters = list(self.meters.values())
+            relayed = list(self.relayed.values())
         busy = {m.address: m.id for m in meters}
-        for m in meters:
-            if m.relay_spec.kind == "modbus-coil" and m.relay_spec.unit is not None:
+        for m in meters + relayed:
+            if m.relay_spec.kind == "modbus-coil" and m.relay_spec.unit is not None \
+                    and relay_bus(m) == self.bus.name:
                 busy.setdefault(m.relay_spec.unit, f"relay of {m.id}")
         return busy
 

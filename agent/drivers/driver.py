@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 from agent.drivers.reading import Reading
-from agent.errors import DriverError
+from agent.errors import DriverError, PortError
 
 if TYPE_CHECKING:
     from agent.clock import Clock
@@ -179,6 +179,8 @@ def switch_meter_relay(
         try:
             driver.relay_set(connected, timeout_s=timeout_s)
             state = driver.relay_state(timeout_s=timeout_s)
+        except PortError:
+            raise  # no retry on a port that is gone: the bus reopens it
         except DriverError as exc:
             error = str(exc)
             continue
@@ -195,6 +197,8 @@ def switch_coil(relay: ModbusCoilRelay, connected: bool, timeout_s: float) -> tu
         try:
             relay.set_connected(connected, timeout_s=timeout_s)
             actual = relay.read_connected(timeout_s=timeout_s)
+        except PortError:
+            raise  # no retry on a port that is gone: the bus reopens it
         except DriverError as exc:
             error = str(exc)
             continue

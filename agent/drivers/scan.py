@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from agent.drivers.driver import probe
-from agent.errors import DriverError
+from agent.errors import DriverError, PortError
 
 if TYPE_CHECKING:
     from agent.clock import Clock
@@ -63,6 +63,8 @@ def probe_once(
     for _ in range(PROBE_TRIES):
         try:
             serial = probe(protocol, transport, address, timeout_s=timeout_s, clock=clock)
+        except PortError:
+            raise  # the port is gone, not the meter: the bus reopens it
         except DriverError as exc:
             error = str(exc)
             continue

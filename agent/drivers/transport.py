@@ -8,22 +8,40 @@ RTU line timing (MODBUS over Serial Line V1.02 §2.5.1.1): one character is
 separated by a silence of at least 3.5 characters, fixed at 1.75 ms above
 19200 baud. ``SerialTransport`` waits before every write until that long has
 passed since the last byte it sent or received.
+
+Every failure of the port (pyserial's ``SerialException``, ``OSError`` and termios's
+own ``termios.error``, which is neither: a USB adapter unplugged mid-read raises it from
+``tcflush``) is a ``DriverError`` naming the port, so the bus closes and reopens it.
+
+A pty (a simulated bus, or a socat bridge) has no line settings: Linux forces 8 data
+bits without parity on it and refuses a second ``tcsetattr`` that asks otherwise
+(EINVAL), so a port that resolves to ``/dev/pts/N`` is opened 8N1 whatever the bus
+says; its speed is kept for the pacing.
 """
 
 from __future__ import annotations
 
+import os
+import termios
 from typing import Any, Final, Protocol, runtime_checkable
 
 import serial
 
 from agent.clock import Clock, SystemClock
-from agent.errors import DriverError
+from agent.errors import DriverError, PortError
 
 BITS_PER_CHAR: Final = 11
 # pyserial read() blocks at most this long per call, so read(timeout_s) ends
 # at most this late; short enough not to matter against ~0.5 s timeouts.
 POLL_S: Final = 0.01
 PARITIES: Final = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
+# Everything opening or using a serial port may raise (termios.error is not an OSError).
+PORT_ERRORS: Final = (serial.SerialException, OSError, termios.error)
+
+
+def is_pty(port: str) -> bool:
+    """Does ``port`` (a path or a symlink to one; not a URL) name a pseudo-terminal?"""
+    return "://" not in port and os.path.realpath(port).startswith("/dev/pts/")
 
 
 def character_time_s(baudrate: int) -> float:
@@ -95,6 +113,8 @@ class SerialTransport:
         self._clock: Clock = clock or SystemClock()
         self._silent_s = silent_interval_s(baudrate)
         self._last_activity_s = float("-inf")
+        if is_pty(port):  # see the module docstring
+            parity, bytesize = "N", 8
         try:
             self._serial: Any = serial.serial_for_url(
                 port,
@@ -105,8 +125,8 @@ class SerialTransport:
                 timeout=POLL_S,
                 write_timeout=None,
             )
-        except (serial.SerialException, OSError, ValueError) as exc:
-            raise DriverError(f"{port}: cannot open: {exc}") from exc
+        except (*PORT_ERRORS, ValueError) as exc:
+            raise PortError(f"{port}: cannot open: {exc}") from exc
 
     @property
     def baudrate(self) -> int:
@@ -122,8 +142,8 @@ class SerialTransport:
             return
         try:
             self._serial.baudrate = baudrate
-        except (serial.SerialException, OSError, ValueError) as exc:
-            raise DriverError(f"{self._port_name}: cannot set {baudrate} baud: {exc}") from exc
+        except (*PORT_ERRORS, ValueError) as exc:
+            raise PortError(f"{self._port_name}: cannot set {baudrate} baud: {exc}") from exc
         self._baudrate = baudrate
         self._silent_s = silent_interval_s(baudrate)
 
@@ -134,8 +154,8 @@ class SerialTransport:
         try:
             self._serial.write(data)
             self._serial.flush()  # tcdrain: returns once the UART has the bytes
-        except (serial.SerialException, OSError) as exc:
-            raise DriverError(f"{self._port_name}: write failed: {exc}") from exc
+        except PORT_ERRORS as exc:
+            raise PortError(f"{self._port_name}: write failed: {exc}") from exc
         # USB adapters may still be shifting bits out after flush(): count the
         # frame's own line time as well.
         self._last_activity_s = max(
@@ -159,17 +179,17 @@ class SerialTransport:
                 if data:
                     self._last_activity_s = self._clock.monotonic_s()
                     return data
-        except (serial.SerialException, OSError) as exc:
-            raise DriverError(f"{self._port_name}: read failed: {exc}") from exc
+        except PORT_ERRORS as exc:
+            raise PortError(f"{self._port_name}: read failed: {exc}") from exc
 
     def reset_input(self) -> None:
         try:
             self._serial.reset_input_buffer()
-        except (serial.SerialException, OSError) as exc:
-            raise DriverError(f"{self._port_name}: reset failed: {exc}") from exc
+        except PORT_ERRORS as exc:
+            raise PortError(f"{self._port_name}: reset failed: {exc}") from exc
 
     def close(self) -> None:
         try:
             self._serial.close()
-        except (serial.SerialException, OSError) as exc:
-            raise DriverError(f"{self._port_name}: close failed: {exc}") from exc
+        except PORT_ERRORS as exc:
+            raise PortError(f"{self._port_name}: close failed: {exc}") from exc

@@ -237,8 +237,10 @@ class GatewaySim:
         return link
 
     def make_bus(self, bus: BusConfig, meters: list[MeterConfig],
-                 post: Callable[[BusEvent], None], *, clock: Any = None) -> SimBus:
+                 post: Callable[[BusEvent], None], *, clock: Any = None,
+                 relayed: Any = ()) -> SimBus:
         assert self.clock is not None
+        assert not relayed, "the simulated neighbourhood's coil modules share their bus"
         def posted(event: BusEvent) -> None:
             post(event)
             if event.kind == "reading":

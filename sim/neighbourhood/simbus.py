@@ -95,7 +95,7 @@ class SimBus:
         self.set_meters(meters)
 
     # -- the BusScheduler surface ---------------------------------------------------
-    def set_meters(self, meters: list[MeterConfig]) -> None:
+    def set_meters(self, meters: list[MeterConfig], relayed: Any = ()) -> None:
         self.meters = {m.id: m for m in meters}
         for m in meters:
             self.stats.setdefault(m.id, SimMeterStats())

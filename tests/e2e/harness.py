@@ -23,6 +23,7 @@ from sim.tomlw import dumps
 
 ROOT = Path(__file__).resolve().parents[2]
 SIM_CONFIG = ROOT / "board_configs" / "sim.toml"
+MIXED_CONFIG = ROOT / "board_configs" / "sim-mixed.toml"  # modbus + iec62056-21 + dlms
 
 
 def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str,
@@ -42,13 +43,15 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str,
             time.sleep(poll_s)
 
 
-def make_config(workdir: Path, broker_port: int, **overrides: Any) -> Path:
-    """The sim board config, made fast and re-pointed into ``workdir``.
+def make_config(workdir: Path, broker_port: int, *, base: Path = SIM_CONFIG,
+                **overrides: Any) -> Path:
+    """A board config (``base``: the sim one), made fast and re-pointed into ``workdir``.
 
     ``overrides`` are ``section=dict`` merged into the config (``policy={...}``), plus
-    ``meters=N`` to keep only the first N meters.
+    ``meters=N`` to keep only the first N meters, or ``meters=[ids]`` to keep those (and
+    their accounts, and only the buses they use).
     """
-    with open(SIM_CONFIG, "rb") as f:
+    with open(base, "rb") as f:
         raw: dict[str, Any] = tomllib.load(f)
     raw["gateway"]["data_dir"] = str(workdir / "data")
     raw["mqtt"].update(host="127.0.0.1", port=broker_port, keepalive_s=5)
@@ -64,9 +67,16 @@ def make_config(workdir: Path, broker_port: int, **overrides: Any) -> Path:
     raw["policy"].update(protected_hours="", protected_weekdays=[], holidays=[],
                          min_notice_h=0)
     meters = overrides.pop("meters", None)
-    if meters is not None:
+    if isinstance(meters, int):
         raw["meter"] = raw["meter"][:meters]
         raw["account"] = raw["account"][:meters]
+    elif meters is not None:
+        raw["meter"] = [m for m in raw["meter"] if m["id"] in meters]
+        accounts = {m["account"] for m in raw["meter"]}
+        raw["account"] = [a for a in raw["account"] if a["id"] in accounts]
+        used = {m["bus"] for m in raw["meter"]} | {
+            m["relay"].split(":")[1] for m in raw["meter"] if m["relay"].count(":") == 3}
+        raw["bus"] = [b for b in raw["bus"] if b["name"] in used]
     for section, values in overrides.items():
         if isinstance(values, dict) and isinstance(raw.get(section), dict):
             raw[section].update(values)
@@ -115,11 +125,11 @@ class Gateway:
     """One simulated gateway: broker, meters, agent, head-end."""
 
     def __init__(self, workdir: Path, *, speed: float = 10.0, load_scale: float = 1.0,
-                 **overrides: Any) -> None:
+                 base: Path = SIM_CONFIG, **overrides: Any) -> None:
         self.workdir = workdir
         self.broker = Mosquitto(workdir / "broker")
         self.broker.start()
-        self.config = make_config(workdir, self.broker.port, **overrides)
+        self.config = make_config(workdir, self.broker.port, base=base, **overrides)
         with open(self.config, "rb") as f:
             self.raw = tomllib.load(f)
         self.gw = self.raw["gateway"]["id"]

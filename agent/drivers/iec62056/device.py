@@ -38,7 +38,7 @@ from agent.drivers.iec62056.codec import (
 from agent.drivers.iec62056.obis import serial_of, to_values
 from agent.drivers.reading import Reading
 from agent.drivers.transport import BaudSwitchable, Transport, character_time_s
-from agent.errors import DriverError, TimeoutError_
+from agent.errors import DriverError, PortError, TimeoutError_
 
 RESPONSE_LATENCY_S: Final = 1.5  # the standard's longest reaction time t_r
 INTER_CHAR_S: Final = 1.5  # t_a: the longest pause inside one answer
@@ -151,6 +151,8 @@ def probe(
         if meter.last_identification is None:
             return None
         return ""
+    except PortError:
+        raise
     except DriverError:
         if meter.last_identification is None:
             raise
