@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml | system-deps
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# The demo shows the three protocols side by side (Modbus, IEC 62056-21, DLMS).
 demo: system-deps $(STAMP)
-	$(VENV)/bin/meter-agent demo
+	$(VENV)/bin/meter-agent demo -c board_configs/sim-mixed.toml
 
 test: system-deps $(STAMP)
 	$(PY) -m ruff check agent sim tests bench

@@ -176,7 +176,8 @@ build_wheel() {  # -> path of the wheel on stdout
   [ -x "$HERE/.venv/bin/python" ] && bpy=$HERE/.venv/bin/python
   mkdir -p "$src" "$out"
   # A clean copy: setuptools' build/ dir in a checkout can carry deleted modules along.
-  (cd "$HERE" && tar --exclude=__pycache__ -cf - pyproject.toml README.md agent sim) \
+  # The simulator (sim/) is for developers and the demo: a board gets the agent alone.
+  (cd "$HERE" && tar --exclude=__pycache__ -cf - pyproject.toml README.md agent) \
     | tar -xf - -C "$src"
   if ! "$bpy" -m pip wheel -q --no-deps --disable-pip-version-check "$src" -w "$out" \
        >"$WORK/wheel.log" 2>&1; then

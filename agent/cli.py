@@ -147,8 +147,18 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from agent.demo import run_demo
-
+    """The demo drives the simulator, which a board's package does not carry: it is
+    found in the source checkout this agent runs from (``pip install -e .``)."""
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "sim" / "demo.py").exists() and str(checkout) not in sys.path:
+        sys.path.append(str(checkout))
+    try:
+        from sim.demo import run_demo
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("sim", "sim.demo"):
+            raise
+        raise UsageError("the demo needs the simulator, which is not installed with the "
+                         "agent: run it from a source checkout (make demo)") from None
     return run_demo(args.config, duration_s=args.duration)
 
 

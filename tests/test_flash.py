@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from agent.sdnotify import Notifier
 
 ROOT = Path(__file__).resolve().parents[1]
 FLASH = ROOT / "flash.sh"
-SOURCES = ("pyproject.toml", "README.md", "agent", "sim")
+SOURCES = ("pyproject.toml", "README.md", "agent")
 HAT_ARGS = ["--board", "rpi4-rs485-hat", "--gateway-id", "gw-test-01",
             "--broker", "mqtt.example.net:8883"]
 STEP = re.compile(r"^  (created|updated|unchanged|removed|skipped|would create|would update|"
@@ -88,7 +89,7 @@ class Flashed:
 def flashed() -> Iterator[Flashed]:
     """An SD card's root with a Pi boot partition and an earlier agent's state, flashed twice."""
     with tempfile.TemporaryDirectory(prefix="rootfs-") as tmp:
-        # Each run builds the wheel from the checkout; if someone edits agent/ or sim/
+        # Each run builds the wheel from the checkout; if someone edits agent/
         # between the two builds the second run rightly updates it, so try again.
         for attempt in range(2):
             rootfs = Path(tmp, f"attempt-{attempt}")
@@ -162,11 +163,14 @@ def test_first_run_installs_the_agent_config_keys_unit_and_udev_rule(flashed: Fl
     # The agent's state from before is untouched.
     assert (r / "var/lib/meter-agent/store.db").read_bytes() == b"the ledger of an earlier version"
     assert wheel.stat().st_size > 10_000
+    with zipfile.ZipFile(wheel) as whl:  # the agent alone: no simulator on a board
+        tops = {name.split("/")[0] for name in whl.namelist()}
+    assert "agent" in tops and "sim" not in tops, tops
 
 
 def test_a_second_run_changes_nothing(flashed: Flashed) -> None:
     if not flashed.same_sources:
-        pytest.skip("agent/ or sim/ changed between the two runs (someone is editing them)")
+        pytest.skip("agent/ changed between the two runs (someone is editing them)")
     assert flashed.hashes[0] == flashed.hashes[1]
     done = steps(flashed.second)
     assert len(done) >= 15 and set(done.values()) == {"unchanged"}, flashed.second
@@ -320,7 +324,8 @@ def test_host_dry_run_prints_the_plan_without_connecting(tmp_path: Path) -> None
 
 
 def test_rendered_config_of_every_board_keeps_comments_and_passes(tmp_path: Path) -> None:
-    boards = [p for p in sorted((ROOT / "board_configs").glob("*.toml")) if p.stem != "sim"]
+    boards = [p for p in sorted((ROOT / "board_configs").glob("*.toml"))
+              if not p.stem.startswith("sim")]  # the simulated gateways are no boards
     assert len(boards) == 3
     for board in boards:
         out = tmp_path / f"{board.stem}.toml"

@@ -236,15 +236,3 @@ def test_cli_status_and_ledger_read_the_running_agent(gateways: Any) -> None:
     missing = subprocess.run([sys.executable, "-m", "agent.cli", "ledger", "NOPE", "-c",
                               str(g.config)], cwd=ROOT, capture_output=True, text=True)
     assert missing.returncode == 2 and "unknown account" in missing.stderr
-
-
-def test_demo_shows_three_meters_with_readings_and_balances(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "agent.cli", "demo", "--duration", "20"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    last = out.stdout.split("meter-agent demo")[-1]
-    rows = [line for line in last.splitlines() if line.startswith("SDM-")]
-    assert len(rows) == 3, last
-    for row in rows:
-        kwh, balance = row.split()[1], row.split()[3]
-        assert kwh != "-" and balance != "-", row

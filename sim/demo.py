@@ -2,8 +2,13 @@
 
 Everything runs from a fresh temp directory (config, keys, data, ptys, logs)
 so the demo never touches a real board's state; the broker listens on a free
-loopback port. Ctrl-C (or ``--duration``) stops every process it started, by
-pid, and says where the logs are.
+loopback port. The config's path is printed at once and stays on the live view,
+so the CLI can be pointed at the running agent from another terminal. Ctrl-C
+(or ``--duration``) stops every process it started, by pid, and says where the
+logs are.
+
+It lives in ``sim/`` with the simulator it drives: the package a board installs
+(``agent/``) carries neither; ``meter-agent demo`` finds it in a source checkout.
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ from sim.keys import write_key
 from sim.tomlw import dumps
 
 DEMO_TOPUP_PAISE = 20_000  # ₹200 each: enough to watch it fall, low enough to see alerts
-# The simulated meters run 10x faster than real time: lively, yet within what a 45 A
-# meter could pass, so the agent's plausibility check accepts every delta.
-DEMO_SPEED = 10.0
+# The simulated meters run 3x faster than real time: lively, yet the heaviest household
+# (an evening peak with an appliance, about 3.3 kW, so 10 kW at 3x) stays within what
+# the smallest meter can pass (an SDM120: 45 A x 300 V = 13.5 kW), so the agent's
+# plausibility check accepts every delta and bills it. At 10x (an earlier choice) the
+# evening readings were implausible and nothing was billed.
+DEMO_SPEED = 3.0
 
 
 def prepare(config: str, workdir: Path, broker_port: int) -> Path:
@@ -70,8 +78,11 @@ def _rupees(paise: int | None) -> str:
     return f"{sign}₹{abs(paise) // 100}.{abs(paise) % 100:02d}"
 
 
-def render(status: dict[str, Any] | None, elapsed_s: float) -> str:
-    lines = [f"meter-agent demo — {elapsed_s:5.0f}s — Ctrl-C to stop", ""]
+def render(status: dict[str, Any] | None, elapsed_s: float, config: Path | None = None) -> str:
+    lines = [f"meter-agent demo — {elapsed_s:5.0f}s — Ctrl-C to stop"]
+    if config is not None:
+        lines.append(f"from another terminal: meter-agent status -c {config}")
+    lines.append("")
     if status is None:
         lines.append("waiting for the agent to start ...")
         return "\n".join(lines)
@@ -81,13 +92,15 @@ def render(status: dict[str, Any] | None, elapsed_s: float) -> str:
                  f"{'up' if link['connected'] else 'DOWN'}  backlog {backlog}  "
                  f"head-end payments {status['headend']['payments']}")
     lines.append("")
-    lines.append(f"{'meter':<10} {'kWh':>10} {'W':>7} {'balance':>11} {'relay':<7} {'backlog':>7}")
+    protocols = {b["name"]: b["protocol"] for b in status["buses"]}
+    lines.append(f"{'meter':<10} {'protocol':<12} {'kWh':>10} {'W':>7} {'balance':>11} "
+                 f"{'relay':<7}")
     for m in status["meters"]:
         r = m["reading"] or {}
         kwh = f"{r['import_wh'] / 1000:.3f}" if "import_wh" in r else "-"
         relay = m["relay"]["actual"] or "?"
-        lines.append(f"{m['id']:<10} {kwh:>10} {r.get('p_w', '-')!s:>7} "
-                     f"{_rupees(m['balance']):>11} {relay:<7} {backlog:>7}")
+        lines.append(f"{m['id']:<10} {protocols.get(m['bus'], '?'):<12} {kwh:>10} "
+                     f"{r.get('p_w', '-')!s:>7} {_rupees(m['balance']):>11} {relay:<7}")
     return "\n".join(lines)
 
 
@@ -99,6 +112,7 @@ def run_demo(config: str, duration_s: float | None = None) -> int:
     broker = Mosquitto(workdir / "broker")
     broker.start()
     cfg_path = prepare(config, workdir, broker.port)
+    print(f"meter-agent demo: config {cfg_path} (logs and data beside it)", flush=True)
     py = sys.executable
     procs = [
         _spawn([py, "-m", "sim.meters", "-c", str(cfg_path), "--speed", str(DEMO_SPEED),
@@ -132,7 +146,7 @@ def run_demo(config: str, duration_s: float | None = None) -> int:
                 status = json.loads(status_path.read_text())
             except (OSError, ValueError):
                 status = None
-            frame = render(status, elapsed)
+            frame = render(status, elapsed, cfg_path)
             print(("\x1b[H\x1b[2J" if interactive else "\n") + frame, flush=True)
             time.sleep(1.0)
     finally:
@@ -145,4 +159,4 @@ def run_demo(config: str, duration_s: float | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_demo(os.environ.get("CONFIG", "board_configs/sim.toml")))
+    sys.exit(run_demo(os.environ.get("CONFIG", "board_configs/sim-mixed.toml")))
