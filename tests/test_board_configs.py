@@ -13,7 +13,8 @@ from agent.cli import main
 from agent.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-BOARDS = sorted(p for p in (ROOT / "board_configs").glob("*.toml") if p.stem != "sim")
+BOARDS = sorted(p for p in (ROOT / "board_configs").glob("*.toml")
+                if not p.stem.startswith("sim"))  # sim*.toml: simulated gateways, no boards
 # (text replaced once, its replacement, the key path check-config must name, a fragment)
 BREAKAGES = [
     ("address = 1\n", "adress = 1\n", "meter[0].adress", "unknown key"),
@@ -30,7 +31,8 @@ def test_the_three_boards_are_there() -> None:
                                         "rpi4-rs485-hat"]
 
 
-@pytest.mark.parametrize("board", BOARDS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("board", sorted((ROOT / "board_configs").glob("*.toml")),
+                         ids=lambda p: p.stem)
 def test_board_passes_check_config(board: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", str(board)]) == 0
     assert ": ok (gateway " in capsys.readouterr().out
