@@ -72,3 +72,26 @@ def test_a_meter_offering_less_gets_its_own_speed(tmp_path: Path) -> None:
             assert transport.speeds == [300, 9600, 19200]
         finally:
             transport.close()
+
+
+def test_the_latency_counts_from_when_the_sign_on_has_left_the_line(tmp_path: Path) -> None:
+    """A pty's flush returns at once, a USB adapter's before the last bit is out; at 300
+    baud the sign-on alone takes 0.22 s. A meter answering within its latency after the
+    request has left must be read at the first attempt, with a latency below 0.22 s."""
+    config = board(tmp_path, protocol="iec62056-21", baudrate=9600, addresses=(1,))
+    with serving(config, speed=0.0, seed=5, turnaround_ms=2):
+        transport = RecordingTransport(config.buses[0].port, 9600)
+        writes: list[bytes] = []
+        real_write = transport.write
+
+        def write(data: bytes) -> None:
+            writes.append(data)
+            real_write(data)
+
+        transport.write = write  # type: ignore[method-assign]
+        try:
+            meter = IecMeter(transport, "1", timeout_s=0.15)
+            meter.read("M1", 1_700_000_000)
+            assert len(writes) == 2  # the sign-on and the ACK, once each: no timeout
+        finally:
+            transport.close()

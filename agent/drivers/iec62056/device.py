@@ -37,7 +37,7 @@ from agent.drivers.iec62056.codec import (
 )
 from agent.drivers.iec62056.obis import serial_of, to_values
 from agent.drivers.reading import Reading
-from agent.drivers.transport import BaudSwitchable, Transport, character_time_s
+from agent.drivers.transport import BaudSwitchable, Transport, character_time_s, frame_time_s
 from agent.errors import DriverError, PortError, TimeoutError_
 
 RESPONSE_LATENCY_S: Final = 1.5  # the standard's longest reaction time t_r
@@ -91,18 +91,26 @@ class IecMeter:
         try:
             self._switch(self._initial_baud)
             self._transport.reset_input()
-            self._transport.write(encode_request(self._address))
-            ident = self._await(IdentificationReader(), latency_s, "identification")
+            ident = self._await(IdentificationReader(),
+                                self._send(encode_request(self._address), latency_s),
+                                "identification")
             assert isinstance(ident, Identification)
             self.last_identification = ident
             chosen = self._choose_baud(ident.baudrate)
-            self._transport.write(encode_ack(baud_char(chosen)))
+            allowance_s = self._send(encode_ack(baud_char(chosen)), latency_s)
             self._switch(chosen)  # the ACK has left: both sides now talk at ``chosen``
-            message = self._await(DataReader(), latency_s, "data message")
+            message = self._await(DataReader(), allowance_s, "data message")
             assert isinstance(message, DataMessage)
             return message
         finally:
             self._switch(original)
+
+    def _send(self, frame: bytes, latency_s: float) -> float:
+        """Write ``frame``; the answer's allowance: the meter's latency counts from when
+        the frame has left the line, and a port's flush may return before that (a USB
+        adapter's buffer; a pty at once): at 300 baud a sign-on takes 0.22 s."""
+        self._transport.write(frame)
+        return latency_s + frame_time_s(len(frame), self._transport.baudrate)
 
     def _await(
         self, reader: IdentificationReader | DataReader, latency_s: float, what: str
