@@ -13,8 +13,10 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from agent import __version__
 from agent.config import DEFAULT_CONFIG, Config, load_config
@@ -138,9 +140,11 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     data = {"account": acct.id, "tariff": acct.tariff, "balance": acct.balance, "n": acct.n,
             "entries": [e.wire() for e in entries]}
     text = [f"account {acct.id}  tariff {acct.tariff}  balance {_paise(acct.balance)}  "
-            f"entries {acct.n}"]
-    for e in entries:
-        text.append(f"  #{e.n:<6} {e.t:>11} {e.kind:<7} {_paise(e.amt):>11} "
+            f"entries {acct.n}  (times in {cfg.gateway.timezone})"]
+    zone = ZoneInfo(cfg.gateway.timezone)
+    for e in entries:  # local time of the gateway; --json keeps Unix seconds (CONTRACT 1)
+        when = datetime.fromtimestamp(e.t, zone).strftime("%Y-%m-%d %H:%M:%S")
+        text.append(f"  #{e.n:<6} {when} {e.kind:<7} {_paise(e.amt):>11} "
                     f"-> {_paise(e.bal):>11}  {e.ref}")
     _print(data, args.json, "\n".join(text))
     return 0
@@ -198,6 +202,9 @@ def _token_issue(cfg: Config, args: argparse.Namespace) -> int:
     from agent.ledger.tokens import issue_token
     from agent.uplink.cose import read_hex_key
 
+    if args.account not in {a.id for a in cfg.accounts}:  # a token for no one is money lost
+        raise UsageError(f"no account {args.account!r} in {cfg.source} (accounts: "
+                         f"{', '.join(a.id for a in cfg.accounts) or 'none'})")
     if len(args.values) != 1 or not args.values[0].isdigit():
         raise UsageError("token issue ACCOUNT AMOUNT: AMOUNT is paise, a whole number")
     amount = int(args.values[0])

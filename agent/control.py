@@ -3,23 +3,27 @@
 A Unix socket ``control.sock`` in the data dir, mode 0600 (only the agent's
 user). One JSON request per connection, one JSON reply:
 ``{"op": str, "args": {...}}`` → ``{"ok": bool, "error": str?, "result": {...}}``.
-The socket thread never touches the store: it hands the request to the runtime
-thread (the single writer) through the inbox and waits for the answer.
+The socket's thread never touches the store: it hands the request to the runtime
+thread (the single writer) through the inbox, and sends the answer when it comes.
+One thread and one selector serve every connection (a scan that takes a minute does
+not hold up a ``status``).
 
 Bounds: requests over ``MAX_REQUEST_BYTES`` are refused; ``MAX_CLIENTS``
-connections are served at once; a request not answered within
+connections are served at once (one more is told the agent is busy); a request must
+arrive within ``REQUEST_S`` of connecting; one not answered within
 ``ANSWER_TIMEOUT_S`` gets an error (the runtime may still apply it).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
 import queue
+import selectors
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +37,10 @@ log = logging.getLogger("agent.control")
 SOCKET_NAME = "control.sock"
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_CLIENTS = 4
+REQUEST_S = 10.0  # from connecting to a whole request
 ANSWER_TIMEOUT_S = 120.0  # a bus scan of 247 addresses takes a while
+SEND_S = 10.0  # for the answer to leave
+SELECT_S = 0.05  # the longest an answer waits for this thread to see it
 
 
 class ControlError(AgentError):
@@ -56,12 +63,21 @@ class ControlRequest:
             log.error("event=control_double_answer op=%s", self.op)
 
 
+@dataclass(eq=False)
+class _Client:
+    sock: socket.socket
+    deadline_s: float  # for its request, then for the runtime's answer, then to send it
+    data: bytes = b""
+    request: ControlRequest | None = None
+    out: bytes = b""
+
+
 class ControlServer:
     def __init__(self, data_dir: Path, post: Callable[[ControlRequest], None]) -> None:
         self.path = Path(data_dir) / SOCKET_NAME
         self.post = post
-        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
         self._stop = threading.Event()
+        self._clients: dict[socket.socket, _Client] = {}
         if self.path.exists() or self.path.is_symlink():
             self.path.unlink()  # a stale socket from a killed agent
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -72,7 +88,9 @@ class ControlServer:
             os.umask(old)
         os.chmod(self.path, 0o600)
         self.sock.listen(MAX_CLIENTS)
-        self.sock.settimeout(0.5)
+        self.sock.setblocking(False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self.sock, selectors.EVENT_READ)
         self.thread = self._new_thread()
 
     def _new_thread(self) -> threading.Thread:
@@ -90,49 +108,122 @@ class ControlServer:
     def stop(self) -> None:
         self._stop.set()
         self.thread.join(timeout=2)
+        for client in list(self._clients.values()):
+            self._close(client)
+        self._selector.close()
         self.sock.close()
         try:
             self.path.unlink()
         except FileNotFoundError:
             pass
 
+    # -- the socket's thread -----------------------------------------------------------
     def _serve(self) -> None:
         while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if not self._slots.acquire(blocking=False):
-                _send(conn, {"ok": False, "error": "agent busy: too many control clients"})
-                conn.close()
-                continue
-            client = functools.partial(self._client, conn)
-            threading.Thread(target=guarded("control-client", client), daemon=True).start()
+            for key, mask in self._selector.select(SELECT_S):
+                if key.fileobj is self.sock:
+                    self._accept()
+                elif mask & selectors.EVENT_READ:
+                    self._receive(self._clients[key.fileobj])  # type: ignore[index]
+                else:
+                    self._send(self._clients[key.fileobj])  # type: ignore[index]
+            now = time.monotonic()
+            for client in list(self._clients.values()):
+                if client.request is not None and not client.out:
+                    try:
+                        self._reply(client, client.request.answer.get_nowait())
+                        continue
+                    except queue.Empty:
+                        pass
+                if now >= client.deadline_s:
+                    if client.request is not None and not client.out:
+                        self._reply(client, {"ok": False,
+                                             "error": "the agent did not answer in time"})
+                    else:
+                        self._close(client)
 
-    def _client(self, conn: socket.socket) -> None:
+    def _accept(self) -> None:
         try:
-            conn.settimeout(10)
-            request = _receive(conn)
+            conn, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.warning("event=control_accept_failed error=%s", exc)
+            return
+        conn.setblocking(False)
+        client = _Client(conn, time.monotonic() + REQUEST_S)
+        self._clients[conn] = client
+        if len(self._clients) > MAX_CLIENTS:
+            self._reply(client, {"ok": False, "error": "agent busy: too many control clients"})
+            return
+        self._selector.register(conn, selectors.EVENT_READ)
+
+    def _receive(self, client: _Client) -> None:
+        try:
+            chunk = client.sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(client)
+            return
+        client.data += chunk
+        if len(client.data) > MAX_REQUEST_BYTES:
+            self._reply(client, {"ok": False,
+                                 "error": f"request larger than {MAX_REQUEST_BYTES} bytes"})
+            return
+        if chunk and not chunk.endswith(b"\n"):
+            return  # more to come
+        self._selector.unregister(client.sock)
+        try:
+            request = _parse(client.data, "request")
             op, args = request.get("op"), request.get("args", {})
             if not isinstance(op, str) or not isinstance(args, dict):
                 raise ControlError("a request is {\"op\": str, \"args\": {...}}")
-            req = ControlRequest(op, args)
-            self.post(req)
-            try:
-                answer = req.answer.get(timeout=ANSWER_TIMEOUT_S)
-            except queue.Empty:
-                answer = {"ok": False, "error": "the agent did not answer in time"}
-            _send(conn, answer)
-        except (ControlError, OSError, ValueError) as exc:
-            try:
-                _send(conn, {"ok": False, "error": str(exc)})
-            except OSError:
-                pass
-        finally:
-            conn.close()
-            self._slots.release()
+        except (ControlError, ValueError) as exc:
+            self._reply(client, {"ok": False, "error": str(exc)}, registered=False)
+            return
+        client.request = ControlRequest(op, args)
+        client.deadline_s = time.monotonic() + ANSWER_TIMEOUT_S
+        self.post(client.request)
+
+    def _reply(self, client: _Client, body: dict[str, Any], *, registered: bool = True) -> None:
+        client.out = json.dumps(body).encode() + b"\n"
+        client.deadline_s = time.monotonic() + SEND_S
+        if registered and client.sock in self._selector.get_map():
+            self._selector.modify(client.sock, selectors.EVENT_WRITE)
+        else:
+            self._selector.register(client.sock, selectors.EVENT_WRITE)
+        self._send(client)
+
+    def _send(self, client: _Client) -> None:
+        try:
+            sent = client.sock.send(client.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(client)
+            return
+        client.out = client.out[sent:]
+        if not client.out:
+            self._close(client)
+
+    def _close(self, client: _Client) -> None:
+        self._clients.pop(client.sock, None)
+        try:
+            self._selector.unregister(client.sock)
+        except (KeyError, ValueError):
+            pass
+        client.sock.close()
+
+
+def _parse(data: bytes, what: str) -> dict[str, Any]:
+    if not data:
+        raise ControlError(f"the connection closed before a {what} arrived"
+                           + (" (did the agent stop? see its log)" if what == "reply" else ""))
+    body = json.loads(data)
+    if not isinstance(body, dict):
+        raise ControlError(f"a {what} is a JSON object")
+    return body
 
 
 def _receive(conn: socket.socket, what: str = "request") -> dict[str, Any]:
@@ -148,13 +239,7 @@ def _receive(conn: socket.socket, what: str = "request") -> dict[str, Any]:
             raise ControlError(f"request larger than {MAX_REQUEST_BYTES} bytes")
         if chunk.endswith(b"\n"):
             break
-    if not chunks:
-        raise ControlError(f"the connection closed before a {what} arrived"
-                           + (" (did the agent stop? see its log)" if what == "reply" else ""))
-    data = json.loads(b"".join(chunks))
-    if not isinstance(data, dict):
-        raise ControlError(f"a {what} is a JSON object")
-    return data
+    return _parse(b"".join(chunks), what)
 
 
 def _send(conn: socket.socket, body: dict[str, Any]) -> None:

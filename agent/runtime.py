@@ -142,6 +142,7 @@ class Runtime:
         self.notifier = Notifier()
         # The page's threads read this snapshot (replaced whole each second), never SQLite.
         self.status_snapshot: dict[str, Any] = {}
+        self._status_error: str | None = None  # why status.json could not be written
         self.web = (StatusServer(lambda: {**self.status_snapshot, "running": True}, cfg.local)
                     if cfg.local.http_port and control else None)
         self._next_cleanup = self.clock.monotonic_s() + 60
@@ -563,9 +564,21 @@ class Runtime:
         }
 
     def _write_status(self) -> None:
-        path = Path(self.cfg.gateway.data_dir) / "status.json"
-        tmp = path.with_suffix(".tmp")
+        """The status for the page (memory) and for readers of ``status.json``. A file that
+        cannot be written (the disk is full, the card is read-only) is logged when the
+        reason changes and skipped: metering, billing and relays do not depend on it."""
         status = self.status()
         self.status_snapshot = status
-        tmp.write_text(json.dumps(status, separators=(",", ":")))
-        os.replace(tmp, path)
+        path = Path(self.cfg.gateway.data_dir) / "status.json"
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(status, separators=(",", ":")))
+            os.replace(tmp, path)
+        except OSError as exc:
+            if exc.strerror != self._status_error:
+                log.warning("event=status_file_failed path=%s error=%s", path, exc.strerror)
+            self._status_error = exc.strerror
+            return
+        if self._status_error:
+            log.info("event=status_file_ok path=%s", path)
+            self._status_error = None

@@ -77,3 +77,30 @@ def test_token_issue_reference_issuer(tmp_path: Path) -> None:
     assert len(groups) == 5 and all(len(x) == 4 and x.isdigit() for x in groups)
     bad = cli("token", "issue", "ACC-0001", "150", "-c", str(config))
     assert bad.returncode == 2 and "whole rupees" in bad.stderr
+    nobody = cli("token", "issue", "ACC-9999", "50000", "-c", str(config))
+    assert nobody.returncode == 2 and "no account 'ACC-9999'" in nobody.stderr
+    assert nobody.stdout == "", "no token is printed for an account the gateway does not have"
+
+
+def test_ledger_shows_local_times_and_json_keeps_unix_seconds(tmp_path: Path) -> None:
+    from agent.accounting import Accounting
+    from agent.buffer.journal import Journal
+    from agent.buffer.store import Store
+    from agent.config import load_config
+
+    config = make_config(tmp_path, 1883)
+    cfg = load_config(config)
+    store = Store(cfg.gateway.data_dir)
+    journal = Journal(store)
+    accounting = Accounting(cfg, store, journal, token_key=bytes(32))
+    accounting.setup(1_767_225_600)
+    t = 1_767_268_800  # 2026-01-01 12:00 UTC = 17:30 in Asia/Kolkata
+    accounting.topup("ACC-0001", 12_345, "T-local", t)
+    store.close()
+    text = cli("ledger", "ACC-0001", "-c", str(config))
+    assert text.returncode == 0, text.stderr
+    assert "2026-01-01 17:30:00 topup" in text.stdout and "Asia/Kolkata" in text.stdout
+    import json
+
+    data = json.loads(cli("ledger", "ACC-0001", "-c", str(config), "--json").stdout)
+    assert [e["t"] for e in data["entries"] if e["kind"] == "topup"] == [t]

@@ -1,0 +1,108 @@
+"""The control socket (agent/control.py): one thread serves every CLI connection; a slow
+answer (a scan) does not hold up another request; each bound with what happens at it."""
+
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent import control
+from agent.control import ControlError, ControlRequest, ControlServer, call
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Path, queue.Queue[ControlRequest]]]:
+    inbox: queue.Queue[ControlRequest] = queue.Queue()
+    server = ControlServer(tmp_path, inbox.put)
+    server.start()
+    yield tmp_path, inbox
+    server.stop()
+    assert not (tmp_path / control.SOCKET_NAME).exists()
+
+
+def _answer_all(inbox: queue.Queue[ControlRequest], stop: threading.Event,
+                slow_op: str = "scan") -> None:
+    """The runtime's part: answers each request, the slow op after a second."""
+    while not stop.is_set():
+        try:
+            req = inbox.get(timeout=0.05)
+        except queue.Empty:
+            continue
+        if req.op == slow_op:
+            threading.Timer(1.0, lambda r=req: r.reply({"found": []})).start()
+        else:
+            req.reply({"op": req.op})
+
+
+def test_a_slow_answer_does_not_hold_up_the_next_request(served: tuple[Path, queue.Queue[
+        ControlRequest]]) -> None:
+    data_dir, inbox = served
+    stop = threading.Event()
+    runtime = threading.Thread(target=_answer_all, args=(inbox, stop))
+    runtime.start()
+    try:
+        slow: list[dict[str, object]] = []
+        scanner = threading.Thread(target=lambda: slow.append(call(data_dir, "scan", {})))
+        scanner.start()
+        time.sleep(0.2)
+        started = time.monotonic()
+        assert call(data_dir, "status", {}) == {"op": "status"}
+        assert time.monotonic() - started < 0.5, "status waited for the scan"
+        scanner.join(5)
+        assert slow == [{"found": []}]
+        assert threading.active_count() <= 4  # pytest's, the server's, the two of this test
+    finally:
+        stop.set()
+        runtime.join(5)
+
+
+def test_a_request_too_large_or_not_a_request_is_refused(served: tuple[Path, queue.Queue[
+        ControlRequest]]) -> None:
+    data_dir, inbox = served
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(data_dir / control.SOCKET_NAME))
+        s.sendall(b"x" * (control.MAX_REQUEST_BYTES + 10))
+        reply = s.recv(1000)
+    assert b"larger than" in reply and b'"ok": false' in reply
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(data_dir / control.SOCKET_NAME))
+        s.sendall(b'["not", "a", "map"]\n')
+        assert b"is a JSON object" in s.recv(1000)
+    assert inbox.empty(), "a refused request never reaches the runtime"
+
+
+def test_more_clients_than_the_cap_are_told_the_agent_is_busy(served: tuple[Path, queue.Queue[
+        ControlRequest]]) -> None:
+    data_dir, _ = served
+    quiet = []
+    for _ in range(control.MAX_CLIENTS):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(data_dir / control.SOCKET_NAME))
+        quiet.append(s)
+    try:
+        time.sleep(0.2)
+        with pytest.raises(ControlError, match="agent busy"):
+            call(data_dir, "status", {})
+    finally:
+        for s in quiet:
+            s.close()
+
+
+def test_an_unanswered_request_times_out_and_a_silent_client_is_dropped(
+        served: tuple[Path, queue.Queue[ControlRequest]], monkeypatch: pytest.MonkeyPatch) -> None:
+    data_dir, inbox = served
+    monkeypatch.setattr(control, "ANSWER_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(control, "REQUEST_S", 0.3)
+    with pytest.raises(ControlError, match="did not answer in time"):
+        call(data_dir, "status", {})
+    assert isinstance(inbox.get_nowait(), ControlRequest)  # it did reach the runtime
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(data_dir / control.SOCKET_NAME))
+        s.settimeout(3)
+        assert s.recv(100) == b"", "a client that sends nothing is closed"
