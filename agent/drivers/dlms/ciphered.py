@@ -4,9 +4,9 @@ Implements the frame formats of the DLMS UA Green Book (DLMS UA 1000-2 Ed. 8,
 IEC 62056-5-3:2017) §9.2.7 "cryptographic protection of xDLMS APDUs", with the
 layouts of its Table 40 example (glo-get-request):
 
-    service-specific glo-/ded- APDU   tag | length | SC | IC (4) | information
-    general-glo-ciphering [219] DB    tag | length | system-title (8) | length | SC | IC | information
-    general-ded-ciphering [220] DC    the same, protected with the dedicated key
+    service-specific glo-/ded- APDU  tag | length | SC | IC (4) | information
+    general-glo-ciphering [219] DB   tag | 08 | system-title (8) | length | SC | IC | information
+    general-ded-ciphering [220] DC   the same, protected with the dedicated key
 
 SC is the security control byte (security suite in bits 0-3, authentication
 bit 4, encryption bit 5, broadcast key bit 6, compression bit 7); IC the
