@@ -153,6 +153,7 @@ class SimDlmsMeter(LoadModel):
         self.associations = 0
         self.rejections = 0
         self.blocks_sent = 0
+        self.relay_actions = 0  # ACTIONs on disconnect control that reached the meter
 
     @property
     def clock(self) -> Clock:
@@ -379,6 +380,7 @@ class SimDlmsMeter(LoadModel):
     def _action(self, request: ActionRequest) -> ActionResponse:
         if (request.class_id, request.obis) != (70, cosem.DISCONNECT_CONTROL):
             return ActionResponse(request.invoke, cosem.OBJECT_UNDEFINED)
+        self.relay_actions += 1
         # IS 15959: only the utility-settings (HLS) client may switch the supply
         if self.association != ("hls" if self.security is not None else "lls"):
             return ActionResponse(request.invoke, cosem.READ_WRITE_DENIED)
