@@ -77,10 +77,11 @@ from agent.drivers.dlms.apdu import (
     decode_apdu,
     encode_results,
 )
-from agent.drivers.dlms.axdr import Data, DateTime, Tag, array, structure
+from agent.drivers.dlms.axdr import Data, Tag
 from agent.drivers.dlms.errors import DlmsProtocolError
 from agent.drivers.dlms.hdlc import PUBLIC_CLIENT
 from agent.drivers.dlms.security import ASSOCIATION_LN, REPLY_TO_HLS
+from sim.dlms_objects import CONNECTED, DISCONNECTED, PROFILE_ENTRIES, READY, object_model
 from sim.dlms_security import MeterSecurity
 from sim.load import LoadModel
 
@@ -90,7 +91,6 @@ if TYPE_CHECKING:
 SERVER_CONFORMANCE: Final = GET | ACTION | BLOCK_TRANSFER_WITH_GET | MULTIPLE_REFERENCES
 SERVER_MAX_PDU: Final = 512
 MIN_CLIENT_PDU: Final = 64  # below this not even a register fits: refuse the association
-PROFILE_ENTRIES: Final = 100  # per event log; the oldest entry goes first (FIFO)
 LOAD_SWITCH_DISCONNECTED: Final = 301
 LOAD_SWITCH_CONNECTED: Final = 302
 TAMPER_EVENT_CODES: Final = {
@@ -104,7 +104,6 @@ PUBLIC_OBJECTS: Final = frozenset({cosem.SERIAL, cosem.LOGICAL_DEVICE_NAME, cose
 # IS 15959's clients and the one mechanism each may use, on a meter with HLS keys.
 CLIENT_MECHANISMS: Final = {0x10: None, 0x20: cosem.MECHANISM_LLS, 0x30: MECHANISM_HLS_GMAC}
 
-DISCONNECTED, CONNECTED, READY = 0, 1, 2
 # Blue Book class 70: (control_mode, state, trigger) -> next state. Triggers:
 # remote_disconnect (transitions b, c), remote_reconnect (a in mode 2, d in
 # mode 1), button = manual_reconnect (e) / manual_disconnect (f).
@@ -405,65 +404,5 @@ class SimDlmsMeter(LoadModel):
         return cosem.OBJECT_UNDEFINED if value is None else value
 
     def _objects(self) -> dict[Obis, tuple[int, dict[int, Data]]]:
-        volts, amps, watts, pf = self.measurements()
-        now = DateTime.from_unix(int(self.sim_time_s), self.deviation_min)
-
-        def register(value: Data, scaler: int, unit: int) -> tuple[int, dict[int, Data]]:
-            scaler_unit = structure(Data(Tag.INTEGER, scaler), Data(Tag.ENUM, unit))
-            return 3, {2: value, 3: scaler_unit}
-
-        objects: dict[Obis, tuple[int, dict[int, Data]]] = {
-            cosem.SERIAL: (1, {2: Data(Tag.OCTET_STRING, str(self.serial).encode())}),
-            cosem.LOGICAL_DEVICE_NAME: (1, {2: Data(Tag.OCTET_STRING, b"SIM" + str(
-                self.serial).encode())}),
-            cosem.CLOCK: (8, {2: Data(Tag.OCTET_STRING, now.to_bytes()),
-                              3: Data(Tag.LONG, self.deviation_min)}),
-            cosem.DISCONNECT_CONTROL: (70, {
-                2: Data(Tag.BOOLEAN, self.control_state == CONNECTED),
-                3: Data(Tag.ENUM, self.control_state),
-                4: Data(Tag.ENUM, self.control_mode)}),
-        }
-        u32 = Tag.DOUBLE_LONG_UNSIGNED
-        values = {
-            "import_wh": (Data(u32, self.import_wh % 2**32), 0, cosem.UNIT_WH),
-            "export_wh": (Data(u32, self.export_wh % 2**32), 0, cosem.UNIT_WH),
-            "p_w": (Data(Tag.DOUBLE_LONG, round(watts)), 0, cosem.UNIT_W),
-            "v_dv": (Data(Tag.LONG_UNSIGNED, round(volts * 100)), -2, cosem.UNIT_V),
-            "i_ma": (Data(u32, round(amps * 1000)), -3, cosem.UNIT_A),
-            "f_chz": (Data(Tag.LONG_UNSIGNED, round(self.frequency_hz() * 100)), -2,
-                      cosem.UNIT_HZ),
-            "pf_milli": (Data(Tag.LONG, round(pf * 1000)), -3, cosem.UNIT_NONE),
-        }
-        for reg in cosem.REGISTERS:
-            value, scaler, unit = values[reg.quantity]
-            objects[reg.obis] = register(value, scaler, unit)
-        for category, log in self.logs.items():
-            objects[cosem.event_log(category)] = (7, self._profile(category, log))
-            last = log[-1][1] if log else 0
-            objects[cosem.event_code_object(category)] = (1, {2: Data(Tag.LONG_UNSIGNED,
-                                                                       last)})
-        return objects
-
-    def _profile(self, category: int, log: deque[tuple[int, int, int]]) -> dict[int, Data]:
-        capture = array([
-            cosem.capture_object(8, cosem.CLOCK, 2),
-            cosem.capture_object(1, cosem.event_code_object(category), 2),
-            cosem.capture_object(3, cosem.REGISTERS[0].obis, 2),
-        ])
-        entries = array([
-            structure(
-                Data(Tag.OCTET_STRING, DateTime.from_unix(t, self.deviation_min).to_bytes()),
-                Data(Tag.LONG_UNSIGNED, code),
-                Data(Tag.DOUBLE_LONG_UNSIGNED, energy_wh % 2**32),
-            )
-            for t, code, energy_wh in log
-        ])
-        count = Data(Tag.DOUBLE_LONG_UNSIGNED, len(log))
-        return {
-            2: entries,
-            3: capture,
-            4: Data(Tag.DOUBLE_LONG_UNSIGNED, 0),  # capture_period 0: on events
-            5: Data(Tag.ENUM, 1),  # sort_method fifo
-            7: count,
-            8: Data(Tag.DOUBLE_LONG_UNSIGNED, PROFILE_ENTRIES),
-        }
+        """Every object with its attributes now (tests override it to vary the model)."""
+        return object_model(self)

@@ -33,7 +33,9 @@ CONTEXT_LN_CIPHERED: Final = bytes.fromhex("60857405080103")  # 2.16.756.5.8.1.3
 _MECHANISM_PREFIX: Final = bytes.fromhex("608574050802")  # 2.16.756.5.8.2.x
 MECHANISM_LLS: Final = 1
 MECHANISM_HLS_GMAC: Final = 5
-CHALLENGE_MIN: Final = 8  # bytes of an HLS challenge (Green Book: 8..64)
+# Bytes of an HLS challenge (Green Book: 8..64). Ours is DEFAULT_CHALLENGE_BYTES
+# (security.py); a meter's StoC outside the bounds is a DlmsProtocolError there.
+CHALLENGE_MIN: Final = 8
 CHALLENGE_MAX: Final = 64
 TITLE_BYTES: Final = 8
 

@@ -43,7 +43,8 @@ TITLE_BYTES: Final = 8  # a system title: 3 letters of manufacturer id + 5 bytes
 TAG_BYTES: Final = 12  # the GCM tag is cut to its 12 leftmost bytes
 IC_BYTES: Final = 4
 IC_MAX: Final = 2**32 - 1  # at it the key must change (Green Book: a new key, not a wrap)
-# The largest ciphered APDU accepted: one A-XDR length (an APDU is never longer).
+# The largest ciphered APDU accepted: one A-XDR length (an APDU is never longer);
+# a longer one is a DlmsProtocolError before anything is deciphered.
 MAX_CIPHERED_BYTES: Final = MAX_LENGTH
 
 GENERAL_GLO: Final = 0xDB
@@ -159,4 +160,5 @@ class CipheredApdu:
 
 
 def is_ciphered(data: bytes) -> bool:
+    """Does ``data`` start with a ciphered APDU's tag?"""
     return bool(data) and data[0] in CIPHERED_TAGS

@@ -42,6 +42,7 @@ from agent.drivers.dlms.ciphered import (
     CipheredApdu,
     check_security_control,
     ciphered_tag,
+    is_ciphered,
 )
 from agent.drivers.dlms.errors import DlmsProtocolError, DlmsSecurityError
 
@@ -164,6 +165,6 @@ def unprotect(ciphered: CipheredApdu, *, system_title: bytes, ek: bytes, ak: byt
     if expected is not None and plain[0] != expected:
         raise DlmsProtocolError(f"{ciphered.tag:#04x} carries APDU {plain[0]:#04x}, "
                                 f"not {expected:#04x}")
-    if expected is None and (plain[0] in PLAIN_TAG or plain[0] in (0xDB, 0xDC)):
+    if expected is None and is_ciphered(plain):
         raise DlmsProtocolError("a ciphered APDU inside a ciphered APDU")
     return plain
