@@ -360,3 +360,26 @@ def test_security_settings_are_checked() -> None:
             DlmsSecurity(**{**base, **kwargs})  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         SecureAssociation(security(), lambda n: b"\x00" * (n - 1))
+
+
+def test_the_security_faults_through_the_control_socket(clock: SimClock) -> None:
+    import contextlib
+
+    from sim.faults import apply_control
+
+    keyed_meter, plain = keyed(clock), sim_meter(clock)
+    meters = {"D1": keyed_meter, "D2": plain}
+
+    def control(message: dict[str, object]) -> dict[str, object]:
+        return apply_control(message, meters, lambda _m: contextlib.nullcontext())
+
+    assert control({"meter": "D1", "fault": "wrong_key"}) == {
+        "ok": True, "meter": "D1", "wrong_key": True}
+    assert keyed_meter.wrong_key
+    assert control({"meter": "D1", "fault": "wrong_key", "on": False})["wrong_key"] is False
+    assert control({"meter": "D1", "fault": "replay_counter", "on": True})["replay_counter"]
+    assert keyed_meter.replay_counter and not keyed_meter.wrong_key
+    refused = control({"meter": "D2", "fault": "wrong_key"})  # no keys: nothing to make wrong
+    assert not refused["ok"] and "cannot do it" in str(refused["error"])
+    with pytest.raises(ValueError, match="no HLS keys"):
+        plain.replay_counter = True
