@@ -15,20 +15,32 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.clock import SimClock
 from agent.drivers.dlms import ciphering
 from agent.drivers.dlms.apdu import (
+    Aare,
+    Apdu,
+    ConfirmedServiceError,
+    ExceptionResponse,
     GetRequest,
+    GetResponse,
     ReleaseRequest,
     decode_apdu,
 )
+from agent.drivers.dlms.axdr import Data, Tag
 from agent.drivers.dlms.ciphered import FORMS, IC_MAX, CipheredApdu
 from agent.drivers.dlms.connection import State
 from agent.drivers.dlms.cosem import SERIAL
 from agent.drivers.dlms.counters import InvocationCounters
 from agent.drivers.dlms.device import DlmsMeter
-from agent.drivers.dlms.errors import DlmsAssociationError, DlmsSecurityError
+from agent.drivers.dlms.errors import (
+    DlmsAssociationError,
+    DlmsProtocolError,
+    DlmsSecurityError,
+)
 from agent.drivers.dlms.hdlc import HdlcFrame
 from agent.drivers.dlms.security import DlmsSecurity, SecureAssociation, key_id
 from agent.errors import DeviceException, ProtocolError
@@ -383,3 +395,107 @@ def test_the_security_faults_through_the_control_socket(clock: SimClock) -> None
     assert not refused["ok"] and "cannot do it" in str(refused["error"])
     with pytest.raises(ValueError, match="no HLS keys"):
         plain.replay_counter = True
+
+
+def _associated(clock: SimClock, form: str = "general-glo") -> tuple[SimDlmsMeter,
+                                                                     SecureAssociation, Aare]:
+    sim = keyed(clock)
+    secure = SecureAssociation(security(form=form), os.urandom)
+    aare = decode_apdu(sim.handle_apdu(secure.aarq(0x1C0019, 1024).to_bytes(), 0x30))
+    assert isinstance(aare, Aare)
+    secure.accept(aare)
+    return sim, secure, aare
+
+
+@pytest.mark.parametrize(("change", "error", "match"), [
+    ({"mechanism": 2}, DlmsProtocolError, "mechanism 2"),
+    ({"responding_title": None}, DlmsProtocolError, "responding-AP-title"),
+    ({"responding_title": CLIENT_TITLE}, DlmsSecurityError, "our own"),
+    ({"challenge": b"1234567"}, DlmsProtocolError, "StoC of 7"),
+    ({"challenge": None}, DlmsProtocolError, "StoC of 0"),
+    ({"ciphered_initiate": None}, DlmsSecurityError, "not ciphered"),
+])
+def test_an_aare_that_breaks_hls_rules_is_refused(clock: SimClock, change: dict[str, object],
+                                                   error: type[Exception], match: str) -> None:
+    sim = keyed(clock)
+    secure = SecureAssociation(security(), os.urandom)
+    aare = decode_apdu(sim.handle_apdu(secure.aarq(0x1C0019, 1024).to_bytes(), 0x30))
+    with pytest.raises(error, match=match):
+        secure.accept(dataclasses.replace(aare, **change))  # type: ignore[type-var]
+
+
+def test_an_aare_with_an_unauthenticated_initiate_response_is_a_bad_tag(
+    clock: SimClock
+) -> None:
+    sim = keyed(clock)
+    secure = SecureAssociation(security(), os.urandom)
+    aare = decode_apdu(sim.handle_apdu(secure.aarq(0x1C0019, 1024).to_bytes(), 0x30))
+    assert isinstance(aare, Aare) and sim.security is not None
+    clear = ciphering.protect(b"\x08\x00\x06\x5f\x1f\x04\x00\x00\x10\x1d\x02\x00\x00\x07",
+                              form="glo", sc=0x20, system_title=sim.security.title, ic=10**9,
+                              ek=EK, ak=AK)  # encryption only: no tag
+    with pytest.raises(DlmsSecurityError, match="not an authenticated") as err:
+        secure.accept(dataclasses.replace(aare, ciphered_initiate=clear.to_bytes()))
+    assert err.value.why == "bad_tag"
+
+
+def test_responses_that_the_association_must_refuse(clock: SimClock) -> None:
+    sim, secure, _ = _associated(clock)
+    assert sim.security is not None
+    title, plain = sim.security.title, GetResponse(0xC1, Data(Tag.ENUM, 1))
+    cases: list[tuple[Apdu, str]] = [
+        (plain, "bad_tag"),  # not protected at all
+        (ciphering.protect(plain.to_bytes(), form="general-glo", sc=0x20, system_title=title,
+                           ic=10**9, ek=EK, ak=AK), "bad_tag"),  # not authenticated
+        (ciphering.protect(plain.to_bytes(), form="general-glo", sc=0x30,
+                           system_title=b"SIMOTHER", ic=10**9, ek=EK, ak=AK),
+         "system_title_mismatch"),
+        (ciphering.protect(plain.to_bytes(), form="general-ded", sc=0x30, system_title=title,
+                           ic=10**9, ek=EK, ak=AK), "key_missing"),  # we sent no dedicated key
+        (ExceptionResponse(1, 5), "bad_tag"),  # the meter could not decipher ours
+        (ExceptionResponse(1, 6, 77), "replayed_counter"),  # it found our counter used
+    ]
+    for response, why in cases:
+        with pytest.raises(DlmsSecurityError) as err:
+            secure.unprotect(response)
+        assert err.value.why == why, response
+    for harmless in (ExceptionResponse(1, 1), ConfirmedServiceError(5, 1, 2)):
+        assert secure.unprotect(harmless) == harmless  # no value in them to distrust
+    good = ciphering.protect(plain.to_bytes(), form="glo", sc=0x10, system_title=title,
+                             ic=10**9, ek=EK, ak=AK)  # authenticated only is enough
+    assert secure.unprotect(good) == plain
+    with pytest.raises(DlmsSecurityError, match="a replay"):
+        secure.unprotect(good)
+
+
+def test_the_dedicated_key_counters_belong_to_the_association(clock: SimClock) -> None:
+    sim, secure, _ = _associated(clock, form="general-ded")
+    assert sim.security is not None and secure.dedicated_key is not None
+    assert sim.security.dedicated_key == secure.dedicated_key
+    reply = GetResponse(0xC1, Data(Tag.ENUM, 1)).to_bytes()
+    first = ciphering.protect(reply, form="general-ded", sc=0x30, system_title=sim.security.title,
+                              ic=1, ek=secure.dedicated_key, ak=AK)  # low: its own counter
+    assert isinstance(secure.unprotect(first), GetResponse)
+    with pytest.raises(DlmsSecurityError) as err:
+        secure.unprotect(first)
+    assert err.value.why == "replayed_counter"
+    other = _associated(clock, form="general-ded")[1]
+    assert other.dedicated_key != secure.dedicated_key  # a fresh key each association
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([0xCC, 0xCF, 0xD4, 0xDB, 0xDC, 0x28, 0xD8, 0xC4]), st.binary(max_size=80))
+def test_any_response_bytes_are_refused_or_parsed_never_anything_else(tag: int,
+                                                                      rest: bytes) -> None:
+    """Whatever comes back in an HLS association: a verified APDU, or the codec's errors."""
+    _, secure, aare = _associated(SimClock())
+    raw = bytes((tag,)) + rest
+    try:
+        response = secure.unprotect(decode_apdu(raw))
+    except (DlmsProtocolError, DlmsSecurityError):
+        pass
+    else:
+        assert isinstance(response, ExceptionResponse | ConfirmedServiceError)  # no forgery
+    fresh = SecureAssociation(security(), os.urandom)
+    with pytest.raises((DlmsProtocolError, DlmsSecurityError)):  # no tag is ever guessed
+        fresh.accept(dataclasses.replace(aare, ciphered_initiate=raw))

@@ -19,11 +19,12 @@ Implements the client's part of the DLMS UA Green Book (IEC 62056-5-3:2017)
 Every xDLMS APDU after pass 2 goes out with authenticated encryption (SC 0x30) in
 ``form``; every response must come back authenticated (SC 0x10 or 0x30), from the
 meter's title, with an invocation counter above the last one seen from it; a plain
-ExceptionResponse is let through (it carries no value). The global key's counters
-are durable (``counters.py``, injected as a ``CounterStore``); a dedicated key is
-random per association, so its counters live in memory. Each check raises
-``DlmsSecurityError`` (errors.py) with its ``why``; a tag is verified before its
-counter is recorded, so a forged frame cannot push the recorded counter up.
+ExceptionResponse or confirmedServiceError is let through (it carries no value).
+The global key's counters are durable (``counters.py``, injected as a
+``CounterStore``); a dedicated key is random per association, so its counters live
+in memory. Each check raises ``DlmsSecurityError`` (errors.py) with its ``why``; a
+tag is verified before its counter is recorded, so a forged frame cannot push the
+recorded counter up.
 ``DlmsSecurity`` is the configuration (keys, titles, counters); a
 ``SecureAssociation`` is one association's state. No I/O: the random source is
 injected too.
@@ -51,6 +52,7 @@ from agent.drivers.dlms.apdu import (
     ActionResponse,
     Apdu,
     CipheredApdu,
+    ConfirmedServiceError,
     ExceptionResponse,
     InitiateRequest,
     InitiateResponse,
@@ -250,6 +252,8 @@ class SecureAssociation:
                                         f"(it expects {apdu.invocation_counter})",
                                         "replayed_counter")
             return apdu  # an error without a value: nothing to trust or distrust
+        if isinstance(apdu, ConfirmedServiceError):
+            return apdu  # likewise (a meter may send it plain)
         if not isinstance(apdu, CipheredApdu):
             raise DlmsSecurityError(f"an unprotected {type(apdu).__name__} in a ciphered "
                                     "association", "bad_tag")
