@@ -259,3 +259,24 @@ def test_dlms_security_keys_only_on_dlms_buses(tmp_path: Path) -> None:
     errors = errors_of(doc)
     for key in ("ek_file", "ak_file", "system_title", "security"):
         assert "is for DLMS meters" in errors[f"meter[0].{key}"]
+
+
+def test_check_config_reads_dlms_keys_with_the_standard_library_only(tmp_path: Path) -> None:
+    """flash.sh runs check-config before cryptography is installed on the board."""
+    import os
+    import subprocess
+    import sys
+
+    doc = _dlms_doc(tmp_path, ek_file=_key(tmp_path, "m.ek"), ak_file=_key(tmp_path, "m.ak"),
+                    system_title="4D4D4D0000BC614E")
+    path = tmp_path / "board.toml"
+    path.write_text(dumps(doc))
+    proc = subprocess.run([sys.executable, "-S", "-m", "agent.cli", "check-config", str(path)],
+                          capture_output=True, text=True, timeout=60, cwd="/",
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "m.ak").chmod(0o644)
+    proc = subprocess.run([sys.executable, "-S", "-m", "agent.cli", "check-config", str(path)],
+                          capture_output=True, text=True, timeout=60, cwd="/",
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2 and "meter[0].ak_file: must not be readable" in proc.stderr
