@@ -11,6 +11,7 @@ directory the agent is started in (systemd: ``WorkingDirectory``).
 
 from __future__ import annotations
 
+import hashlib
 import re
 import tomllib
 from collections.abc import Callable
@@ -39,6 +40,13 @@ class GatewayConfig:
     id: str
     data_dir: Path
     timezone: str
+    # DLMS HLS: the gateway's system title (8 bytes); default_system_title(id) if not given
+    system_title: bytes | None = None
+
+
+def default_system_title(gateway_id: str) -> bytes:
+    """b"MAG" (not a registered FLAG id) + the first 5 bytes of SHA-256(gateway id)."""
+    return b"MAG" + hashlib.sha256(gateway_id.encode()).digest()[:5]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +109,12 @@ class MeterConfig:
     # SAP to associate as. IS 15959 meter readers usually log in as client 0x20.
     password_file: Path | None = None
     client: int | None = None
+    # DLMS HLS (docs/dlms.md): the meter's expected system title, the key files (global
+    # unicast encryption key, authentication key), and the reading association's security.
+    system_title: bytes | None = None
+    ek_file: Path | None = None
+    ak_file: Path | None = None
+    security: str | None = None  # none | lls | hls-gmac; None: the default (dlms/params.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,13 +308,45 @@ def _array(root: _Table, name: str) -> list[_Table]:
 
 def _read_gateway(root: _Table) -> GatewayConfig:
     t = _Table(root.get("gateway", dict, None, required=True) or {}, "gateway", root.errors)
+    gw_id = t.get("id", str, "gw", required=True, check=_ident)
+    title = _system_title(t)
     gw = GatewayConfig(
-        id=t.get("id", str, "gw", required=True, check=_ident),
+        id=gw_id,
         data_dir=Path(t.get("data_dir", str, "var/gw", required=True)),
         timezone=t.get("timezone", str, "UTC", check=_timezone),
+        system_title=title if title is not None else default_system_title(gw_id),
     )
     t.finish()
     return gw
+
+
+def _system_title(t: _Table) -> bytes | None:
+    """``system_title``: 16 hex digits (a DLMS system title), or None if absent."""
+    from agent.drivers.dlms.keys import parse_system_title  # late: only DLMS needs it
+
+    def check(v: str) -> str | None:
+        try:
+            parse_system_title(v)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    text = t.get("system_title", str, None, check=check)
+    return parse_system_title(text) if text is not None else None
+
+
+def _key_file(t: _Table, name: str) -> Path | None:
+    """A DLMS key file path, checked now (mode 0600, 32 hex digits): check-config tells."""
+    value = t.get(name, str, None)
+    if not value:
+        return None
+    from agent.drivers.dlms.keys import KeyFileError, read_key_file
+
+    try:
+        read_key_file(Path(value))
+    except KeyFileError as exc:
+        t.errors.add(t.key(name), str(exc))
+    return Path(value)
 
 
 def _read_mqtt(root: _Table) -> MqttConfig:
@@ -382,11 +428,25 @@ def _read_meter(t: _Table, buses: tuple[BusConfig, ...]) -> MeterConfig:
         relay_spec=spec,
         password_file=_optional_path(t.get("password_file", str, None)),
         client=t.get("client", int, None, check=_range(1, 127)),
+        system_title=_system_title(t),
+        ek_file=_key_file(t, "ek_file"),
+        ak_file=_key_file(t, "ak_file"),
+        security=t.get("security", str, None, check=_one_of(("none", "lls", "hls-gmac"))),
     )
     protocol = {b.name: b.protocol for b in buses}.get(m.bus)
-    for key, value in (("password_file", m.password_file), ("client", m.client)):
+    for key, value in (("password_file", m.password_file), ("client", m.client),
+                       ("system_title", m.system_title), ("ek_file", m.ek_file),
+                       ("ak_file", m.ak_file), ("security", m.security)):
         if value is not None and protocol not in (None, "dlms"):
             t.errors.add(t.key(key), f"is for DLMS meters; bus {m.bus!r} speaks {protocol}")
+    if (m.ek_file is None) != (m.ak_file is None):
+        missing = "ak_file" if m.ak_file is None else "ek_file"
+        t.errors.add(t.key(missing), "ek_file and ak_file go together (HLS needs both)")
+    elif m.security == "hls-gmac" and m.ek_file is None:
+        t.errors.add(t.key("security"), "hls-gmac needs ek_file and ak_file")
+    elif m.security in ("none", "lls") and m.client == 0x30 and m.ek_file is not None:
+        t.errors.add(t.key("security"), "client 0x30 with keys is the HLS utility-settings "
+                     "client: security must be hls-gmac (or give another client)")
     if m.bus and protocol is None:
         t.errors.add(t.key("bus"), f"no [[bus]] named {m.bus!r}")
     if m.model and protocol is not None:

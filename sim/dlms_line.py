@@ -16,10 +16,16 @@ keeps one HDLC link as a secondary station in normal response mode (IEC
 A link quiet for INACTIVITY_S is dropped, as a real meter's inactivity
 time-out does. Frames to another address, and everything while a meter is
 ``silent`` (sim.faults), get no reply.
+
+A meter's keys, password and system title come from the same ``[[meter]]`` keys
+the agent reads (``ek_file``, ``ak_file``, ``password_file``, ``system_title``), so
+the simulated meter expects what the agent was given; without ``system_title``
+its title is b"SIM" + the first 5 bytes of SHA-256(meter id).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import TYPE_CHECKING, Final
 
@@ -33,6 +39,7 @@ from agent.drivers.dlms.hdlc import (
     HdlcFrame,
     HdlcParameters,
 )
+from agent.drivers.dlms.keys import read_key_file
 from agent.drivers.dlms.reader import FrameReader
 from sim.dlms_meter import SimDlmsMeter
 from sim.line import BusBuild, FramedLineServer, SimEnv, SimMeter
@@ -166,6 +173,11 @@ class DlmsLineServer(FramedLineServer):
         return reply.to_bytes() if reply is not None else None
 
 
+def default_title(meter_id: str) -> bytes:
+    """A simulated meter's system title when the config gives none."""
+    return b"SIM" + hashlib.sha256(meter_id.encode()).digest()[:5]
+
+
 def build_bus(bus: BusConfig, meters: list[MeterConfig], env: SimEnv) -> BusBuild:
     links: dict[int, HdlcServerLink] = {}
     by_id: dict[str, SimMeter] = {}
@@ -183,10 +195,13 @@ def build_bus(bus: BusConfig, meters: list[MeterConfig], env: SimEnv) -> BusBuil
             # the meter expects the password the board config gives the agent for it
             password=(m.password_file.read_bytes().rstrip(b"\r\n") if m.password_file
                       else b"00000000"),
+            keys=(read_key_file(m.ek_file), read_key_file(m.ak_file))
+            if m.ek_file is not None and m.ak_file is not None else None,
+            system_title=m.system_title or default_title(m.id),
         )
         links[m.address] = HdlcServerLink(meter)
         by_id[m.id] = meter
     return BusBuild(server=DlmsLineServer(links, bus.baudrate), meters=by_id)
 
 
-__all__ = ["DlmsLineServer", "HdlcServerLink", "SimDlmsMeter", "build_bus"]
+__all__ = ["DlmsLineServer", "HdlcServerLink", "SimDlmsMeter", "build_bus", "default_title"]

@@ -7,9 +7,18 @@ The HDLC link in front of it is ``sim.dlms_line``; energy and load are
                (0x10, which may read the serial, the logical device name and
                the clock), LLS with the meter's password for any client (all
                objects). A wrong password is rejected-permanent with diagnostic
-               13 (authentication-failure); HLS mechanisms get 11. Negotiated
-               conformance: GET, ACTION, block transfer with GET, multiple
-               references (GET-With-List); ``server_conformance`` narrows it.
+               13 (authentication-failure). Negotiated conformance: GET, ACTION,
+               block transfer with GET, multiple references (GET-With-List);
+               ``server_conformance`` narrows it.
+  security     with HLS keys (``ek``, ``ak``) the meter is an IS 15959 meter with
+               security (``sim.dlms_security``): client 0x10 public only, 0x20
+               LLS only, 0x30 HLS-GMAC with ciphering only (any other client as
+               above); the relay (ACTION on class 70) only from an HLS
+               association, read-write-denied from the others; in an HLS
+               association every request must be ciphered (plain: service-not-
+               allowed) and every answer is, in the request's form. Without keys
+               (the model before security) LLS may do everything and HLS gets
+               diagnostic 11. Faults: ``wrong_key``, ``replay_counter``.
   GET          registers (class 3: value, scaler_unit), serial (class 1),
                clock (class 8), disconnect control (class 70: output_state,
                control_state, control_mode), event logs (class 7: buffer,
@@ -37,12 +46,15 @@ from agent.drivers.dlms.apdu import (
     ACTION,
     BLOCK_TRANSFER_WITH_GET,
     CONTEXT_LN,
+    CONTEXT_LN_CIPHERED,
     DIAG_AUTHENTICATION_FAILURE,
     DIAG_CONTEXT_NOT_SUPPORTED,
     DIAG_MECHANISM_NOT_RECOGNISED,
     DIAG_MECHANISM_REQUIRED,
     DIAG_NO_REASON,
+    GENERAL_PROTECTION,
     GET,
+    MECHANISM_HLS_GMAC,
     MULTIPLE_REFERENCES,
     REJECTED_PERMANENT,
     Aare,
@@ -50,6 +62,7 @@ from agent.drivers.dlms.apdu import (
     ActionRequest,
     ActionResponse,
     Apdu,
+    CipheredApdu,
     ExceptionResponse,
     GetRequest,
     GetRequestList,
@@ -57,15 +70,19 @@ from agent.drivers.dlms.apdu import (
     GetResponse,
     GetResponseBlock,
     GetResponseList,
+    InitiateRequest,
     Obis,
     ReleaseRequest,
     ReleaseResponse,
     decode_apdu,
     encode_results,
 )
-from agent.drivers.dlms.axdr import Data, DateTime, Tag, array, structure
+from agent.drivers.dlms.axdr import Data, Tag
 from agent.drivers.dlms.errors import DlmsProtocolError
 from agent.drivers.dlms.hdlc import PUBLIC_CLIENT
+from agent.drivers.dlms.security import ASSOCIATION_LN, REPLY_TO_HLS
+from sim.dlms_objects import CONNECTED, DISCONNECTED, PROFILE_ENTRIES, READY, object_model
+from sim.dlms_security import MeterSecurity
 from sim.load import LoadModel
 
 if TYPE_CHECKING:
@@ -74,7 +91,6 @@ if TYPE_CHECKING:
 SERVER_CONFORMANCE: Final = GET | ACTION | BLOCK_TRANSFER_WITH_GET | MULTIPLE_REFERENCES
 SERVER_MAX_PDU: Final = 512
 MIN_CLIENT_PDU: Final = 64  # below this not even a register fits: refuse the association
-PROFILE_ENTRIES: Final = 100  # per event log; the oldest entry goes first (FIFO)
 LOAD_SWITCH_DISCONNECTED: Final = 301
 LOAD_SWITCH_CONNECTED: Final = 302
 TAMPER_EVENT_CODES: Final = {
@@ -85,8 +101,9 @@ TAMPER_EVENT_CODES: Final = {
     "other": 205,
 }
 PUBLIC_OBJECTS: Final = frozenset({cosem.SERIAL, cosem.LOGICAL_DEVICE_NAME, cosem.CLOCK})
+# IS 15959's clients and the one mechanism each may use, on a meter with HLS keys.
+CLIENT_MECHANISMS: Final = {0x10: None, 0x20: cosem.MECHANISM_LLS, 0x30: MECHANISM_HLS_GMAC}
 
-DISCONNECTED, CONNECTED, READY = 0, 1, 2
 # Blue Book class 70: (control_mode, state, trigger) -> next state. Triggers:
 # remote_disconnect (transitions b, c), remote_reconnect (a in mode 2, d in
 # mode 1), button = manual_reconnect (e) / manual_disconnect (f).
@@ -110,7 +127,8 @@ class SimDlmsMeter(LoadModel):
     def __init__(self, address: int, *, clock: Clock, serial: int, seed: int = 0,
                  speed: float = 1.0, load_scale: float = 1.0, utc_offset_s: int = 19_800,
                  import_wh: int | None = None, password: bytes = b"00000000",
-                 control_mode: int = 1) -> None:
+                 control_mode: int = 1, keys: tuple[bytes, bytes] | None = None,
+                 system_title: bytes | None = None) -> None:
         super().__init__(clock=clock, serial=serial, seed=seed, speed=speed,
                          load_scale=load_scale, utc_offset_s=utc_offset_s, import_wh=import_wh)
         self.address = address
@@ -122,7 +140,11 @@ class SimDlmsMeter(LoadModel):
         self.logs: dict[int, deque[tuple[int, int, int]]] = {
             category: deque(maxlen=PROFILE_ENTRIES) for category in range(7)
         }
-        self.association: str | None = None  # None | "public" | "lls"
+        self.association: str | None = None  # None | "public" | "lls" | "hls-pending" | "hls"
+        self.security: MeterSecurity | None = None
+        if keys is not None:
+            title = system_title or b"SIM" + (serial % 2**40).to_bytes(5, "big")
+            self.security = MeterSecurity(title, keys[0], keys[1], clock=clock, seed=seed)
         self.client_max_pdu = SERVER_MAX_PDU
         self.conformance = 0
         self._blocks: list[bytes] = []  # the rest of a block-transferred GET
@@ -130,6 +152,7 @@ class SimDlmsMeter(LoadModel):
         self.associations = 0
         self.rejections = 0
         self.blocks_sent = 0
+        self.relay_actions = 0  # ACTIONs on disconnect control that reached the meter
 
     @property
     def clock(self) -> Clock:
@@ -159,6 +182,31 @@ class SimDlmsMeter(LoadModel):
         """The HDLC link was (re)set or closed: no association any more."""
         self.association = None
         self._blocks = []
+        if self.security is not None:
+            self.security.reset()
+
+    def _secure(self) -> MeterSecurity:
+        if self.security is None:
+            raise ValueError("this simulated meter has no HLS keys")
+        return self.security
+
+    @property
+    def wrong_key(self) -> bool:
+        """Fault: the meter holds other keys than the agent's."""
+        return self.security is not None and self.security.wrong_key
+
+    @wrong_key.setter
+    def wrong_key(self, on: bool) -> None:
+        self._secure().wrong_key = on
+
+    @property
+    def replay_counter(self) -> bool:
+        """Fault: the meter reuses its last invocation counter."""
+        return self.security is not None and self.security.replay_counter
+
+    @replay_counter.setter
+    def replay_counter(self, on: bool) -> None:
+        self._secure().replay_counter = on
 
     # -- relay -------------------------------------------------------------------------
     def _switch(self, trigger: str) -> bool:
@@ -185,7 +233,29 @@ class SimDlmsMeter(LoadModel):
             apdu = decode_apdu(raw)
         except DlmsProtocolError:
             return ExceptionResponse(2, 2).to_bytes()  # service-unknown, not-supported
+        if isinstance(apdu, CipheredApdu):
+            return self._ciphered(apdu, client)
+        if self.association in ("hls", "hls-pending") and not isinstance(
+                apdu, Aarq | ReleaseRequest):
+            return ExceptionResponse(1, 1).to_bytes()  # plain in a ciphered association
         return self._answer(apdu, client).to_bytes()
+
+    def _ciphered(self, request: CipheredApdu, client: int) -> bytes:
+        if self.security is None or self.association not in ("hls", "hls-pending"):
+            return ExceptionResponse(1, 1).to_bytes()
+        plain = self.security.decipher(request)
+        if isinstance(plain, ExceptionResponse):
+            return plain.to_bytes()
+        try:
+            inner = decode_apdu(plain)
+        except DlmsProtocolError:
+            return ExceptionResponse(2, 2).to_bytes()
+        if isinstance(inner, Aarq | ReleaseRequest | CipheredApdu):
+            return ExceptionResponse(2, 2).to_bytes()
+        answer = self._answer(inner, client)
+        if isinstance(answer, ExceptionResponse):
+            return answer.to_bytes()  # it has no ciphered form
+        return self.security.encipher(answer.to_bytes(), request)
 
     def _answer(self, apdu: Apdu, client: int) -> Apdu:
         if isinstance(apdu, Aarq):
@@ -195,6 +265,13 @@ class SimDlmsMeter(LoadModel):
             return ReleaseResponse(0)
         if self.association is None:
             return ExceptionResponse(1, 1)  # service-not-allowed, operation-not-possible
+        if self.association == "hls-pending":
+            if (isinstance(apdu, ActionRequest) and apdu.class_id == 15
+                    and apdu.obis == ASSOCIATION_LN and apdu.method == REPLY_TO_HLS):
+                response = self._secure().pass3(apdu)
+                self.association = "hls" if response.result == 0 else None
+                return response
+            return ExceptionResponse(1, 1)  # nothing else before pass 3
         if isinstance(apdu, GetRequest):
             return self._get(apdu)
         if isinstance(apdu, GetRequestNext):
@@ -207,28 +284,48 @@ class SimDlmsMeter(LoadModel):
 
     def _associate(self, aarq: Aarq, client: int) -> Aare:
         self.reset_association()
-        diagnostic = None
-        if aarq.context != CONTEXT_LN:
-            diagnostic = DIAG_CONTEXT_NOT_SUPPORTED
-        elif aarq.mechanism is None:
-            if client != PUBLIC_CLIENT:
-                diagnostic = DIAG_MECHANISM_REQUIRED
-        elif aarq.mechanism != cosem.MECHANISM_LLS:
-            diagnostic = DIAG_MECHANISM_NOT_RECOGNISED
-        elif aarq.password != self.password:
-            diagnostic = DIAG_AUTHENTICATION_FAILURE
+        diagnostic = self._diagnostic(aarq, client)
         if diagnostic is not None:
             self.rejections += 1
-            return Aare(REJECTED_PERMANENT, diagnostic)
-        if aarq.dlms_version < 6 or aarq.max_pdu_size < MIN_CLIENT_PDU:
+            return Aare(REJECTED_PERMANENT, diagnostic, context=aarq.context)
+        hls = aarq.mechanism == MECHANISM_HLS_GMAC
+        initiate: InitiateRequest | Aare = InitiateRequest(
+            aarq.conformance, aarq.max_pdu_size, aarq.dlms_version)
+        if hls:
+            initiate = self._secure().accept_aarq(aarq)
+        if isinstance(initiate, Aare):
             self.rejections += 1
-            error = 1 if aarq.dlms_version < 6 else 3  # version too low, PDU too short
-            return Aare(REJECTED_PERMANENT, DIAG_NO_REASON, initiate_error=error)
-        self.association = "public" if aarq.mechanism is None else "lls"
-        self.client_max_pdu = aarq.max_pdu_size
-        self.conformance = aarq.conformance & self.server_conformance
+            return initiate
+        if initiate.dlms_version < 6 or initiate.max_pdu_size < MIN_CLIENT_PDU:
+            self.rejections += 1
+            error = 1 if initiate.dlms_version < 6 else 3  # version too low, PDU too short
+            return Aare(REJECTED_PERMANENT, DIAG_NO_REASON, initiate_error=error,
+                        context=aarq.context)
+        self.client_max_pdu = initiate.max_pdu_size
+        granted = self.server_conformance | (GENERAL_PROTECTION if hls else 0)
+        self.conformance = initiate.conformance & granted
         self.associations += 1
+        if hls:
+            self.association = "hls-pending"
+            return self._secure().aare(aarq, self.conformance, SERVER_MAX_PDU)
+        self.association = "public" if aarq.mechanism is None else "lls"
         return Aare(0, conformance=self.conformance, max_pdu_size=SERVER_MAX_PDU)
+
+    def _diagnostic(self, aarq: Aarq, client: int) -> int | None:
+        """Why the AARQ is refused (an AARE diagnostic), or None."""
+        hls = aarq.mechanism == MECHANISM_HLS_GMAC and self.security is not None
+        if self.security is not None and client in CLIENT_MECHANISMS:
+            wanted = CLIENT_MECHANISMS[client]
+            if aarq.mechanism != wanted:
+                return DIAG_MECHANISM_REQUIRED if aarq.mechanism is None \
+                    else DIAG_MECHANISM_NOT_RECOGNISED
+        if aarq.context != (CONTEXT_LN_CIPHERED if hls else CONTEXT_LN):
+            return DIAG_CONTEXT_NOT_SUPPORTED
+        if aarq.mechanism is None:
+            return None if client == PUBLIC_CLIENT else DIAG_MECHANISM_REQUIRED
+        if aarq.mechanism == cosem.MECHANISM_LLS:
+            return None if aarq.password == self.password else DIAG_AUTHENTICATION_FAILURE
+        return None if hls else DIAG_MECHANISM_NOT_RECOGNISED
 
     def _get(self, request: GetRequest) -> Apdu:
         self._blocks = []
@@ -282,7 +379,9 @@ class SimDlmsMeter(LoadModel):
     def _action(self, request: ActionRequest) -> ActionResponse:
         if (request.class_id, request.obis) != (70, cosem.DISCONNECT_CONTROL):
             return ActionResponse(request.invoke, cosem.OBJECT_UNDEFINED)
-        if self.association != "lls":
+        self.relay_actions += 1
+        # IS 15959: only the utility-settings (HLS) client may switch the supply
+        if self.association != ("hls" if self.security is not None else "lls"):
             return ActionResponse(request.invoke, cosem.READ_WRITE_DENIED)
         if request.method not in (1, 2):
             return ActionResponse(request.invoke, cosem.OBJECT_UNAVAILABLE)
@@ -305,65 +404,5 @@ class SimDlmsMeter(LoadModel):
         return cosem.OBJECT_UNDEFINED if value is None else value
 
     def _objects(self) -> dict[Obis, tuple[int, dict[int, Data]]]:
-        volts, amps, watts, pf = self.measurements()
-        now = DateTime.from_unix(int(self.sim_time_s), self.deviation_min)
-
-        def register(value: Data, scaler: int, unit: int) -> tuple[int, dict[int, Data]]:
-            scaler_unit = structure(Data(Tag.INTEGER, scaler), Data(Tag.ENUM, unit))
-            return 3, {2: value, 3: scaler_unit}
-
-        objects: dict[Obis, tuple[int, dict[int, Data]]] = {
-            cosem.SERIAL: (1, {2: Data(Tag.OCTET_STRING, str(self.serial).encode())}),
-            cosem.LOGICAL_DEVICE_NAME: (1, {2: Data(Tag.OCTET_STRING, b"SIM" + str(
-                self.serial).encode())}),
-            cosem.CLOCK: (8, {2: Data(Tag.OCTET_STRING, now.to_bytes()),
-                              3: Data(Tag.LONG, self.deviation_min)}),
-            cosem.DISCONNECT_CONTROL: (70, {
-                2: Data(Tag.BOOLEAN, self.control_state == CONNECTED),
-                3: Data(Tag.ENUM, self.control_state),
-                4: Data(Tag.ENUM, self.control_mode)}),
-        }
-        u32 = Tag.DOUBLE_LONG_UNSIGNED
-        values = {
-            "import_wh": (Data(u32, self.import_wh % 2**32), 0, cosem.UNIT_WH),
-            "export_wh": (Data(u32, self.export_wh % 2**32), 0, cosem.UNIT_WH),
-            "p_w": (Data(Tag.DOUBLE_LONG, round(watts)), 0, cosem.UNIT_W),
-            "v_dv": (Data(Tag.LONG_UNSIGNED, round(volts * 100)), -2, cosem.UNIT_V),
-            "i_ma": (Data(u32, round(amps * 1000)), -3, cosem.UNIT_A),
-            "f_chz": (Data(Tag.LONG_UNSIGNED, round(self.frequency_hz() * 100)), -2,
-                      cosem.UNIT_HZ),
-            "pf_milli": (Data(Tag.LONG, round(pf * 1000)), -3, cosem.UNIT_NONE),
-        }
-        for reg in cosem.REGISTERS:
-            value, scaler, unit = values[reg.quantity]
-            objects[reg.obis] = register(value, scaler, unit)
-        for category, log in self.logs.items():
-            objects[cosem.event_log(category)] = (7, self._profile(category, log))
-            last = log[-1][1] if log else 0
-            objects[cosem.event_code_object(category)] = (1, {2: Data(Tag.LONG_UNSIGNED,
-                                                                       last)})
-        return objects
-
-    def _profile(self, category: int, log: deque[tuple[int, int, int]]) -> dict[int, Data]:
-        capture = array([
-            cosem.capture_object(8, cosem.CLOCK, 2),
-            cosem.capture_object(1, cosem.event_code_object(category), 2),
-            cosem.capture_object(3, cosem.REGISTERS[0].obis, 2),
-        ])
-        entries = array([
-            structure(
-                Data(Tag.OCTET_STRING, DateTime.from_unix(t, self.deviation_min).to_bytes()),
-                Data(Tag.LONG_UNSIGNED, code),
-                Data(Tag.DOUBLE_LONG_UNSIGNED, energy_wh % 2**32),
-            )
-            for t, code, energy_wh in log
-        ])
-        count = Data(Tag.DOUBLE_LONG_UNSIGNED, len(log))
-        return {
-            2: entries,
-            3: capture,
-            4: Data(Tag.DOUBLE_LONG_UNSIGNED, 0),  # capture_period 0: on events
-            5: Data(Tag.ENUM, 1),  # sort_method fifo
-            7: count,
-            8: Data(Tag.DOUBLE_LONG_UNSIGNED, PROFILE_ENTRIES),
-        }
+        """Every object with its attributes now (tests override it to vary the model)."""
+        return object_model(self)

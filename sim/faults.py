@@ -13,6 +13,8 @@ object per line, one JSON reply per line::
     {"meter": "SDM-0001", "fault": "replace"}          new serial, register near 0
     {"meter": "SDM-0001", "tamper": "magnet"}          into the meter's event log
     {"meter": "SDM-0001", "silent": true}              stops answering (false: back)
+    {"meter": "D-01", "fault": "wrong_key", "on": true}  DLMS with keys: other keys
+    {"meter": "D-01", "fault": "replay_counter"}       DLMS with keys: reuses its counter
     {"stats": true}                                    line fault counters
 
 Send them with ``python -m sim.faults --control PATH '{"meter": ...}' ...`` or
@@ -124,8 +126,12 @@ def apply_control(
                 return {"ok": True, "meter": meter_id}
             if fault == "replace" and hasattr(meter, "replace"):
                 return {"ok": True, "meter": meter_id, "serial": meter.replace()}
-            return {"ok": False, "error": f"fault {fault!r} is not reset_register|replace, "
-                                          f"or {meter_id} cannot do it"}
+            if fault in ("wrong_key", "replay_counter") and getattr(meter, "security", None):
+                setattr(meter, fault, message.get("on", True) is not False)
+                return {"ok": True, "meter": meter_id, fault: getattr(meter, fault)}
+            return {"ok": False, "error": f"fault {fault!r} is not reset_register|replace|"
+                                          f"wrong_key|replay_counter, or {meter_id} cannot "
+                                          "do it"}
         if "tamper" in message:
             kind = message["tamper"]
             if kind not in TAMPER_KINDS:

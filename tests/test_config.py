@@ -149,3 +149,134 @@ def test_dlms_password_and_client_only_on_dlms_buses() -> None:
                            client=0x20)
     cfg = parse_config(doc)
     assert cfg.meters[0].password_file == Path("m.pw") and cfg.meters[0].client == 0x20
+
+
+# -- DLMS security keys ------------------------------------------------------------------
+def _dlms_doc(tmp_path: Path, **meter: object) -> dict:
+    doc = raw()
+    doc["bus"][0]["protocol"] = "dlms"
+    doc["meter"] = doc["meter"][:1]
+    doc["account"] = doc["account"][:1]
+    doc["meter"][0].update(model="dlms-is15959", relay="meter", **meter)
+    return doc
+
+
+def _key(tmp_path: Path, name: str, text: str = "000102030405060708090a0b0c0d0e0f\n",
+         mode: int = 0o600) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    path.chmod(mode)
+    return str(path)
+
+
+def test_dlms_keys_titles_and_security_read_into_the_meter(tmp_path: Path) -> None:
+    doc = _dlms_doc(tmp_path, ek_file=_key(tmp_path, "m.ek"),
+                    ak_file=_key(tmp_path, "m.ak", "D0D1D2D3 D4D5D6D7 D8D9DADB DCDDDEDF"),
+                    system_title="4D4D4D0000BC614E", security="hls-gmac", client=0x30)
+    doc["gateway"]["system_title"] = "4d41470102030405"
+    cfg = parse_config(doc)
+    meter = cfg.meters[0]
+    assert meter.ek_file == tmp_path / "m.ek" and meter.ak_file == tmp_path / "m.ak"
+    assert meter.system_title == bytes.fromhex("4D4D4D0000BC614E")
+    assert meter.security == "hls-gmac" and meter.client == 0x30
+    assert cfg.gateway.system_title == bytes.fromhex("4D41470102030405")
+
+
+def test_the_gateway_system_title_defaults_to_one_derived_from_its_id() -> None:
+    import hashlib
+
+    cfg = parse_config(raw())
+    digest = hashlib.sha256(cfg.gateway.id.encode()).digest()
+    assert cfg.gateway.system_title == b"MAG" + digest[:5]
+    other = raw()
+    other["gateway"]["id"] = "gw-other"
+    assert parse_config(other).gateway.system_title != cfg.gateway.system_title
+
+
+@pytest.mark.parametrize(("mode", "shown"), [(0o644, "0644"), (0o640, "0640"), (0o604, "0604")])
+def test_a_key_file_readable_by_others_is_refused(tmp_path: Path, mode: int, shown: str) -> None:
+    doc = _dlms_doc(tmp_path, ek_file=_key(tmp_path, "m.ek", mode=mode),
+                    ak_file=_key(tmp_path, "m.ak"))
+    errors = errors_of(doc)
+    assert errors["meter[0].ek_file"].startswith(
+        f"must not be readable by group or others (mode {shown})")
+    assert "meter[0].ak_file" not in errors
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("0001020304050607", "32 hex digits (16 bytes), found 16"),
+    ("zz0102030405060708090a0b0c0d0e0f", "only hex digits"),
+    ("\u00e9" * 16, "only hex digits"),
+    ("00" * 200, "not a key file"),
+])
+def test_a_malformed_key_file_names_the_key_and_the_problem(tmp_path: Path, text: str,
+                                                             fragment: str) -> None:
+    doc = _dlms_doc(tmp_path, ek_file=_key(tmp_path, "m.ek"),
+                    ak_file=_key(tmp_path, "m.ak", text))
+    message = errors_of(doc)["meter[0].ak_file"]
+    assert fragment in message and str(tmp_path / "m.ak") in message
+    assert "000102030405" not in message  # never key material
+
+
+def test_a_missing_key_file_names_the_key(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    doc = _dlms_doc(tmp_path, ek_file=str(tmp_path / "nowhere.ek"),
+                    ak_file=_key(tmp_path, "m.ak"))
+    assert "cannot read" in errors_of(doc)["meter[0].ek_file"]
+    path = tmp_path / "board.toml"
+    path.write_text(dumps(doc))
+    assert main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "meter[0].ek_file: cannot read" in err and "No such file" in err
+
+
+@pytest.mark.parametrize(("meter", "key", "fragment"), [
+    ({"ek_file": "EK"}, "meter[0].ak_file", "go together"),
+    ({"ak_file": "AK"}, "meter[0].ek_file", "go together"),
+    ({"security": "hls-gmac"}, "meter[0].security", "needs ek_file and ak_file"),
+    ({"security": "hls"}, "meter[0].security", "none | lls | hls-gmac"),
+    ({"security": "lls", "client": 0x30, "ek_file": "EK", "ak_file": "AK"},
+     "meter[0].security", "must be hls-gmac"),
+    ({"system_title": "4D4D4D"}, "meter[0].system_title", "16 hex digits"),
+    ({"system_title": "4D4D4D0000BC61XY"}, "meter[0].system_title", "hex digits 0-9 a-f"),
+    ({"system_title": "4D4D 4D0000BC614"}, "meter[0].system_title", "hex digits 0-9 a-f"),
+])
+def test_dlms_security_mistakes(tmp_path: Path, meter: dict, key: str, fragment: str) -> None:
+    files = {"EK": _key(tmp_path, "m.ek"), "AK": _key(tmp_path, "m.ak")}
+    meter = {k: files.get(v, v) if isinstance(v, str) else v for k, v in meter.items()}
+    assert fragment in errors_of(_dlms_doc(tmp_path, **meter))[key]
+
+
+def test_gateway_system_title_must_be_16_hex_digits() -> None:
+    doc = raw()
+    doc["gateway"]["system_title"] = "MAG12345"
+    assert "16 hex digits" in errors_of(doc)["gateway.system_title"]
+
+
+def test_dlms_security_keys_only_on_dlms_buses(tmp_path: Path) -> None:
+    doc = raw()
+    doc["meter"][0].update(ek_file=_key(tmp_path, "m.ek"), ak_file=_key(tmp_path, "m.ak"),
+                           system_title="4D4D4D0000BC614E", security="lls")
+    errors = errors_of(doc)
+    for key in ("ek_file", "ak_file", "system_title", "security"):
+        assert "is for DLMS meters" in errors[f"meter[0].{key}"]
+
+
+def test_check_config_reads_dlms_keys_with_the_standard_library_only(tmp_path: Path) -> None:
+    """flash.sh runs check-config before cryptography is installed on the board."""
+    import os
+    import subprocess
+    import sys
+
+    doc = _dlms_doc(tmp_path, ek_file=_key(tmp_path, "m.ek"), ak_file=_key(tmp_path, "m.ak"),
+                    system_title="4D4D4D0000BC614E")
+    path = tmp_path / "board.toml"
+    path.write_text(dumps(doc))
+    proc = subprocess.run([sys.executable, "-S", "-m", "agent.cli", "check-config", str(path)],
+                          capture_output=True, text=True, timeout=60, cwd="/",
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "m.ak").chmod(0o644)
+    proc = subprocess.run([sys.executable, "-S", "-m", "agent.cli", "check-config", str(path)],
+                          capture_output=True, text=True, timeout=60, cwd="/",
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2 and "meter[0].ak_file: must not be readable" in proc.stderr

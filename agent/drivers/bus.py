@@ -39,6 +39,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from agent.clock import Clock, SystemClock
@@ -144,11 +145,17 @@ class BusScheduler(threading.Thread):
         transport_factory: Callable[[BusConfig], Transport] | None = None,
         discover: bool = True,
         relayed: Iterable[MeterConfig] = (),
+        data_dir: Path | None = None,
+        system_title: bytes | None = None,
     ) -> None:
         """``relayed``: meters of other buses whose relay module is on this one
         (``modbus-coil:<bus>:<unit>:<coil>``): this bus switches them, never reads them."""
         super().__init__(name=f"bus-{bus.name}", daemon=True)
         self.bus = bus
+        # DLMS HLS: invocation counters under data_dir/dlms (None: in memory, a warning),
+        # and the gateway's system title ([gateway] system_title).
+        self.data_dir = data_dir
+        self.system_title = system_title
         self.post = post
         self.clock = clock or SystemClock()
         self._factory = transport_factory or default_transport
@@ -349,7 +356,8 @@ class BusScheduler(threading.Thread):
         if known is not None and known[0] == cfg:
             return known[1]
         driver = make_driver(self.bus.protocol, self.transport, cfg, client=self.client,
-                             clock=self.clock)
+                             clock=self.clock, data_dir=self.data_dir,
+                             system_title=self.system_title)
         self._drivers[meter_id] = (cfg, driver)
         return driver
 

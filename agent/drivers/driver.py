@@ -30,6 +30,8 @@ from agent.drivers.reading import Reading
 from agent.errors import DriverError, PortError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from agent.clock import Clock
     from agent.config import MeterConfig
     from agent.drivers.modbus.client import ModbusClient
@@ -83,9 +85,9 @@ class EventDriver(Protocol):
         ...
 
 
-def _dlms_module() -> Any:
+def _dlms_module(name: str = "device") -> Any:
     try:
-        return importlib.import_module("agent.drivers.dlms.device")
+        return importlib.import_module(f"agent.drivers.dlms.{name}")
     except ModuleNotFoundError as exc:
         if exc.name is not None and exc.name.startswith("agent.drivers.dlms"):
             raise DriverError("the DLMS driver (agent.drivers.dlms.device) is not installed") \
@@ -111,10 +113,14 @@ def make_driver(
     *,
     client: ModbusClient | None = None,
     clock: Clock | None = None,
+    data_dir: Path | None = None,
+    system_title: bytes | None = None,
 ) -> MeterDriver:
     """The device driver for ``meter`` on a bus speaking ``protocol``.
 
     Modbus devices share the bus's ``client`` (made from ``transport`` if None).
+    DLMS meters with HLS keys keep their invocation counters under ``data_dir``
+    (memory only if None) and present ``system_title`` (the gateway's) to the meter.
     """
     if protocol == "modbus":
         from agent.drivers.modbus.client import ModbusClient
@@ -127,18 +133,8 @@ def make_driver(
 
         return IecMeter(transport, str(meter.address), clock=clock)
     if protocol == "dlms":
-        dlms = _dlms_module()
-        password: bytes | None = b"00000000"  # IS 15959's factory LLS password
-        if meter.password_file is not None:
-            try:
-                password = meter.password_file.read_bytes().rstrip(b"\r\n")
-            except OSError as exc:
-                raise DriverError(f"meter {meter.id}: cannot read password_file "
-                                  f"{meter.password_file}: {exc.strerror}") from exc
-        driver: MeterDriver = dlms.DlmsMeter(
-            transport, meter.address, password=password,
-            client_address=meter.client if meter.client is not None else dlms.PUBLIC_CLIENT,
-            clock=clock)
+        driver: MeterDriver = _dlms_module("params").dlms_meter_from_config(
+            transport, meter, data_dir=data_dir, system_title=system_title, clock=clock)
         return driver
     raise DriverError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
 

@@ -5,11 +5,14 @@ their A-XDR encoding: GET-Request-Normal (C0 01), GET-Request-Next (C0 02),
 GET-Request-With-List (C0 03), GET-Response-Normal (C4 01),
 GET-Response-With-Datablock (C4 02), GET-Response-With-List (C4 03),
 ACTION-Request-Normal (C3 01), ACTION-Response-Normal (C7 01),
-ExceptionResponse (D8), confirmedServiceError (0E); ``decode_apdu`` also
-dispatches the ACSE APDUs of ``acse.py``. The invoke-id-and-priority byte is
-kept whole (``invoke``), so a server echoes it exactly. Ciphered APDUs (glo-,
-ded-, general-glo-ciphering), SET, ACTION-With-List and selective access in a
-list are not implemented: they raise ``DlmsProtocolError``.
+ExceptionResponse (D8, with the expected invocation counter when its service
+error is invocation-counter-error), confirmedServiceError (0E); ``decode_apdu``
+also dispatches the ACSE APDUs of ``acse.py`` and the ciphered APDUs of
+``ciphered.py`` (glo-, ded-, general-glo/ded-ciphering, returned still
+ciphered: deciphering needs the keys, ``security.py``). The
+invoke-id-and-priority byte is kept whole (``invoke``), so a server echoes it
+exactly. SET, ACTION-With-List and selective access in a list are not
+implemented: they raise ``DlmsProtocolError``.
 """
 
 from __future__ import annotations
@@ -22,14 +25,18 @@ from agent.drivers.dlms.acse import (
     ACTION,
     BLOCK_TRANSFER_WITH_GET,
     CONTEXT_LN,
+    CONTEXT_LN_CIPHERED,
     CONTEXT_SN,
     DIAG_AUTHENTICATION_FAILURE,
+    DIAG_AUTHENTICATION_REQUIRED,
     DIAG_CONTEXT_NOT_SUPPORTED,
     DIAG_MECHANISM_NOT_RECOGNISED,
     DIAG_MECHANISM_REQUIRED,
     DIAG_NO_REASON,
     DIAG_NULL,
+    GENERAL_PROTECTION,
     GET,
+    MECHANISM_HLS_GMAC,
     MECHANISM_LLS,
     MULTIPLE_REFERENCES,
     REJECTED_PERMANENT,
@@ -40,29 +47,37 @@ from agent.drivers.dlms.acse import (
     SOURCE_SERVICE_USER,
     Aare,
     Aarq,
+    InitiateRequest,
+    InitiateResponse,
     ReleaseRequest,
     ReleaseResponse,
     release_reason,
 )
 from agent.drivers.dlms.axdr import Data, decode_length, decode_prefix, encode_length
+from agent.drivers.dlms.ciphered import CipheredApdu, is_ciphered
 from agent.drivers.dlms.errors import DlmsProtocolError
 from agent.drivers.dlms.obis import Obis
 
 __all__ = [
-    "ACCEPTED", "ACTION", "BLOCK_TRANSFER_WITH_GET", "CONTEXT_LN", "CONTEXT_SN",
-    "DIAG_AUTHENTICATION_FAILURE", "DIAG_CONTEXT_NOT_SUPPORTED",
-    "DIAG_MECHANISM_NOT_RECOGNISED", "DIAG_MECHANISM_REQUIRED", "DIAG_NO_REASON",
-    "DIAG_NULL", "GET", "INVOKE_HIGH_CONFIRMED", "MAX_LIST", "MECHANISM_LLS",
-    "MULTIPLE_REFERENCES", "REJECTED_PERMANENT", "REJECTED_TRANSIENT", "SELECTIVE_ACCESS",
-    "SET", "SOURCE_SERVICE_PROVIDER", "SOURCE_SERVICE_USER", "Aare", "Aarq",
-    "ActionRequest", "ActionResponse", "Apdu", "Attribute", "ConfirmedServiceError",
-    "ExceptionResponse", "GetRequest", "GetRequestList", "GetRequestNext", "GetResponse",
-    "GetResponseBlock", "GetResponseList", "Obis", "ReleaseRequest", "ReleaseResponse",
-    "decode_apdu", "decode_results", "encode_results",
+    "ACCEPTED", "ACTION", "BLOCK_TRANSFER_WITH_GET", "CONTEXT_LN", "CONTEXT_LN_CIPHERED",
+    "CONTEXT_SN", "DIAG_AUTHENTICATION_FAILURE", "DIAG_AUTHENTICATION_REQUIRED",
+    "DIAG_CONTEXT_NOT_SUPPORTED", "DIAG_MECHANISM_NOT_RECOGNISED", "DIAG_MECHANISM_REQUIRED",
+    "DIAG_NO_REASON", "DIAG_NULL", "GENERAL_PROTECTION", "GET", "INVOKE_HIGH_CONFIRMED",
+    "MAX_LIST", "MECHANISM_HLS_GMAC", "MECHANISM_LLS", "MULTIPLE_REFERENCES",
+    "REJECTED_PERMANENT", "REJECTED_TRANSIENT", "SELECTIVE_ACCESS", "SERVICE_DECIPHERING",
+    "SERVICE_INVOCATION_COUNTER", "SET", "SOURCE_SERVICE_PROVIDER", "SOURCE_SERVICE_USER",
+    "Aare", "Aarq", "ActionRequest", "ActionResponse", "Apdu", "Attribute", "CipheredApdu",
+    "ConfirmedServiceError", "ExceptionResponse", "GetRequest", "GetRequestList",
+    "GetRequestNext", "GetResponse", "GetResponseBlock", "GetResponseList", "InitiateRequest",
+    "InitiateResponse", "Obis", "ReleaseRequest", "ReleaseResponse", "decode_apdu",
+    "decode_results", "encode_results",
 ]
 
 MAX_LIST: Final = 32  # attributes in one GET-Request-With-List (ours, and what we accept)
 INVOKE_HIGH_CONFIRMED: Final = 0xC0  # priority high | confirmed service
+# ExceptionResponse service-error values for protected APDUs (Green Book §9.5 ASN.1).
+SERVICE_DECIPHERING: Final = 5  # deciphering-error: the tag did not verify
+SERVICE_INVOCATION_COUNTER: Final = 6  # invocation-counter-error, with the expected counter
 
 
 def _obis_at(data: bytes, offset: int) -> tuple[int, Obis, int]:
@@ -234,10 +249,16 @@ class ActionResponse:
 @dataclass(frozen=True, slots=True)
 class ExceptionResponse:
     state_error: int  # 1 service-not-allowed, 2 service-unknown
-    service_error: int  # 1 operation-not-possible, 2 service-not-supported, 3 other-reason
+    # 1 operation-not-possible, 2 service-not-supported, 3 other-reason, 4 pdu-too-long,
+    # 5 deciphering-error, 6 invocation-counter-error (then ``invocation_counter``)
+    service_error: int
+    invocation_counter: int | None = None  # the lowest the server will accept
 
     def to_bytes(self) -> bytes:
-        return bytes((0xD8, self.state_error, self.service_error))
+        head = bytes((0xD8, self.state_error, self.service_error))
+        if self.invocation_counter is None:
+            return head
+        return head + self.invocation_counter.to_bytes(4, "big")
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +286,7 @@ Apdu: TypeAlias = (
     | ActionResponse
     | ExceptionResponse
     | ConfirmedServiceError
+    | CipheredApdu
 )
 
 
@@ -283,6 +305,10 @@ def decode_apdu(data: bytes) -> Apdu:
         return ReleaseResponse(release_reason(data, 0x63, "RLRE"))
     if tag == 0xD8 and len(data) == 3:
         return ExceptionResponse(data[1], data[2])
+    if tag == 0xD8 and len(data) == 7 and data[2] == SERVICE_INVOCATION_COUNTER:
+        return ExceptionResponse(data[1], data[2], int.from_bytes(data[3:7], "big"))
+    if is_ciphered(data):
+        return CipheredApdu.from_bytes(data)
     if tag == 0x0E and len(data) == 4:
         return ConfirmedServiceError(data[1], data[2], data[3])
     if len(data) < 3:

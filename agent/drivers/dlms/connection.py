@@ -46,6 +46,7 @@ from agent.drivers.dlms.apdu import (
     Aarq,
     ActionResponse,
     Apdu,
+    CipheredApdu,
     ConfirmedServiceError,
     ExceptionResponse,
     GetResponse,
@@ -137,7 +138,8 @@ class Rejected:
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    apdu: Apdu  # GetResponse, GetResponseBlock, ActionResponse, ExceptionResponse...
+    apdu: Apdu  # GetResponse, GetResponseBlock, ActionResponse, ExceptionResponse, or
+    # a CipheredApdu the session deciphers (the link knows no keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,7 +320,7 @@ class ClientConnection:
         elif isinstance(
             apdu,
             GetResponse | GetResponseBlock | GetResponseList | ActionResponse
-            | ExceptionResponse | ConfirmedServiceError,
+            | ExceptionResponse | ConfirmedServiceError | CipheredApdu,
         ):
             self._fire(Ev.RESPONSE)
             return Response(apdu)

@@ -14,11 +14,26 @@ whenever the serial number is read (after a timeout, every
 SERIAL_REFRESH_READS polls): a swapped meter is not read with the old one's
 scalers.
 
+Clients (IS 15959): readings go through the ``client_address`` association
+(0x10 public, 0x20 meter reader with LLS, or 0x30 utility settings with HLS).
+Given a ``DlmsSecurity``, the relay (``relay_set``, ``relay_state``) goes
+through an HLS-GMAC, ciphered association as the utility-settings client 0x30,
+as IS 15959 meters demand; readings then share it when ``client_address`` is
+0x30, else they keep their own association. An HDLC link carries one
+association at a time, so switching between the two releases and disconnects
+the other first (RLRQ, DISC): a relay command costs one extra association each
+way, which keeps the common case (polls) on one long-lived association. Without a
+``DlmsSecurity`` the relay goes through the reading association (meters with no
+HLS keys, and the simulator's pre-security model).
+
 Errors (all ``DriverError``): ``TimeoutError_``, ``DlmsChecksumError``,
 ``DlmsProtocolError`` (anything malformed, including a register in another
 unit than its quantity's), ``DlmsAssociationError`` (wrong password: the AARE
-result and diagnostic), ``DeviceException`` (a data-access-result or
-action-result other than success; ``.code`` is it).
+result and diagnostic), ``DlmsSecurityError`` (HLS or ciphering failed; ``why``),
+``DeviceException`` (a data-access-result or action-result other than success;
+``.code`` is it). A security failure never switches the relay: the ACTION goes
+out only inside an association whose HLS verified both ways, and a read-back whose
+response does not verify raises instead of returning a state.
 """
 
 from __future__ import annotations
@@ -34,6 +49,7 @@ from agent.drivers.dlms.connection import State
 from agent.drivers.dlms.errors import DlmsAssociationError, DlmsProtocolError
 from agent.drivers.dlms.hdlc import PUBLIC_CLIENT
 from agent.drivers.dlms.obis import Obis
+from agent.drivers.dlms.security import DlmsSecurity
 from agent.drivers.dlms.session import DlmsSession
 from agent.drivers.driver import MeterEvent
 from agent.drivers.reading import Reading
@@ -41,6 +57,8 @@ from agent.drivers.transport import Transport
 from agent.errors import DeviceException, TimeoutError_
 
 SERIAL_REFRESH_READS: Final = 96  # and after any timeout, as the Modbus driver does
+METER_READER_CLIENT: Final = 0x20  # IS 15959: LLS
+UTILITY_SETTINGS_CLIENT: Final = 0x30  # IS 15959: HLS, the one allowed to switch the relay
 
 T = TypeVar("T")
 
@@ -56,9 +74,11 @@ class DlmsMeter:
     """One IS 15959 meter at physical ``address`` (logical device 1) on a bus.
 
     ``password`` None associates without authentication (the public client
-    reads only the serial number). ``timeout_s`` of each call is what the
-    meter may take to start answering a frame (default RESPONSE_LATENCY_S,
-    plus each frame's line time).
+    reads only the serial number). ``security`` given: the relay goes through an
+    HLS association as ``settings_client``, and so do readings if
+    ``client_address`` is that client (module doc). ``timeout_s`` of each call is
+    what the meter may take to start answering a frame (default
+    RESPONSE_LATENCY_S, plus each frame's line time).
     """
 
     def __init__(
@@ -69,10 +89,20 @@ class DlmsMeter:
         password: bytes | None = b"00000000",
         client_address: int = PUBLIC_CLIENT,
         clock: Clock | None = None,
+        security: DlmsSecurity | None = None,
+        settings_client: int = UTILITY_SETTINGS_CLIENT,
     ) -> None:
         self._address = address
+        hls_reads = security is not None and client_address == settings_client
         self._session = DlmsSession(transport, address, password=password,
-                                    client_address=client_address, clock=clock)
+                                    client_address=client_address, clock=clock,
+                                    security=security if hls_reads else None)
+        self._settings = self._session
+        if security is not None and not hls_reads:
+            self._settings = DlmsSession(transport, address, password=None,
+                                         client_address=settings_client, clock=clock,
+                                         security=security)
+        self._active = self._session
         self._serial: str | None = None
         self._serial_unsupported = False
         self._reads_since_serial = 0
@@ -92,14 +122,21 @@ class DlmsMeter:
 
     @property
     def state(self) -> State:
-        return self._session.state
+        return self._active.state
 
     @property
     def link_seen(self) -> bool:
-        return self._session.link_seen
+        return self._session.link_seen or self._settings.link_seen
+
+    def _use(self, session: DlmsSession, timeout_s: float | None) -> DlmsSession:
+        """``session``, after releasing the other one: one association on the link."""
+        if session is not self._active:
+            self._active.close(timeout_s=timeout_s)
+            self._active = session
+        return session
 
     def _get(self, class_id: int, obis: Obis, attribute: int, timeout_s: float | None) -> Data:
-        return self._session.get(class_id, obis, attribute, timeout_s)
+        return self._use(self._session, timeout_s).get(class_id, obis, attribute, timeout_s)
 
     def _forget(self) -> None:
         """Drop what was learnt about the meter: it may have been swapped for another."""
@@ -139,7 +176,7 @@ class DlmsMeter:
                 self._serial_unsupported = True  # read no serial rather than no reading
         wanted = [r for r in cosem.REGISTERS if r.obis not in self._absent]
         unscaled = [r for r in wanted if r.obis not in self._scaler_units]
-        results = self._session.get_many(
+        results = self._use(self._session, timeout_s).get_many(
             [(3, r.obis, 3) for r in unscaled] + [(3, r.obis, 2) for r in wanted], timeout_s
         )
         for register, result in zip(unscaled, results[: len(unscaled)], strict=True):
@@ -181,13 +218,13 @@ class DlmsMeter:
     def relay_set(self, connected: bool, *, timeout_s: float | None = None) -> None:
         """remote_reconnect (method 2) or remote_disconnect (method 1) on 0.0.96.3.10.255."""
         method = 2 if connected else 1
-        self._guarded(
-            lambda: self._session.action(70, cosem.DISCONNECT_CONTROL, method, timeout_s)
-        )
+        settings = self._use(self._settings, timeout_s)
+        self._guarded(lambda: settings.action(70, cosem.DISCONNECT_CONTROL, method, timeout_s))
 
     def relay_state(self, *, timeout_s: float | None = None) -> str:
         """control_state: 0 disconnected "open", 1 connected "closed", 2 ready "armed"."""
-        value = self._guarded(lambda: self._get(70, cosem.DISCONNECT_CONTROL, 3, timeout_s))
+        settings = self._use(self._settings, timeout_s)
+        value = self._guarded(lambda: settings.get(70, cosem.DISCONNECT_CONTROL, 3, timeout_s))
         state = cosem.RELAY_STATES.get(value.integer)
         if state is None:
             raise DlmsProtocolError(f"control_state {value.integer} is not 0, 1 or 2")
@@ -250,7 +287,7 @@ class DlmsMeter:
 
     def close(self, *, timeout_s: float | None = None) -> None:
         """Release the association and the link (best effort: errors are swallowed)."""
-        self._session.close(timeout_s=timeout_s)
+        self._active.close(timeout_s=timeout_s)
 
 
 def probe(transport: Transport, address: int, *, timeout_s: float,
@@ -274,4 +311,5 @@ def probe(transport: Transport, address: int, *, timeout_s: float,
         meter.close(timeout_s=timeout_s)
 
 
-__all__ = ["DlmsMeter", "MeterEvent", "event_kind", "probe"]
+__all__ = ["METER_READER_CLIENT", "PUBLIC_CLIENT", "UTILITY_SETTINGS_CLIENT", "DlmsMeter",
+           "DlmsSecurity", "MeterEvent", "event_kind", "probe"]

@@ -4,26 +4,35 @@ The codecs and the connection table below it do no I/O; ``DlmsSession``
 writes frames to a ``Transport``, reads bytes with deadlines, and offers
 GET (one attribute, or a list), block transfer and ACTION to ``device.py``.
 
-Association: SNRM/UA, then AARQ with low-level security (the password in
-calling-authentication-value, mechanism 2.16.756.5.8.2.1) from the client
-address; a rejection raises ``DlmsAssociationError`` with the AARE's result
-and diagnostic. The association is kept between calls and opened again: when
-it has been idle for IDLE_REASSOCIATE_S (meters drop a quiet link after their
-HDLC inactivity time-out, 120 s by default); after any error (timeout, bad
-frame: the next call starts with a fresh SNRM, which resets the meter's link
-too); and once, at once, if the meter answers a request with DM or FRMR (it
-had dropped the link, or another client had reset it). ``association``
+Association: SNRM/UA, then AARQ from the client address, either with low-level
+security (the password in calling-authentication-value, mechanism
+2.16.756.5.8.2.1; none for the public client), or, given a ``DlmsSecurity``,
+with HLS-GMAC and ciphering (``security.py``: the AARQ/AARE, pass 3 and pass 4,
+then every request protected and every response verified). A rejection raises
+``DlmsAssociationError`` with the AARE's result and diagnostic (an HLS one with
+authentication-failure: ``DlmsSecurityError`` why "auth_failed"); a failed HLS
+pass or a response that does not verify raises ``DlmsSecurityError`` and drops
+the link, so the next call starts a fresh association. The association is
+kept between calls and opened again: when it has been idle for
+IDLE_REASSOCIATE_S (meters drop a quiet link after their HDLC inactivity
+time-out, 120 s by default); after any error (timeout, bad frame: the next
+call starts with a fresh SNRM, which resets the meter's link too); and once,
+at once, if the meter answers a request with DM or FRMR (it had dropped the
+link, or another client had reset it). ``association``
 counts the associations made (diagnostics). ``close()`` releases (RLRQ) and
 disconnects (DISC), best effort.
 
 Errors: ``TimeoutError_`` (no complete frame within the allowance),
 ``DlmsChecksumError`` (HCS/FCS), ``DlmsProtocolError`` (anything malformed),
-``DlmsAssociationError``, ``DeviceException`` (an ExceptionResponse, a
-confirmedServiceError, an action-result other than success; ``.code``).
+``DlmsAssociationError``, ``DlmsSecurityError``, ``DeviceException`` (an
+ExceptionResponse, a confirmedServiceError, an action-result other than success;
+``.code``).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import Final
 
 from agent.clock import Clock, SystemClock
@@ -31,14 +40,17 @@ from agent.drivers.dlms import cosem
 from agent.drivers.dlms.apdu import (
     ACTION,
     BLOCK_TRANSFER_WITH_GET,
+    DIAG_AUTHENTICATION_FAILURE,
     GET,
     MAX_LIST,
     MECHANISM_LLS,
     MULTIPLE_REFERENCES,
+    Aare,
     Aarq,
     ActionRequest,
     ActionResponse,
     Apdu,
+    CipheredApdu,
     ConfirmedServiceError,
     ExceptionResponse,
     GetRequest,
@@ -65,10 +77,12 @@ from agent.drivers.dlms.errors import (
     DlmsAssociationError,
     DlmsIncompleteError,
     DlmsProtocolError,
+    DlmsSecurityError,
 )
 from agent.drivers.dlms.hdlc import HdlcAddress
 from agent.drivers.dlms.obis import Obis
 from agent.drivers.dlms.reader import NeedData
+from agent.drivers.dlms.security import DlmsSecurity, SecureAssociation
 from agent.drivers.transport import Transport, frame_time_s
 from agent.errors import DeviceException, DriverError, TimeoutError_
 
@@ -95,10 +109,16 @@ class DlmsSession:
     """The client side of one meter's link (see the module doc)."""
 
     def __init__(self, transport: Transport, address: int, *, password: bytes | None,
-                 client_address: int, clock: Clock | None = None) -> None:
+                 client_address: int, clock: Clock | None = None,
+                 security: DlmsSecurity | None = None) -> None:
         self._transport = transport
         self._address = address
         self._password = password
+        self._security = security
+        self._secure: SecureAssociation | None = None  # the HLS association, once accepted
+        self._random: Callable[[int], bytes] = (
+            security.random_bytes if security is not None and security.random_bytes
+            else os.urandom)
         self._clock: Clock = clock or SystemClock()
         self._conn = ClientConnection(HdlcAddress.server(address), HdlcAddress(client_address))
         self._last_ok_s = float("-inf")
@@ -151,6 +171,7 @@ class DlmsSession:
 
     def _drop(self) -> None:
         """Forget the link: the next call starts with a fresh SNRM."""
+        self._secure = None
         if self._conn.state is not State.DISCONNECTED:
             self._conn.reset()
 
@@ -158,44 +179,85 @@ class DlmsSession:
         idle = self._clock.monotonic_s() - self._last_ok_s > IDLE_REASSOCIATE_S
         if self._conn.state is State.ASSOCIATED and not idle:
             return
-        if self._conn.state is not State.DISCONNECTED:
-            self._conn.reset()  # a fresh SNRM resets the meter's side as well
+        self._drop()  # a fresh SNRM resets the meter's side as well
         event = self._exchange(self._conn.connect(), timeout_s)
         if not isinstance(event, Connected):
             raise DriverError(f"DLMS meter {self._address}: SNRM answered with DM")
         self.link_seen = True
-        mechanism = None if self._password is None else MECHANISM_LLS
-        aarq = Aarq(PROPOSED_CONFORMANCE, MAX_PDU_SIZE, mechanism, self._password)
+        if self._security is not None:
+            self.conformance = self._associate_hls(self._security, timeout_s)
+        else:
+            mechanism = None if self._password is None else MECHANISM_LLS
+            aarq = Aarq(PROPOSED_CONFORMANCE, MAX_PDU_SIZE, mechanism, self._password)
+            self.conformance = self._aare(aarq, timeout_s).conformance
+        self.association += 1
+        self._last_ok_s = self._clock.monotonic_s()
+
+    def _aare(self, aarq: Aarq, timeout_s: float | None, *, hls: bool = False) -> Aare:
+        """The meter's accepting AARE to ``aarq``; a refusal raises."""
         event = self._exchange(self._conn.associate(aarq), timeout_s)
         if isinstance(event, Rejected):
             aare = event.aare
             self._drop()
-            raise DlmsAssociationError(
-                f"DLMS meter {self._address}: association refused, result {aare.result}, "
-                f"diagnostic {aare.diagnostic} ({cosem.diagnostic_name(aare.diagnostic)})",
-                aare.result,
-                aare.diagnostic,
-            )
+            message = (f"DLMS meter {self._address}: association refused, result {aare.result}"
+                       f", diagnostic {aare.diagnostic} "
+                       f"({cosem.diagnostic_name(aare.diagnostic)})")
+            if hls and aare.diagnostic == DIAG_AUTHENTICATION_FAILURE:
+                raise DlmsSecurityError(f"{message}: wrong keys or system title?",
+                                        "auth_failed")
+            raise DlmsAssociationError(message, aare.result, aare.diagnostic)
         if not isinstance(event, Associated):  # DM: the meter dropped the new link
             self._drop()
             raise DriverError(f"DLMS meter {self._address}: AARQ answered with DM")
-        self.conformance = event.aare.conformance
-        self.association += 1
-        self._last_ok_s = self._clock.monotonic_s()
+        return event.aare
+
+    def _associate_hls(self, security: DlmsSecurity, timeout_s: float | None) -> int:
+        """Passes 1-4 of HLS-GMAC; the negotiated conformance."""
+        secure = SecureAssociation(security, self._random)
+        aare = self._aare(secure.aarq(PROPOSED_CONFORMANCE, MAX_PDU_SIZE), timeout_s, hls=True)
+        try:
+            initiate = secure.accept(aare)
+            self._secure = secure  # pass 3 already goes out ciphered
+            response = self._send(secure.pass3(self._next_invoke()), timeout_s)
+            if response is None:
+                raise DriverError(f"DLMS meter {self._address}: the link dropped during HLS")
+            secure.pass4(response)
+        except DriverError:
+            self._drop()
+            raise
+        return initiate.conformance
+
+    def _send(self, apdu: Apdu, timeout_s: float | None) -> Apdu | None:
+        """``apdu`` out (protected in an HLS association), the response in (verified);
+        None when the meter answered DM or FRMR (the link is then dropped)."""
+        secure = self._secure
+        wire = secure.protect(apdu) if secure is not None else apdu
+        event = self._exchange(self._conn.request(wire), timeout_s)
+        if isinstance(event, Disconnected):
+            self._drop()
+            return None
+        if not isinstance(event, Response):
+            self._drop()
+            raise DlmsProtocolError(f"unexpected {type(event).__name__}")
+        if secure is None:
+            if isinstance(event.apdu, CipheredApdu):
+                self._drop()
+                raise DlmsProtocolError("a ciphered response in an unciphered association")
+            return event.apdu
+        try:
+            return secure.unprotect(event.apdu)
+        except DriverError:
+            self._drop()  # a fresh association (and HLS) next time, not this link
+            raise
 
     def _request(self, apdu: Apdu, timeout_s: float | None, *, retry: bool = True) -> Apdu:
         # Bound: one re-association when the meter says DM (it dropped the link).
         for _ in range(2 if retry else 1):
             self._associate(timeout_s)
-            event = self._exchange(self._conn.request(apdu), timeout_s)
-            if isinstance(event, Disconnected):
-                self._drop()
+            response = self._send(apdu, timeout_s)
+            if response is None:
                 continue
-            if not isinstance(event, Response):
-                self._drop()
-                raise DlmsProtocolError(f"unexpected {type(event).__name__}")
             self._last_ok_s = self._clock.monotonic_s()
-            response = event.apdu
             if isinstance(response, ExceptionResponse):
                 raise DeviceException(
                     f"DLMS meter {self._address}: exception response, state error "
@@ -294,6 +356,8 @@ class DlmsSession:
     def close(self, *, timeout_s: float | None = None) -> None:
         """Release the association and the link (best effort: errors are swallowed)."""
         try:
+            if self._secure is not None:
+                self._secure.finish()  # the meter's counters seen so far, to disk
             if self._conn.state is State.ASSOCIATED:
                 self._exchange(self._conn.release(ReleaseRequest()), timeout_s)
             if self._conn.state in (State.CONNECTED, State.ASSOCIATED):
