@@ -31,7 +31,8 @@ lint: $(STAMP)
 # Keys for running the agent by hand against board_configs/sim.toml (never committed).
 keys: $(STAMP)
 	$(PY) -c "from pathlib import Path; from sim.keys import write_key; \
-	[write_key(Path('keys/gw-demo-01.' + k + '.key')) for k in ('cmd', 'token')]"
+	[write_key(Path('keys/gw-demo-01.' + k + '.key')) for k in ('cmd', 'token')]; \
+	[write_key(Path('keys/gw-demo-01.DLMS-0001.' + k), 16) for k in ('ek', 'ak')]"
 
 # Many long simulation seeds and the planted-bug scans (minutes, not for CI).
 soak: $(STAMP)

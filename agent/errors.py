@@ -7,6 +7,8 @@
      │    │    └── ChecksumError   a frame whose CRC/BCC does not match
      │    ├── TimeoutError_   no (complete) answer within the timeout
      │    ├── DeviceException the device answered with a protocol exception
+     │    ├── SecurityError   a meter's authentication or message protection failed
+     │    │                   (``why``); never retried, never a relay change
      │    └── PortError       the serial port itself failed (adapter unplugged, I/O
      │                        error): the bus closes it and opens it again
      ├── LedgerError          a ledger rule would be broken (never a partial change)
@@ -56,6 +58,16 @@ class DeviceException(DriverError):
 
     def __init__(self, message: str, code: int) -> None:
         self.code = code
+        super().__init__(message)
+
+
+class SecurityError(DriverError):
+    """A meter's authentication or message protection failed (DLMS HLS, ciphering):
+    a wrong key, a replayed counter, a swapped meter. ``why`` names which (a fixed
+    vocabulary per protocol: it goes on the wire in a ``meter_security`` event)."""
+
+    def __init__(self, message: str, why: str) -> None:
+        self.why = why
         super().__init__(message)
 
 

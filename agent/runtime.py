@@ -17,6 +17,7 @@ A PUBACK deletes its outbox row; nothing else does.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -73,6 +74,20 @@ def read_keys(cfg: Config) -> tuple[bytes, bytes]:
     return keys[0], keys[1]
 
 
+def check_installed(cfg: Config) -> None:
+    """What the config needs that the installation may lack; ConfigError naming the key.
+    (Not in check-config: flash.sh runs that on the technician's machine, before the
+    board's own packages are installed.) pyca/cryptography has no PyPI wheel for 32-bit
+    ARM, where it is the dlms-security extra: there a board may be without it."""
+    if importlib.util.find_spec("cryptography") is not None:
+        return
+    missing = [(f"meter[{i}].ek_file", "DLMS security needs the cryptography package, which "
+                "is not installed (on 32-bit ARM: pip install 'meter-agent[dlms-security]')")
+               for i, m in enumerate(cfg.meters) if m.ek_file is not None]
+    if missing:
+        raise ConfigError(missing)
+
+
 def _on_bus(name: str, meters: tuple[MeterConfig, ...]
             ) -> tuple[list[MeterConfig], list[MeterConfig]]:
     """(the meters on bus ``name``, the other buses' meters whose relay is on it)."""
@@ -102,6 +117,7 @@ class Runtime:
         simulation gives its own), one of the ways the clock becomes trusted."""
         self.cfg = cfg
         self.clock = clock or SystemClock()
+        check_installed(cfg)
         self.command_key, self.token_key = read_keys(cfg)
         self.inbox: queue.Queue[Any] = queue.Queue(maxsize=INBOX_MAX)
         self.store = Store(cfg.gateway.data_dir)
@@ -118,8 +134,8 @@ class Runtime:
         self.buses: dict[str, BusScheduler] = {}
         for bus in cfg.buses:
             meters, relayed = _on_bus(bus.name, provisioned)
-            self.buses[bus.name] = self._make_bus(bus, meters, self.inbox.put, clock=self.clock,
-                                                  relayed=relayed)
+            self.buses[bus.name] = self._make_bus(bus, meters, self.inbox.put,
+                                                  **self._bus_options(relayed))
         self.dispatcher = Dispatcher(gw=cfg.gateway.id, boot=self.boot, key=self.command_key,
                                      store=self.store, journal=self.journal,
                                      accounting=self.accounting, read_meter=self._read_meter,
@@ -146,6 +162,12 @@ class Runtime:
         self.web = (StatusServer(lambda: {**self.status_snapshot, "running": True}, cfg.local)
                     if cfg.local.http_port and control else None)
         self._next_cleanup = self.clock.monotonic_s() + 60
+
+    def _bus_options(self, relayed: list[MeterConfig]) -> dict[str, Any]:
+        """What every bus is made with: DLMS invocation counters live under the data dir
+        (durable across power loss), meters see the gateway's own system title."""
+        return {"clock": self.clock, "relayed": relayed, "data_dir": self.cfg.gateway.data_dir,
+                "system_title": self.cfg.gateway.system_title}
 
     def _read_meter(self, meter_id: str, ref: str) -> bool:
         meter = self.accounting.meters[meter_id]
@@ -244,8 +266,7 @@ class Runtime:
     def _restart_bus(self, name: str) -> None:
         old = self.buses[name]
         meters, relayed = list(old.meters.values()), list(old.relayed.values())
-        bus = self._make_bus(old.bus, meters, self.inbox.put, clock=self.clock,
-                             relayed=relayed)
+        bus = self._make_bus(old.bus, meters, self.inbox.put, **self._bus_options(relayed))
         bus.mark_offline(m.id for m in meters)
         self.buses[name] = bus
         bus.start()
@@ -356,6 +377,13 @@ class Runtime:
             detail = event.detail
             self.accounting.on_tamper(event.meter, str(detail.get("kind", "other")),
                                       int(detail.get("code", 0)), int(detail.get("t", now)))
+        elif event.kind == "meter_security":  # a wrong key, a replayed counter, a swap
+            meter = self.accounting.meters.get(event.meter)
+            with self.store.tx():
+                self.accounting.emit(now, "meter_security", m=event.meter,
+                                     acct=meter.account if meter else None,
+                                     detail={"why": event.detail.get("why"),
+                                             "error": event.error[:200]})
         elif event.kind == "meter_discovered":
             with self.store.tx():
                 self.accounting.emit(now, "meter_discovered", detail=dict(event.detail))

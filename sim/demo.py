@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.broker import INSTALL_HINT, Mosquitto, find_mosquitto
-from sim.keys import write_key
+from sim.keys import repoint_meter_keys, write_key
 from sim.tomlw import dumps
 
 DEMO_TOPUP_PAISE = 20_000  # ₹200 each: enough to watch it fall, low enough to see alerts
@@ -49,6 +49,7 @@ def prepare(config: str, workdir: Path, broker_port: int) -> Path:
         path = workdir / "keys" / f"{key.split('_')[0]}.key"
         write_key(path)
         raw["security"][key] = str(path)
+    repoint_meter_keys(raw, workdir / "keys")
     for bus in raw.get("bus", []):
         bus["port"] = str(workdir / "tty" / bus["name"])
     out = workdir / "agent.toml"

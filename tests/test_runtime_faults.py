@@ -29,3 +29,27 @@ def test_a_status_file_that_cannot_be_written_is_logged_once_and_skipped(
     assert (Path(rt.cfg.gateway.data_dir) / "status.json").exists()
     assert any("event=status_file_ok" in r.getMessage() for r in caplog.records)
     rt.store.close()
+
+
+def test_a_meter_with_keys_on_a_board_without_cryptography_is_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyPI has no cryptography wheel for 32-bit ARM; there it is an extra. A board
+    installed without it says at start which meter needs it (exit 2 with the key), not at
+    the first poll; a board with only unkeyed meters needs none of it."""
+    import dataclasses
+    import importlib.util
+
+    from agent.errors import ConfigError
+    from agent.runtime import check_installed
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "cryptography" else real(name, *a))
+    cfg = _config(tmp_path, meters=2)
+    check_installed(cfg)  # no meter has keys
+    keyed = dataclasses.replace(cfg, meters=(cfg.meters[0], dataclasses.replace(
+        cfg.meters[1], ek_file=tmp_path / "m.ek", ak_file=tmp_path / "m.ak")))
+    with pytest.raises(ConfigError) as refused:
+        check_installed(keyed)
+    assert refused.value.errors[0][0] == "meter[1].ek_file"
+    assert "meter-agent[dlms-security]" in refused.value.errors[0][1]

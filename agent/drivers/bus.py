@@ -57,7 +57,14 @@ from agent.drivers.modbus.device import ModbusCoilRelay
 from agent.drivers.reading import Reading
 from agent.drivers.scan import Discovery, ScanJob, check_addresses, probe_once
 from agent.drivers.transport import SerialTransport, Transport, frame_time_s
-from agent.errors import ChecksumError, DriverError, PortError, ProtocolError, TimeoutError_
+from agent.errors import (
+    ChecksumError,
+    DriverError,
+    PortError,
+    ProtocolError,
+    SecurityError,
+    TimeoutError_,
+)
 from agent.supervisor import guarded
 
 log = logging.getLogger("agent.bus")
@@ -77,7 +84,7 @@ DISCOVERY_TIMEOUT_S = 0.1  # discovery's answer allowance; a scan may give more
 @dataclass(frozen=True, slots=True)
 class BusEvent:
     """kind: reading | meter_offline | meter_online | relay_result | read_result | tamper |
-    meter_discovered | scan_result."""
+    meter_discovered | scan_result | meter_security."""
 
     kind: str
     meter: str
@@ -172,6 +179,7 @@ class BusScheduler(threading.Thread):
         self.client: ModbusClient | None = None
         self._drivers: dict[str, tuple[MeterConfig, MeterDriver]] = {}
         self._seen_events: dict[str, OrderedDict[tuple[int, int], None]] = {}
+        self._security_reported: dict[tuple[str, str], str] = {}  # (meter, op) -> why
         self._scan: ScanJob | None = None
         self._scan_turn = False
         self.discovery = Discovery()
@@ -395,6 +403,8 @@ class BusScheduler(threading.Thread):
         except PortError:
             raise  # not this meter's failure: the bus reopens the port
         except DriverError as exc:
+            if isinstance(exc, SecurityError):
+                self._security_failed(meter_id, "poll", exc)
             stats.consecutive_failures += 1
             if stats.consecutive_failures >= OFFLINE_AFTER:
                 stats.backoff_s = min(QUARANTINE_MAX_S,
@@ -409,6 +419,7 @@ class BusScheduler(threading.Thread):
             return
         stats.consecutive_failures = 0
         stats.backoff_s = 0.0
+        self._security_reported.pop((meter_id, "poll"), None)  # a new failure is news
         stats.last_ok_s = self.clock.time_s()
         if stats.offline:
             stats.offline = False
@@ -446,6 +457,17 @@ class BusScheduler(threading.Thread):
             self.post(BusEvent("tamper", meter_id,
                                detail={"kind": event.kind, "code": event.code, "t": event.t}))
 
+    def _security_failed(self, meter_id: str, op: str, exc: SecurityError) -> None:
+        """A ``meter_security`` event, once for each kind of failure of ``op`` (poll |
+        switch) until that op works again (a wrong key fails every try: one event, not
+        one a try; a DLMS meter may be read as 0x20 while its 0x30 keys are wrong)."""
+        if self._security_reported.get((meter_id, op)) == exc.why:
+            return
+        self._security_reported[(meter_id, op)] = exc.why
+        log.warning("event=meter_security meter=%s why=%s error=%s", meter_id, exc.why, exc)
+        self.post(BusEvent("meter_security", meter_id, error=str(exc),
+                           detail={"why": exc.why}))
+
     def _run_job(self, job: BusJob) -> None:
         if job.kind == "read":
             try:
@@ -469,10 +491,17 @@ class BusScheduler(threading.Thread):
         kind = cfg.relay_spec.kind if cfg else "unknown meter"
         if cfg is not None and kind == "meter":
             try:
-                driver: MeterDriver | None = self._driver(meter_id)
-            except DriverError:
-                driver = None
-            state, error = switch_meter_relay(driver, connected, self.bus.timeout_s)
+                state, error = switch_meter_relay(self._driver(meter_id), connected,
+                                                  self.bus.timeout_s)
+            except SecurityError as exc:  # nothing was switched: a clear event says why
+                self._security_failed(meter_id, "switch", exc)
+                state, error = "", str(exc)
+            except PortError:
+                raise
+            except DriverError as exc:  # no driver for it (its keys cannot be read, say)
+                state, error = "", str(exc)
+            if state:
+                self._security_reported.pop((meter_id, "switch"), None)
         elif cfg is not None and kind == "modbus-coil" and self.client is not None:
             assert cfg.relay_spec.unit is not None and cfg.relay_spec.coil is not None
             relay = ModbusCoilRelay(self.client, cfg.relay_spec.unit, cfg.relay_spec.coil)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 from agent.drivers.reading import Reading
-from agent.errors import DriverError, PortError
+from agent.errors import DriverError, PortError, SecurityError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -175,8 +175,9 @@ def switch_meter_relay(
         try:
             driver.relay_set(connected, timeout_s=timeout_s)
             state = driver.relay_state(timeout_s=timeout_s)
-        except PortError:
-            raise  # no retry on a port that is gone: the bus reopens it
+        except (PortError, SecurityError):
+            raise  # no retry: the port is gone (the bus reopens it), or the meter is not
+            # who it should be, or the keys are wrong (the bus reports it, switches nothing)
         except DriverError as exc:
             error = str(exc)
             continue
@@ -193,8 +194,9 @@ def switch_coil(relay: ModbusCoilRelay, connected: bool, timeout_s: float) -> tu
         try:
             relay.set_connected(connected, timeout_s=timeout_s)
             actual = relay.read_connected(timeout_s=timeout_s)
-        except PortError:
-            raise  # no retry on a port that is gone: the bus reopens it
+        except (PortError, SecurityError):
+            raise  # no retry: the port is gone (the bus reopens it), or the meter is not
+            # who it should be, or the keys are wrong (the bus reports it, switches nothing)
         except DriverError as exc:
             error = str(exc)
             continue

@@ -46,9 +46,12 @@ QUANTITIES = ("import_wh", "export_wh", "p_w", "v_dv", "i_ma", "f_chz", "pf_mill
 EVENT_TYPES = (
     "tamper", "relay", "low_balance", "credit_exhausted", "disconnect_deferred",
     "meter_offline", "meter_online", "meter_discovered", "bad_reading", "data_dropped",
-    "token_rejected",
+    "token_rejected", "meter_security",
 )  # CONTRACT 5 says "at least": other types pass the check, these get their detail checked
 TAMPER_KINDS = ("cover_open", "magnet", "neutral_missing", "reverse_current", "other")
+# meter_security detail.why (agent.drivers.dlms.errors.SECURITY_WHY; a test checks)
+SECURITY_WHY = ("auth_failed", "bad_tag", "replayed_counter", "system_title_mismatch",
+                "counter_exhausted", "key_missing")
 RELAY_STATES = ("open", "closed", "armed")
 # In CONTRACT 5 order: detail.reason is the first of detail.reasons in this order.
 DEFERRAL_REASONS = (
@@ -424,6 +427,9 @@ def _check_event(raw: object, what: str) -> None:
     elif kind == "relay":
         _need(d.get("state") in RELAY_STATES, what + ".detail.state must be one of "
               + " | ".join(RELAY_STATES))
+    elif kind == "meter_security":
+        _need(d.get("why") in SECURITY_WHY, what + ".detail.why must be one of "
+              + " | ".join(SECURITY_WHY))
     elif kind == "disconnect_deferred":
         reasons = _list(d.get("reasons"), what + ".detail.reasons")
         ordered = [r for r in DEFERRAL_REASONS if r in reasons]

@@ -238,7 +238,7 @@ class GatewaySim:
 
     def make_bus(self, bus: BusConfig, meters: list[MeterConfig],
                  post: Callable[[BusEvent], None], *, clock: Any = None,
-                 relayed: Any = ()) -> SimBus:
+                 relayed: Any = (), **_dlms: Any) -> SimBus:
         assert self.clock is not None
         assert not relayed, "the simulated neighbourhood's coil modules share their bus"
         def posted(event: BusEvent) -> None:

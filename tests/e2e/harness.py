@@ -18,7 +18,7 @@ from typing import Any
 from agent.uplink.cose import read_hex_key
 from sim.broker import Mosquitto
 from sim.headend import HeadEnd
-from sim.keys import write_key
+from sim.keys import repoint_meter_keys, write_key
 from sim.tomlw import dumps
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,6 +59,7 @@ def make_config(workdir: Path, broker_port: int, *, base: Path = SIM_CONFIG,
         path = workdir / "keys" / f"{key.split('_')[0]}.key"
         write_key(path)
         raw["security"][key] = str(path)
+    repoint_meter_keys(raw, workdir / "keys")
     for bus in raw["bus"]:
         bus["port"] = str(workdir / "tty" / bus["name"])
         bus["poll_interval_s"] = 0.5
@@ -134,9 +135,11 @@ class Gateway:
             self.raw = tomllib.load(f)
         self.gw = self.raw["gateway"]["id"]
         self.state_file = workdir / "meters.json"
+        self.control = workdir / "sim.sock"  # the simulator's fault socket (sim.faults)
         self.meters = Proc([sys.executable, "-m", "sim.meters", "-c", str(self.config),
                             "--speed", str(speed), "--load-scale", str(load_scale),
-                            "--state-file", str(self.state_file)], workdir / "meters.log")
+                            "--state-file", str(self.state_file),
+                            "--control", str(self.control)], workdir / "meters.log")
         self.key = read_hex_key(Path(self.raw["security"]["command_key_file"]))
         self.headend = HeadEnd("127.0.0.1", self.broker.port, "gw", self.key, persistent=True)
         self.headend.start()

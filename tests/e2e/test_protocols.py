@@ -168,3 +168,34 @@ def test_three_buses_of_three_protocols_at_once(gateway: Any) -> None:
     g = gateway(meters)
     assert [b["protocol"] for b in g.raw["bus"]] == ["modbus", "iec62056-21", "dlms"]
     _scenario(g, meters)
+
+
+@pytest.mark.parametrize(("fault", "whys"), [
+    ("wrong_key", ("auth_failed", "bad_tag")), ("replay_counter", ("replayed_counter",))])
+def test_a_dlms_meter_failing_security_is_a_clear_event_and_never_a_relay_change(
+        gateway: Any, fault: str, whys: tuple[str, ...]) -> None:
+    """The meter answers with keys other than the board's (a swapped meter, a key centre's
+    mistake, an attacker on the pair), or replays its invocation counter (a recorded
+    answer played back): credit runs out, the agent tries to switch through 0x30, HLS
+    fails: a ``meter_security`` event names why, the supply stays on, and once the
+    meter is itself again the relay opens as the rules say."""
+    from sim.faults import send
+
+    meter = "DLMS-0001"
+    g = gateway([meter])
+    wait_until(lambda: g.control.exists(), 10, "the simulator's fault socket")
+    assert send(g.control, [{"meter": meter, "fault": fault, "on": True}])[0]["ok"]
+    g.start_agent()
+    wait_until(lambda: _link_up(g, 1), 20, "the agent's MQTT link")
+    g.command("ping", {})  # the clock is trusted: only the keys hold the switch back
+    wait_until(lambda: g.headend.events(g.gw, "meter_security"), 40, "a meter_security event")
+    event = g.headend.events(g.gw, "meter_security")[0]
+    assert event["m"] == meter and event["detail"]["why"] in whys, event
+    wait_until(lambda: any(e["acct"] == ACCOUNTS[meter]
+                           for e in g.headend.events(g.gw, "credit_exhausted")), 20,
+               "credit to run out")
+    time.sleep(3)  # switch attempts, each refused by HLS
+    assert _connected(g, meter), "a relay change through a failed association"
+    assert len(g.headend.events(g.gw, "meter_security")) == 1, "one event, not one a poll"
+    assert send(g.control, [{"meter": meter, "fault": fault, "on": False}])[0]["ok"]
+    wait_until(lambda: not _connected(g, meter), 40, "the relay to open with the right keys")

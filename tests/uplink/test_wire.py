@@ -54,6 +54,9 @@ def test_copied_constants_match_their_owners() -> None:
     from agent.ledger.policy import REASONS
 
     assert wire.QUANTITIES == reading_mod.QUANTITIES
+    from agent.drivers.dlms.errors import SECURITY_WHY
+
+    assert wire.SECURITY_WHY == SECURITY_WHY  # meter_security's why, checked on the wire
     assert wire.DEFERRAL_REASONS == REASONS
     assert set(wire.REPLY_CODES) == CommandError.CODES | {"ok"}
 

@@ -26,9 +26,8 @@ that is malformed or carries another service than its tag says.
 
 from __future__ import annotations
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+import importlib.util
+from typing import TYPE_CHECKING
 
 from agent.drivers.dlms.ciphered import (
     IC_BYTES,
@@ -46,7 +45,39 @@ from agent.drivers.dlms.ciphered import (
 )
 from agent.drivers.dlms.errors import DlmsProtocolError, DlmsSecurityError
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers import AEADDecryptionContext
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 KEY_BYTES = 16  # suite 0: AES-128; the authentication key is 16 bytes too
+# pyca/cryptography has no wheel for 32-bit ARM on PyPI: an armv7 board installs it as
+# the dlms-security extra (Raspberry Pi OS takes it from piwheels). Without it, DLMS
+# meters without keys (LLS, public) still work; config refuses meters with keys.
+MISSING_HINT = ("DLMS security needs the cryptography package, which is not installed "
+                "(on 32-bit ARM: pip install 'meter-agent[dlms-security]')")
+
+
+def available() -> bool:
+    """Is pyca/cryptography installed (a meter with keys can be served)?"""
+    return importlib.util.find_spec("cryptography") is not None
+
+
+def _aesgcm(ek: bytes) -> AESGCM:
+    try:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    except ModuleNotFoundError:
+        raise DlmsSecurityError(MISSING_HINT, "key_missing") from None
+    return AESGCM(ek)
+
+
+def _gcm(ek: bytes, iv: bytes, tag: bytes | None = None) -> AEADDecryptionContext:
+    """A GCM mode cipher's decryptor (the tag may be truncated to 12 bytes)."""
+    try:
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    except ModuleNotFoundError:
+        raise DlmsSecurityError(MISSING_HINT, "key_missing") from None
+    mode = modes.GCM(iv) if tag is None else modes.GCM(iv, tag, min_tag_length=TAG_BYTES)
+    return Cipher(algorithms.AES(ek), mode).decryptor()
 HLS_VALUE_BYTES = 1 + IC_BYTES + TAG_BYTES  # SC || IC || T
 
 
@@ -66,8 +97,9 @@ def _verify(ek: bytes, iv: bytes, tag: bytes, aad: bytes, ciphertext: bytes) -> 
     cryptography's AESGCM only takes whole 16-byte tags, so a truncated DLMS tag is
     checked with its GCM mode object, which accepts tags of 12 bytes and more.
     """
-    decryptor = Cipher(algorithms.AES(ek), modes.GCM(iv, tag, min_tag_length=TAG_BYTES)
-                       ).decryptor()
+    decryptor = _gcm(ek, iv, tag)
+    from cryptography.exceptions import InvalidTag  # _gcm has found the package
+
     decryptor.authenticate_additional_data(aad)
     plain = decryptor.update(ciphertext)
     try:
@@ -84,10 +116,10 @@ def encrypt(sc: int, system_title: bytes, ic: int, ek: bytes, ak: bytes, apdu: b
     iv = _iv(system_title, ic, ek, ak)
     head = bytes((sc,))
     if sc == SC_AUTHENTICATED:
-        return apdu + AESGCM(ek).encrypt(iv, b"", head + ak + apdu)[:TAG_BYTES]
+        return apdu + _aesgcm(ek).encrypt(iv, b"", head + ak + apdu)[:TAG_BYTES]
     if sc == SC_ENCRYPTED:
-        return AESGCM(ek).encrypt(iv, apdu, None)[:-16]  # the 16-byte tag is not sent
-    out = AESGCM(ek).encrypt(iv, apdu, head + ak)
+        return _aesgcm(ek).encrypt(iv, apdu, None)[:-16]  # the 16-byte tag is not sent
+    out = _aesgcm(ek).encrypt(iv, apdu, head + ak)
     return out[:-16] + out[-16 : -16 + TAG_BYTES]
 
 
@@ -99,7 +131,7 @@ def decrypt(sc: int, system_title: bytes, ic: int, ek: bytes, ak: bytes,
     head = bytes((sc,))
     if sc == SC_ENCRYPTED:
         # Encryption only has no tag: GCM's counter mode undone, nothing to verify.
-        return Cipher(algorithms.AES(ek), modes.GCM(iv)).decryptor().update(information)
+        return _gcm(ek, iv).update(information)
     if len(information) < TAG_BYTES:
         raise DlmsProtocolError("authenticated APDU shorter than its tag")
     body, tag = information[:-TAG_BYTES], information[-TAG_BYTES:]
@@ -113,7 +145,7 @@ def decrypt(sc: int, system_title: bytes, ic: int, ek: bytes, ak: bytes,
 def gmac(system_title: bytes, ic: int, ek: bytes, ak: bytes, challenge: bytes) -> bytes:
     """T of HLS mechanism 5 over ``challenge`` (the other side's)."""
     iv = _iv(system_title, ic, ek, ak)
-    return AESGCM(ek).encrypt(iv, b"", bytes((SC_AUTHENTICATED,)) + ak + challenge)[:TAG_BYTES]
+    return _aesgcm(ek).encrypt(iv, b"", bytes((SC_AUTHENTICATED,)) + ak + challenge)[:TAG_BYTES]
 
 
 def hls_value(system_title: bytes, ic: int, ek: bytes, ak: bytes, challenge: bytes) -> bytes:

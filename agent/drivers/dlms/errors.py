@@ -7,7 +7,8 @@
      │         ├── DlmsIncompleteError   nothing, or part of a frame, before the deadline
      │         └── DlmsStateError        an event the connection table does not allow
      ├── DlmsAssociationError            the meter refused the association (AARE result)
-     ├── DlmsSecurityError               HLS or ciphering failed; ``why`` says how (below)
+     ├── SecurityError                   (agent.errors)
+     │    └── DlmsSecurityError          HLS or ciphering failed; ``why`` says how (below)
      └── DeviceException                 (agent.errors) a GET/ACTION answered with an error code
 
 ``device.py`` turns ``DlmsIncompleteError`` into ``agent.errors.TimeoutError_``.
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from agent.errors import ChecksumError, DriverError, ProtocolError
+from agent.errors import ChecksumError, DriverError, ProtocolError, SecurityError
 
 SECURITY_WHY: Final = ("auth_failed", "bad_tag", "replayed_counter", "system_title_mismatch",
                        "counter_exhausted", "key_missing")
@@ -68,7 +69,7 @@ class DlmsAssociationError(DriverError):
         super().__init__(message)
 
 
-class DlmsSecurityError(DriverError):
+class DlmsSecurityError(SecurityError):
     """HLS authentication or APDU protection failed; ``why`` is one of ``SECURITY_WHY``.
 
     The message names what failed and never carries key bytes.
@@ -77,5 +78,4 @@ class DlmsSecurityError(DriverError):
     def __init__(self, message: str, why: str) -> None:
         if why not in SECURITY_WHY:
             raise ValueError(f"DlmsSecurityError why {why!r} is not one of {SECURITY_WHY}")
-        self.why = why
-        super().__init__(message)
+        super().__init__(message, why)
