@@ -26,7 +26,6 @@ that is malformed or carries another service than its tag says.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import TYPE_CHECKING
 
 from agent.drivers.dlms.ciphered import (
@@ -52,14 +51,10 @@ if TYPE_CHECKING:
 KEY_BYTES = 16  # suite 0: AES-128; the authentication key is 16 bytes too
 # pyca/cryptography has no wheel for 32-bit ARM on PyPI: an armv7 board installs it as
 # the dlms-security extra (Raspberry Pi OS takes it from piwheels). Without it, DLMS
-# meters without keys (LLS, public) still work; config refuses meters with keys.
+# meters without keys (LLS, public) still work; the runtime refuses meters with keys
+# at start (runtime.check_installed).
 MISSING_HINT = ("DLMS security needs the cryptography package, which is not installed "
                 "(on 32-bit ARM: pip install 'meter-agent[dlms-security]')")
-
-
-def available() -> bool:
-    """Is pyca/cryptography installed (a meter with keys can be served)?"""
-    return importlib.util.find_spec("cryptography") is not None
 
 
 def _aesgcm(ek: bytes) -> AESGCM:
