@@ -180,7 +180,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
     result = _agent(cfg, "relay", {"meter": args.meter, "action": args.action,
                                    "until": args.until})
     _print(result, args.json, f"{args.meter}: {args.action} (relay intent now "
-           f"{result['intent']}); logged and reported to the head-end")
+           f"{result['state']}); logged and reported to the head-end")
     return 0
 
 

@@ -26,12 +26,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from agent import __version__
 from agent.accounting import Accounting
 from agent.buffer import outbox
 from agent.buffer.journal import Journal
-from agent.buffer.store import LANE_LEDGER, Store
-from agent.errors import CommandError, LedgerError, StoreError
+from agent.buffer.store import Store
+from agent.errors import CommandError, StoreError
+from agent.ops import MeterChange, Ops
 from agent.supervisor import contain
 from agent.uplink import cbor
 from agent.uplink.commands import Command, parse_command
@@ -39,31 +39,21 @@ from agent.uplink.commands import Command, parse_command
 log = logging.getLogger("agent.commands")
 
 SEEN_MIN_KEEP_S = 24 * 3600  # a command's reply is kept at least this long, even if exp is sooner
-RESYNC_MAX_ENTRIES = 10_000  # per resync command; result.more tells the head-end to ask again
 MAX_MSG_CHARS = 512  # a reply's msg is for people; longer texts are cut
-
-# (op, args, now_s) -> result map; raises CommandError (unknown_meter, invalid_args, ...)
-MeterChange = Callable[[str, dict[str, Any], int], dict[str, Any]]
-
-
-def refuse_meter_change(op: str, args: dict[str, Any], now_s: int) -> dict[str, Any]:
-    """The default until the runtime passes ``on_meter_change``."""
-    raise CommandError("failed", f"{op} is not available in this agent build yet "
-                                 "(no meter change handler is wired)")
-
 
 class Dispatcher:
     def __init__(self, *, gw: str, boot: int, key: bytes, store: Store, journal: Journal,
                  accounting: Accounting, read_meter: Callable[[str, str], bool],
-                 on_meter_change: MeterChange = refuse_meter_change) -> None:
+                 on_meter_change: MeterChange | None = None) -> None:
         self.gw = gw
         self.boot = boot
         self.key = key
         self.store = store
-        self.journal = journal
         self.accounting = accounting
         self.read_meter = read_meter  # (meter_id, command_id) -> queued?
-        self.on_meter_change = on_meter_change
+        # every op but read (answered by the bus, below): the local socket's too
+        self.ops = Ops(boot=boot, store=store, journal=journal, accounting=accounting,
+                       on_meter_change=on_meter_change)
         self.pending_reads: dict[str, tuple[Command, int]] = {}  # id -> (command, repeats)
         self.refused = 0
 
@@ -109,101 +99,22 @@ class Dispatcher:
         self.store.remember(cmd.id, cbor.dumps(body), max(cmd.exp, now_s + SEEN_MIN_KEEP_S))
         return self._reply(now_s, cmd.id, code, msg, result)
 
-    def _account(self, acct: Any) -> str:
-        if acct not in self.accounting.accounts():
-            raise CommandError("unknown_account", f"no account {acct!r}")
-        return str(acct)
-
-    def _meter(self, meter_id: Any) -> str:
-        if meter_id not in self.accounting.meters:
-            raise CommandError("unknown_meter", f"no meter {meter_id!r}")
-        return str(meter_id)
-
     def _apply_contained(self, cmd: Command, now_s: int) -> dict[str, Any]:
-        """``_apply``; a bug in an op's effects is the reply ``failed`` (and rolled back
-        with the savepoint), never an agent that crashes on each redelivery."""
-        result, failed = contain(lambda: self._apply(cmd, now_s), f"command {cmd.op}",
-                                 passthrough=(CommandError, StoreError))
+        """The op's effects (``agent.ops``), inside the caller's savepoint; CommandError to
+        refuse. A bug in an op's effects is the reply ``failed`` (and rolled back with the
+        savepoint), never an agent that crashes on each redelivery."""
+        result, failed = contain(lambda: self.ops.run(cmd.op, cmd.args, now_s, "cloud",
+                                                      checked=True),
+                                 f"command {cmd.op}", passthrough=(CommandError, StoreError))
         if failed is not None:
             raise CommandError("failed", f"internal error: {type(failed).__name__}: "
                                          f"{failed}") from failed
         assert result is not None
         return result
 
-    def _apply(self, cmd: Command, now_s: int) -> dict[str, Any]:
-        """The op's effects, inside the caller's savepoint; raises CommandError to refuse."""
-        args = cmd.args
-        op = cmd.op
-        try:
-            if op == "ping":
-                return {"time": now_s, "version": __version__, "boot": self.boot}
-            if op == "topup":
-                acct = self._account(args["account"])
-                applied, balance = self.accounting.topup(acct, args["amount"], args["txn"],
-                                                         now_s)
-                return {"balance": balance, "applied": applied}
-            if op == "relay":
-                meter_id = self._meter(args["meter"])
-                state = self.accounting.set_override(meter_id, args["action"],
-                                                     args.get("until"), now_s)
-                return {"state": state}
-            if op == "moratorium":
-                return self._moratorium(args, now_s)
-            if op == "resync":
-                return self._resync(args, now_s)
-            if op == "tariff":
-                return self._tariff(args, now_s)
-            if op == "policy":
-                apply_policy = getattr(self.accounting, "apply_policy", None)
-                if apply_policy is None:
-                    raise CommandError("failed", "policy changes need Accounting.apply_policy, "
-                                                 "which this agent build does not have yet")
-                apply_policy(dict(args), now_s)
-                return {}
-            if op == "meter_add":
-                self._account(args["account"])
-                return dict(self.on_meter_change(op, dict(args), now_s) or {})
-            if op == "meter_remove":
-                self._meter(args["meter"])
-                return dict(self.on_meter_change(op, dict(args), now_s) or {})
-        except LedgerError as exc:
-            raise CommandError("failed", str(exc)) from exc
-        raise CommandError("failed", f"op {op!r} is not supported by this agent version")
-
-    def _moratorium(self, args: dict[str, Any], now_s: int) -> dict[str, Any]:
-        accounts = args.get("accounts") or ["*"]  # "*": every account
-        for acct in accounts:
-            if acct != "*":
-                self._account(acct)
-        for acct in accounts:
-            self.accounting.set_moratorium(acct, int(args["until"]), str(args["reason"]),
-                                           now_s)
-        return {}
-
-    def _resync(self, args: dict[str, Any], now_s: int) -> dict[str, Any]:
-        acct = self._account(args["account"])
-        entries = self.journal.entries(acct, int(args["from_n"]), limit=RESYNC_MAX_ENTRIES + 1)
-        more = len(entries) > RESYNC_MAX_ENTRIES
-        entries = entries[:RESYNC_MAX_ENTRIES]
-        for entry in entries:
-            self.store.add_pending(LANE_LEDGER, cbor.dumps(entry.wire()), now_s)
-        result: dict[str, Any] = {"entries": len(entries), "more": more}
-        if more:
-            result["next_n"] = entries[-1].n + 1
-        return result
-
-    def _tariff(self, args: dict[str, Any], now_s: int) -> dict[str, Any]:
-        apply_tariff = getattr(self.accounting, "apply_tariff", None)
-        if apply_tariff is None:
-            raise CommandError("failed", "tariff changes need Accounting.apply_tariff, "
-                                         "which this agent build does not have yet")
-        table = {k: v for k, v in args.items() if k != "name"}
-        version = apply_tariff(str(args["name"]), table, now_s)
-        return {"version": int(version)}
-
     def _start_read(self, cmd: Command, now_s: int) -> int | None:
         try:
-            meter_id = self._meter(cmd.args["meter"])
+            meter_id = self.ops.meter(cmd.args["meter"])
         except CommandError as exc:
             return self._finish(cmd, exc.code, str(exc), {}, now_s)
         if cmd.id in self.pending_reads:

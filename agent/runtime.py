@@ -39,6 +39,7 @@ from agent.control import ControlRequest, ControlServer
 from agent.dispatch import Dispatcher
 from agent.drivers.bus import BusEvent, BusScheduler
 from agent.errors import AgentError, CommandError, ConfigError, RelayError, StoreError
+from agent.ops import LOCAL_OPS
 from agent.provisioning import Provisioning
 from agent.relay.base import Relay, sync
 from agent.relay.disconnect import kernel_clock_synchronised
@@ -147,6 +148,9 @@ class Runtime:
         # meter -> (when a switch was asked, the state asked: connected?)
         self.relay_pending: dict[str, tuple[float, bool]] = {}
         self.scans: dict[str, ControlRequest] = {}  # scan ref -> the CLI request waiting
+        self._control_ops: dict[str, Callable[[ControlRequest, int], None]] = {
+            "status": self._control_status, "scan": self._control_scan,
+            "token_enter": self._control_token_enter}
         self.last_readings: dict[str, dict[str, Any]] = {}
         self.charge_errors: dict[str, int] = {}  # meter -> readings whose charge raised
         self.supervisor = Supervisor()
@@ -419,53 +423,44 @@ class Runtime:
 
     # -- the local control socket (CLI through the running agent) -------------------
     def _control(self, req: ControlRequest, now: int) -> None:
+        """One request of the local socket: the socket's own ops (a table), or one of the
+        head-end's ops (``agent.ops``: one validator and one implementation for both)."""
+        own = self._control_ops.get(req.op)
         try:
-            if req.op == "status":
-                req.reply(self.status())
-            elif req.op == "relay":
-                meter_id, action = req.args.get("meter"), req.args.get("action")
-                until = req.args.get("until")
-                if meter_id not in self.accounting.meters:
-                    raise CommandError("unknown_meter", f"no meter {meter_id!r}")
-                if action not in ("connect", "disconnect", "auto"):
-                    raise CommandError("invalid_args", "action must be connect|disconnect|auto")
-                if until is not None and not isinstance(until, int):
-                    raise CommandError("invalid_args", "until must be Unix seconds")
+            if own is not None:
+                own(req, now)
+            elif req.op in LOCAL_OPS:
+                args = {k: v for k, v in req.args.items() if v is not None}
                 with self.store.tx():
-                    state = self.accounting.set_override(str(meter_id), str(action), until, now)
-                    self.accounting.emit(now, "relay_override", m=str(meter_id),
-                                         acct=self.accounting.meters[str(meter_id)].account,
-                                         detail={"action": action, "until": until,
-                                                 "source": "local"})
-                log.info("event=relay_override source=local meter=%s action=%s until=%s",
-                         meter_id, action, until)
-                req.reply({"meter": meter_id, "intent": state})
-            elif req.op == "scan":
-                bus = self.buses.get(str(req.args.get("bus")))
-                if bus is None:
-                    raise CommandError("invalid_args", f"no bus {req.args.get('bus')!r}")
-                ref = f"scan-{id(req)}"
-                addresses = req.args.get("addresses", list(range(1, 248)))
-                if not isinstance(addresses, list) or not all(
-                        isinstance(a, int) and 1 <= a <= 247 for a in addresses):
-                    raise CommandError("invalid_args", "addresses must be integers 1..247")
-                if not bus.scan(addresses, ref):
-                    raise CommandError("failed", "a scan is already running on this bus")
-                self.scans[ref] = req  # answered by the bus's scan_result event
-            elif req.op == "token_enter":
-                account, digits = req.args.get("account"), req.args.get("digits")
-                if account not in self.accounting.accounts():
-                    raise CommandError("unknown_account", f"no account {account!r}")
-                if not isinstance(digits, str):
-                    raise CommandError("invalid_args", "digits must be a string")
-                enter = getattr(self.accounting, "enter_token", None)
-                if enter is None:
-                    raise CommandError("failed", "token entry is not available in this version")
-                req.reply(enter(str(account), digits, now))
+                    req.reply(self.dispatcher.ops.run(req.op, args, now, "local"))
             else:
                 req.reply(error=f"unknown control op {req.op!r}")
         except AgentError as exc:
             req.reply(error=str(exc))
+
+    def _control_status(self, req: ControlRequest, now: int) -> None:
+        req.reply(self.status())
+
+    def _control_scan(self, req: ControlRequest, now: int) -> None:
+        bus = self.buses.get(str(req.args.get("bus")))
+        if bus is None:
+            raise CommandError("invalid_args", f"no bus {req.args.get('bus')!r}")
+        addresses = req.args.get("addresses", list(range(1, 248)))
+        if not isinstance(addresses, list) or not all(
+                isinstance(a, int) and 1 <= a <= 247 for a in addresses):
+            raise CommandError("invalid_args", "addresses must be integers 1..247")
+        ref = f"scan-{id(req)}"
+        if not bus.scan(addresses, ref):
+            raise CommandError("failed", "a scan is already running on this bus")
+        self.scans[ref] = req  # answered by the bus's scan_result event
+
+    def _control_token_enter(self, req: ControlRequest, now: int) -> None:
+        account, digits = req.args.get("account"), req.args.get("digits")
+        if account not in self.accounting.accounts():
+            raise CommandError("unknown_account", f"no account {account!r}")
+        if not isinstance(digits, str):
+            raise CommandError("invalid_args", "digits must be a string")
+        req.reply(self.accounting.enter_token(str(account), digits, now))
 
     def on_meter_change(self, op: str, args: dict[str, Any], now: int) -> dict[str, Any]:
         """``meter_add`` / ``meter_remove`` (inside the command's transaction)."""

@@ -52,6 +52,9 @@ def test_local_relay_override_through_the_agent(gateway: Gateway) -> None:
                "auto to restore supply")
     bad = cli("relay", "NOPE", "connect", "-c", str(g.config))
     assert bad.returncode == 2 and "no meter" in bad.stderr
+    # the head-end's validator: an until with auto is refused here as it is there
+    odd = cli("relay", "SDM-0001", "auto", "--until", "1900000000", "-c", str(g.config))
+    assert odd.returncode == 2 and "until goes with connect or disconnect" in odd.stderr
 
 
 def test_state_changing_commands_need_a_running_agent(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Every op of CONTRACT 7 through the dispatcher with a real store: one reply each (built
-and checked by wire), the stored reply for a repeated id (also after a restart), the
-guards for ledger methods that are not there yet, and refusals that change nothing."""
+and checked by wire), the stored reply for a repeated id (also after a restart), and
+refusals that change nothing."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import pytest
 
 from agent.accounting import Accounting
 from agent.buffer.journal import Journal
-from agent.buffer.store import LANE_LEDGER, Store
-from agent.dispatch import RESYNC_MAX_ENTRIES, Dispatcher
+from agent.buffer.store import LANE_EVENTS, LANE_LEDGER, Store
+from agent.dispatch import Dispatcher
 from agent.errors import CommandError
+from agent.ops import RESYNC_MAX_ENTRIES
 from agent.uplink import cbor, wire
 from agent.uplink.commands import make_command
 from tests.e2e.uplink_helpers import GW, config_for
@@ -110,6 +111,12 @@ def test_relay_moratorium_and_resync(gw: Gateway) -> None:
     assert gw.journal.meter("SDM-0001").override == "disconnect"
     assert gw.send("relay", {"meter": "SDM-0001", "action": "auto"})["result"] == \
         {"state": "closed"}
+    # reported as the same op from the local socket is (agent.ops), with its source
+    overrides = [e for e in map(cbor.loads, gw.store.pending_items(LANE_EVENTS))
+                 if e["type"] == "relay_override"]
+    assert [(e["m"], e["detail"]) for e in overrides] == [
+        ("SDM-0001", {"action": "disconnect", "until": NOW + 60, "source": "cloud"}),
+        ("SDM-0001", {"action": "auto", "until": None, "source": "cloud"})]
     assert gw.send("moratorium", {"until": NOW + 3600, "reason": "billing down"})["ok"]
     assert gw.journal.moratorium_until("ACC-0003") == NOW + 3600
     assert gw.send("moratorium", {"until": NOW + 7200, "accounts": ["ACC-0001", "NOPE"],
@@ -185,7 +192,7 @@ class FakeLedger(Accounting):
 def test_tariff_and_policy_are_wired_and_a_refusal_rolls_back(gw: Gateway) -> None:
     ledger = FakeLedger(gw.cfg, gw.store, gw.journal)
     ledger.calls = []
-    gw.dispatcher.accounting = ledger
+    gw.dispatcher.accounting = gw.dispatcher.ops.accounting = ledger
     table = {"name": "flat", "slabs": [{"rate": 600}], "duty_bp": 500}
     assert gw.send("tariff", table)["result"] == {"version": 7}
     assert ledger.calls[0] == ("tariff", ("flat", {"slabs": [{"rate": 600}], "duty_bp": 500}))
@@ -211,7 +218,7 @@ def test_meter_add_and_remove_go_to_the_runtime(tmp_path: Path) -> None:
             raise CommandError("invalid_args", "it has a relay override")
         return {"meters": 4}
 
-    gw.dispatcher.on_meter_change = change
+    gw.dispatcher.ops.on_meter_change = change
     assert gw.send("meter_add", meter)["result"] == {"meters": 4}
     assert gw.send("meter_add", {**meter, "account": "NOPE"})["code"] == "unknown_account"
     assert gw.send("meter_remove", {"meter": "NOPE"})["code"] == "unknown_meter"
