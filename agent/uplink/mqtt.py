@@ -10,7 +10,11 @@ so this thread manages both:
                 connection is lost, ``restart()`` is asked, or ``stop()``
     then wait   backoff_delay(n): min(max, min * 2**n), half fixed, half random
                 ("equal jitter"); n goes back to 0 after a connection that
-                lasted ``STABLE_S``
+                lasted ``STABLE_S``; but when the broker's host refused the TCP
+                connection (nothing listens: the broker is restarting), at most
+                REFUSED_RETRY_MIN_S..MAX_S, so the link is back within about a
+                second of the broker (a refusal costs the broker nothing; a broker
+                that answers and then fails, or stays silent, gets the full back-off)
 
 A new client per connection: nothing from a dead connection (unacknowledged
 publishes, half-read packets) lives on in paho's memory; the outbox in the store
@@ -62,16 +66,22 @@ BACKOFF_MAX_S = 60.0  # at most this long between two attempts (before jitter ha
 CONNECT_TIMEOUT_S = 10.0  # TCP connect + TLS handshake; then the attempt has failed
 CONNACK_TIMEOUT_S = 15.0  # CONNECT sent, no CONNACK: the attempt has failed
 STABLE_S = 30.0  # a connection up this long resets the backoff to its minimum
+REFUSED_RETRY_MIN_S = 0.5  # a refused connection is tried again after a random time in
+REFUSED_RETRY_MAX_S = 1.5  # this range, whatever the back-off has grown to
 LOOP_S = 0.2  # the longest this thread waits before looking at restart/stop
 STOP_DRAIN_S = 2.0  # stop(): time for DISCONNECT to leave before the socket is cut
 
 
 def backoff_delay(attempt: int, rng: random.Random, min_s: float = BACKOFF_MIN_S,
-                  max_s: float = BACKOFF_MAX_S) -> float:
+                  max_s: float = BACKOFF_MAX_S, *, refused: bool = False) -> float:
     """Seconds to wait before attempt ``attempt + 1``: exponential, capped, with half of
-    it random, so gateways that lost the broker together come back spread out."""
+    it random, so gateways that lost the broker together come back spread out; after a
+    refused TCP connection no more than REFUSED_RETRY_MAX_S (see the module doc)."""
     ceiling = min(max_s, min_s * 2 ** min(attempt, 32))
-    return float(ceiling / 2 + rng.uniform(0, ceiling / 2))
+    delay = float(ceiling / 2 + rng.uniform(0, ceiling / 2))
+    if refused:
+        delay = min(delay, rng.uniform(REFUSED_RETRY_MIN_S, REFUSED_RETRY_MAX_S))
+    return delay
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +129,7 @@ class MqttLink:
         self._client: mqtt.Client | None = None
         self._stop = threading.Event()
         self._restart = threading.Event()
+        self._refused = False  # the last attempt's TCP connection was refused
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------------
@@ -208,12 +219,14 @@ class MqttLink:
         attempt = 0
         while not self._stop.is_set():
             self._restart.clear()
+            self._refused = False
             up_s = self._session()
             if self._stop.is_set():
                 break
             if up_s >= STABLE_S:
                 attempt = 0
-            delay = backoff_delay(attempt, self.rng, self.backoff_min_s, self.backoff_max_s)
+            delay = backoff_delay(attempt, self.rng, self.backoff_min_s, self.backoff_max_s,
+                                  refused=self._refused)
             attempt += 1
             log.info("event=mqtt_backoff attempt=%d delay_s=%.2f error=%s", attempt, delay,
                      self.last_error)
@@ -233,6 +246,7 @@ class MqttLink:
             else:
                 client.connect(m.host, m.port, m.keepalive_s)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            self._refused = isinstance(exc, ConnectionRefusedError)
             self.last_error = f"connect: {exc}"
             log.warning("event=mqtt_connect_failed host=%s port=%d error=%s", m.host, m.port,
                         exc)

@@ -24,7 +24,14 @@ from agent.buffer import outbox
 from agent.buffer.store import LANE_EVENTS
 from agent.config import Config
 from agent.uplink.commands import make_command
-from agent.uplink.mqtt import BACKOFF_MAX_S, LinkEvent, MqttLink, backoff_delay
+from agent.uplink.mqtt import (
+    BACKOFF_MAX_S,
+    REFUSED_RETRY_MAX_S,
+    REFUSED_RETRY_MIN_S,
+    LinkEvent,
+    MqttLink,
+    backoff_delay,
+)
 from sim.broker import Mosquitto, find_mosquitto, free_port
 from sim.headend import HeadEnd
 from tests.e2e.uplink_helpers import GW, Pipeline, config_for, paused, wait
@@ -73,6 +80,37 @@ def test_backoff_grows_caps_and_jitters() -> None:
     # gateways that lost the broker together do not come back together
     spread = {round(backoff_delay(4, random.Random(seed)), 3) for seed in range(50)}
     assert len(spread) > 40 and max(spread) - min(spread) > 3
+
+
+def test_a_refused_connection_is_tried_again_within_a_second_or_so() -> None:
+    """The broker restarting (nothing listens: the TCP connection is refused) costs it
+    nothing: the link tries again within REFUSED_RETRY_MIN_S..MAX_S however long the
+    back-off has grown, so it is back about a second after the broker; spread out."""
+    for n in range(12):
+        d = backoff_delay(n, random.Random(n), refused=True)
+        assert REFUSED_RETRY_MIN_S <= d <= REFUSED_RETRY_MAX_S or d <= 2.0**n
+        assert d <= REFUSED_RETRY_MAX_S
+    spread = {round(backoff_delay(8, random.Random(seed), refused=True), 3)
+              for seed in range(50)}
+    assert len(spread) > 40 and min(spread) >= REFUSED_RETRY_MIN_S
+
+
+def test_the_link_comes_back_fast_after_a_refused_connection(broker: Mosquitto,
+                                                            tmp_path: Path) -> None:
+    """Long after the back-off has grown (here: to its 60 s ceiling), a broker that
+    refused connections and listens again is reached within REFUSED_RETRY_MAX_S."""
+    cfg = config_for(broker.port, tmp_path)
+    broker.stop()
+    link, inbox = link_for(cfg, backoff_min_s=30.0, backoff_max_s=60.0)
+    link.start()
+    try:
+        wait(lambda: link.attempts >= 3, 10, "refused attempts")
+        broker.start()
+        started = time.monotonic()
+        wait(lambda: link.connected, 10, "the link after the broker came back")
+        assert time.monotonic() - started <= REFUSED_RETRY_MAX_S + 1.0
+    finally:
+        link.stop()
 
 
 def test_publish_puback_and_reconnect_after_a_broker_restart(broker: Mosquitto,
