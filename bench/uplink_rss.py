@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import profile
 from sim.broker import Mosquitto
 from sim.headend import HeadEnd
 from sim.keys import write_key
@@ -79,7 +80,8 @@ def bare_rss_kb(code: str) -> int:
         proc.wait()
 
 
-def measure(meters: int, poll_s: float, warmup_s: float, window_s: float) -> dict[str, Any]:
+def measure(meters: int, poll_s: float, warmup_s: float, window_s: float,
+            profile_out: Path | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
         work = Path(tmp)
         broker = Mosquitto(work / "broker")
@@ -100,6 +102,7 @@ def measure(meters: int, poll_s: float, warmup_s: float, window_s: float) -> dic
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             procs.append(agent)
             time.sleep(warmup_s)
+            spy = profile.record(agent.pid, window_s, profile_out) if profile_out else None
             n0, c0 = len(he.readings(GW)), cpu_s(agent.pid)
             rss = 0
             t_end = time.monotonic() + window_s
@@ -108,6 +111,8 @@ def measure(meters: int, poll_s: float, warmup_s: float, window_s: float) -> dic
                 time.sleep(1.0)
             n1, c1 = len(he.readings(GW)), cpu_s(agent.pid)
             hwm = proc_status(agent.pid, "VmHWM")
+            if spy is not None:
+                spy.wait(30)
         finally:
             for p in reversed(procs):
                 p.terminate()
@@ -153,8 +158,21 @@ def main() -> None:
     parser.add_argument("--poll", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=20.0)
     parser.add_argument("--window", type=float, default=60.0)
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="also sample the agent with py-spy over the window; the "
+                        "functions holding its CPU go to this markdown file")
     args = parser.parse_args()
-    print(report(measure(args.meters, args.poll, args.warmup, args.window)))
+    raw = args.profile.with_suffix(".raw") if args.profile else None
+    result = measure(args.meters, args.poll, args.warmup, args.window, raw)
+    print(report(result))
+    if args.profile and raw is not None:
+        args.profile.write_text(
+            f"# Where the agent's CPU goes\n\n`python -m bench.uplink_rss --meters "
+            f"{args.meters} --poll {args.poll:g} --window {args.window:g} --profile "
+            f"{args.profile}`: py-spy samples of the agent process (every thread) over the "
+            f"measured window.\n\n{report(result)}\n\n"
+            f"{profile.summary(profile.collapse(raw))}\n")
+        raw.unlink()
 
 
 if __name__ == "__main__":
