@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                    f"Linux {platform.release()}",
         "versions": _versions(before),
     }
-    method = report.method(results, before == after, stub.answered, failures)
+    method = report.method(results, before == after, stub.answered, counter.resent_to_me,
+                           failures)
     args.out.write_text(report.render(results, method))
     (VAR / "last-run.json").write_text(json.dumps(_raw(results), indent=1, default=str))
     _say(f"wrote {args.out} ({took / 60:.1f} min)")

@@ -10,6 +10,11 @@ the broker, and the processes it starts.
   benchmark times other clients' reconnects, so it must be back first). Every
   publication is kept with its monotonic arrival time; retained replays (the broker's
   stored messages sent on a new subscription) are marked, and left out by the sides.
+  The broker's own resends to the counter (DUP set, after a broker restart: the
+  counter's PUBACK was lost with the old broker) are dropped when the counter already
+  has the same topic and bytes among the last ``RECENT`` messages: they are the
+  counter's duplicates, not the publisher's. (A publisher's resend reaches the counter
+  as a new delivery, DUP clear, and is kept.)
 - ``Proc``: a child in its own session, stopped by pid (TERM, then KILL) — and what is
   left of its process group, by that group's id.
 - ``publish_overhead``: the MQTT 3.1.1 PUBLISH framing beyond topic and payload.
@@ -22,6 +27,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +36,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 RECONNECT_EVERY_S = 0.02
+RECENT = 4096  # messages remembered to recognise the broker's resends to the counter
 STOP_TIMEOUT_S = 10.0
 
 
@@ -125,6 +132,8 @@ class BrokerCounter:
         self._connected = threading.Event()
         self._stop = threading.Event()
         self.connects: list[float] = []  # monotonic time of each CONNACK
+        self.resent_to_me = 0  # the broker's resends of what the counter already had
+        self._recent: OrderedDict[tuple[str, bytes], None] = OrderedDict()
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                    protocol=mqtt.MQTTv311, clean_session=False)
         self._client.max_inflight_messages_set(1000)
@@ -190,7 +199,14 @@ class BrokerCounter:
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         pub = Publish(time.monotonic(), msg.topic, bytes(msg.payload), int(msg.qos),
                       bool(msg.retain))
+        key = (pub.topic, pub.payload)
         with self._lock:
+            if msg.dup and key in self._recent:
+                self.resent_to_me += 1
+                return
+            self._recent[key] = None
+            if len(self._recent) > RECENT:
+                self._recent.popitem(last=False)
             self._got.append(pub)
 
 

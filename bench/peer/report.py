@@ -276,7 +276,8 @@ def render(r: Results, method: str) -> str:
     return "\n".join(head + body)
 
 
-def method(r: Results, unchanged: bool, stub_answers: int, failures: list[str]) -> str:
+def method(r: Results, unchanged: bool, stub_answers: int, resent: int,
+           failures: list[str]) -> str:
     """The set-up paragraph: what ran, configured how."""
     a = r.args
     lines = [
@@ -285,7 +286,8 @@ def method(r: Results, unchanged: bool, stub_answers: int, failures: list[str]) 
         "- **Broker**: one private mosquitto on a free loopback port for the whole run "
         "(persistence on, anonymous). A counter subscribed to `#` at QoS 1 with a "
         "persistent session takes the arrival time and size of every delivery; retained "
-        "replays are left out.",
+        "replays are left out, and so are the broker's resends to the counter itself after "
+        f"a restart (DUP set, bytes it already had: {resent} in this run).",
         "- **Meters**: `python -m sim.meters -c board.toml`, Eastron SDM120 register maps, "
         f"{a['meters']} meters on {a['buses']} buses at {a['baud']:,} baud; the board config "
         "is the agent's own TOML, and the peer's config is generated from the same file. "
