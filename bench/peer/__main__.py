@@ -10,7 +10,8 @@ peer's session-limits request, shared by every run; per round, interleaved:
   load run, agent; load run, peer      -> CPU per reading, reconnect, loss
 (bench/peer/runs.py), and the footprint once at the end. Writes ``--out``
 (bench/results/peer.md) and the raw figures to var/peer/last-run.json.
-``--quick``: a smoke run of about two minutes (one round, 20 meters, short windows).
+``--quick``: a smoke run of about two minutes (one round, 20 meters, short windows),
+written to var/peer/peer-quick.md; a full run also rewrites its rows in bench/RESULTS.md.
 ``BENCH_AGENT_LOG`` / ``BENCH_TB_LOG`` set the sides' log levels (default WARNING);
 ``--keep`` keeps every run's directory (logs, configs) under var/peer/.
 """
@@ -39,8 +40,8 @@ from sim.broker import Mosquitto
 
 ROOT = Path(__file__).resolve().parents[2]
 VAR = ROOT / "var" / "peer"
-QUICK = {"rounds": 1, "meters": 20, "live_poll": 10.0, "cycles": 1, "warmup": 4.0,
-         "window": 8.0, "outage": 5.0, "settle": 15.0, "repeat": 2}
+QUICK = {"rounds": 1, "meters": 20, "live_poll": 8.0, "cycles": 1, "warmup": 4.0,
+         "window": 8.0, "outage": 5.0, "settle": 12.0, "repeat": 2, "check_poll": 0.0}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -53,6 +54,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--live-poll", type=float, default=30.0,
                     help="poll interval of the live runs, s (stands for 15 minutes)")
     ap.add_argument("--cycles", type=int, default=2, help="whole poll cycles a live run")
+    ap.add_argument("--check-poll", type=float, default=90.0,
+                    help="one more live run per side, one cycle at this interval, to check "
+                         "that the live figure does not depend on it (0: none)")
     ap.add_argument("--load-poll", type=float, default=5.0)
     ap.add_argument("--warmup", type=float, default=20.0)
     ap.add_argument("--window", type=float, default=60.0)
@@ -63,11 +67,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-footprint", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "peer.md")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md",
+                    help="rewrite the bench/peer rows of this file (not with --quick)")
     args = ap.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
             if getattr(args, key) == ap.get_default(key):
                 setattr(args, key, value)
+        if args.out == ap.get_default("out"):  # a smoke run never replaces the figures
+            args.out = VAR / "peer-quick.md"
     return args
 
 
@@ -100,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     broker.start()
     counter = BrokerCounter(broker.port)
     stub = tbgw.ThingsBoardStub(broker.port)
-    results = report.Results(args={k: v for k, v in vars(args).items() if k != "out"},
+    results = report.Results(args={k: v for k, v in vars(args).items()
+                                   if k not in ("out", "results")},
                              meta={})
     failures: list[str] = []
     try:
@@ -131,6 +140,15 @@ def main(argv: list[str] | None = None) -> int:
                 except RuntimeError as exc:
                     failures.append(f"round {rnd}, load, {side.name}: {exc}")
                     _say(failures[-1])
+        if args.check_poll:
+            check = Board(args.meters, args.buses, args.baud, args.check_poll)
+            for side in (runs.AGENT, runs.PEER):
+                _say(f"cross-check: live run at {args.check_poll:g} s polls, {side.name}")
+                try:
+                    results.check[side.name] = runs.live_run(env, side, check, 1, args.keep)
+                except RuntimeError as exc:
+                    failures.append(f"cross-check, {side.name}: {exc}")
+                    _say(failures[-1])
         if not args.no_footprint:
             _say("footprint ...")
             results.footprint = footprint.measure(scratch, args.repeat, VAR / "install.log")
@@ -153,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
                            failures)
     args.out.write_text(report.render(results, method))
     (VAR / "last-run.json").write_text(json.dumps(_raw(results), indent=1, default=str))
+    if not args.quick and args.results.exists():
+        text = args.results.read_text()
+        try:
+            args.results.write_text(report.replace_block(text, report.summary(results)))
+        except ValueError as exc:
+            _say(f"{args.results}: not updated: {exc}")
     _say(f"wrote {args.out} ({took / 60:.1f} min)")
     return 1 if failures else 0
 
@@ -167,6 +191,7 @@ def _raw(r: report.Results) -> dict[str, Any]:
     return {"args": r.args, "meta": r.meta,
             "live": {k: [dataclasses.asdict(x) for x in v] for k, v in r.live.items()},
             "load": {k: [dataclasses.asdict(x) for x in v] for k, v in r.load.items()},
+            "check": {k: dataclasses.asdict(v) for k, v in r.check.items()},
             "footprint": {k: dataclasses.asdict(v) for k, v in r.footprint.items()}}
 
 

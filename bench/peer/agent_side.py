@@ -4,7 +4,8 @@ started, and how its messages on the broker are read.
 
 The board: ``meters`` Eastron SDM120 meters spread over ``buses`` buses (meter m on bus
 m % buses, addresses 1, 2, ... in order), every bus at ``baudrate`` and polled every
-``poll_s``; one account and no relay per meter, as bench/uplink_rss.py.
+``poll_s``; one account and no relay per meter, as bench/uplink_rss.py, each account
+topped up once after the first reading (``fund``).
 
 What counts as the agent's uplink: every publication under ``gw/<gw>/`` (``state`` and
 ``up/*``); reading messages are ``up/readings``, decoded with the agent's own
@@ -16,12 +17,16 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.uplink import cbor, wire
+from agent.uplink.cose import read_hex_key
 from bench.peer.measure import Proc, Publish
+from sim.headend import HeadEnd
 from sim.keys import write_key
 from sim.tomlw import dumps
 
@@ -30,6 +35,7 @@ GW = "gw-bench-01"
 PREFIX = "gw"
 MAX_MESSAGE_BYTES = 1 << 20
 QUANTITIES = 7  # what an SDM120 reading carries: every quantity of its register map
+TOPUP_PAISE = 1_000_000  # Rs 10,000 an account: no alert level is reached in a run
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +73,30 @@ def write_board(work: Path, port: int, board: Board) -> Path:
     path = work / "board.toml"
     path.write_text(dumps(raw) + "\n")
     return path
+
+
+def fund(work: Path, board_toml: Path, port: int, timeout_s: float = 30.0) -> int:
+    """Top every account up once, as a head-end does (signed ``topup`` commands), and
+    wait for the replies; how many were applied. Accounts at zero balance would send a
+    low-balance alert and a deferred disconnection for every meter at its first charge
+    (bench/uplink_rss.py runs them so): funded, the agent's uplink is that of normal
+    operation."""
+    with open(board_toml, "rb") as f:
+        accounts = [a["id"] for a in tomllib.load(f)["account"]]
+    he = HeadEnd("127.0.0.1", port, PREFIX, read_hex_key(work / "cmd.key"),
+                 client_id="bench-peer-headend")
+    he.start()
+    try:
+        ids = [he.command(GW, "topup", {"account": a, "amount": TOPUP_PAISE,
+                                        "txn": f"bench-{work.name}-{a}"}) for a in accounts]
+        deadline = time.monotonic() + timeout_s
+        replies = [he.wait_reply(GW, cid, max(0.1, deadline - time.monotonic()))
+                   for cid in ids]
+    except TimeoutError as exc:
+        raise RuntimeError(f"agent: top-ups not answered: {exc}") from exc
+    finally:
+        he.stop(offline=False)  # the retained head-end state stays "online, payments"
+    return sum(1 for r in replies if r.get("code") == "ok")
 
 
 def start(work: Path, board_toml: Path) -> Proc:

@@ -21,6 +21,7 @@ class Results:
     live: dict[str, list[LiveResult]] = field(default_factory=lambda: {"agent": [], "peer": []})
     load: dict[str, list[LoadResult]] = field(default_factory=lambda: {"agent": [], "peer": []})
     footprint: dict[str, Footprint] = field(default_factory=dict)
+    check: dict[str, LiveResult] = field(default_factory=dict)  # one cycle, longer interval
 
 
 def _med(xs: Sequence[float]) -> float:
@@ -83,13 +84,26 @@ def _live(r: Results) -> list[str]:
              *f(lambda x: (x.payload_topic_bytes + x.framing_bytes) / max(1, x.readings))),
         _row("readings per message", *f(lambda x: x.readings / max(1, x.messages)),
              with_ratio=False),
-        _row("every uplink publication of the side in the window, B/reading",
+        _row("every uplink publication of the side in the window, B/reading (the "
+             "agent's includes its prepaid ledger journal, which the peer has no "
+             "counterpart of: see by topic below)",
              *f(lambda x: x.all_uplink_bytes / max(1, x.readings))),
         _row("readings in the window (should be meters × cycles = "
              f"{meters * cycles:,})", *f(lambda x: float(x.readings)), fmt="{:.0f}",
              with_ratio=False),
         f"| framing check: no meter twice in a message, every meter once a cycle | "
         f"{'yes' if ok['agent'] else '**no**'} | {'yes' if ok['peer'] else '**no**'} | — |",
+    ]
+    ca, cp = r.check.get("agent"), r.check.get("peer")
+    if ca is not None and cp is not None:
+        cok = {s: framing_ok(x, meters, 1) for s, x in r.check.items()}
+        lines += [
+            _row(f"cross-check, one cycle at {args['check_poll']:g} s polls: B/reading",
+                 [ca.per_reading], [cp.per_reading]),
+            f"| cross-check framing | {'yes' if cok['agent'] else '**no**'} | "
+            f"{'yes' if cok['peer'] else '**no**'} | — |",
+        ]
+    lines += [
         "",
         "Every uplink publication in the window, by topic, bytes per reading "
         "(median over the rounds):",
@@ -261,8 +275,9 @@ def render(r: Results, method: str) -> str:
     head = [
         "# The agent beside thingsboard-gateway (issue 14, item 1)",
         "",
-        f"Command: `{meta['command']}` ({meta['duration']}; {r.args['rounds']} rounds, "
-        "interleaved: agent, peer, agent, peer … for each kind of run).",
+        f"Command: `{meta['command']}` ({meta['duration']}; {r.args['rounds']} "
+        f"round{'s' if r.args['rounds'] != 1 else ''}, interleaved: agent, peer, agent, "
+        "peer … for each kind of run).",
         f"Machine: {meta['machine']}. Versions: {meta['versions']}.",
         "",
         "Each figure is the median over the rounds with [lowest–highest]; ratio = "
@@ -329,9 +344,79 @@ def method(r: Results, unchanged: bool, stub_answers: int, resent: int,
         "shares a message; the peer: one message per device and poll), so how readings "
         "are grouped into messages depends on how long a cycle takes on the bus, not on "
         "the interval, once the interval is longer than a cycle plus that window. The "
-        "framing check in table 1 confirms it for every message of every run.",
+        "framing check in table 1 confirms it for every message of every run, and the "
+        "cross-check row measures the same at a longer interval.",
     ]
     if failures:
         lines += ["", "**Runs that failed** (left out of the figures):", ""]
         lines += [f"- {f.splitlines()[0]}" for f in failures]
     return "\n".join(lines)
+
+
+BEGIN = "<!-- bench/peer: rows written by python -m bench.peer -->"
+END = "<!-- end bench/peer -->"
+
+
+def summary(r: Results) -> str:
+    """The rows for bench/RESULTS.md (between BEGIN and END there)."""
+    a = r.args
+    la, lp = r.live["agent"], r.live["peer"]
+    ga, gp = r.load["agent"], r.load["peer"]
+    cmd = f"`{r.meta['command']}`"
+
+    def row(what: str, xa: Sequence[float], xp: Sequence[float], fmt: str) -> str:
+        return f"| {what} | {cell(xa, fmt)} | {cell(xp, fmt)} | {ratio(xa, xp)} | {cmd} |"
+
+    rows = [
+        BEGIN,
+        "| vs thingsboard-gateway 3.8.x | agent | thingsboard-gateway "
+        f"{tbgw.VERSION} | ratio agent/peer | command |",
+        "|---|---:|---:|---:|---|",
+        row(f"bytes on the broker per live reading (readings messages, topic + payload; "
+            f"{a['meters']} meters, 15-min behaviour)", [x.per_reading for x in la],
+            [x.per_reading for x in lp], "{:.1f} B"),
+        row("the same, every uplink publication (the agent's prepaid ledger journal "
+            "included)", [x.all_uplink_bytes / max(1, x.readings) for x in la],
+            [x.all_uplink_bytes / max(1, x.readings) for x in lp], "{:.1f} B"),
+        row(f"CPU per reading, end to end ({a['meters']} meters, {a['load_poll']:g} s polls)",
+            [x.cpu_ms_per_reading for x in ga], [x.cpu_ms_per_reading for x in gp],
+            "{:.2f} ms"),
+        row(f"readings delivered per second (polled: {a['meters'] / a['load_poll']:.0f}/s)",
+            [x.readings / x.window_s for x in ga], [x.readings / x.window_s for x in gp],
+            "{:.1f}"),
+        row(f"start-up to the first reading on the broker ({a['live_poll']:g} s polls)",
+            [x.startup_s for x in la], [x.startup_s for x in lp], "{:.2f} s"),
+        row(f"broker back after {a['outage']:g} s down → first uplink message",
+            [x.first_up_s for x in ga if x.first_up_s is not None],
+            [x.first_up_s for x in gp if x.first_up_s is not None], "{:.2f} s"),
+        f"| readings lost / duplicated over the outage, sum of {len(ga)} rounds (agent: "
+        f"after dedupe by (gw, seq); peer: by (device, ts)) | {_loss(ga)} | {_loss(gp)} | — "
+        f"| {cmd} |",
+    ]
+    fa, fp = r.footprint.get("agent"), r.footprint.get("peer")
+    if fa is not None and fp is not None:
+        rows += [
+            row("installed size (package + runtime dependencies)", [fa.total_bytes / 1e6],
+                [fp.total_bytes / 1e6], "{:.1f} MB"),
+            row("runtime dependencies", [float(len(fa.deps))], [float(len(fp.deps))],
+                "{:.0f}"),
+            row("import, wall time of a fresh interpreter", [1000 * _med(fa.wall_s)],
+                [1000 * _med(fp.wall_s)], "{:.0f} ms"),
+            row("RSS after import", [_med(fa.rss_kb) / 1024], [_med(fp.rss_kb) / 1024],
+                "{:.1f} MB"),
+        ]
+    rows += ["", "Details, method and every run: `bench/results/peer.md`.", END]
+    return "\n".join(rows)
+
+
+def _loss(xs: Sequence[LoadResult]) -> str:
+    return (f"{sum(x.loss['lost'] for x in xs)} lost, "
+            f"{sum(x.loss['duplicates'] for x in xs)} duplicated")
+
+
+def replace_block(text: str, block: str) -> str:
+    """``text`` with what lies between BEGIN and END (inclusive) replaced by ``block``."""
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"no {BEGIN!r} ... {END!r} block")
+    return text[:start] + block + text[end + len(END):]

@@ -56,16 +56,18 @@ class Side:
     is_uplink: Callable[[Publish], bool]
     message_key: Callable[[Publish], tuple[str, int] | None]  # a message's id, if it has one
     is_will: Callable[[Publish], bool]  # its Last Will: published by the broker, not by it
+    after_first: Callable[[Path, Path, int], int]  # run once its first reading is seen
     mqtt5: bool  # framing estimate: MQTT 5 adds a property-length byte to a PUBLISH
     quantities: int
 
 
 AGENT = Side("agent", lambda work, board, port: agent_side.start(work, board),
              agent_side.readings, agent_side.is_uplink, agent_side.message_key,
-             agent_side.is_will, False, agent_side.QUANTITIES)
-# The peer sets no Last Will (tb_device_mqtt.py) and its messages carry no id.
+             agent_side.is_will, agent_side.fund, False, agent_side.QUANTITIES)
+# The peer sets no Last Will (tb_device_mqtt.py), its messages carry no id, and it keeps
+# no accounts.
 PEER = Side("peer", tbgw.start, tbgw.readings, tbgw.is_uplink, lambda pub: None,
-            lambda pub: False, True, tbgw.QUANTITIES)
+            lambda pub: False, lambda work, board, port: 0, True, tbgw.QUANTITIES)
 
 
 @dataclass
@@ -90,6 +92,7 @@ class LiveResult:
     max_per_meter_in_message: int
     cycles_seen: dict[str, int]  # meter -> readings in the window
     by_topic: dict[str, int]  # topic (the gateway's id left out) -> topic + payload bytes
+    funded: int  # accounts topped up after the first reading (agent)
 
     @property
     def per_reading(self) -> float:
@@ -108,6 +111,7 @@ class LoadResult:
     first_reading_s: float | None  # broker up -> first reading message
     first_up_topic: str  # what that first uplink message was
     counter_back_s: float  # broker up -> the counter's own CONNACK (0: it was first)
+    funded: int = 0
     loss: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -157,10 +161,15 @@ class _Run:
     def __init__(self, env: Env, side: Side, board: Board) -> None:
         self.work = Path(tempfile.mkdtemp(prefix=f"{side.name}-", dir=env.scratch))
         self.procs: list[Proc] = []
+        self.port = env.broker.port
+        self.prepared = 0
         self.board_toml = agent_side.write_board(self.work, env.broker.port, board)
         self.procs.append(_start_sim(self.work, self.board_toml, board.buses))
         self.proc = side.start(self.work, self.board_toml, env.broker.port)
         self.procs.append(self.proc)
+
+    def prepare(self, side: Side) -> None:
+        self.prepared = side.after_first(self.work, self.board_toml, self.port)
 
     def close(self, keep: bool) -> None:
         for proc in reversed(self.procs):
@@ -177,8 +186,12 @@ def live_run(env: Env, side: Side, board: Board, cycles: int, keep: bool = False
         if first is None:
             raise RuntimeError(f"{side.name}: no reading within {FIRST_READING_TIMEOUT_S} s:\n"
                                f"{run.proc.tail()}")
+        run.prepare(side)
         start = first.at_s + board.poll_s / 2
         end = start + cycles * board.poll_s
+        if time.monotonic() > start:
+            raise RuntimeError(f"{side.name}: set-up after the first reading ran into the "
+                               "window; use a longer --live-poll")
         _sleep_until(end, run.proc, side)
     finally:
         run.close(keep)
@@ -206,7 +219,7 @@ def live_run(env: Env, side: Side, board: Board, cycles: int, keep: bool = False
         complete=complete, payload_topic_bytes=payload, framing_bytes=framing,
         all_uplink_bytes=sum(len(p.topic.encode()) + len(p.payload) for p in mine),
         all_uplink_messages=len(mine), max_per_meter_in_message=worst,
-        cycles_seen=dict(per_meter), by_topic=dict(by_topic))
+        cycles_seen=dict(per_meter), by_topic=dict(by_topic), funded=run.prepared)
 
 
 def framing_ok(result: LiveResult, meters: int, cycles: int) -> bool:
@@ -223,6 +236,7 @@ def load_run(env: Env, side: Side, board: Board, warmup_s: float, window_s: floa
         if first is None:
             raise RuntimeError(f"{side.name}: no reading within {FIRST_READING_TIMEOUT_S} s:\n"
                                f"{run.proc.tail()}")
+        run.prepare(side)
         _sleep_until(first.at_s + warmup_s, run.proc, side)
         t0, c0 = time.monotonic(), tree_cpu_s(run.proc.pid)
         _sleep_until(t0 + window_s, run.proc, side)
@@ -255,7 +269,7 @@ def load_run(env: Env, side: Side, board: Board, warmup_s: float, window_s: floa
         first_up_s=None if back is None else back.at_s - up,
         first_up_topic="" if back is None else back.topic.replace(agent_side.GW, "{gw}"),
         first_reading_s=None if back_reading is None else back_reading.at_s - up,
-        counter_back_s=counter_back - up,
+        counter_back_s=counter_back - up, funded=run.prepared,
         loss=losses(side, everything, board.poll_s, wall_down, wall_up, wall_end))
 
 
