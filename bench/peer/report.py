@@ -362,10 +362,15 @@ def summary(r: Results) -> str:
     a = r.args
     la, lp = r.live["agent"], r.live["peer"]
     ga, gp = r.load["agent"], r.load["peer"]
-    cmd = f"`{r.meta['command']}`"
+    said: list[str] = []
+
+    def command() -> str:  # the command in the first row, "same" below it (as above it)
+        said.append("x")
+        return f"`{r.meta['command']}`" if len(said) == 1 else "same"
 
     def row(what: str, xa: Sequence[float], xp: Sequence[float], fmt: str) -> str:
-        return f"| {what} | {cell(xa, fmt)} | {cell(xp, fmt)} | {ratio(xa, xp)} | {cmd} |"
+        return (f"| {what} | {cell(xa, fmt)} | {cell(xp, fmt)} | {ratio(xa, xp)} | "
+                f"{command()} |")
 
     rows = [
         BEGIN,
@@ -391,7 +396,7 @@ def summary(r: Results) -> str:
             [x.first_up_s for x in gp if x.first_up_s is not None], "{:.2f} s"),
         f"| readings lost / duplicated over the outage, sum of {len(ga)} rounds (agent: "
         f"after dedupe by (gw, seq); peer: by (device, ts)) | {_loss(ga)} | {_loss(gp)} | — "
-        f"| {cmd} |",
+        f"| {command()} |",
     ]
     fa, fp = r.footprint.get("agent"), r.footprint.get("peer")
     if fa is not None and fp is not None:
