@@ -31,8 +31,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.publish as mqtt_publish
-
 from bench.peer import footprint, report, runs, tbgw
 from bench.peer.agent_side import PREFIX, Board
 from bench.peer.measure import BrokerCounter
@@ -116,9 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         counter.start()
         stub.start()
         # The head-end's retained state, as the agent finds it in production (uplink_rss).
-        mqtt_publish.single(f"{PREFIX}/headend/state", json.dumps(
-            {"online": True, "payments": True}), qos=1, retain=True, hostname="127.0.0.1",
-            port=broker.port)
+        counter.publish_retained(f"{PREFIX}/headend/state", json.dumps(
+            {"online": True, "payments": True}).encode())
         env = runs.Env(broker, counter, scratch)
         live = Board(args.meters, args.buses, args.baud, args.live_poll)
         load = Board(args.meters, args.buses, args.baud, args.load_poll)

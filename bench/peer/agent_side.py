@@ -25,6 +25,7 @@ from typing import Any
 
 from agent.uplink import cbor, wire
 from agent.uplink.cose import read_hex_key
+from agent.uplink.delivery import STATE_EVERY_S
 from bench.peer.measure import Proc, Publish
 from sim.headend import HeadEnd
 from sim.keys import write_key
@@ -109,6 +110,14 @@ def start(work: Path, board_toml: Path) -> Proc:
 
 def is_uplink(pub: Publish) -> bool:
     return not pub.retain and pub.topic.startswith(f"{PREFIX}/{GW}/")
+
+
+PERIOD_S = STATE_EVERY_S  # the retained health report: at every connect and every 60 s
+
+
+def is_periodic(pub: Publish) -> bool:
+    """Sent by the clock, not by readings: the health report on ``state``."""
+    return is_uplink(pub) and pub.topic == wire.state_topic(PREFIX, GW) and not is_will(pub)
 
 
 def is_will(pub: Publish) -> bool:

@@ -42,15 +42,16 @@ dt = time.perf_counter() - t
 rss = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS:'))
 print(json.dumps({"import_s": dt, "rss_kb": rss}))
 """
-LIST = ("import importlib.metadata as m, json; print(json.dumps(sorted("
-        "d.metadata['Name'].lower().replace('_', '-') for d in m.distributions())))")
+LIST = ("import importlib.metadata as m, json; print(json.dumps({"
+        "d.metadata['Name'].lower().replace('_', '-'): d.version for d in m.distributions()}))")
 
 
 @dataclass(frozen=True)
 class Footprint:
     total_bytes: int  # site-packages minus the bare venv's
     package_bytes: int
-    deps: list[str]
+    package_parts: dict[str, int]  # the package's bytes by top-level folder
+    deps: list[str]  # "name version"
     wall_s: list[float]  # python -I -c "import ..." (whole process)
     import_s: list[float]  # the imports alone
     rss_kb: list[int]
@@ -83,7 +84,7 @@ def _run(args: list[str], log: Path) -> None:
 
 def _venv(where: Path, log: Path) -> Path:
     _run([tbgw.base_python(), "-m", "venv", str(where)], log)
-    return where / "bin" / "python"
+    return (where / "bin" / "python").absolute()  # absolute: probes run from /
 
 
 def _source_hash() -> str:
@@ -118,23 +119,26 @@ def agent_venv(log: Path) -> Path:
     return venv
 
 
-def _dists(py: Path) -> list[str]:
+def _dists(py: Path) -> dict[str, str]:
+    """{distribution: version} of the venv of ``py``."""
     out = subprocess.run([str(py), "-I", "-c", LIST], capture_output=True, text=True, check=True)
-    found: list[str] = json.loads(out.stdout)
+    found: dict[str, str] = json.loads(out.stdout)
     return found
 
 
-def _record_bytes(site: Path, dist: str) -> int:
-    """Bytes allocated for the files a distribution's RECORD lists (inside site-packages)."""
+def _record_bytes(site: Path, dist: str) -> dict[str, int]:
+    """Bytes allocated for the files a distribution's RECORD lists (inside
+    site-packages), by top-level folder."""
     info = next(p for p in site.glob("*.dist-info")
                 if p.name.lower().replace("_", "-").startswith(dist + "-"))
-    total = 0
+    out: dict[str, int] = {}
     for line in (info / "RECORD").read_text().splitlines():
         rel = line.rsplit(",", 2)[0]
         path = (site / rel).resolve()
         if path.is_file() and site.resolve() in path.parents:
-            total += path.stat().st_blocks * 512
-    return total
+            top = rel.split("/", 1)[0]
+            out[top] = out.get(top, 0) + path.stat().st_blocks * 512
+    return out
 
 
 def _probe(py: Path, modules: tuple[str, ...], repeat: int) -> tuple[list[float], list[float],
@@ -163,9 +167,12 @@ def measure(scratch: Path, repeat: int, log: Path) -> dict[str, Footprint]:
         py = venv / "bin" / "python"
         site = _site(venv)
         walls, imports, rss = _probe(py, modules, repeat)
-        deps = sorted(set(_dists(py)) - bare_dists - {dist})
+        dists = _dists(py)
+        deps = sorted(f"{n} {v}" for n, v in dists.items() if n not in bare_dists and n != dist)
+        parts = _record_bytes(site, dist)
         out[name] = Footprint(total_bytes=_du(site) - bare_bytes,
-                              package_bytes=_record_bytes(site, dist), deps=deps,
+                              package_bytes=sum(parts.values()), package_parts=parts,
+                              deps=deps,
                               wall_s=walls, import_s=imports, rss_kb=rss,
                               bare_wall_s=bare_wall, bare_rss_kb=int(statistics.median(bare_rss)))
     return out

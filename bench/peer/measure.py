@@ -155,6 +155,14 @@ class BrokerCounter:
         except OSError:
             pass
 
+    def publish_retained(self, topic: str, payload: bytes, timeout_s: float = 5.0) -> None:
+        """One retained QoS 1 message, acknowledged by the broker (the counter's own
+        network loop sends it)."""
+        info = self._client.publish(topic, payload, qos=1, retain=True)
+        info.wait_for_publish(timeout_s)
+        if not info.is_published():
+            raise TimeoutError(f"no PUBACK for {topic} within {timeout_s} s")
+
     def wait_connected(self, timeout_s: float) -> bool:
         return self._connected.wait(timeout_s)
 

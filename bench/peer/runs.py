@@ -57,17 +57,21 @@ class Side:
     message_key: Callable[[Publish], tuple[str, int] | None]  # a message's id, if it has one
     is_will: Callable[[Publish], bool]  # its Last Will: published by the broker, not by it
     after_first: Callable[[Path, Path, int], int]  # run once its first reading is seen
+    is_periodic: Callable[[Publish], bool]  # sent by the clock, every period_s
+    period_s: float
     mqtt5: bool  # framing estimate: MQTT 5 adds a property-length byte to a PUBLISH
     quantities: int
 
 
 AGENT = Side("agent", lambda work, board, port: agent_side.start(work, board),
              agent_side.readings, agent_side.is_uplink, agent_side.message_key,
-             agent_side.is_will, agent_side.fund, False, agent_side.QUANTITIES)
+             agent_side.is_will, agent_side.fund, agent_side.is_periodic, agent_side.PERIOD_S,
+             False, agent_side.QUANTITIES)
 # The peer sets no Last Will (tb_device_mqtt.py), its messages carry no id, and it keeps
 # no accounts.
 PEER = Side("peer", tbgw.start, tbgw.readings, tbgw.is_uplink, lambda pub: None,
-            lambda pub: False, lambda work, board, port: 0, True, tbgw.QUANTITIES)
+            lambda pub: False, lambda work, board, port: 0, tbgw.is_periodic,
+            tbgw.STATS_PERIOD_S, True, tbgw.QUANTITIES)
 
 
 @dataclass
@@ -93,6 +97,28 @@ class LiveResult:
     cycles_seen: dict[str, int]  # meter -> readings in the window
     by_topic: dict[str, int]  # topic (the gateway's id left out) -> topic + payload bytes
     funded: int  # accounts topped up after the first reading (agent)
+    periodic_sizes: list[int]  # topic + payload of each clock-driven report of the run
+    periodic_in_window: int  # bytes of those in the window
+    period_s: float  # how often the side sends one (its configured period)
+    window_s: float
+
+    @property
+    def per_reading_driven(self) -> float:
+        """Every uplink byte in the window but the clock-driven ones, per reading."""
+        return (self.all_uplink_bytes - self.periodic_in_window) / max(1, self.readings)
+
+    def at_interval(self, meters: int, interval_s: float) -> float:
+        """All uplink bytes per reading at ``interval_s`` polls: the reading-driven bytes
+        per reading, and the clock-driven reports (their mean measured size, one a
+        period) shared by the readings of one period."""
+        steady = self.steady_report()
+        return self.per_reading_driven + steady * interval_s / self.period_s / meters
+
+    def steady_report(self) -> float:
+        """The mean size of the clock-driven reports after the first (the peer's first,
+        at start, is smaller: it has no connector statistics yet)."""
+        sizes = self.periodic_sizes[1:] or self.periodic_sizes
+        return sum(sizes) / len(sizes) if sizes else 0.0
 
     @property
     def per_reading(self) -> float:
@@ -198,9 +224,14 @@ def live_run(env: Env, side: Side, board: Board, cycles: int, keep: bool = False
     mine = [p for p in env.counter.messages(start, end) if side.is_uplink(p)]
     per_meter: Counter[str] = Counter()
     by_topic: Counter[str] = Counter()
+    in_window = 0
     for pub in mine:
-        by_topic[pub.topic.replace(agent_side.GW, "{gw}")] += len(pub.topic.encode()) + \
-            len(pub.payload)
+        size = len(pub.topic.encode()) + len(pub.payload)
+        by_topic[pub.topic.replace(agent_side.GW, "{gw}")] += size
+        if side.is_periodic(pub):
+            in_window += size
+    periodic = reports([p for p in env.counter.messages(run.proc.started_s)
+                        if side.is_periodic(p)])
     payload = framing = messages = readings = complete = worst = 0
     for pub in mine:
         got = side.readings(pub)
@@ -219,7 +250,24 @@ def live_run(env: Env, side: Side, board: Board, cycles: int, keep: bool = False
         complete=complete, payload_topic_bytes=payload, framing_bytes=framing,
         all_uplink_bytes=sum(len(p.topic.encode()) + len(p.payload) for p in mine),
         all_uplink_messages=len(mine), max_per_meter_in_message=worst,
-        cycles_seen=dict(per_meter), by_topic=dict(by_topic), funded=run.prepared)
+        cycles_seen=dict(per_meter), by_topic=dict(by_topic), funded=run.prepared,
+        periodic_sizes=periodic, periodic_in_window=in_window, period_s=side.period_s,
+        window_s=end - start)
+
+
+def reports(pubs: list[Publish], gap_s: float = 5.0) -> list[int]:
+    """Bytes (topic + payload) of each clock-driven report: the messages sent together
+    (less than ``gap_s`` apart: the peer sends its statistics as two messages)."""
+    out: list[int] = []
+    last = float("-inf")
+    for pub in sorted(pubs, key=lambda p: p.at_s):
+        size = len(pub.topic.encode()) + len(pub.payload)
+        if pub.at_s - last < gap_s and out:
+            out[-1] += size
+        else:
+            out.append(size)
+        last = pub.at_s
+    return out
 
 
 def framing_ok(result: LiveResult, meters: int, cycles: int) -> bool:

@@ -62,6 +62,8 @@ MAIN_MODULE = "thingsboard_gateway.tb_gateway"
 MODBUS_MODULE = "thingsboard_gateway.connectors.modbus.modbus_connector"
 TOKEN = "bench-peer-token"
 TELEMETRY_TOPIC = "v1/gateway/telemetry"
+STATS_TOPIC = "v1/devices/me/telemetry"  # the gateway's own statistics
+STATS_PERIOD_S = 60.0  # the shipped statsSendPeriodInSeconds (write_config checks it)
 RPC_REQUEST = "v1/devices/me/rpc/request/"
 RPC_RESPONSE = "v1/devices/me/rpc/response/"
 SESSION_LIMITS = {"maxPayloadSize": 65536, "maxInflightMessages": 100, "rateLimits": {},
@@ -150,6 +152,8 @@ def write_config(cfg_dir: Path, board_toml: Path, port: int) -> None:
     cfg_dir.mkdir(parents=True, exist_ok=True)
     main = _shipped("tb_gateway.json")
     tb = main["thingsboard"]
+    if tb["statistics"]["statsSendPeriodInSeconds"] != STATS_PERIOD_S:
+        raise RuntimeError("the shipped statistics period is not STATS_PERIOD_S")
     tb.update(host="127.0.0.1", port=port, remoteShell=False, remoteConfiguration=False,
               security={"type": "accessToken", "accessToken": TOKEN},
               reportStrategy={"type": "ON_RECEIVED"})
@@ -229,6 +233,11 @@ def is_uplink(pub: Publish) -> bool:
     answer is its own, and counted.)"""
     return (not pub.retain and pub.topic.startswith("v1/")
             and not (pub.topic.startswith(RPC_RESPONSE) and pub.payload == STUB_ANSWER))
+
+
+def is_periodic(pub: Publish) -> bool:
+    """Sent by the clock, not by readings: its statistics (every STATS_PERIOD_S)."""
+    return is_uplink(pub) and pub.topic == STATS_TOPIC
 
 
 def readings(pub: Publish) -> list[tuple[str, int, int]] | None:

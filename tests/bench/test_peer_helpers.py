@@ -90,3 +90,12 @@ def test_losses_agent_dedupes_by_seq_first() -> None:
     assert got["seq_gaps"] == 1  # seq 3 never came
     assert got["duplicates"] == 3  # seq 4 carries seq 1's readings again
     assert got["lost"] == 0
+
+
+def test_reports_groups_messages_sent_together() -> None:
+    from bench.peer.runs import reports
+
+    stats = [Publish(t, tbgw.STATS_TOPIC, b"x" * n, 1, False)
+             for t, n in ((1.0, 100), (1.5, 10), (61.0, 100), (61.2, 10))]
+    size = len(tbgw.STATS_TOPIC)
+    assert reports(stats) == [110 + 2 * size, 110 + 2 * size]
