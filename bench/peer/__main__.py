@@ -67,6 +67,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md",
                     help="rewrite the bench/peer rows of this file (not with --quick)")
+    ap.add_argument("--render-only", type=Path, metavar="JSON",
+                    help="run nothing: write the markdown again from a run's raw figures "
+                         "(var/peer/last-run.json)")
     args = ap.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
@@ -94,8 +97,31 @@ def _versions(before: dict[str, str]) -> str:
             f"mosquitto {mosquitto}; peer: {peer}")
 
 
+def write(args: argparse.Namespace, results: report.Results, inputs: dict[str, Any]) -> None:
+    """The markdown (``--out``, and the rows of ``--results`` unless quick)."""
+    method = report.method(results, inputs["unchanged"], inputs["stub_answers"],
+                           inputs["resent"], inputs["failures"])
+    args.out.write_text(report.render(results, method))
+    if not args.quick and args.results.exists():
+        text = args.results.read_text()
+        try:
+            args.results.write_text(report.replace_block(text, report.summary(results)))
+        except ValueError as exc:
+            _say(f"{args.results}: not updated: {exc}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.render_only:
+        raw = json.loads(args.render_only.read_text())
+        results = report.from_raw(raw)
+        git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, cwd=ROOT, check=False).stdout.strip()
+        results.meta["rendered"] = (f"written again from that run's raw figures by the "
+                                    f"report code at {git or '?'} (`--render-only`)")
+        write(args, results, raw["method_inputs"])
+        _say(f"wrote {args.out} from {args.render_only}")
+        return 0
     started = time.monotonic()
     VAR.mkdir(parents=True, exist_ok=True)
     _say(f"peer venv (thingsboard-gateway {tbgw.VERSION}) ...")
@@ -158,22 +184,18 @@ def main(argv: list[str] | None = None) -> int:
     after = tbgw.installed(tbgw.python())
     took = time.monotonic() - started
     results.meta = {
-        "command": "python -m bench.peer " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "command": ("python -m bench.peer " + shlex.join(
+            sys.argv[1:] if argv is None else argv)).strip(),
         "duration": f"the run took {took / 60:.1f} min",
         "machine": f"{platform.machine()}, {_cpus()} CPUs (a shared virtual machine), "
                    f"Linux {platform.release()}",
         "versions": _versions(before),
     }
-    method = report.method(results, before == after, stub.answered, counter.resent_to_me,
-                           failures)
-    args.out.write_text(report.render(results, method))
-    (VAR / "last-run.json").write_text(json.dumps(_raw(results), indent=1, default=str))
-    if not args.quick and args.results.exists():
-        text = args.results.read_text()
-        try:
-            args.results.write_text(report.replace_block(text, report.summary(results)))
-        except ValueError as exc:
-            _say(f"{args.results}: not updated: {exc}")
+    inputs = {"unchanged": before == after, "stub_answers": stub.answered,
+              "resent": counter.resent_to_me, "failures": failures}
+    (VAR / "last-run.json").write_text(json.dumps(_raw(results) | {"method_inputs": inputs},
+                                                  indent=1, default=str))
+    write(args, results, inputs)
     _say(f"wrote {args.out} ({took / 60:.1f} min)")
     return 1 if failures else 0
 

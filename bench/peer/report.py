@@ -29,12 +29,17 @@ def _med(xs: Sequence[float]) -> float:
 
 
 def cell(xs: Sequence[float], fmt: str = "{:.1f}") -> str:
-    """"median [lowest–highest]"; just the value when there is one run."""
+    """"median [lowest–highest]"; just the value when there is one run. A unit after
+    the format ("{:.1f} B") is written once, at the end."""
     if not xs:
         return "—"
+    number, _, unit = fmt.partition("} ")
+    number += "}" if unit else ""
+    unit = f" {unit}" if unit else ""
     if len(xs) == 1:
-        return fmt.format(xs[0])
-    return f"{fmt.format(_med(xs))} [{fmt.format(min(xs))}–{fmt.format(max(xs))}]"
+        return number.format(xs[0]) + unit
+    return (f"{number.format(_med(xs))} [{number.format(min(xs))}–"
+            f"{number.format(max(xs))}]{unit}")
 
 
 def ratio(a: Sequence[float], p: Sequence[float]) -> str:
@@ -91,8 +96,9 @@ def _live(r: Results) -> list[str]:
              f"{agent_side.PERIOD_S:g} s; peer: its statistics on `{tbgw.STATS_TOPIC}`, "
              f"every {tbgw.STATS_PERIOD_S:g} s; the mean after the first of the run)",
              *f(lambda x: x.steady_report()), fmt="{:,.0f}"),
-        _row("**every uplink publication at 15-minute polls, B/reading** (the line above "
-             f"shared by the {meters} readings of 15 minutes, plus the one before)",
+        _row("**every uplink publication at 15-minute polls, B/reading** (the "
+             "reading-driven bytes per reading, plus the clock-driven reports of 15 "
+             f"minutes shared by its {meters} readings)",
              *f(lambda x: x.at_interval(meters, 900.0))),
         _row("readings in the window (should be meters × cycles = "
              f"{meters * cycles:,})", *f(lambda x: float(x.readings)), fmt="{:.0f}",
@@ -282,6 +288,72 @@ def _runs(r: Results) -> list[str]:
     return lines
 
 
+def _key_bytes() -> tuple[int, int]:
+    """(bytes of the map keys, bytes) of one series holding one SDM120 reading, as the
+    agent encodes it: what a live series spends on names."""
+    from agent.drivers.reading import Reading
+    from agent.uplink import cbor, wire
+
+    values = {"import_wh": 3_281_672, "export_wh": 0, "p_w": 1709, "v_dv": 2296,
+              "i_ma": 6954, "f_chz": 4997, "pf_milli": 946}
+    series = wire.readings_body([Reading("SDM-0000", 1_796_221_003, values)])[0]
+    return sum(len(cbor.dumps(k)) for k in series), len(cbor.dumps(series))
+
+
+def _notes(r: Results) -> list[str]:
+    """Where the agent spends more than the peer, with the figures of this run."""
+    from agent.buffer.outbox import LIVE_FLUSH_S
+
+    la, lp = r.live["agent"], r.live["peer"]
+    ga, gp = r.load["agent"], r.load["peer"]
+    if not (la and lp and ga and gp):
+        return []
+    meters = r.args["meters"]
+    report_b = _med([x.steady_report() for x in la])
+    per15 = report_b * 900 / agent_side.PERIOD_S / meters
+    ledger = _med([x.by_topic.get(f"{agent_side.PREFIX}/{{gw}}/up/ledger", 0)
+                   / max(1, x.readings) for x in la])
+    keys, series = _key_bytes()
+    return [
+        "## Reading the figures: where the agent spends more",
+        "",
+        f"- **Clock-driven health report**: the agent's `state` is "
+        f"{report_b:,.0f} B every {agent_side.PERIOD_S:g} s with {meters} meters (it "
+        "lists `meter_errors` for every meter); at 15-minute polls that is "
+        f"{per15:,.0f} B per reading, most of the agent's "
+        f"{_med([x.at_interval(meters, 900.0) for x in la]):,.0f} B. The peer's "
+        f"statistics: {_med([x.steady_report() for x in lp]):,.0f} B a minute (gateway, "
+        "service and connector counters: nothing per device).",
+        f"- **Ledger journal**: {ledger:.1f} B per reading on `up/ledger` (an `energy` "
+        "entry a reading), as much again as the reading itself; the peer keeps no "
+        "ledger, so readings + journal "
+        f"({_med([x.per_reading_driven for x in la]):.1f} B) is more than the peer's "
+        f"{_med([x.per_reading for x in lp]):.1f} B.",
+        f"- **Names in live series**: a live series of one reading is {series} B, "
+        f"{keys} B of it map keys (`m`, `t` and the seven quantity names), repeated for "
+        "every meter of a message; delta encoding pays only within a meter's series.",
+        f"- **Start-up**: the agent's first readings wait LIVE_FLUSH_S = {LIVE_FLUSH_S} s "
+        "to share a message (outbox.py), so its first reading message comes about "
+        f"{LIVE_FLUSH_S} s after its first poll; the peer sends a poll's values within "
+        "about 0.1 s (its converter batches for 0.1 s, its sender waits "
+        "`minPackSendDelayMS`, 50 ms).",
+        "- Where the peer spends more: 7 Modbus requests per meter and poll (the agent 2), "
+        f"so it delivered {_med([x.readings / x.window_s for x in gp]):.1f} of the "
+        f"{meters / r.args['load_poll']:.0f} readings/s polled; its CPU per reading, "
+        "reconnect time, disk, dependencies and memory are all above the agent's.",
+    ]
+
+
+def from_raw(d: dict[str, Any]) -> Results:
+    """The Results of a run from the raw JSON that run wrote (var/peer/last-run.json)."""
+    r = Results(args=d["args"], meta=d["meta"])
+    r.live = {k: [LiveResult(**x) for x in v] for k, v in d["live"].items()}
+    r.load = {k: [LoadResult(**x) for x in v] for k, v in d["load"].items()}
+    r.check = {k: LiveResult(**v) for k, v in d.get("check", {}).items()}
+    r.footprint = {k: Footprint(**v) for k, v in d.get("footprint", {}).items()}
+    return r
+
+
 def render(r: Results, method: str) -> str:
     meta = r.meta
     head = [
@@ -291,6 +363,7 @@ def render(r: Results, method: str) -> str:
         f"round{'s' if r.args['rounds'] != 1 else ''}, interleaved: agent, peer, agent, "
         "peer … for each kind of run).",
         f"Machine: {meta['machine']}. Versions: {meta['versions']}.",
+        *([f"This page was {meta['rendered']}."] if meta.get("rendered") else []),
         "",
         "Each figure is the median over the rounds with [lowest–highest]; ratio = "
         "agent / peer (below 1: the agent spends less).",
@@ -299,7 +372,7 @@ def render(r: Results, method: str) -> str:
         "",
     ]
     body = [*_live(r), "", *_load(r), "", *_startup(r), "", *_reconnect(r), "",
-            *_footprint(r), "", *_runs(r), ""]
+            *_footprint(r), "", *_notes(r), "", *_runs(r), ""]
     return "\n".join(head + body)
 
 
