@@ -9,7 +9,8 @@ peer's session-limits request, shared by every run; per round, interleaved:
   live run, agent; live run, peer      -> bytes per live reading, start-up
   load run, agent; load run, peer      -> CPU per reading, reconnect, loss
 (bench/peer/runs.py), and the footprint once at the end. Writes ``--out``
-(bench/results/peer.md) and the raw figures to var/peer/last-run.json.
+(bench/results/peer.md) and the raw figures to var/peer/last-run.json (``--render-only``
+writes the markdown again from them; a quick run's go to var/peer/last-quick.json).
 ``--quick``: a smoke run of about two minutes (one round, 20 meters, short windows),
 written to var/peer/peer-quick.md; a full run also rewrites its rows in bench/RESULTS.md.
 ``BENCH_AGENT_LOG`` / ``BENCH_TB_LOG`` set the sides' log levels (default WARNING);
@@ -193,8 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     inputs = {"unchanged": before == after, "stub_answers": stub.answered,
               "resent": counter.resent_to_me, "failures": failures}
-    (VAR / "last-run.json").write_text(json.dumps(_raw(results) | {"method_inputs": inputs},
-                                                  indent=1, default=str))
+    # A smoke run keeps its figures apart: last-run.json stays the full run's.
+    raw = VAR / ("last-quick.json" if args.quick else "last-run.json")
+    raw.write_text(json.dumps(_raw(results) | {"method_inputs": inputs}, indent=1,
+                              default=str))
+
     write(args, results, inputs)
     _say(f"wrote {args.out} ({took / 60:.1f} min)")
     return 1 if failures else 0
