@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.peer import footprint, report, runs, tbgw
+from bench.peer import footprint, report, runs, summary, tbgw, text
 from bench.peer.agent_side import PREFIX, Board
 from bench.peer.measure import BrokerCounter
 from sim.broker import Mosquitto
@@ -100,13 +100,13 @@ def _versions(before: dict[str, str]) -> str:
 
 def write(args: argparse.Namespace, results: report.Results, inputs: dict[str, Any]) -> None:
     """The markdown (``--out``, and the rows of ``--results`` unless quick)."""
-    method = report.method(results, inputs["unchanged"], inputs["stub_answers"],
-                           inputs["resent"], inputs["failures"])
-    args.out.write_text(report.render(results, method))
+    setup = text.setup(results, inputs["unchanged"], inputs["stub_answers"],
+                       inputs["resent"], inputs["failures"])
+    args.out.write_text(report.render(results, setup, text.notes(results)))
     if not args.quick and args.results.exists():
-        text = args.results.read_text()
+        old = args.results.read_text()
         try:
-            args.results.write_text(report.replace_block(text, report.summary(results)))
+            args.results.write_text(summary.replace_block(old, summary.rows(results)))
         except ValueError as exc:
             _say(f"{args.results}: not updated: {exc}")
 

@@ -1,6 +1,7 @@
 """bench/results/peer.md from the runs' results: every figure is written by this code,
-none by hand. A figure is "median [lowest–highest]" over the rounds; ratio = the
-agent's median / the peer's median (below 1: the agent spends less)."""
+none by hand (the set-up text and the notes: text.py; the RESULTS.md rows: summary.py).
+A figure is "median [lowest–highest]" over the rounds; ratio = the agent's median / the
+peer's median (below 1: the agent spends less)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ class Results:
     check: dict[str, LiveResult] = field(default_factory=dict)  # one cycle, longer interval
 
 
-def _med(xs: Sequence[float]) -> float:
+def med(xs: Sequence[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
@@ -38,12 +39,12 @@ def cell(xs: Sequence[float], fmt: str = "{:.1f}") -> str:
     unit = f" {unit}" if unit else ""
     if len(xs) == 1:
         return number.format(xs[0]) + unit
-    return (f"{number.format(_med(xs))} [{number.format(min(xs))}–"
+    return (f"{number.format(med(xs))} [{number.format(min(xs))}–"
             f"{number.format(max(xs))}]{unit}")
 
 
 def ratio(a: Sequence[float], p: Sequence[float]) -> str:
-    ma, mp = _med(a), _med(p)
+    ma, mp = med(a), med(p)
     if not a or not p or mp == 0:
         return "—"
     r = ma / mp
@@ -128,7 +129,7 @@ def _live(r: Results) -> list[str]:
         topics = sorted({t for x in xs for t in x.by_topic})
         for t in topics:
             per = [x.by_topic.get(t, 0) / max(1, x.readings) for x in xs]
-            lines.append(f"| {side} | `{t}` | {_med(per):.1f} |")
+            lines.append(f"| {side} | `{t}` | {med(per):.1f} |")
     return lines
 
 
@@ -288,62 +289,6 @@ def _runs(r: Results) -> list[str]:
     return lines
 
 
-def _key_bytes() -> tuple[int, int]:
-    """(bytes of the map keys, bytes) of one series holding one SDM120 reading, as the
-    agent encodes it: what a live series spends on names."""
-    from agent.drivers.reading import Reading
-    from agent.uplink import cbor, wire
-
-    values = {"import_wh": 3_281_672, "export_wh": 0, "p_w": 1709, "v_dv": 2296,
-              "i_ma": 6954, "f_chz": 4997, "pf_milli": 946}
-    series = wire.readings_body([Reading("SDM-0000", 1_796_221_003, values)])[0]
-    return sum(len(cbor.dumps(k)) for k in series), len(cbor.dumps(series))
-
-
-def _notes(r: Results) -> list[str]:
-    """Where the agent spends more than the peer, with the figures of this run."""
-    from agent.buffer.outbox import LIVE_FLUSH_S
-
-    la, lp = r.live["agent"], r.live["peer"]
-    ga, gp = r.load["agent"], r.load["peer"]
-    if not (la and lp and ga and gp):
-        return []
-    meters = r.args["meters"]
-    report_b = _med([x.steady_report() for x in la])
-    per15 = report_b * 900 / agent_side.PERIOD_S / meters
-    ledger = _med([x.by_topic.get(f"{agent_side.PREFIX}/{{gw}}/up/ledger", 0)
-                   / max(1, x.readings) for x in la])
-    keys, series = _key_bytes()
-    return [
-        "## Reading the figures: where the agent spends more",
-        "",
-        f"- **Clock-driven health report**: the agent's `state` is "
-        f"{report_b:,.0f} B every {agent_side.PERIOD_S:g} s with {meters} meters (it "
-        "lists `meter_errors` for every meter); at 15-minute polls that is "
-        f"{per15:,.0f} B per reading, most of the agent's "
-        f"{_med([x.at_interval(meters, 900.0) for x in la]):,.0f} B. The peer's "
-        f"statistics: {_med([x.steady_report() for x in lp]):,.0f} B a minute (gateway, "
-        "service and connector counters: nothing per device).",
-        f"- **Ledger journal**: {ledger:.1f} B per reading on `up/ledger` (an `energy` "
-        "entry a reading), as much again as the reading itself; the peer keeps no "
-        "ledger, so readings + journal "
-        f"({_med([x.per_reading_driven for x in la]):.1f} B) is more than the peer's "
-        f"{_med([x.per_reading for x in lp]):.1f} B.",
-        f"- **Names in live series**: a live series of one reading is {series} B, "
-        f"{keys} B of it map keys (`m`, `t` and the seven quantity names), repeated for "
-        "every meter of a message; delta encoding pays only within a meter's series.",
-        f"- **Start-up**: the agent's first readings wait LIVE_FLUSH_S = {LIVE_FLUSH_S} s "
-        "to share a message (outbox.py), so its first reading message comes about "
-        f"{LIVE_FLUSH_S} s after its first poll; the peer sends a poll's values within "
-        "about 0.1 s (its converter batches for 0.1 s, its sender waits "
-        "`minPackSendDelayMS`, 50 ms).",
-        "- Where the peer spends more: 7 Modbus requests per meter and poll (the agent 2), "
-        f"so it delivered {_med([x.readings / x.window_s for x in gp]):.1f} of the "
-        f"{meters / r.args['load_poll']:.0f} readings/s polled; its CPU per reading, "
-        "reconnect time, disk, dependencies and memory are all above the agent's.",
-    ]
-
-
 def from_raw(d: dict[str, Any]) -> Results:
     """The Results of a run from the raw JSON that run wrote (var/peer/last-run.json)."""
     r = Results(args=d["args"], meta=d["meta"])
@@ -354,7 +299,8 @@ def from_raw(d: dict[str, Any]) -> Results:
     return r
 
 
-def render(r: Results, method: str) -> str:
+def render(r: Results, method: str, notes: list[str]) -> str:
+    """peer.md: the head, ``method`` (text.setup), the tables, ``notes`` (text.notes)."""
     meta = r.meta
     head = [
         "# The agent beside thingsboard-gateway (issue 14, item 1)",
@@ -372,146 +318,5 @@ def render(r: Results, method: str) -> str:
         "",
     ]
     body = [*_live(r), "", *_load(r), "", *_startup(r), "", *_reconnect(r), "",
-            *_footprint(r), "", *_notes(r), "", *_runs(r), ""]
+            *_footprint(r), "", *notes, "", *_runs(r), ""]
     return "\n".join(head + body)
-
-
-def method(r: Results, unchanged: bool, stub_answers: int, resent: int,
-           failures: list[str]) -> str:
-    """The set-up paragraph: what ran, configured how."""
-    a = r.args
-    lines = [
-        "## Set-up",
-        "",
-        "- **Broker**: one private mosquitto on a free loopback port for the whole run "
-        "(persistence on, anonymous). A counter subscribed to `#` at QoS 1 with a "
-        "persistent session takes the arrival time and size of every delivery; retained "
-        "replays are left out, and so are the broker's resends to the counter itself after "
-        f"a restart (DUP set, bytes it already had: {resent} in this run).",
-        "- **Meters**: `python -m sim.meters -c board.toml`, Eastron SDM120 register maps, "
-        f"{a['meters']} meters on {a['buses']} buses at {a['baud']:,} baud; the board config "
-        "is the agent's own TOML, and the peer's config is generated from the same file. "
-        "Each run starts its own simulator (a pty has one master at a time: the sides never "
-        "run together).",
-        "- **Agent**: `python -m agent.cli run -c board.toml --log-level WARNING` from the "
-        "project's venv; store in the run's directory; accounts at zero balance, no relays "
-        "(as bench/uplink_rss.py). It reads an SDM120 in 2 requests (32 + 6 registers, "
-        "`plan_reads`).",
-        f"- **Peer**: thingsboard-gateway {tbgw.VERSION} in its own venv "
-        f"(`var/peer/tb-{tbgw.VERSION}/venv`: {', '.join(f'`{p}`' for p in tbgw.PINS)} and "
-        "what pip resolved for them), run as `python -m thingsboard_gateway.tb_gateway` "
-        "with `TB_GW_CONFIG_DIR` in the run's directory. Its shipped `tb_gateway.json` "
-        "with: the broker's host/port, an access token as MQTT username, "
-        "`remoteConfiguration` off, the report strategy written out as `ON_RECEIVED`, one "
-        "Modbus connector per bus, loggers at WARNING. **Report strategy**: `ON_RECEIVED` "
-        "is the shipped default (tb_gateway.json and the code's "
-        "DEFAULT_REPORT_STRATEGY_CONFIG): every poll is sent, changed or not, so \"as "
-        "configured for every poll\" and \"as shipped\" are one measurement here. Kept "
-        "as shipped: **memory storage** (not durable: a restart loses what is not sent), "
-        "statistics to `v1/devices/me/telemetry` every 60 s, QoS 1, MQTT 5. Each meter: a "
-        "serial RTU slave, `pollPeriod` = the bus's interval, timeout 0.5 s, 1 retry, one "
-        "`32float` timeseries entry per quantity (same registers, keys named as the "
-        "agent's quantities, `round` to the agent's resolution). Its connector reads "
-        "**one request per entry: 7 requests per meter per poll**, 3.5× the agent's.",
-        f"- **ThingsBoard stub**: a gateway session waits for the server's answer to its "
-        "`getSessionLimits` RPC before it sends anything; a stub answers as a self-hosted "
-        "ThingsBoard CE with its default tenant profile would (no rate limits, 64 KiB, 100 "
-        f"in flight): {stub_answers} answers in this run, not counted as uplink.",
-        "- **Network**: loopback only. The gateway's updater posts to its vendor at start "
-        "and hourly (no setting turns it off); HTTP(S)_PROXY points it at a closed loopback "
-        "port, so it fails at once.",
-        "- **Nothing installed at run time**: the peer venv's distributions were "
-        + ("the same before and after the runs." if unchanged
-           else "**different** after the runs (the gateway installed something)."),
-        "- **Why a " + f"{a['live_poll']:g}" + " s poll gives the 15-minute figure**: both "
-        "sides poll every meter back to back at the start of a cycle and send a cycle's "
-        "readings within seconds of it (the agent: what was read within LIVE_FLUSH_S = 5 s "
-        "shares a message; the peer: one message per device and poll), so how readings "
-        "are grouped into messages depends on how long a cycle takes on the bus, not on "
-        "the interval, once the interval is longer than a cycle plus that window. The "
-        "framing check in table 1 confirms it for every message of every run, and the "
-        "cross-check row measures the same at a longer interval. That holds for what is "
-        "sent because of readings; what a side sends by the clock (the agent's health "
-        "report, the peer's statistics, each every 60 s) is shared by fewer readings the "
-        "longer the interval, so the 15-minute total adds it at its period: its size "
-        "measured, its period the configured one.",
-    ]
-    if failures:
-        lines += ["", "**Runs that failed** (left out of the figures):", ""]
-        lines += [f"- {f.splitlines()[0]}" for f in failures]
-    return "\n".join(lines)
-
-
-BEGIN = "<!-- bench/peer: rows written by python -m bench.peer -->"
-END = "<!-- end bench/peer -->"
-
-
-def summary(r: Results) -> str:
-    """The rows for bench/RESULTS.md (between BEGIN and END there)."""
-    a = r.args
-    la, lp = r.live["agent"], r.live["peer"]
-    ga, gp = r.load["agent"], r.load["peer"]
-    said: list[str] = []
-
-    def command() -> str:  # the command in the first row, "same" below it (as above it)
-        said.append("x")
-        return f"`{r.meta['command']}`" if len(said) == 1 else "same"
-
-    def row(what: str, xa: Sequence[float], xp: Sequence[float], fmt: str) -> str:
-        return (f"| {what} | {cell(xa, fmt)} | {cell(xp, fmt)} | {ratio(xa, xp)} | "
-                f"{command()} |")
-
-    rows = [
-        BEGIN,
-        "| vs thingsboard-gateway 3.8.x | agent | thingsboard-gateway "
-        f"{tbgw.VERSION} | ratio agent/peer | command |",
-        "|---|---:|---:|---:|---|",
-        row(f"bytes on the broker per live reading (readings messages, topic + payload; "
-            f"{a['meters']} meters, 15-min behaviour)", [x.per_reading for x in la],
-            [x.per_reading for x in lp], "{:.1f} B"),
-        row("every uplink publication at 15-min polls, per reading (the agent's prepaid "
-            "ledger journal and its health report every 60 s; the peer's statistics every "
-            "60 s)", [x.at_interval(a["meters"], 900.0) for x in la],
-            [x.at_interval(a["meters"], 900.0) for x in lp], "{:.1f} B"),
-        row(f"CPU per reading, end to end ({a['meters']} meters, {a['load_poll']:g} s polls)",
-            [x.cpu_ms_per_reading for x in ga], [x.cpu_ms_per_reading for x in gp],
-            "{:.2f} ms"),
-        row(f"readings delivered per second (polled: {a['meters'] / a['load_poll']:.0f}/s)",
-            [x.readings / x.window_s for x in ga], [x.readings / x.window_s for x in gp],
-            "{:.1f}"),
-        row(f"start-up to the first reading on the broker ({a['live_poll']:g} s polls)",
-            [x.startup_s for x in la], [x.startup_s for x in lp], "{:.2f} s"),
-        row(f"broker back after {a['outage']:g} s down → first uplink message",
-            [x.first_up_s for x in ga if x.first_up_s is not None],
-            [x.first_up_s for x in gp if x.first_up_s is not None], "{:.2f} s"),
-        f"| readings lost / duplicated over the outage, sum of {len(ga)} rounds (agent: "
-        f"after dedupe by (gw, seq); peer: by (device, ts)) | {_loss(ga)} | {_loss(gp)} | — "
-        f"| {command()} |",
-    ]
-    fa, fp = r.footprint.get("agent"), r.footprint.get("peer")
-    if fa is not None and fp is not None:
-        rows += [
-            row("installed size (package + runtime dependencies)", [fa.total_bytes / 1e6],
-                [fp.total_bytes / 1e6], "{:.1f} MB"),
-            row("runtime dependencies", [float(len(fa.deps))], [float(len(fp.deps))],
-                "{:.0f}"),
-            row("import, wall time of a fresh interpreter", [1000 * _med(fa.wall_s)],
-                [1000 * _med(fp.wall_s)], "{:.0f} ms"),
-            row("RSS after import", [_med(fa.rss_kb) / 1024], [_med(fp.rss_kb) / 1024],
-                "{:.1f} MB"),
-        ]
-    rows += ["", "Details, method and every run: `bench/results/peer.md`.", END]
-    return "\n".join(rows)
-
-
-def _loss(xs: Sequence[LoadResult]) -> str:
-    return (f"{sum(x.loss['lost'] for x in xs)} lost, "
-            f"{sum(x.loss['duplicates'] for x in xs)} duplicated")
-
-
-def replace_block(text: str, block: str) -> str:
-    """``text`` with what lies between BEGIN and END (inclusive) replaced by ``block``."""
-    start, end = text.find(BEGIN), text.find(END)
-    if start < 0 or end < start:
-        raise ValueError(f"no {BEGIN!r} ... {END!r} block")
-    return text[:start] + block + text[end + len(END):]
