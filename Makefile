@@ -42,5 +42,11 @@ bench: $(STAMP)
 	$(PY) -m bench.wire_limit
 	$(PY) -m bench.ledger
 
+# The agent beside thingsboard-gateway 3.8.x on the same simulated meters and broker
+# (bench/results/peer.md; installs the peer in var/peer/ from PyPI once; ~30 min).
+.PHONY: peer
+peer: $(STAMP)
+	$(PY) -m bench.peer
+
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .mypy_cache .ruff_cache
