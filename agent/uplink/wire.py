@@ -278,6 +278,12 @@ def reading_fields(reading: ReadingLike) -> dict[str, Any]:
 
 
 def check_readings(msg: object) -> dict[str, Any]:
+    """An ``up/readings`` message: the series form of CONTRACT 4, or the table form a
+    gateway configured for it sends (``agent.uplink.table``)."""
+    if isinstance(msg, dict) and "table" in msg and "readings" not in msg:
+        from agent.uplink.table import check_table  # it builds on this module
+
+        return check_table(msg)
     m = check_envelope(msg)
     if _readings_ok(m.get("readings")):
         return m
@@ -351,6 +357,10 @@ def decode_readings(msg: object) -> list[Reading]:
     from agent.drivers.reading import Reading
 
     m = check_readings(msg)
+    if "table" in m:
+        from agent.uplink.table import decode_table
+
+        return [Reading(meter, t, values) for meter, t, values in decode_table(m)]
     out: list[Reading] = []
     for s in m["readings"]:
         times = undelta(s["t"])
