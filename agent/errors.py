@@ -1,20 +1,49 @@
-"""The agent's one exception tree.
+"""The agent's one exception tree, every class the package defines (where each lives
+is in brackets when it is not this module).
 
     AgentError
      ├── ConfigError          a config file is wrong; carries every (key path, message)
      ├── DriverError          something on a meter bus went wrong
      │    ├── ProtocolError   bytes that do not form a valid frame of the protocol
-     │    │    └── ChecksumError   a frame whose CRC/BCC does not match
+     │    │    ├── ChecksumError   a frame whose CRC/BCC does not match
+     │    │    ├── ModbusProtocolError               [drivers/modbus/codec.py]
+     │    │    │    ├── ModbusChecksumError (also a ChecksumError)
+     │    │    │    └── ModbusIncompleteError        silence at the deadline
+     │    │    ├── IecProtocolError                  [drivers/iec62056/codec.py]
+     │    │    │    ├── IecChecksumError (also a ChecksumError)
+     │    │    │    └── IecIncompleteError
+     │    │    └── DlmsProtocolError                 [drivers/dlms/errors.py]
+     │    │         ├── DlmsChecksumError (also a ChecksumError)
+     │    │         ├── DlmsIncompleteError
+     │    │         └── DlmsStateError  an event the connection's state does not allow
      │    ├── TimeoutError_   no (complete) answer within the timeout
      │    ├── DeviceException the device answered with a protocol exception
+     │    ├── DlmsAssociationError  the meter refused the association [drivers/dlms/errors.py]
      │    ├── SecurityError   a meter's authentication or message protection failed
-     │    │                   (``why``); never retried, never a relay change
+     │    │    │              (``why``); never retried, never a relay change
+     │    │    └── DlmsSecurityError                 [drivers/dlms/errors.py]
      │    └── PortError       the serial port itself failed (adapter unplugged, I/O
      │                        error): the bus closes it and opens it again
      ├── LedgerError          a ledger rule would be broken (never a partial change)
      ├── RelayError           a relay could not be switched or read back
      ├── StoreError           the durable store failed or is full
-     └── CommandError         a command is refused; carries the reply code
+     ├── CommandError         a command is refused; carries the reply code
+     ├── WireError            an uplink or command payload breaks CONTRACT 4-7
+     │    │                   [uplink/wire.py]
+     │    └── CborError       bytes that are not the CBOR the contract allows
+     │                        [uplink/cbor.py]
+     └── ControlError         a request on the local control socket is refused
+                              [control.py]
+
+Outside the tree, on purpose, because they never leave their module's caller:
+    UsageError(Exception)     bad input on the command line: one line, exit 2 [cli.py]
+    HttpError(Exception)      a status-page request that cannot be served; the
+                              server answers with its ``code`` [web/request.py]
+    KeyFileError(ValueError)  a DLMS key file that cannot be used; config turns it into
+                              a ConfigError naming the key [drivers/dlms/keys.py]
+
+A per-codec "incomplete" error means the read's deadline passed with nothing, or with
+part of a frame; while bytes may still come, the readers answer ``NEED_DATA`` instead.
 
 Lower-layer errors (pyserial, sqlite3, paho) are re-raised as these with
 ``raise ... from exc`` so callers only ever catch the project's own types.
