@@ -78,11 +78,11 @@ class ChecksumError(ProtocolError):
     """A frame whose checksum (CRC-16, BCC, FCS) does not match."""
 
 
-class TimeoutError_(DriverError):  # noqa: N801 - trailing underscore avoids the builtin
+class TimeoutError_(DriverError):  # noqa: N801, N818 - the underscore avoids the builtin
     """No complete answer arrived within the timeout."""
 
 
-class DeviceException(DriverError):
+class DeviceException(DriverError):  # noqa: N818 - the name protocols give it (Modbus)
     """The device answered with a protocol-level exception (e.g. Modbus exception code)."""
 
     def __init__(self, message: str, code: int) -> None:

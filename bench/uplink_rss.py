@@ -93,7 +93,7 @@ def measure(meters: int, poll_s: float, warmup_s: float, window_s: float,
             he = HeadEnd("127.0.0.1", broker.port, "gw", bytes(32), client_id="bench-he")
             he.start()
             he.publish_state(online=True, payments=True)
-            log = open(work / "meters.log", "wb")  # noqa: SIM115 - closed with the process
+            log = open(work / "meters.log", "wb")
             procs.append(subprocess.Popen([sys.executable, "-m", "sim.meters", "-c", str(cfg)],
                                           cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
             time.sleep(2.0)

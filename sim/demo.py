@@ -58,7 +58,7 @@ def prepare(config: str, workdir: Path, broker_port: int) -> Path:
 
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    f = open(log, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+    f = open(log, "ab")
     return subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
 
 

@@ -176,16 +176,16 @@ def _encode(lane: int, gw: str, boot: int, seq: int, rows: list[PendingRow]) -> 
 def _one_series(row: object) -> dict[str, Any] | None:
     """The series of a single reading item, or None to take the general path (which
     says what is wrong with it). The checks of wire.series, for one value each."""
-    if type(row) is not list or len(row) != 2 + len(wire.QUANTITIES):  # noqa: E721
+    if type(row) is not list or len(row) != 2 + len(wire.QUANTITIES):
         return None
     meter, t = row[0], row[1]
-    if type(meter) is not str or not meter or type(t) is not int or not 0 <= t < 2**63:  # noqa: E721
+    if type(meter) is not str or not meter or type(t) is not int or not 0 <= t < 2**63:
         return None
     series: dict[str, Any] = {"m": meter, "t": [t]}
     for q, value in zip(wire.QUANTITIES, row[2:], strict=True):
         if value is None:
             continue
-        if type(value) is not int or not -MAX_VALUE < value < MAX_VALUE:  # noqa: E721
+        if type(value) is not int or not -MAX_VALUE < value < MAX_VALUE:
             return None
         series[q] = [value]
     return series
@@ -200,7 +200,7 @@ def _run_series(item: bytes) -> list[dict[str, Any]]:
         one = _one_series(rows[0])
         if one is not None:
             return [one]
-    if all(type(r) is list for r in rows):  # noqa: E721 - schema-1 items are maps
+    if all(type(r) is list for r in rows):
         cols = list(zip(*rows, strict=True))
         meter, times = rows[0][0], list(cols[1])
         present = {}

@@ -227,7 +227,7 @@ def _keys(r: ReadingLike) -> list[str]:
 
 def _column(values: list[Any], what: str) -> list[int]:
     _need(len(values) > 0, what + " must not be empty")
-    if len(set(map(type, values))) != 1 or type(values[0]) is not int:  # noqa: E721
+    if len(set(map(type, values))) != 1 or type(values[0]) is not int:
         for x in values:  # bools are ints to isinstance, not here
             _int(x, what)  # raises, saying why
     if min(values) < _I64_MIN or max(values) > _I64_MAX:
@@ -322,7 +322,7 @@ def _ints_ok(arr: object, lo: int, hi: int) -> bool:
     if type(arr) is not list or not arr:
         return False
     assert isinstance(arr, list)
-    if len(set(map(type, arr))) != 1 or type(arr[0]) is not int:  # noqa: E721
+    if len(set(map(type, arr))) != 1 or type(arr[0]) is not int:
         return False
     low: int = min(arr)
     high: int = max(arr)

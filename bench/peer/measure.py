@@ -225,7 +225,7 @@ class Proc:
                  env: dict[str, str] | None = None) -> None:
         self.args = args
         self.log = log
-        self._f = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self._f = open(log, "ab")
         # Taken just before the fork; Popen returns once the child has exec'd.
         self.started_s = time.monotonic()
         self.proc = subprocess.Popen(args, stdout=self._f, stderr=subprocess.STDOUT, cwd=cwd,

@@ -48,7 +48,7 @@ SYSTEMD_RESTART_S = 5  # an unexpected exception: systemd restarts the agent
 FORCE_AFTER_S = {"publish": HOUR_S, "switch": 72 * HOUR_S}
 
 
-class SimCrash(Exception):
+class SimCrash(Exception):  # noqa: N818 - not an error: the simulated process dying
     """The simulated process dies here."""
 
 

@@ -93,7 +93,7 @@ class Proc:
 
     def __init__(self, args: list[str], log: Path) -> None:
         self.log = log
-        self._f = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self._f = open(log, "ab")
         self.proc = subprocess.Popen(args, stdout=self._f, stderr=subprocess.STDOUT,
                                      cwd=ROOT, start_new_session=True)
         self.pid = self.proc.pid

@@ -48,7 +48,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     port = _free_port()
     conf = tmp_path_factory.mktemp("mosquitto") / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    log = open(conf.with_suffix(".log"), "wb")  # noqa: SIM115 - closed in finally
+    log = open(conf.with_suffix(".log"), "wb")
     proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 10
