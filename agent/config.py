@@ -25,13 +25,13 @@ from agent.drivers.models import models_for
 from agent.errors import ConfigError
 from agent.ledger.policy import Policy, parse_protected_hours
 from agent.ledger.tariff import Slab, Tariff, TodWindow
+from agent.vocab import PROTOCOLS
 
 DEFAULT_CONFIG = "board_configs/sim.toml"
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _HHMM_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-PROTOCOLS = ("modbus", "iec62056-21", "dlms")
 RELAY_KINDS = ("meter", "modbus-coil", "gpio", "none")
 
 

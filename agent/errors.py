@@ -53,6 +53,8 @@ assert "parses, or raises this codec's ProtocolError, nothing else".
 
 from __future__ import annotations
 
+from agent.vocab import REPLY_CODES
+
 
 class AgentError(Exception):
     """Root of every error the agent raises on purpose."""
@@ -120,18 +122,7 @@ class StoreError(AgentError):
 class CommandError(AgentError):
     """A command is refused. ``code`` is the CONTRACT 7 reply code."""
 
-    CODES = frozenset(
-        {
-            "bad_mac",
-            "expired",
-            "malformed",
-            "unknown_op",
-            "invalid_args",
-            "unknown_account",
-            "unknown_meter",
-            "failed",
-        }
-    )
+    CODES = frozenset(REPLY_CODES) - {"ok"}
 
     def __init__(self, code: str, message: str, command_id: str | None = None) -> None:
         assert code in self.CODES, code

@@ -36,7 +36,7 @@ if [ ! -f "$MJS" ]; then
 fi
 
 # The runner: MicroPython in WebAssembly has its own in-memory file system, so the
-# ledger's sources are copied in (agent/__init__.py, agent/errors.py, agent/ledger/*.py)
+# ledger's sources are copied in (agent/__init__.py, agent/errors.py, agent/vocab.py, agent/ledger/*.py)
 # with micropython-lib's no-op __future__ module, and the program runs from there.
 cat > "$MPY_DIR/run.mjs" <<'EOF'
 import { readFileSync, readdirSync } from "node:fs";
@@ -54,7 +54,7 @@ const output = () => Buffer.concat(chunks);
 const FS = mp.FS;
 for (const dir of ["/lib", "/lib/agent", "/lib/agent/ledger"]) FS.mkdir(dir);
 FS.writeFile("/lib/__future__.py", "annotations = None\n");
-for (const name of ["__init__.py", "errors.py"]) {
+for (const name of ["__init__.py", "errors.py", "vocab.py"]) {
   FS.writeFile(`/lib/agent/${name}`, readFileSync(join(root, "agent", name)));
 }
 for (const name of readdirSync(join(root, "agent", "ledger"))) {

@@ -38,12 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from agent.vocab import TAMPER_KINDS
+
 log = logging.getLogger("sim.faults")
 
 MAX_NOISE_BYTES: Final = 8
 MAX_LINE_BYTES: Final = 4096  # a control line longer than this is refused
 ACCEPT_POLL_S: Final = 0.2
-TAMPER_KINDS: Final = ("cover_open", "magnet", "neutral_missing", "reverse_current", "other")
 
 
 @dataclass(frozen=True)

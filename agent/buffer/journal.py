@@ -18,6 +18,7 @@ from typing import NamedTuple, cast
 from agent.buffer.store import LANE_LEDGER, Store
 from agent.errors import LedgerError
 from agent.uplink import cbor
+from agent.vocab import ENTRY_KINDS
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -130,7 +131,7 @@ _ADDED_COLUMNS = {
                ("reset_last_t", "INTEGER NOT NULL DEFAULT 0")),
 }
 
-KINDS = ("topup", "token", "energy", "fixed", "duty", "adjust")
+KINDS = ENTRY_KINDS
 SPEND_SCAN_ENTRIES = 50_000  # spend_since reads at most this many recent entries
 
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 from agent.drivers.reading import Reading
 from agent.errors import DriverError, PortError, SecurityError
+from agent.vocab import PROTOCOLS, TAMPER_KINDS
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -38,9 +39,6 @@ if TYPE_CHECKING:
     from agent.drivers.modbus.device import ModbusCoilRelay
     from agent.drivers.transport import Transport
 
-PROTOCOLS: Final = ("modbus", "iec62056-21", "dlms")
-RELAY_STATES: Final = ("closed", "open", "armed")
-TAMPER_KINDS: Final = ("cover_open", "magnet", "neutral_missing", "reverse_current", "other")
 RELAY_TRIES: Final = 3  # switch + read back; then the relay_result carries the last error
 
 

@@ -4,17 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# The quantities a reading may carry, in wire order (CONTRACT 4). A quantity the
-# meter does not measure is absent from ``values``, never zero.
-QUANTITIES: tuple[str, ...] = (
-    "import_wh",
-    "export_wh",
-    "p_w",
-    "v_dv",
-    "i_ma",
-    "f_chz",
-    "pf_milli",
-)
+from agent.vocab import QUANTITIES  # a quantity the meter does not measure is absent
+
+__all__ = ["QUANTITIES", "Reading"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,10 +22,11 @@ from typing import Any
 from agent.buffer.journal import Journal
 from agent.buffer.store import Store
 from agent.config import MeterConfig
+from agent.vocab import RELAY_STATES
 
 log = logging.getLogger("agent.relay")
 
-STATES = ("closed", "open", "armed")
+STATES = RELAY_STATES
 # A failed or unconfirmed switch is retried after 10 s, doubling per attempt up to one
 # try per 15 min, for ever (the intent stays durable); the 5th failed attempt in a row
 # raises one `relay_failed` event so a technician is sent.

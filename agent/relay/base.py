@@ -18,10 +18,11 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from agent.errors import RelayError
+from agent.vocab import RELAY_STATES
 
 log = logging.getLogger("agent.relay")
 
-STATES = ("closed", "open", "armed")
+STATES = RELAY_STATES
 
 
 class Relay(Protocol):

@@ -30,11 +30,11 @@ from agent.buffer.store import Store
 from agent.config import MeterConfig
 from agent.ledger.policy import Policy, PolicyInputs, decide_disconnect
 from agent.relay.actuation import Actuation, Emit
+from agent.vocab import TAMPER_KINDS
 
 log = logging.getLogger("agent.ledger")
 
 CLOCK_CONFIRM_WINDOW_S = 300  # DOMAIN: a verified command's iat within 5 minutes
-TAMPER_KINDS = ("cover_open", "magnet", "neutral_missing", "reverse_current", "other")
 # IS 15959 pairs occurrence/restoration codes (201/202 magnet, 203/204 neutral): a
 # restoration is kept as evidence but never opens a relay.
 RESTORATION_CODES = frozenset({202, 204})

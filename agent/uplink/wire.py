@@ -22,6 +22,13 @@ from __future__ import annotations
 
 from agent.errors import AgentError
 
+# the contract's words are written once in agent.vocab; wire.X stays their name here
+from agent.vocab import ENTRY_KINDS as ENTRY_KINDS
+from agent.vocab import QUANTITIES as QUANTITIES
+from agent.vocab import RELAY_STATES as RELAY_STATES
+from agent.vocab import REPLY_CODES as REPLY_CODES
+from agent.vocab import TAMPER_KINDS as TAMPER_KINDS
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -40,28 +47,18 @@ if TYPE_CHECKING:
 
 VERSION = 1
 KINDS = ("readings", "events", "ledger", "reply")  # the `up/{kind}` topics, CONTRACT 3
-# The quantities of a series, in wire order; equal to agent.drivers.reading.QUANTITIES
-# (a test checks), copied because that module needs dataclasses.
-QUANTITIES = ("import_wh", "export_wh", "p_w", "v_dv", "i_ma", "f_chz", "pf_milli")
 EVENT_TYPES = (
     "tamper", "relay", "low_balance", "credit_exhausted", "disconnect_deferred",
     "meter_offline", "meter_online", "meter_discovered", "bad_reading", "data_dropped",
     "token_rejected", "meter_security",
 )  # CONTRACT 5 says "at least": other types pass the check, these get their detail checked
-TAMPER_KINDS = ("cover_open", "magnet", "neutral_missing", "reverse_current", "other")
 # meter_security detail.why (agent.drivers.dlms.errors.SECURITY_WHY; a test checks)
 SECURITY_WHY = ("auth_failed", "bad_tag", "replayed_counter", "system_title_mismatch",
                 "counter_exhausted", "key_missing")
-RELAY_STATES = ("open", "closed", "armed")
 # In CONTRACT 5 order: detail.reason is the first of detail.reasons in this order.
 DEFERRAL_REASONS = (
     "protected_hours", "holiday", "payment_outage", "moratorium", "emergency_credit",
     "notice", "untrusted_clock", "rate_limit",
-)
-ENTRY_KINDS = ("topup", "token", "energy", "fixed", "duty", "adjust")
-REPLY_CODES = (
-    "ok", "bad_mac", "expired", "malformed", "unknown_op", "invalid_args",
-    "unknown_account", "unknown_meter", "failed",
 )
 _I64_MIN = -(2**63)
 _I64_MAX = 2**63 - 1

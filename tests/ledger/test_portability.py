@@ -10,16 +10,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 LEDGER = ROOT / "agent" / "ledger"
-# The ledger's own modules plus agent.errors (LedgerError), which is portable too.
+# The ledger's own modules plus agent.errors (LedgerError) and agent.vocab (the words
+# it imports), which are portable too.
 SCANNED = sorted(LEDGER.glob("*.py")) + [
     ROOT / "agent" / "errors.py",
+    ROOT / "agent" / "vocab.py",
     ROOT / "agent" / "__init__.py",
 ]
 
 # Modules MicroPython has built in per its "Library" docs page (hashlib always with
 # sha256), __future__ (a no-op module from micropython-lib), and the project's own
 # portable modules.
-ALLOWED = {"__future__", "hashlib", "struct", "math", "binascii", "agent.errors"}
+ALLOWED = {"__future__", "hashlib", "struct", "math", "binascii", "agent.errors", "agent.vocab"}
 ALLOWED_PREFIXES = ("agent.ledger",)
 # Imported only inside `try: ... except ImportError:` with a fallback in the except.
 OPTIONAL = {"dataclasses"}

@@ -62,7 +62,8 @@ def test_copied_constants_match_their_owners() -> None:
 
 
 def test_wire_module_is_pure() -> None:
-    """Only `from __future__` and agent.errors at import time (MicroPython subset); the
+    """Only `from __future__`, agent.errors and agent.vocab (pure tuples, no imports) at
+    import time (MicroPython subset); the
     TYPE_CHECKING block and decode_readings' lazy import do not run on the agent."""
     tree = ast.parse(Path(wire.__file__).read_text())
     imported = []
@@ -71,7 +72,9 @@ def test_wire_module_is_pure() -> None:
             imported += [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             imported.append(node.module or "")
-    assert sorted(imported) == ["__future__", "agent.errors"]
+    assert sorted(set(imported)) == ["__future__", "agent.errors", "agent.vocab"]
+    vocab = ast.parse((Path(wire.__file__).parents[1] / "vocab.py").read_text())
+    assert not [n for n in vocab.body if isinstance(n, ast.Import | ast.ImportFrom)]
 
 
 # -- delta encoding ---------------------------------------------------------------------
