@@ -123,6 +123,13 @@ class Backlog:
     items: int  # readings, events and entries not acknowledged, formed or not
     bytes: int  # payload bytes of both
     oldest_t: int | None  # the oldest item's time (Unix s), formed or not
+    pending: int = 0  # items not yet formed into a message (piles up while the link is down)
+
+    @property
+    def total(self) -> int:
+        """CONTRACT 3's birth ``backlog``: formed messages plus items not yet formed, so
+        an outage shows as a backlog before any message is formed."""
+        return self.messages + self.pending
 
 
 class _Tx:
@@ -656,7 +663,7 @@ class Store:
         firsts.append(self.conn.execute("SELECT MIN(t0) FROM outbox").fetchone()[0])
         oldest = [int(v) for v in firsts if v is not None]
         return Backlog(messages=out[0], items=pend[2] + out[2], bytes=pend[1] + out[1],
-                       oldest_t=min(oldest) if oldest else None)
+                       oldest_t=min(oldest) if oldest else None, pending=pend[2])
 
     def size_bytes(self) -> int:
         """Payload bytes held for the uplink (pending items + formed messages)."""

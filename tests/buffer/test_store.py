@@ -452,3 +452,23 @@ def test_entry_item_is_cbor_dumps_byte_for_byte(acct: str, n: int, t: int, kind:
                                                 amt: int, bal: int, ref: str) -> None:
     entry = Entry(acct, n, t, kind, amt, bal, ref)
     assert entry.item() == cbor.dumps(entry.wire())
+
+
+def test_backlog_counts_readings_not_yet_formed(tmp_path: Path) -> None:
+    """With the link down readings pile up as pending items, no message formed: the
+    backlog (status, CLI, the birth's ``backlog`` int) must not read 0."""
+    from agent.uplink.delivery import state_payload
+
+    store = Store(tmp_path)
+    with store.tx():
+        for i in range(5):
+            store.add_pending(LANE_READINGS, outbox.reading_item(reading("A", T0 + i, i)), T0 + i)
+    assert store.backlog()[0] == 0  # no message formed yet
+    summary = store.backlog_summary()
+    assert summary.messages == 0 and summary.pending == 5 and summary.total == 5
+    birth = state_payload({"boot": 1, "meters": []}, backlog={
+        "messages": summary.messages, "pending": summary.pending, "items": summary.items,
+        "bytes": summary.bytes, "oldest_s": 0}, drops={}, link={})
+    import json
+
+    assert json.loads(birth)["backlog"] == 5
