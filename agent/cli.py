@@ -106,7 +106,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"{'running' if data['running'] else 'NOT RUNNING (last known state)'}",
         f"link    {'connected' if link['connected'] else 'DOWN'} to {link['host']}:"
         f"{link['port']}  reconnects {link['reconnects']}  backlog {backlog['messages']} "
-        f"msg(s), oldest {backlog['oldest_age_s'] or 0}s",
+        f"msg(s) + {backlog.get('pending', 0)} item(s) not yet formed, oldest "
+        f"{backlog['oldest_age_s'] or 0}s",
     ]
     for bus in data["buses"]:
         lines.append(f"bus     {bus['name']} {bus['protocol']} on {bus['port']}"

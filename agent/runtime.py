@@ -549,7 +549,7 @@ class Runtime:
                 "meters": meters}
 
     def status(self) -> dict[str, Any]:
-        backlog, oldest = self.store.backlog()
+        summary = self.store.backlog_summary()
         now = int(self.clock.time_s())
         balances = {a.id: a.balance for a in self.journal.accounts()}
         meters = []
@@ -582,8 +582,11 @@ class Runtime:
                        "error": b.port_error} for b in self.buses.values()],
             "meters": meters,
             "accounts": [{"id": k, "balance": v} for k, v in sorted(balances.items())],
-            "backlog": {"messages": backlog, "oldest_age_s": None if oldest is None
-                        else max(0, now - oldest), "bytes": self.store.size_bytes()},
+            # pending: items stored but not yet formed into messages (the link is down)
+            "backlog": {"messages": summary.messages, "pending": summary.pending,
+                        "total": summary.total, "oldest_age_s": None
+                        if summary.oldest_t is None else max(0, now - summary.oldest_t),
+                        "bytes": summary.bytes},
         }
 
     def _write_status(self) -> None:

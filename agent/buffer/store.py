@@ -123,6 +123,13 @@ class Backlog:
     items: int  # readings, events and entries not acknowledged, formed or not
     bytes: int  # payload bytes of both
     oldest_t: int | None  # the oldest item's time (Unix s), formed or not
+    pending: int = 0  # items not yet formed into a message (piles up while the link is down)
+
+    @property
+    def total(self) -> int:
+        """CONTRACT 3's birth ``backlog``: formed messages plus items not yet formed, so
+        an outage shows as a backlog before any message is formed."""
+        return self.messages + self.pending
 
 
 class _Tx:
@@ -150,7 +157,50 @@ class _Tx:
         store._end(exc if kind is not None else None)
 
 
+RECOVERY = "see docs/technician.md, 'Recovering a broken store'"
+
+
+def _broken(path: Path, fault: str) -> StoreError:
+    return StoreError(f"store {path} {fault}: {RECOVERY}")
+
+
+def _check(path: Path) -> None:
+    """An existing file is read (read-only, nothing written) before the writer opens it:
+    a truncated or garbled file must stay byte for byte as it was, for recovery."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise _broken(path, f"cannot be read ({exc.strerror})") from exc
+    if size == 0:  # SQLite would take an empty file for a new database and write it
+        raise _broken(path, "is empty (truncated)")
+    if not os.access(path, os.R_OK):
+        raise _broken(path, "cannot be read (permission denied)")
+    try:
+        # immutable: no lock, and no -wal/-shm files created beside a broken file
+        conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, timeout=5.0)
+        try:
+            result = conn.execute("PRAGMA quick_check").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise _broken(path, f"is not a readable database ({exc})") from exc
+    if result != "ok":
+        raise _broken(path, f"is damaged (quick_check: {result})")
+
+
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
+    if path.exists():
+        _check(path)
+    if not readonly and (not os.access(path.parent, os.W_OK)
+                         or not path.parent.stat().st_mode & 0o222):  # root ignores modes
+        raise _broken(path, f"cannot be written (directory {path.parent} is read-only)")
+    try:
+        return _configure(path, readonly)
+    except sqlite3.Error as exc:
+        raise _broken(path, f"cannot be opened ({exc})") from exc
+
+
+def _configure(path: Path, readonly: bool) -> sqlite3.Connection:
     try:
         if readonly:
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0,
@@ -187,7 +237,10 @@ class Store:
         self.path = Path(data_dir) / DB_NAME
         self.readonly = readonly
         if not readonly:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _broken(self.path, f"cannot be created ({exc.strerror})") from exc
         elif not self.path.exists():
             raise StoreError(f"no store at {self.path} (has the agent run with this config?)")
         self.conn = _connect(self.path, readonly)
@@ -207,7 +260,11 @@ class Store:
         self._batch: dict[int, list[tuple[bytes, int]]] = {}
         self._open_runs: dict[str, tuple[int, int, int]] | None = None  # see _runs
         if not readonly:
-            self._create()
+            try:
+                self._create()
+            except sqlite3.Error as exc:
+                self.conn.close()
+                raise _broken(self.path, f"cannot be opened ({exc})") from exc
 
     def _create(self) -> None:
         from agent.buffer import journal  # the ledger tables share this database
@@ -656,7 +713,7 @@ class Store:
         firsts.append(self.conn.execute("SELECT MIN(t0) FROM outbox").fetchone()[0])
         oldest = [int(v) for v in firsts if v is not None]
         return Backlog(messages=out[0], items=pend[2] + out[2], bytes=pend[1] + out[1],
-                       oldest_t=min(oldest) if oldest else None)
+                       oldest_t=min(oldest) if oldest else None, pending=pend[2])
 
     def size_bytes(self) -> int:
         """Payload bytes held for the uplink (pending items + formed messages)."""

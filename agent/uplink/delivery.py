@@ -60,7 +60,7 @@ def state_payload(status: Mapping[str, Any], *, backlog: Mapping[str, Any],
         "boot": status["boot"],
         "started": status.get("started"),
         "meters": len(meters),
-        "backlog": backlog["messages"],
+        "backlog": backlog["messages"] + backlog.get("pending", 0),
         "backlog_items": backlog["items"],
         "backlog_bytes": backlog["bytes"],
         "oldest_s": backlog["oldest_s"],
@@ -164,7 +164,8 @@ class Delivery:
         """The birth / periodic ``state`` for ``status`` (the runtime's status())."""
         summary = self.store.backlog_summary()
         now = int(self.clock.time_s())
-        backlog = {"messages": summary.messages, "items": summary.items,
+        backlog = {"messages": summary.messages, "pending": summary.pending,
+                   "items": summary.items,
                    "bytes": summary.bytes,
                    "oldest_s": 0 if summary.oldest_t is None else max(0, now - summary.oldest_t)}
         return state_payload(status, backlog=backlog, drops=self.store.counters(),

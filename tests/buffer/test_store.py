@@ -27,6 +27,7 @@ from agent.buffer.store import (
     Store,
 )
 from agent.drivers.reading import Reading
+from agent.errors import StoreError
 from agent.uplink import cbor, wire
 
 T0 = 1_767_225_600
@@ -452,3 +453,62 @@ def test_entry_item_is_cbor_dumps_byte_for_byte(acct: str, n: int, t: int, kind:
                                                 amt: int, bal: int, ref: str) -> None:
     entry = Entry(acct, n, t, kind, amt, bal, ref)
     assert entry.item() == cbor.dumps(entry.wire())
+
+
+def test_backlog_counts_readings_not_yet_formed(tmp_path: Path) -> None:
+    """With the link down readings pile up as pending items, no message formed: the
+    backlog (status, CLI, the birth's ``backlog`` int) must not read 0."""
+    from agent.uplink.delivery import state_payload
+
+    store = Store(tmp_path)
+    with store.tx():
+        for i in range(5):
+            store.add_pending(LANE_READINGS, outbox.reading_item(reading("A", T0 + i, i)), T0 + i)
+    assert store.backlog()[0] == 0  # no message formed yet
+    summary = store.backlog_summary()
+    assert summary.messages == 0 and summary.pending == 5 and summary.total == 5
+    birth = state_payload({"boot": 1, "meters": []}, backlog={
+        "messages": summary.messages, "pending": summary.pending, "items": summary.items,
+        "bytes": summary.bytes, "oldest_s": 0}, drops={}, link={})
+    import json
+
+    assert json.loads(birth)["backlog"] == 5
+
+
+def _broken_store(tmp_path: Path, fault: str) -> Path:
+    """A data_dir holding a store spoiled by ``fault``; returns the file."""
+    Store(tmp_path).close()
+    path = tmp_path / "agent.sqlite3"
+    data = path.read_bytes()
+    if fault == "truncated":
+        path.write_bytes(data[: len(data) // 3])
+    elif fault == "empty":
+        path.write_bytes(b"")
+    else:
+        path.write_bytes(bytes(range(256)) * 8)
+    for extra in ("-wal", "-shm"):
+        Path(str(path) + extra).unlink(missing_ok=True)
+    return path
+
+
+@pytest.mark.parametrize("fault", ["truncated", "empty", "garbled"])
+@pytest.mark.parametrize("readonly", [False, True])
+def test_a_broken_store_is_refused_and_left_unchanged(tmp_path: Path, fault: str,
+                                                      readonly: bool) -> None:
+    path = _broken_store(tmp_path, fault)
+    before = path.read_bytes()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(StoreError, match=f"store {path} .*Recovering a broken store"):
+        Store(tmp_path, readonly=readonly)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
+
+
+def test_a_read_only_data_dir_is_refused(tmp_path: Path) -> None:
+    Store(tmp_path).close()
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(StoreError, match="read-only"):
+            Store(tmp_path)
+    finally:
+        tmp_path.chmod(0o755)
