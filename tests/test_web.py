@@ -276,3 +276,10 @@ def test_everything_from_the_status_is_escaped_and_events_are_shown() -> None:
 ])
 def test_rupees_use_paise_and_indian_grouping(paise: int | None, text: str) -> None:
     assert rupees(paise) == text
+
+
+def test_the_page_counts_items_not_yet_formed_in_the_backlog() -> None:
+    """With the link down readings pile up as items before any message is formed."""
+    html = render_page({"backlog": {"messages": 0, "pending": 7, "oldest_age_s": 30,
+                                    "bytes": 512}})
+    assert "0 message(s) + 7 item(s) not yet formed, oldest 30 s" in html

@@ -166,7 +166,8 @@ def render_page(status: dict[str, Any], now_s: int | None = None) -> str:
              ("in flight", _e(link.get("inflight"))),
              ("head-end", _flag(headend.get("online"), "online", "offline")),
              ("payments", _flag(headend.get("payments"), "up", "DOWN")),
-             ("backlog", f"{_e(backlog.get('messages'))} message(s), oldest "
+             ("backlog", f"{_e(backlog.get('messages'))} message(s) + "
+                         f"{_e(backlog.get('pending', 0))} item(s) not yet formed, oldest "
                          f"{_e(backlog.get('oldest_age_s') or 0)} s, "
                          f"{_e(backlog.get('bytes'))} bytes")]),
         "</section><section><h2>Buses</h2>",
