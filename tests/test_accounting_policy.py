@@ -6,6 +6,7 @@ reconnection at any hour, overrides, tamper, `armed`, bounded relay retries, and
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -419,3 +420,25 @@ def test_local_s_across_a_transition_second_by_second() -> None:
     change = int(datetime(2026, 3, 29, 1, tzinfo=UTC).timestamp())  # clocks go forward
     for t in range(change - 3700, change + 3700, 7):
         assert z.local_s(t) == t + (3600 if t >= change else 0)
+
+
+def test_a_disconnect_decision_is_logged_once_until_it_changes(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    h = House(tmp_path, policy={"min_notice_h": 24})
+    caplog.set_level(logging.INFO, logger="agent.ledger")
+    h.spend(2 * EC)
+    h.ticks(20)  # the same deferred decision on every poll
+
+    def decisions() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.getMessage().startswith("event=disconnect_decision")]
+
+    [once] = decisions()
+    assert "acct=A1" in once and "allowed=False" in once and "reasons=notice" in once
+    _moratorium(h)  # the reasons change: logged again
+    h.ticks(5)
+    assert len(decisions()) == 2 and "moratorium" in decisions()[1]
+    h.rig.advance(24 * 3600)  # both lifted: allowed, logged again
+    h.rig.tick()
+    assert len(decisions()) == 3 and "allowed=True" in decisions()[2]
+    h.rig.close()

@@ -101,6 +101,9 @@ class Disconnection:
         self._clock_synchronised = clock_synchronised
         self.actuation = Actuation(store, journal, meters, emit)
         self._by_account: dict[str, list[MeterConfig]] | None = None
+        # the decision last logged per account, (allowed, reasons): logged only when it
+        # changes, not on every poll (SD-card wear); one entry an account
+        self._logged: dict[str, tuple[bool, tuple[str, ...]]] = {}
 
     def _meters_of(self, acct_id: str) -> list[MeterConfig]:
         if self._by_account is None:  # asked on every reading: indexed once
@@ -190,13 +193,17 @@ class Disconnection:
             policy=self.policy(),
         )
         decision = decide_disconnect(inputs)
-        log.info("event=disconnect_decision acct=%s meter=%s allowed=%s reasons=%s balance=%d "
-                 "floor=%d local=%s trusted=%s online=%s payments=%s heard=%s moratorium=%s "
-                 "alerts=%s zero_at=%s disconnects_1h=%d", acct.id, meter.id, decision.allowed,
-                 ",".join(decision.reasons), acct.balance, -self.policy().emergency_credit,
-                 inputs.local_s, inputs.clock_trusted, inputs.headend_online,
-                 inputs.payments_ok, inputs.headend_heard_s, inputs.moratorium_until,
-                 sorted(acct.alerts), acct.zero_alert_at, inputs.disconnects_last_hour)
+        logged = (decision.allowed, tuple(decision.reasons))
+        if self._logged.get(acct.id) != logged:
+            self._logged[acct.id] = logged
+            log.info("event=disconnect_decision acct=%s meter=%s allowed=%s reasons=%s "
+                     "balance=%d floor=%d local=%s trusted=%s online=%s payments=%s heard=%s "
+                     "moratorium=%s alerts=%s zero_at=%s disconnects_1h=%d", acct.id, meter.id,
+                     decision.allowed, ",".join(decision.reasons), acct.balance,
+                     -self.policy().emergency_credit, inputs.local_s, inputs.clock_trusted,
+                     inputs.headend_online, inputs.payments_ok, inputs.headend_heard_s,
+                     inputs.moratorium_until, sorted(acct.alerts), acct.zero_alert_at,
+                     inputs.disconnects_last_hour)
         if decision.allowed:
             self.journal.record_disconnect(now_s)
             self._set_intent(meter, "open", "credit", now_s)
