@@ -370,7 +370,7 @@ class Journal:
         for kind, amt, ref in items:
             if kind not in KINDS:
                 raise LedgerError(f"unknown entry kind {kind!r}")
-            if type(amt) is not int:
+            if type(amt) is not int:  # a bool is not an amount either
                 raise LedgerError(f"amount must be integer paise, got {amt!r}")
             balance, n = balance + amt, n + 1
             assert -(2**63) <= balance < 2**63, "balance leaves signed 64-bit"

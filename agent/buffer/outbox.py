@@ -200,7 +200,7 @@ def _run_series(item: bytes) -> list[dict[str, Any]]:
         one = _one_series(rows[0])
         if one is not None:
             return [one]
-    if all(type(r) is list for r in rows):
+    if all(type(r) is list for r in rows):  # schema-1 items are maps
         cols = list(zip(*rows, strict=True))
         meter, times = rows[0][0], list(cols[1])
         present = {}
