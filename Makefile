@@ -22,7 +22,7 @@ demo: system-deps $(STAMP)
 test: system-deps $(STAMP)
 	$(PY) -m ruff check agent sim tests bench
 	$(PY) -m mypy
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(PY) -m ruff check agent sim tests bench
