@@ -131,7 +131,6 @@ _ADDED_COLUMNS = {
                ("reset_last_t", "INTEGER NOT NULL DEFAULT 0")),
 }
 
-KINDS = ENTRY_KINDS
 SPEND_SCAN_ENTRIES = 50_000  # spend_since reads at most this many recent entries
 
 
@@ -368,7 +367,7 @@ class Journal:
         balance, n = before.balance, before.n
         entries = []
         for kind, amt, ref in items:
-            if kind not in KINDS:
+            if kind not in ENTRY_KINDS:
                 raise LedgerError(f"unknown entry kind {kind!r}")
             if type(amt) is not int:  # a bool is not an amount either
                 raise LedgerError(f"amount must be integer paise, got {amt!r}")

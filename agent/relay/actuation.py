@@ -26,7 +26,6 @@ from agent.vocab import RELAY_STATES
 
 log = logging.getLogger("agent.relay")
 
-STATES = RELAY_STATES
 # A failed or unconfirmed switch is retried after 10 s, doubling per attempt up to one
 # try per 15 min, for ever (the intent stays durable); the 5th failed attempt in a row
 # raises one `relay_failed` event so a technician is sent.
@@ -64,7 +63,7 @@ class Actuation:
 
     def result(self, meter_id: str, actual: str | None, error: str, now_s: int) -> None:
         """What the relay reads back after a switch (``None``: the switch or read failed)."""
-        assert actual is None or actual in STATES, actual
+        assert actual is None or actual in RELAY_STATES, actual
         meter = self.meters.get(meter_id)
         acct = meter.account if meter else None
         with self.store.tx():

@@ -22,8 +22,6 @@ from agent.vocab import RELAY_STATES
 
 log = logging.getLogger("agent.relay")
 
-STATES = RELAY_STATES
-
 
 class Relay(Protocol):
     name: str
@@ -46,7 +44,7 @@ def switch_and_confirm(relay: Relay, connect: bool) -> str:
     counts as connected: the meter waits for its button)."""
     relay.switch(connect)
     state = relay.read()
-    if state not in STATES:
+    if state not in RELAY_STATES:
         raise RelayError(f"{relay.name}: read back {state!r}, not closed | open | armed")
     if (state in ("closed", "armed")) != connect:
         raise RelayError(f"{relay.name}: asked to {'connect' if connect else 'disconnect'} "

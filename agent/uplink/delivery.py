@@ -60,7 +60,7 @@ def state_payload(status: Mapping[str, Any], *, backlog: Mapping[str, Any],
         "boot": status["boot"],
         "started": status.get("started"),
         "meters": len(meters),
-        "backlog": backlog["messages"] + backlog.get("pending", 0),
+        "backlog": backlog["total"],  # Backlog.total: messages + items not yet formed
         "backlog_items": backlog["items"],
         "backlog_bytes": backlog["bytes"],
         "oldest_s": backlog["oldest_s"],
@@ -164,9 +164,7 @@ class Delivery:
         """The birth / periodic ``state`` for ``status`` (the runtime's status())."""
         summary = self.store.backlog_summary()
         now = int(self.clock.time_s())
-        backlog = {"messages": summary.messages, "pending": summary.pending,
-                   "items": summary.items,
-                   "bytes": summary.bytes,
+        backlog = {"total": summary.total, "items": summary.items, "bytes": summary.bytes,
                    "oldest_s": 0 if summary.oldest_t is None else max(0, now - summary.oldest_t)}
         return state_payload(status, backlog=backlog, drops=self.store.counters(),
                              link=self.link.status())

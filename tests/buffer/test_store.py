@@ -468,7 +468,7 @@ def test_backlog_counts_readings_not_yet_formed(tmp_path: Path) -> None:
     summary = store.backlog_summary()
     assert summary.messages == 0 and summary.pending == 5 and summary.total == 5
     birth = state_payload({"boot": 1, "meters": []}, backlog={
-        "messages": summary.messages, "pending": summary.pending, "items": summary.items,
+        "total": summary.total, "items": summary.items,
         "bytes": summary.bytes, "oldest_s": 0}, drops={}, link={})
     import json
 

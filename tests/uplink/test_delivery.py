@@ -218,7 +218,7 @@ def test_the_birth_and_the_periodic_state(tmp_path: Path) -> None:
 
 
 def test_state_payload_is_compact_json() -> None:
-    body = state_payload({"boot": 3, "meters": []}, backlog={"messages": 1, "items": 2,
+    body = state_payload({"boot": 3, "meters": []}, backlog={"total": 1, "items": 2,
                                                             "bytes": 3, "oldest_s": 4},
                          drops={"dropped_readings": 5}, link={"reconnects": 6})
     assert b" " not in body and json.loads(body)["boot"] == 3
