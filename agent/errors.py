@@ -27,6 +27,9 @@ is in brackets when it is not this module).
      ├── LedgerError          a ledger rule would be broken (never a partial change)
      ├── RelayError           a relay could not be switched or read back
      ├── StoreError           the durable store failed or is full
+     │    └── StoreFullError  no room to write: SQLite's SQLITE_FULL, or ENOSPC (the
+     │                        disk is full); the runtime makes room and goes on
+     │                        [raised in buffer/store.py, handled with buffer/disk.py]
      ├── CommandError         a command is refused; carries the reply code
      ├── WireError            an uplink or command payload breaks CONTRACT 4-7
      │    │                   [uplink/wire.py]
@@ -117,6 +120,11 @@ class RelayError(AgentError):
 
 class StoreError(AgentError):
     """The durable store failed, or a storage bound was reached."""
+
+
+class StoreFullError(StoreError):
+    """A write found no room: the disk (or the store's page limit) is full. Nothing of
+    the failed transaction was kept; after room is made the same work can run again."""
 
 
 class CommandError(AgentError):

@@ -13,6 +13,12 @@ one bounded inbox. Every loop turn:
   4. publish outbox rows (``Delivery``: a bounded in-flight window).
 
 A PUBACK deletes its outbox row; nothing else does.
+
+A full disk (buffer/disk.py): a unit of work whose write finds no room (StoreFullError) is
+run again after room is made (the reserve released, the oldest readings dropped),
+at most ``FULL_RETRIES`` times; start-up on a full disk releases the reserve and runs
+in the degraded mode. Nothing of a failed transaction is kept, so running it again is
+running it once.
 """
 
 from __future__ import annotations
@@ -26,11 +32,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from agent import __version__
 from agent.accounting import Accounting
 from agent.buffer import outbox
+from agent.buffer.disk import DiskGuard, is_enospc
 from agent.buffer.journal import Journal
 from agent.buffer.store import Store
 from agent.clock import Clock, SystemClock
@@ -38,7 +45,14 @@ from agent.config import Config, MeterConfig, relay_bus
 from agent.control import ControlRequest, ControlServer
 from agent.dispatch import Dispatcher
 from agent.drivers.bus import BusEvent, BusScheduler
-from agent.errors import AgentError, CommandError, ConfigError, RelayError, StoreError
+from agent.errors import (
+    AgentError,
+    CommandError,
+    ConfigError,
+    RelayError,
+    StoreError,
+    StoreFullError,
+)
 from agent.ops import LOCAL_OPS
 from agent.provisioning import Provisioning
 from agent.relay.base import Relay, sync
@@ -51,6 +65,7 @@ from agent.uplink.mqtt import LinkEvent, MqttLink
 from agent.web import StatusServer
 
 log = logging.getLogger("agent.runtime")
+T = TypeVar("T")
 
 INBOX_MAX = 10_000
 MAX_EVENTS_PER_TURN = 500
@@ -59,6 +74,8 @@ TICK_S = 1.0
 STATUS_EVERY_S = 1.0
 SEEN_CLEANUP_EVERY_S = 3600.0
 RELAY_RETRY_S = 10.0
+FULL_RETRIES = 2  # work that found the disk full runs again after room is made, this often
+LOST_LOG_EVERY_S = 300.0  # work lost to a full disk: logged at most this often (SD card)
 
 
 def read_keys(cfg: Config) -> tuple[bytes, bytes]:
@@ -121,8 +138,10 @@ class Runtime:
         check_installed(cfg)
         self.command_key, self.token_key = read_keys(cfg)
         self.inbox: queue.Queue[Any] = queue.Queue(maxsize=INBOX_MAX)
-        self.store = Store(cfg.gateway.data_dir)
-        self.boot = self.store.next_boot()
+        self.disk = DiskGuard(cfg.gateway.data_dir)
+        self.store, self.boot = self._open_store()
+        self.lost_to_full = 0  # units of work that found no room even after room was made
+        self._lost_logged_s: float | None = None
         self.started = int(self.clock.time_s())
         self.journal = Journal(self.store)
         self.accounting = Accounting(cfg, self.store, self.journal, token_key=self.token_key,
@@ -167,6 +186,58 @@ class Runtime:
                     if cfg.local.http_port and control else None)
         self._next_cleanup = self.clock.monotonic_s() + 60
 
+    def _open_store(self) -> tuple[Store, int]:
+        """The store and this start's boot. On a full disk the reserve is released and the
+        store opened once more (the agent then runs degraded); StoreFullError if even that
+        finds no room (one line, exit 2, see docs/technician.md 'A full disk')."""
+        for attempt in range(2):
+            store = None
+            try:
+                store = Store(self.cfg.gateway.data_dir)
+                return store, store.next_boot()
+            except StoreFullError:
+                if store is not None:
+                    store.close()
+                released = self.disk.full(int(self.clock.time_s()), "start-up: the store",
+                                          release_all=True)
+                if attempt or not released:
+                    raise
+        raise AssertionError("unreachable")
+
+    # -- a full disk -------------------------------------------------------------------
+    def _with_room(self, call: Callable[[], T], what: str) -> tuple[bool, T | None]:
+        """``call()``; when it finds the disk full, room is made and it runs again, at
+        most FULL_RETRIES times (the last time with all of the reserve released). False
+        if it never found room: that work is lost (a reading's energy is charged with
+        the next reading, whose delta starts at the same durable baseline; a fixed
+        charge is tried again next tick; a command is answered when it comes again).
+        Returns (done, what ``call`` returned)."""
+        for attempt in range(FULL_RETRIES + 1):
+            try:
+                return True, call()
+            except StoreFullError as exc:
+                if attempt == FULL_RETRIES:
+                    self._lost(what, exc)
+                    break
+                self._make_room(what, release_all=attempt > 0)
+        return False, None
+
+    def _make_room(self, what: str, *, release_all: bool) -> None:
+        now = int(self.clock.time_s())
+        self.disk.full(now, what, release_all=release_all)
+        try:
+            outbox.make_room(self.store, now)
+        except StoreFullError as exc:  # no room even to drop: the retry says what is lost
+            log.debug("event=make_room_failed error=%s", exc)
+
+    def _lost(self, what: str, exc: StoreFullError) -> None:
+        self.lost_to_full += 1
+        mono = self.clock.monotonic_s()
+        if self._lost_logged_s is None or mono - self._lost_logged_s >= LOST_LOG_EVERY_S:
+            self._lost_logged_s = mono
+            log.error("event=store_full_lost what=%s lost=%d error=%s", what,
+                      self.lost_to_full, exc)
+
     def _bus_options(self, relayed: list[MeterConfig]) -> dict[str, Any]:
         """What every bus is made with: DLMS invocation counters live under the data dir
         (durable across power loss), meters see the gateway's own system title."""
@@ -184,7 +255,10 @@ class Runtime:
                  __version__)
         if self.web is not None:
             self.web.start()
-        self.accounting.setup(int(self.clock.time_s()))
+        self.disk.start(int(self.clock.time_s()))
+        if not self._with_room(lambda: self.accounting.setup(int(self.clock.time_s())),
+                               "start-up: accounts")[0]:
+            raise StoreFullError(f"store {self.store.path}: no room to set up the accounts")
         for bus in self.buses.values():
             bus.start()
         self.link.start()
@@ -197,18 +271,19 @@ class Runtime:
         mono = self.clock.monotonic_s()
         if mono >= self._next_tick:
             self._next_tick = mono + TICK_S
-            self._tick()
+            self._with_room(self._tick, "tick")
         if status_file and mono >= self._next_status:
             self._next_status = mono + STATUS_EVERY_S
             self._write_status()
         if mono >= self._next_cleanup:
             self._next_cleanup = mono + SEEN_CLEANUP_EVERY_S
-            self.store.forget_expired(int(self.clock.time_s()))
+            self._with_room(lambda: self.store.forget_expired(int(self.clock.time_s())),
+                            "seen cleanup")
         if self._relays_dirty or mono >= self._next_relay_check:
             self._relays_dirty = False
             self._next_relay_check = mono + TICK_S
-            self._sync_relays()
-        self.delivery.pump()
+            self._with_room(self._sync_relays, "relays")
+        self._with_room(self.delivery.pump, "delivery")
 
     def run(self) -> None:
         self.start()
@@ -228,7 +303,7 @@ class Runtime:
                     event = self.inbox.get(timeout=0.05)
                 except queue.Empty:
                     continue
-                self._handle(event)
+                self._handle_one(event)
         finally:
             self._shutdown()
 
@@ -259,13 +334,17 @@ class Runtime:
         """A bus thread ended without being asked to: its meters are offline until a new
         one reads them (the supervisor starts it after its back-off)."""
         now = int(self.clock.time_s())
+        self._with_room(lambda: self._offline_tx(name, now), f"bus {name} offline")
+
+    def _offline_tx(self, name: str, now: int) -> None:
         with self.store.tx():
-            for meter in self.buses[name].meters.values():
-                if self.meter_online.get(meter.id) is False:
-                    continue  # reported offline already
-                self.meter_online[meter.id] = False
+            offline = [m for m in self.buses[name].meters.values()
+                       if self.meter_online.get(m.id) is not False]  # else reported already
+            for meter in offline:
                 self.accounting.emit(now, "meter_offline", m=meter.id, acct=meter.account,
                                      detail={"error": f"bus {name}: its thread ended"})
+        for meter in offline:
+            self.meter_online[meter.id] = False
 
     def _restart_bus(self, name: str) -> None:
         old = self.buses[name]
@@ -310,7 +389,7 @@ class Runtime:
             if not _is_reading(event):
                 self._handle_readings(batch)
                 batch = []
-                self._handle(event)
+                self._handle_one(event)
                 continue
             if len(batch) == READINGS_PER_TX:
                 self._handle_readings(batch)
@@ -325,22 +404,30 @@ class Runtime:
             except queue.Empty:
                 return
 
+    def _handle_one(self, event: Any) -> None:
+        self._with_room(lambda: self._handle(event), type(event).__name__)
+
     def _handle_readings(self, batch: list[BusEvent]) -> None:
         if not batch:
             return
-        _, failed = contain(lambda: self._readings_tx(batch), "readings",
-                            passthrough=(StoreError,))
-        if failed is None:
+        _, failed = self._with_room(lambda: self._contained_tx(batch, "readings"), "readings")
+        if failed is None:  # charged (or lost to a full disk: the next reading charges it)
             return
         # A reading's charge raised: the batch's transaction was undone. Again one
         # reading a transaction, so that only the faulty one goes uncharged.
         for event in batch:
-            _, failed = contain(lambda: self._readings_tx([event]),  # noqa: B023 - called now
-                                f"reading of {event.meter}", passthrough=(StoreError,))
+            what = f"reading of {event.meter}"
+            _, failed = self._with_room(
+                lambda: self._contained_tx([event], what), what)  # noqa: B023 - called now
             if failed is not None:
                 assert event.reading is not None
                 self.accounting.reading_not_charged(event.reading, failed)
                 self.charge_errors[event.meter] = self.charge_errors.get(event.meter, 0) + 1
+
+    def _contained_tx(self, batch: list[BusEvent], what: str) -> Exception | None:
+        """The readings' transaction; the exception of a charge that raised (a bug),
+        logged; a StoreError propagates."""
+        return contain(lambda: self._readings_tx(batch), what, passthrough=(StoreError,))[1]
 
     def _readings_tx(self, batch: list[BusEvent]) -> None:
         with self.store.tx():
@@ -435,6 +522,8 @@ class Runtime:
                     req.reply(self.dispatcher.ops.run(req.op, args, now, "local"))
             else:
                 req.reply(error=f"unknown control op {req.op!r}")
+        except StoreFullError:
+            raise  # room is made and the request handled again (_with_room)
         except AgentError as exc:
             req.reply(error=str(exc))
 
@@ -495,6 +584,7 @@ class Runtime:
 
     def _tick(self) -> None:
         now = int(self.clock.time_s())
+        self.disk.check(self.clock.monotonic_s(), now)
         if self.link.connected and self.headend_this_connection:
             self.accounting.headend_still_heard(now)
         self.accounting.tick(now)
@@ -578,6 +668,8 @@ class Runtime:
                         "payments": self.accounting.headend.payments,
                         "heard": self.accounting.headend.heard_s},
             "clock_trusted": self.accounting.clock_trusted,
+            # mode "degraded": the disk was found full (docs/technician.md 'A full disk')
+            "disk": {**self.disk.status(), "lost_writes": self.lost_to_full},
             "buses": [{"name": b.bus.name, "port": b.bus.port, "protocol": b.bus.protocol,
                        "error": b.port_error} for b in self.buses.values()],
             "meters": meters,
@@ -604,6 +696,8 @@ class Runtime:
             if exc.strerror != self._status_error:
                 log.warning("event=status_file_failed path=%s error=%s", path, exc.strerror)
             self._status_error = exc.strerror
+            if is_enospc(exc):  # the disk is full: the store is next; the reserve goes now
+                self.disk.full(int(self.clock.time_s()), "status.json")
             return
         if self._status_error:
             log.info("event=status_file_ok path=%s", path)

@@ -36,6 +36,9 @@ class _Turn:
     _drain_inbox = Runtime._drain_inbox
     _inbox_events = Runtime._inbox_events
     _handle_readings = Runtime._handle_readings
+    _handle_one = Runtime._handle_one
+    _with_room = Runtime._with_room
+    _contained_tx = Runtime._contained_tx
     _readings_tx = Runtime._readings_tx
 
     def __init__(self) -> None:

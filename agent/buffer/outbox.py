@@ -40,6 +40,14 @@ so a store that does not grow takes no more disk). Over the bound, in this order
      names in ``detail.seqs``.
 Ledger entries, events and replies are never dropped. Each pass that drops
 reports it as ``data_dropped`` events ({what: instantaneous | readings, count}).
+Under the floor the store may still hold ``FLOOR_ROOM_BYTES`` whatever its size was:
+room for the live readings of a few minutes to be formed and sent (SQLite reuses
+their pages once they are acknowledged), so a full disk does not stop the readings.
+
+A full disk (a write found no room, disk.py): ``make_room`` drops the oldest readings
+whole, pending or formed, until the readings held are ``1/FULL_KEEP_SHARE`` of what
+they were, and holds the store at that size while the disk stays under its floor.
+Reported as ``data_dropped`` {what: readings, count, ..., reason: disk_full}.
 """
 
 from __future__ import annotations
@@ -82,6 +90,8 @@ INSTANTANEOUS = ("p_w", "v_dv", "i_ma", "f_chz", "pf_milli")
 _KEEP = tuple(q not in INSTANTANEOUS for q in wire.QUANTITIES)
 BOUND_CHUNK = 64  # runs (up to RUN_MAX readings each) stripped or dropped per round
 BOUND_ROUNDS = 64  # rounds per call; what is left over is done at the next call
+FLOOR_ROOM_BYTES = 64 * 1024  # under the free-disk floor the store may hold at least this
+FULL_KEEP_SHARE = 2  # a full disk: the readings held are cut to 1/this of their bytes
 assert BATCH_MAX_BYTES <= MAX_ITEM_BYTES and BATCH_MAX_ITEMS <= MAX_ITEMS  # a row fits
 
 
@@ -335,7 +345,7 @@ def store_cap(store: Store, limits: StoreConfig, free_bytes: int) -> int:
             store.set_meta("frozen_bytes", frozen)
             log.warning("event=disk_floor free=%d floor=%d frozen_bytes=%d", free_bytes,
                         limits.min_free_bytes, frozen)
-        return min(limits.max_bytes, frozen)
+        return min(limits.max_bytes, max(frozen, FLOOR_ROOM_BYTES))
     if frozen:
         store.set_meta("frozen_bytes", 0)
     return limits.max_bytes
@@ -347,10 +357,6 @@ def enforce_bounds(store: Store, limits: StoreConfig, now_s: int, *,
     the drops and their data_dropped events commit together."""
     free = disk_free_bytes(store.path.parent) if free_bytes is None else free_bytes
     stripped: list[PendingRow] = []
-    dropped: list[PendingRow] = []
-    seqs: list[int] = []
-    in_messages = 0
-    times: list[int] = []
     with store.tx():
         cap = store_cap(store, limits, free)
         size = store.size_bytes()
@@ -367,51 +373,93 @@ def enforce_bounds(store: Store, limits: StoreConfig, now_s: int, *,
                 stripped.append(row)
                 if size <= cap:
                     break
-        while size > cap and rounds < BOUND_ROUNDS:
-            rounds += 1
-            oldest_pending = store.oldest_readings(BOUND_CHUNK)
-            message = store.oldest_reading_message()
-            if message is not None and (not oldest_pending or message[2] <= oldest_pending[0].t):
-                seq, items, t0 = message
-                before = store.size_bytes()
-                store.drop_message(seq)
-                size -= before - store.size_bytes()
-                seqs.append(seq)
-                in_messages += items
-                times.append(t0)
-                continue
-            if not oldest_pending:
-                break
-            chosen: list[PendingRow] = []
-            for row in oldest_pending:
-                chosen.append(row)
-                size -= row.size
-                if size <= cap:
-                    break
-            store.delete_pending([r.id for r in chosen])
-            dropped += chosen
+        dropped, size = _drop_oldest(store, size, cap, BOUND_ROUNDS - rounds)
         if size > cap:
             log.warning("event=store_over_cap bytes=%d cap=%d (only what is never dropped, "
                         "or more next time)", size, cap)
-        drops = Drops(sum(r.n for r in stripped), sum(r.n for r in dropped) + in_messages,
-                      tuple(seqs))
+        drops = Drops(sum(r.n for r in stripped), dropped.readings, dropped.seqs)
         if drops.stripped:
             store.count("stripped_readings", drops.stripped)
             ts = [r.t for r in stripped]
             store.add_pending(LANE_EVENTS, event_item(now_s, "data_dropped", detail={
                 "what": "instantaneous", "count": drops.stripped,
                 "quantities": list(INSTANTANEOUS), "from": min(ts), "to": max(ts)}), now_s)
-        if drops.readings:
-            store.count("dropped_readings", drops.readings)
-            store.count("dropped_messages", len(seqs))
-            ts = times + [r.t for r in dropped]
-            detail: dict[str, Any] = {"what": "readings", "count": drops.readings,
-                                      "from": min(ts), "to": max(ts)}
-            if seqs:
-                detail["seqs"] = sorted(seqs)
-            store.add_pending(LANE_EVENTS, event_item(now_s, "data_dropped", detail=detail),
-                              now_s)
+        _report_dropped(store, dropped, now_s, {})
     if drops.stripped or drops.readings:
         log.warning("event=data_dropped stripped=%d readings=%d seqs=%s cap=%d",
-                    drops.stripped, drops.readings, list(seqs), cap)
+                    drops.stripped, drops.readings, list(drops.seqs), cap)
     return drops
+
+
+@dataclass(frozen=True, slots=True)
+class _Dropped:
+    readings: int = 0  # readings dropped whole (pending or in dropped messages)
+    seqs: tuple[int, ...] = ()  # formed messages dropped
+    times: tuple[int, ...] = ()  # the first reading's time of each row or message dropped
+
+
+def _drop_oldest(store: Store, size: int, cap: int, rounds: int) -> tuple[_Dropped, int]:
+    """Whole readings, oldest first (pending runs, or formed readings messages: oldest
+    data first), until ``size`` is at most ``cap`` or ``rounds`` are done; what was
+    dropped and the size left. Inside the caller's transaction."""
+    dropped: list[PendingRow] = []
+    seqs: list[int] = []
+    in_messages = 0
+    times: list[int] = []
+    while size > cap and rounds > 0:
+        rounds -= 1
+        oldest_pending = store.oldest_readings(BOUND_CHUNK)
+        message = store.oldest_reading_message()
+        if message is not None and (not oldest_pending or message[2] <= oldest_pending[0].t):
+            seq, items, t0 = message
+            before = store.size_bytes()
+            store.drop_message(seq)
+            size -= before - store.size_bytes()
+            seqs.append(seq)
+            in_messages += items
+            times.append(t0)
+            continue
+        if not oldest_pending:
+            break
+        chosen: list[PendingRow] = []
+        for row in oldest_pending:
+            chosen.append(row)
+            size -= row.size
+            if size <= cap:
+                break
+        store.delete_pending([r.id for r in chosen])
+        dropped += chosen
+    return _Dropped(sum(r.n for r in dropped) + in_messages, tuple(seqs),
+                    tuple(times + [r.t for r in dropped])), size
+
+
+def _report_dropped(store: Store, dropped: _Dropped, now_s: int,
+                    extra: dict[str, Any]) -> None:
+    """The counters and the data_dropped event of readings dropped whole."""
+    if not dropped.readings:
+        return
+    store.count("dropped_readings", dropped.readings)
+    store.count("dropped_messages", len(dropped.seqs))
+    detail: dict[str, Any] = {"what": "readings", "count": dropped.readings,
+                              "from": min(dropped.times), "to": max(dropped.times), **extra}
+    if dropped.seqs:
+        detail["seqs"] = sorted(dropped.seqs)
+    store.add_pending(LANE_EVENTS, event_item(now_s, "data_dropped", detail=detail), now_s)
+
+
+def make_room(store: Store, now_s: int) -> Drops:
+    """A write found the disk full (disk.py): drop the oldest readings whole until those
+    held are 1/FULL_KEEP_SHARE of their bytes, and hold the store at the size left while
+    the disk is under its floor. The drops and their event commit together (in room the
+    reserve has just given); StoreFullError if even that found none."""
+    with store.tx():
+        size = store.size_bytes()
+        cap = size - store.reading_bytes() // FULL_KEEP_SHARE
+        dropped, size = _drop_oldest(store, size, cap, 1 << 30)
+        if store.meta("frozen_bytes"):
+            store.set_meta("frozen_bytes", max(1, size))
+        _report_dropped(store, dropped, now_s, {"reason": "disk_full"})
+    if dropped.readings:
+        log.warning("event=data_dropped reason=disk_full readings=%d seqs=%s bytes_left=%d",
+                    dropped.readings, list(dropped.seqs), size)
+    return Drops(0, dropped.readings, dropped.seqs)

@@ -37,9 +37,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from agent.errors import StoreError
+from agent.errors import StoreError, StoreFullError
 
 SCHEMA_VERSION = 2
 DB_NAME = "agent.sqlite3"
@@ -158,6 +158,51 @@ class _Tx:
 
 
 RECOVERY = "see docs/technician.md, 'Recovering a broken store'"
+FULL_HELP = "see docs/technician.md, 'A full disk'"
+# An I/O error (not SQLITE_FULL) counts as a full disk when less than this is free: SQLite
+# says SQLITE_IOERR_SHMSIZE when the WAL index cannot grow on a full disk (tmpfs, ext4).
+FULL_FREE_BYTES = 64 * 1024
+
+
+def is_full(exc: sqlite3.Error, data_dir: Path) -> bool:
+    """Whether ``exc`` means that there was no room to write."""
+    name = getattr(exc, "sqlite_errorname", "")
+    if name == "SQLITE_FULL":
+        return True
+    if name.startswith("SQLITE_IOERR"):
+        try:
+            return disk_free_bytes(data_dir) < FULL_FREE_BYTES
+        except OSError:
+            return False
+    return False
+
+
+def full_error(path: Path, exc: BaseException) -> StoreFullError:
+    return StoreFullError(f"store {path}: no room to write, the disk is full ({exc}): {FULL_HELP}")
+
+
+class _Connection(sqlite3.Connection):
+    """The writer's connection: a statement that finds no room raises StoreFullError, so that
+    no layer above (a contained command, a reading's charge) takes a full disk for a bug
+    of its own, and the runtime can make room and run the same work again."""
+
+    data_dir = Path(".")  # set by _configure
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.OperationalError as exc:
+            if is_full(exc, self.data_dir):
+                raise full_error(self.data_dir / DB_NAME, exc) from exc
+            raise
+
+    def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
+        try:
+            return super().executemany(sql, parameters)
+        except sqlite3.OperationalError as exc:
+            if is_full(exc, self.data_dir):
+                raise full_error(self.data_dir / DB_NAME, exc) from exc
+            raise
 
 
 def _broken(path: Path, fault: str) -> StoreError:
@@ -197,6 +242,8 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     try:
         return _configure(path, readonly)
     except sqlite3.Error as exc:
+        if not readonly and is_full(exc, path.parent):
+            raise full_error(path, exc) from exc
         raise _broken(path, f"cannot be opened ({exc})") from exc
 
 
@@ -206,17 +253,23 @@ def _configure(path: Path, readonly: bool) -> sqlite3.Connection:
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0,
                                    check_same_thread=False)
         else:
-            conn = sqlite3.connect(path, timeout=5.0, isolation_level=None)
+            conn = sqlite3.connect(path, timeout=5.0, isolation_level=None,
+                                   factory=_Connection)
+            conn.data_dir = path.parent
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open {path}: {exc}") from exc
-    conn.execute("PRAGMA busy_timeout = 5000")
-    if not readonly:
-        # WAL + FULL: every commit is fsynced; see the module docstring.
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise StoreError(f"{path}: cannot enable WAL (got {mode})")
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA foreign_keys = ON")
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        if not readonly:
+            # WAL + FULL: every commit is fsynced; see the module docstring.
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StoreError(f"{path}: cannot enable WAL (got {mode})")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+    except (sqlite3.Error, StoreError):
+        conn.close()
+        raise
     return conn
 
 
@@ -262,6 +315,9 @@ class Store:
         if not readonly:
             try:
                 self._create()
+            except StoreFullError:
+                self.conn.close()
+                raise
             except sqlite3.Error as exc:
                 self.conn.close()
                 raise _broken(self.path, f"cannot be opened ({exc})") from exc
@@ -374,9 +430,13 @@ class Store:
         except sqlite3.Error as exc:
             self._depth = 0
             raise StoreError(f"store transaction failed: {exc}") from exc
+        except StoreFullError:
+            self._depth = 0
+            raise
 
     def _end(self, failed: BaseException | None) -> None:
-        """Leave the outermost transaction: COMMIT, or ROLLBACK when ``failed``."""
+        """Leave the outermost transaction: COMMIT, or ROLLBACK when ``failed``. A full
+        disk (at a statement or at the COMMIT) is StoreFullError, with everything undone."""
         try:
             if failed is None:
                 try:
@@ -388,10 +448,12 @@ class Store:
                     raise
                 try:
                     self.conn.execute("COMMIT")
-                except sqlite3.Error as exc:
+                except (sqlite3.Error, StoreFullError) as exc:
                     # A failed COMMIT (disk full, I/O error, busy): undo it all, so that
                     # what memory holds and what the database holds agree again.
                     self._undo()
+                    if isinstance(exc, StoreFullError):
+                        raise
                     raise StoreError(f"store transaction failed: {exc}") from exc
                 return
             self._undo()
@@ -405,7 +467,7 @@ class Store:
         if self.conn.in_transaction:
             try:
                 self.conn.execute("ROLLBACK")
-            except sqlite3.Error:
+            except (sqlite3.Error, StoreError):
                 pass  # the error being raised is the one to report
 
     def _flush(self) -> None:
@@ -427,8 +489,9 @@ class Store:
             yield
         except BaseException:
             self._rolled_back()
-            self.conn.execute(f"ROLLBACK TO {name}")
-            self.conn.execute(f"RELEASE {name}")
+            if self.conn.in_transaction:  # a failed statement may have ended it already
+                self.conn.execute(f"ROLLBACK TO {name}")
+                self.conn.execute(f"RELEASE {name}")
             raise
         self.conn.execute(f"RELEASE {name}")
 
@@ -714,6 +777,13 @@ class Store:
         oldest = [int(v) for v in firsts if v is not None]
         return Backlog(messages=out[0], items=pend[2] + out[2], bytes=pend[1] + out[1],
                        oldest_t=min(oldest) if oldest else None, pending=pend[2])
+
+    def reading_bytes(self) -> int:
+        """Payload bytes of the readings held (pending runs and formed messages)."""
+        self._flush_tally()
+        row = self.conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM tally WHERE lane IN "
+                                "(?, ?)", READING_LANES).fetchone()
+        return int(row[0])
 
     def size_bytes(self) -> int:
         """Payload bytes held for the uplink (pending items + formed messages)."""

@@ -116,17 +116,35 @@ def test_then_whole_readings_oldest_first_and_formed_messages_are_named(tmp_path
 
 def test_the_free_disk_floor_freezes_the_store_at_its_size(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    fill(store, 4)
+    fill(store, 240)  # 10 days of 4 meters: over FLOOR_ROOM_BYTES
     size = store.size_bytes()
+    assert size > outbox.FLOOR_ROOM_BYTES
     limits = StoreConfig(HUGE, min_free_bytes=1 << 30)
     assert outbox.enforce_bounds(store, limits, T0, free_bytes=1 << 29) == outbox.Drops()
     assert store.meta("frozen_bytes") == size
-    fill(store, 4, start=T0 + 4 * 3600)  # more readings: over the frozen size now
+    fill(store, 4, start=T0 + 240 * 3600)  # more readings: over the frozen size now
     drops = outbox.enforce_bounds(store, limits, T0, free_bytes=1 << 29)
     assert drops.stripped > 0 and store.size_bytes() <= size + 200
     # The disk has room again (someone freed it): the cap is max_bytes once more.
     outbox.enforce_bounds(store, limits, T0, free_bytes=1 << 31)
     assert store.meta("frozen_bytes") == 0
+
+
+def test_under_the_floor_a_small_store_still_has_room_for_live_readings(tmp_path: Path
+                                                                         ) -> None:
+    """Frozen at a few bytes (everything had been delivered when the disk filled), the
+    store may still hold FLOOR_ROOM_BYTES: live readings are formed and sent, not dropped
+    before they could go."""
+    store = Store(tmp_path)
+    limits = StoreConfig(HUGE, min_free_bytes=1 << 30)
+    assert outbox.enforce_bounds(store, limits, T0, free_bytes=0) == outbox.Drops()
+    assert store.meta("frozen_bytes") == 1
+    fill(store, 2)  # a few minutes of readings at a short poll
+    assert store.size_bytes() < outbox.FLOOR_ROOM_BYTES
+    assert outbox.enforce_bounds(store, limits, T0, free_bytes=0) == outbox.Drops()
+    fill(store, 240, start=T0 + 2 * 3600)  # but not more than that
+    drops = outbox.enforce_bounds(store, limits, T0, free_bytes=0)
+    assert drops.stripped > 0 and store.size_bytes() <= outbox.FLOOR_ROOM_BYTES
 
 
 def test_only_what_is_never_dropped_is_left_over_the_cap(tmp_path: Path) -> None:
