@@ -405,7 +405,8 @@ class Runtime:
                 return
 
     def _handle_one(self, event: Any) -> None:
-        self._with_room(lambda: self._handle(event), type(event).__name__)
+        self._with_room(lambda: self._handle(event),
+                        str(getattr(event, "kind", None) or type(event).__name__))
 
     def _handle_readings(self, batch: list[BusEvent]) -> None:
         if not batch:

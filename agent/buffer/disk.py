@@ -158,7 +158,7 @@ class DiskGuard:
         was = self.state
         self._move("full")
         if was != DEGRADED or released:
-            log.warning("event=disk_full mode=degraded where=%r released=%d reserve=%d "
+            log.warning("event=disk_full mode=degraded where=%s released=%d reserve=%d "
                         "free=%d", where, released, self.held_bytes(), self.free())
         if was != DEGRADED:
             self.reason, self.since_s = where, now_s
