@@ -456,9 +456,9 @@ def make_room(store: Store, now_s: int) -> Drops:
         size = store.size_bytes()
         cap = size - store.reading_bytes() // FULL_KEEP_SHARE
         dropped, size = _drop_oldest(store, size, cap, 1 << 30)
-        if store.meta("frozen_bytes"):
-            store.set_meta("frozen_bytes", max(1, size))
         _report_dropped(store, dropped, now_s, {"reason": "disk_full"})
+        if store.meta("frozen_bytes"):  # its event included
+            store.set_meta("frozen_bytes", max(1, store.size_bytes()))
     if dropped.readings:
         log.warning("event=data_dropped reason=disk_full readings=%d seqs=%s bytes_left=%d",
                     dropped.readings, list(dropped.seqs), size)

@@ -1,0 +1,182 @@
+"""The runtime on a full disk, in-process (tests/e2e/test_disk_full.py does it with a
+real full filesystem): no exception escapes the loop, every reading is charged, the
+oldest buffered readings are dropped and reported, the status says degraded; a start
+on a full disk releases the reserve and runs; with no room at all, one line, exit 2."""
+
+from __future__ import annotations
+
+import errno
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import runtime as runtime_module
+from agent.buffer import outbox
+from agent.buffer.disk import DEGRADED, RESERVE_NAME, DiskGuard
+from agent.buffer.store import LANE_EVENTS, LANE_READINGS, Store
+from agent.drivers.bus import BusEvent
+from agent.drivers.reading import Reading
+from agent.errors import StoreFullError
+from agent.runtime import Runtime
+from agent.uplink.cbor import loads as decode
+from tests.test_supervisor import _config, _IdleBus
+
+KIB = 1024
+VALUES = {"export_wh": 3, "p_w": 1500, "v_dv": 2301, "i_ma": 6500, "f_chz": 4998,
+          "pf_milli": 950}
+
+
+class _Bus(_IdleBus):
+    """An idle bus that takes relay switches (the loop's relay step asks it)."""
+
+    def switch_relay(self, meter_id: str, connected: bool) -> bool:
+        return False
+
+
+def small_reserve(rt: Runtime) -> DiskGuard:
+    """A reserve of 64 KiB (a test's disk has room); the mode as the runtime has it."""
+    rt.disk = DiskGuard(rt.cfg.gateway.data_dir, reserve_bytes=64 * KIB, keep_bytes=16 * KIB,
+                        resume_free_bytes=0)
+    return rt.disk
+
+
+def events(rt: Runtime, type_: str) -> list[dict[str, Any]]:
+    return [e for e in map(decode, rt.store.pending_items(LANE_EVENTS)) if e["type"] == type_]
+
+
+def cap_pages(store: Store, extra: int) -> None:
+    pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+    store.conn.execute(f"PRAGMA max_page_count = {pages + extra}")
+
+
+def test_a_store_that_fills_while_the_agent_runs_drops_readings_and_charges_on(
+        tmp_path: Path) -> None:
+    rt = Runtime(_config(tmp_path), bus_factory=_Bus, control=False)
+    guard = small_reserve(rt)
+    t0 = int(time.time()) - 86_400
+    rt.accounting.setup(t0)
+    guard.start(t0)
+    meters = ("M1", "M2", "M3")
+    wh = 1000
+    # The link is down: a backlog of readings piles up (no energy drawn: no entries)...
+    for i in range(0, 1200, 10):
+        for m in meters:
+            for k in range(10):
+                rt.inbox.put(BusEvent("reading", m, Reading(
+                    m, t0 + 60 * (i + k), {"import_wh": wh, **VALUES}, "S")))
+        rt.step(status_file=False)
+    # ...then the store can grow no more, and every reading draws energy (an entry each).
+    cap_pages(rt.store, extra=2)
+    for i in range(1200, 1300):
+        wh += 7
+        for m in meters:
+            rt.inbox.put(BusEvent("reading", m, Reading(m, t0 + 60 * i,
+                                                        {"import_wh": wh, **VALUES}, "S")))
+        rt.step(status_file=False)  # nothing may escape it
+    assert guard.state == DEGRADED and rt.status()["disk"]["mode"] == "degraded"
+    assert rt.lost_to_full == 0
+    dropped = [e["detail"] for e in events(rt, "data_dropped")]
+    assert dropped and all(d["what"] == "readings" and d["reason"] == "disk_full"
+                           and d["count"] > 0 for d in dropped)
+    kept = [decode(item) for item in rt.store.pending_items(LANE_READINGS)]
+    assert kept[-1][1] == t0 + 60 * 1299, "the newest reading is kept"
+    assert max(d["to"] for d in dropped) <= min(r[1] for r in kept), "oldest dropped first"
+    # Every reading was charged: each meter's baseline is its last reading, and each
+    # account's journal is gapless and sums to its balance.
+    for m in meters:
+        assert rt.journal.meter(m).base_wh == wh
+    for acct in rt.journal.accounts():
+        entries = rt.journal.entries(acct.id, limit=100_000)
+        assert [e.n for e in entries] == list(range(1, len(entries) + 1))
+        assert sum(e.amt for e in entries) == acct.balance
+        assert [e for e in entries if e.kind == "energy"]
+    rt.store.close()
+
+
+def test_a_status_file_that_finds_the_disk_full_releases_the_reserve(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rt = Runtime(_config(tmp_path, meters=1), bus_factory=_IdleBus, control=False)
+    guard = small_reserve(rt)
+    guard.start(int(time.time()))
+
+    def no_space(self: Path, *args: Any, **kwargs: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", no_space)
+    rt._write_status()
+    assert guard.state == DEGRADED and guard.held_bytes() == 16 * KIB
+    assert rt.status_snapshot["disk"]["mode"] == "normal"  # the snapshot taken before
+    rt._write_status()
+    assert rt.status_snapshot["disk"]["mode"] == "degraded"
+    rt.store.close()
+
+
+class _FullUntilReserveGoes:
+    """Store(), as on a disk with no free byte: it opens only once the reserve is gone
+    (the WAL index needs room)."""
+
+    def __init__(self, data_dir: Path, **kwargs: Any) -> None:
+        self.__dict__["_store"] = None
+        if (Path(data_dir) / RESERVE_NAME).exists():
+            raise StoreFullError("store: no room to write, the disk is full (test)")
+        self.__dict__["_store"] = Store(data_dir, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["_store"], name)
+
+
+def test_a_start_on_a_full_disk_releases_the_reserve_and_runs_degraded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = _config(tmp_path, meters=1)
+    Store(cfg.gateway.data_dir).close()
+    (Path(cfg.gateway.data_dir) / RESERVE_NAME).write_bytes(b"\0" * 4096)
+    monkeypatch.setattr(runtime_module, "Store", _FullUntilReserveGoes)
+    rt = Runtime(cfg, bus_factory=_IdleBus, control=False)
+    assert rt.disk.state == DEGRADED and rt.disk.reason == "start-up: the store"
+    assert not (Path(cfg.gateway.data_dir) / RESERVE_NAME).exists()
+    assert rt.boot == 1
+    rt.store.close()
+
+
+def test_a_start_with_no_room_at_all_is_one_line_and_exit_2(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from agent import cli
+    from tests.e2e.harness import make_config
+
+    config = make_config(tmp_path, 1, meters=1)
+
+    class _NoRoom:
+        def __init__(self, data_dir: Path, **kwargs: Any) -> None:
+            raise StoreFullError(f"store {data_dir}/agent.sqlite3: no room to write, the disk "
+                                 "is full (disk I/O error): see docs/technician.md, "
+                                 "'A full disk'")
+
+    monkeypatch.setattr(runtime_module, "Store", _NoRoom)
+    assert cli.main(["run", "-c", str(config)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines()
+           if line.startswith("meter-agent:")]  # the rest is the log
+    assert len(err) == 1 and "disk is full" in err[0] and "A full disk" in err[0]
+
+
+def test_work_that_never_finds_room_is_logged_not_raised(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rt = Runtime(_config(tmp_path, meters=1), bus_factory=_IdleBus, control=False)
+    small_reserve(rt)
+    calls = []
+
+    def full() -> None:
+        calls.append(1)
+        raise StoreFullError("no room (test)")
+
+    done, _ = rt._with_room(full, "test work")
+    assert not done and len(calls) == runtime_module.FULL_RETRIES + 1
+    assert rt.lost_to_full == 1
+    for _ in range(5):  # logged once per LOST_LOG_EVERY_S, counted every time
+        rt._with_room(full, "test work")
+    assert rt.lost_to_full == 6
+    assert len([r for r in caplog.records if "event=store_full_lost" in r.getMessage()]) == 1
+    assert outbox.FULL_KEEP_SHARE == 2
+    rt.store.close()
