@@ -90,6 +90,14 @@ def _status_file(cfg: Config) -> dict[str, Any] | None:
     return data
 
 
+def _local(t: int | None, cfg: Config) -> str:
+    """A Unix time as the gateway's local time (CONTRACT 1: local rules use its zone)."""
+    if t is None:
+        return "-"
+    return datetime.fromtimestamp(t, ZoneInfo(cfg.gateway.timezone)).strftime(
+        "%Y-%m-%d %H:%M:%S")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = _config(args.config)
     data = _status_file(cfg)
@@ -109,6 +117,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"msg(s) + {backlog.get('pending', 0)} item(s) not yet formed, oldest "
         f"{backlog['oldest_age_s'] or 0}s",
     ]
+    disk = data.get("disk") or {}
+    if disk:
+        mib = 1024 * 1024
+        lines.append(f"disk    {'FULL: degraded' if disk['mode'] == 'degraded' else 'ok'}"
+                     f"  free {disk['free_bytes'] / mib:.1f} MiB  reserve "
+                     f"{disk['reserve_bytes'] / mib:.1f} MiB"
+                     + (f"  since {_local(disk['since'], cfg)} ({disk['reason']}); see "
+                        "docs/technician.md 'A full disk'" if disk["mode"] == "degraded"
+                        else ""))
     for bus in data["buses"]:
         lines.append(f"bus     {bus['name']} {bus['protocol']} on {bus['port']}"
                      + (f"  ERROR {bus['error']}" if bus["error"] else ""))

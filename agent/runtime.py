@@ -637,7 +637,7 @@ class Runtime:
             meters.append({"id": m.id, "online": self.meter_online.get(m.id),
                            "errors": stats[m.id].as_dict() if m.id in stats else {}})
         return {"version": __version__, "boot": self.boot, "started": self.started,
-                "meters": meters}
+                "meters": meters, "disk_mode": self.disk.state}
 
     def status(self) -> dict[str, Any]:
         summary = self.store.backlog_summary()

@@ -6,6 +6,7 @@ on a full disk releases the reserve and runs; with no room at all, one line, exi
 from __future__ import annotations
 
 import errno
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,20 @@ class _Bus(_IdleBus):
         return False
 
 
-def small_reserve(rt: Runtime) -> DiskGuard:
-    """A reserve of 64 KiB (a test's disk has room); the mode as the runtime has it."""
+class _Free:
+    """The disk's free bytes, as the test says (the real disk has room)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __call__(self, _path: Path) -> int:
+        return self.value
+
+
+def small_reserve(rt: Runtime, free: _Free | None = None) -> DiskGuard:
+    """A reserve of 64 KiB; the mode as the runtime has it."""
     rt.disk = DiskGuard(rt.cfg.gateway.data_dir, reserve_bytes=64 * KIB, keep_bytes=16 * KIB,
-                        resume_free_bytes=0)
+                        resume_free_bytes=0, free_bytes=free or _Free(1 << 30))
     return rt.disk
 
 
@@ -54,10 +65,12 @@ def cap_pages(store: Store, extra: int) -> None:
 def test_a_store_that_fills_while_the_agent_runs_drops_readings_and_charges_on(
         tmp_path: Path) -> None:
     rt = Runtime(_config(tmp_path), bus_factory=_Bus, control=False)
-    guard = small_reserve(rt)
+    free = _Free(1 << 30)
+    guard = small_reserve(rt, free)
     t0 = int(time.time()) - 86_400
     rt.accounting.setup(t0)
     guard.start(t0)
+    free.value = 0  # what the store finds below: no room (the reserve check sees it too)
     meters = ("M1", "M2", "M3")
     wh = 1000
     # The link is down: a backlog of readings piles up (no energy drawn: no entries)...
@@ -179,4 +192,34 @@ def test_work_that_never_finds_room_is_logged_not_raised(
     assert rt.lost_to_full == 6
     assert len([r for r in caplog.records if "event=store_full_lost" in r.getMessage()]) == 1
     assert outbox.FULL_KEEP_SHARE == 2
+    rt.store.close()
+
+
+def test_status_the_page_and_the_health_report_say_degraded(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent import cli
+    from agent.config import load_config
+    from agent.web.page import render_page
+    from sim.keys import write_key
+    from tests.e2e.harness import make_config
+
+    path = make_config(tmp_path, 1, meters=1)
+    cfg = load_config(path)
+    write_key(cfg.security.command_key_file)
+    write_key(cfg.security.token_key_file)
+    rt = Runtime(cfg, bus_factory=_IdleBus, control=False)
+    guard = small_reserve(rt, _Free(1 << 30))
+    guard.start(int(time.time()))
+    rt._write_status()
+    assert cli.main(["status", "-c", str(path)]) == 0
+    assert "disk    ok" in capsys.readouterr().out
+    guard.full(1_767_225_600, "readings")
+    rt._write_status()
+    assert cli.main(["status", "-c", str(path)]) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("disk")][0]
+    assert "FULL: degraded" in line and "2026-01-01 05:30:00 (readings)" in line
+    assert "A full disk" in line
+    assert "FULL: degraded" in render_page(rt.status_snapshot)
+    assert rt.health()["disk_mode"] == "degraded"
+    assert json.loads(rt.delivery.state_payload(rt.health()))["disk"] == "degraded"
     rt.store.close()

@@ -68,6 +68,7 @@ def state_payload(status: Mapping[str, Any], *, backlog: Mapping[str, Any],
         "reconnects": link.get("reconnects", 0),
         "restarts": link.get("restarts", 0),
         "meter_errors": meters,
+        "disk": status.get("disk_mode", "normal"),  # degraded: found full (buffer/disk.py)
     }
     return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
 

@@ -147,6 +147,7 @@ def render_page(status: dict[str, Any], now_s: int | None = None) -> str:
         fresh += (f' <span class="bad">{age_s} s old: the agent is not updating it</span>'
                   if age_s > STALE_S else f" ({max(0, age_s)} s ago)")
     link, headend, backlog = (_d(status.get(k)) for k in ("link", "headend", "backlog"))
+    disk = _d(status.get("disk"))
     running = status.get("running", True)
     parts = [
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">",
@@ -158,7 +159,10 @@ def render_page(status: dict[str, Any], now_s: int | None = None) -> str:
         _dl([("agent", f"meter-agent {_e(status.get('version'))} · boot {_e(status.get('boot'))}"
                        f" · {_flag(running, 'running', 'NOT RUNNING')}"),
              ("status at", fresh),
-             ("clock", _flag(status.get("clock_trusted"), "trusted", "NOT TRUSTED"))]),
+             ("clock", _flag(status.get("clock_trusted"), "trusted", "NOT TRUSTED")),
+             ("disk", _flag(disk.get("mode", "normal") == "normal", "ok",
+                            "FULL: degraded (readings may be dropped)")
+              + f" · {_e((_int(disk.get('free_bytes')) or 0) // 1024)} KiB free")]),
         "<section><h2>Link</h2>",
         _dl([("broker", f"{_flag(link.get('connected'), 'connected', 'DOWN')} "
                         f"{_e(link.get('host'))}:{_e(link.get('port'))}"),

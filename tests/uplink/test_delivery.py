@@ -205,7 +205,8 @@ def test_the_birth_and_the_periodic_state(tmp_path: Path) -> None:
                      "meter_errors": {"M1": {"polls": 200, "failed": 10, "rate_pm": 50,
                                              "online": True},
                                       "M2": {"polls": 0, "failed": 0, "rate_pm": 0,
-                                             "online": False}}}
+                                             "online": False}},
+                     "disk": "normal"}
     clock.advance(59)
     delivery.pump()
     assert len(link.sent) == 1
