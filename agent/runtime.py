@@ -405,8 +405,11 @@ class Runtime:
                 return
 
     def _handle_one(self, event: Any) -> None:
-        self._with_room(lambda: self._handle(event),
-                        str(getattr(event, "kind", None) or type(event).__name__))
+        done, _ = self._with_room(lambda: self._handle(event),
+                                  str(getattr(event, "kind", None) or type(event).__name__))
+        if not done and isinstance(event, ControlRequest):  # the CLI waits for an answer
+            event.reply(error="no room to write: the disk is full (docs/technician.md, "
+                              "'A full disk')")
 
     def _handle_readings(self, batch: list[BusEvent]) -> None:
         if not batch:
@@ -694,11 +697,15 @@ class Runtime:
             tmp.write_text(json.dumps(status, separators=(",", ":")))
             os.replace(tmp, path)
         except OSError as exc:
-            if exc.strerror != self._status_error:
+            changed = exc.strerror != self._status_error
+            if changed:
                 log.warning("event=status_file_failed path=%s error=%s", path, exc.strerror)
             self._status_error = exc.strerror
-            if is_enospc(exc):  # the disk is full: the store is next; the reserve goes now
-                self.disk.full(int(self.clock.time_s()), "status.json")
+            if changed and is_enospc(exc):
+                # The disk is full, found here before the store found it: the same as
+                # when the store does (the reserve released, the oldest readings
+                # dropped), so that the ledger has room inside the store.
+                self._make_room("status.json", release_all=False)
             return
         if self._status_error:
             log.info("event=status_file_ok path=%s", path)

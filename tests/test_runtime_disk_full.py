@@ -117,12 +117,22 @@ def test_a_status_file_that_finds_the_disk_full_releases_the_reserve(
     def no_space(self: Path, *args: Any, **kwargs: Any) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    t = int(time.time())
+    with rt.store.tx():
+        for i in range(100):
+            rt.store.add_pending(LANE_READINGS, outbox.reading_item(
+                Reading("M1", t + i, {"import_wh": 1000 + i, **VALUES})), t + i)
     monkeypatch.setattr(Path, "write_text", no_space)
     rt._write_status()
     assert guard.state == DEGRADED and guard.held_bytes() == 16 * KIB
     assert rt.status_snapshot["disk"]["mode"] == "normal"  # the snapshot taken before
-    rt._write_status()
+    # the same as when the store finds it full: the oldest readings make room
+    [dropped] = [e["detail"] for e in events(rt, "data_dropped")]
+    assert dropped["reason"] == "disk_full" and dropped["from"] == t
+    for _ in range(3):  # failing again (every second): nothing more is dropped
+        rt._write_status()
     assert rt.status_snapshot["disk"]["mode"] == "degraded"
+    assert len(events(rt, "data_dropped")) == 1 and guard.fulls == 1
     rt.store.close()
 
 
