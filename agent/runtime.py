@@ -37,9 +37,9 @@ from typing import Any, TypeVar
 from agent import __version__
 from agent.accounting import Accounting
 from agent.buffer import outbox
-from agent.buffer.disk import DiskGuard, is_enospc
+from agent.buffer.disk import DEGRADED, DiskGuard, is_enospc
 from agent.buffer.journal import Journal
-from agent.buffer.store import Store
+from agent.buffer.store import WAL_PAGES, WAL_PAGES_FULL, Store
 from agent.clock import Clock, SystemClock
 from agent.config import Config, MeterConfig, relay_bus
 from agent.control import ControlRequest, ControlServer
@@ -226,6 +226,7 @@ class Runtime:
         now = int(self.clock.time_s())
         self.disk.full(now, what, release_all=release_all)
         try:
+            self.store.wal_pages(WAL_PAGES_FULL)  # reuse the WAL rather than grow it
             outbox.make_room(self.store, now)
         except StoreFullError as exc:  # no room even to drop: the retry says what is lost
             log.debug("event=make_room_failed error=%s", exc)
@@ -256,6 +257,8 @@ class Runtime:
         if self.web is not None:
             self.web.start()
         self.disk.start(int(self.clock.time_s()))
+        if self.disk.state == DEGRADED:  # started on a full disk
+            self.store.wal_pages(WAL_PAGES_FULL)
         if not self._with_room(lambda: self.accounting.setup(int(self.clock.time_s())),
                                "start-up: accounts")[0]:
             raise StoreFullError(f"store {self.store.path}: no room to set up the accounts")
@@ -588,7 +591,8 @@ class Runtime:
 
     def _tick(self) -> None:
         now = int(self.clock.time_s())
-        self.disk.check(self.clock.monotonic_s(), now)
+        if self.disk.check(self.clock.monotonic_s(), now):
+            self.store.wal_pages(WAL_PAGES)  # room again
         if self.link.connected and self.headend_this_connection:
             self.accounting.headend_still_heard(now)
         self.accounting.tick(now)

@@ -162,6 +162,10 @@ FULL_HELP = "see docs/technician.md, 'A full disk'"
 # An I/O error (not SQLITE_FULL) counts as a full disk when less than this is free: SQLite
 # says SQLITE_IOERR_SHMSIZE when the WAL index cannot grow on a full disk (tmpfs, ext4).
 FULL_FREE_BYTES = 64 * 1024
+WAL_PAGES = 1000  # pages in the WAL before it is checkpointed (SQLite's default)
+# While the disk is full: a checkpoint every this many pages keeps the WAL under about
+# 256 KiB, so that it is reused from its start instead of grown into space there is not.
+WAL_PAGES_FULL = 64
 
 
 def is_full(exc: sqlite3.Error, data_dir: Path) -> bool:
@@ -777,6 +781,18 @@ class Store:
         oldest = [int(v) for v in firsts if v is not None]
         return Backlog(messages=out[0], items=pend[2] + out[2], bytes=pend[1] + out[1],
                        oldest_t=min(oldest) if oldest else None, pending=pend[2])
+
+    def wal_pages(self, pages: int) -> None:
+        """Checkpoint the WAL every ``pages`` (WAL_PAGES, or WAL_PAGES_FULL while the disk
+        is full); a smaller bound checkpoints now, so the WAL starts again from its
+        beginning at the next write. A checkpoint that finds no room is left for the next
+        one (the WAL then keeps its frames: nothing is lost)."""
+        self.conn.execute(f"PRAGMA wal_autocheckpoint = {int(pages)}")
+        if pages < WAL_PAGES and not self._depth:
+            try:
+                self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except (sqlite3.Error, StoreFullError):
+                pass  # the next autocheckpoint tries again
 
     def reading_bytes(self) -> int:
         """Payload bytes of the readings held (pending runs and formed messages)."""

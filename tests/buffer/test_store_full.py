@@ -11,7 +11,7 @@ import pytest
 
 from agent.buffer import outbox
 from agent.buffer.journal import Journal
-from agent.buffer.store import LANE_READINGS, Store
+from agent.buffer.store import LANE_READINGS, WAL_PAGES, WAL_PAGES_FULL, Store
 from agent.drivers.reading import Reading
 from agent.errors import StoreError, StoreFullError
 from tests.buffer.test_bounds import FULL, T0, dropped_events, fill, pending_readings
@@ -116,4 +116,26 @@ def test_make_room_with_no_readings_drops_nothing_and_reports_nothing(tmp_path: 
     account(store)
     assert outbox.make_room(store, T0) == outbox.Drops()
     assert not dropped_events(store)
+    store.close()
+
+
+@pytest.mark.parametrize("pages", [WAL_PAGES_FULL, WAL_PAGES])
+def test_while_the_disk_is_full_the_wal_is_reused_not_grown(tmp_path: Path,
+                                                             pages: int) -> None:
+    """WAL_PAGES_FULL keeps the WAL file small (a full disk has no room for it to grow
+    into); WAL_PAGES is SQLite's default, a WAL of about 4 MiB."""
+    store = Store(tmp_path)
+    store.wal_pages(pages)
+    assert store.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == pages
+    page = store.conn.execute("PRAGMA page_size").fetchone()[0]
+    journal = account(store)
+    for i in range(600):  # a transaction a reading: each writes a few pages
+        with store.tx():
+            journal.topup("A", 1, f"t{i}", T0 + i)
+            fill(store, 1, meters=1, start=T0 + 3600 * i)
+    wal = (tmp_path / "agent.sqlite3-wal").stat().st_size
+    if pages == WAL_PAGES_FULL:
+        assert wal <= 2 * WAL_PAGES_FULL * (page + 24)
+    else:
+        assert wal > 2 * WAL_PAGES_FULL * (page + 24)
     store.close()

@@ -180,6 +180,12 @@ def test_the_disk_fills_while_the_agent_runs_and_it_starts_again_on_a_full_disk(
                         if e["ref"] == "after-full-start"], 15, "a top-up after the start")
     state = g.headend.state(g.gw)
     assert state is not None and boot is not None and state["boot"] == boot["boot"] + 1
+    # It goes on in the room it has (the WAL is reused, not grown): nothing is lost.
+    time.sleep(8)
+    later = int(time.time()) - 2
+    wait_until(lambda: readings_since(g, later) == {"SDM-0001", "SDM-0002"}, 10,
+               "readings still coming, the disk still full")
+    assert not log_has(g, "event=store_full_lost"), agent.tail()
     assert_journal_consistent(g)
 
 
