@@ -14,6 +14,8 @@ a ledger entry; readings are bulky and may go (they are reported when they do). 
   reported as ``data_dropped``) and runs the work again.
 - If the work fails again, or the store cannot even be opened at start-up on a full
   disk, the last ``RESERVE_KEEP_BYTES`` are released too (``full(release_all=True)``).
+- While degraded the runtime has SQLite checkpoint its WAL every ``WAL_PAGES_FULL``
+  pages (store.py), so the WAL is reused from its start rather than grown.
 - While degraded, every ``CHECK_EVERY_S`` the free space is looked at; once there is
   room for the whole reserve and ``RESUME_FREE_BYTES`` more, the reserve is made
   again and the mode is normal. Every change of mode is logged once (``event=disk_full``
