@@ -284,7 +284,9 @@ def test_tamper_keeps_evidence_and_does_not_open_by_default(tmp_path: Path) -> N
         ("magnet", 201, "none"), ("other", 999, "none")]
     assert h.intent() == "closed"
     h.rig.restart()  # a restarted agent reads the meter's event log from the start again
-    h.rig.acc.on_tamper("M1", "magnet", 201, log[0]["t"])
+    first_t = log[0]["t"]
+    assert isinstance(first_t, int)
+    h.rig.acc.on_tamper("M1", "magnet", 201, first_t)
     assert len(h.rig.events("tamper")) == 2 and len(h.rig.journal.tamper_log("M1")) == 2
     h.rig.close()
 

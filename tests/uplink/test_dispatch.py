@@ -18,6 +18,7 @@ from agent.ops import RESYNC_MAX_ENTRIES
 from agent.uplink import cbor, wire
 from agent.uplink.commands import make_command
 from tests.e2e.uplink_helpers import GW, config_for
+from tests.ledger.rig import decode
 
 KEY = bytes(range(32))
 NOW = 1_767_225_600
@@ -112,7 +113,7 @@ def test_relay_moratorium_and_resync(gw: Gateway) -> None:
     assert gw.send("relay", {"meter": "SDM-0001", "action": "auto"})["result"] == \
         {"state": "closed"}
     # reported as the same op from the local socket is (agent.ops), with its source
-    overrides = [e for e in map(cbor.loads, gw.store.pending_items(LANE_EVENTS))
+    overrides = [e for e in map(decode, gw.store.pending_items(LANE_EVENTS))
                  if e["type"] == "relay_override"]
     assert [(e["m"], e["detail"]) for e in overrides] == [
         ("SDM-0001", {"action": "disconnect", "until": NOW + 60, "source": "cloud"}),
