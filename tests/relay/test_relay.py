@@ -127,7 +127,7 @@ def test_fake_relay_follows_the_protocol() -> None:
         switch_and_confirm(armed, False)
 
 
-def test_sync_switches_gpio_jobs_and_reports_to_accounting(tmp_path: Path) -> None:
+def test_sync_switches_gpio_jobs_and_reports_to_actuation(tmp_path: Path) -> None:
     rig = Rig(tmp_path, meters=2, tariff={"fixed_per_day": 0, "slabs": [{"rate": 10_000}]})
     for m in ("M1", "M2"):
         rig.read(m, 1_000_000)
