@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import time
 from pathlib import Path
+from typing import Any, cast
 
+from agent.config import BusConfig, MeterConfig
+from agent.drivers.bus import BusScheduler
 from agent.meters import MeterRegistry
+from agent.runtime import Runtime
 from tests.ledger.rig import Rig
+from tests.test_supervisor import _config, _IdleBus
 
 AGENT = Path(__file__).resolve().parents[1] / "agent"
 # The ledger's parts and the command side: made in runtime.py only. (MeterRegistry is
@@ -51,3 +57,30 @@ def test_the_registry_indexes_accounts_in_order_and_forgets_on_replace(tmp_path:
     assert registry.of_account("A1") == [] and [m.id for m in registry.of_account("A3")] == ["M3"]
     assert registry.get("M1") is None and registry["M3"] is m3
     rig.close()
+
+
+class _Bus(_IdleBus):
+    def set_meters(self, meters: list[MeterConfig], relayed: list[MeterConfig]) -> None:
+        self.meters = {m.id: m for m in meters}
+
+
+def _bus(bus: BusConfig, meters: list[MeterConfig], post: Any, **_: Any) -> BusScheduler:
+    return cast(BusScheduler, _Bus(bus, meters, post))  # a stand-in, as idle_bus
+
+
+def test_meter_add_and_remove_through_the_runtime_reach_every_part(tmp_path: Path) -> None:
+    rt = Runtime(_config(tmp_path, meters=1), bus_factory=_bus, control=False)
+    now = int(time.time())
+    table = {"id": "M9", "bus": "rs485-0", "address": 9, "model": "eastron-sdm120",
+             "account": "A1"}
+    with rt.store.tx():
+        assert rt.on_meter_change("meter_add", table, now) == {"meters": 2}
+    assert rt.meters is rt.provisioning.registry is rt.ledger.relays.meters
+    assert rt.meters is rt.ledger.actuation.meters is rt.dispatcher.ops.meters
+    assert [m.id for m in rt.meters.of_account("A1")] == ["M1", "M9"]
+    assert list(rt.buses["rs485-0"].meters) == ["M1", "M9"]
+    with rt.store.tx():
+        assert rt.on_meter_change("meter_remove", {"meter": "M1"}, now) == {"meters": 1}
+    assert list(rt.meters) == ["M9"] and list(rt.buses["rs485-0"].meters) == ["M9"]
+    assert [m.id for m in rt.meters.of_account("A1")] == ["M9"]
+    rt.store.close()
