@@ -168,6 +168,30 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store_init(args: argparse.Namespace) -> int:
+    """A new, empty store in the place of a lost one, numbering on from where the lost
+    one stopped: the head-end tells the last seq and boot it saw from the gateway
+    (docs/technician.md, 'Recovering a broken store')."""
+    from agent.buffer.store import DB_NAME, Store
+
+    cfg = _config(args.config)
+    path = Path(cfg.gateway.data_dir) / DB_NAME
+    if path.exists():
+        raise UsageError(f"store {path} exists: move it (and its -wal, -shm) aside first")
+    if args.after_seq < 0 or args.after_boot < 0:
+        raise UsageError("--after-seq and --after-boot must be >= 0")
+    store = Store(cfg.gateway.data_dir)
+    try:
+        store.start_after(args.after_seq, args.after_boot)
+    finally:
+        store.close()
+    data = {"store": str(path), "first_seq": args.after_seq + 1,
+            "first_boot": args.after_boot + 1}
+    _print(data, args.json, f"new store {path}: its first message will be seq "
+           f"{args.after_seq + 1}, its first start boot {args.after_boot + 1}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The demo drives the simulator, which a board's package does not carry: it is
     found in the source checkout this agent runs from (``pip install -e .``)."""
@@ -375,6 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="enter: the 20 digits (groups allowed); issue: the amount in paise")
     p.add_argument("--counter", type=int, default=None, help="issue: this token counter")
     p.set_defaults(func=cmd_token)
+    p = sub.add_parser("store-init", parents=[common],
+                       help="a new store that numbers on after a lost one (agent stopped)")
+    p.add_argument("--after-seq", type=int, required=True,
+                   help="the last seq the head-end saw from this gateway")
+    p.add_argument("--after-boot", type=int, default=0,
+                   help="the last boot the head-end saw from this gateway")
+    p.set_defaults(func=cmd_store_init)
     p = sub.add_parser("scan", parents=[common], help="find meters on a bus")
     p.add_argument("--bus", required=True)
     p.add_argument("--addresses", default="1-247", help="e.g. 1-247 (default), 1-10,20")

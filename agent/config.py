@@ -7,6 +7,10 @@ errors: a typo must never silently fall back to a default.
 
 Relative paths (data_dir, key files, port) are relative to the working
 directory the agent is started in (systemd: ``WorkingDirectory``).
+
+The key-path reader (``Table``, ``Errors``, ``ID_RE``) is ``agent.config_reader``:
+public, because the ``tariff`` and ``policy`` commands are read with it too
+(``read_tariff``, ``read_policy``).
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from agent.config_reader import ID_RE, Errors, Table
 from agent.drivers.models import models_for
 from agent.errors import ConfigError
 from agent.ledger.policy import Policy, parse_protected_hours
@@ -29,7 +34,6 @@ from agent.vocab import PROTOCOLS
 
 DEFAULT_CONFIG = "board_configs/sim.toml"
 
-_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _HHMM_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 RELAY_KINDS = ("meter", "modbus-coil", "gpio", "none")
@@ -166,75 +170,6 @@ class Config:
         raise KeyError(name)
 
 
-T = TypeVar("T")
-
-
-class _Errors:
-    """Collects (key path, message) pairs while a config is read."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, str]] = []
-
-    def add(self, path: str, message: str) -> None:
-        self.items.append((path, message))
-
-
-class _Table:
-    """One TOML table being read: typed getters that record errors by key path."""
-
-    def __init__(self, data: Any, path: str, errors: _Errors) -> None:
-        self.path = path
-        self.errors = errors
-        self.ok = isinstance(data, dict)
-        if not self.ok:
-            errors.add(path, "must be a table")
-        self.data: dict[str, Any] = data if isinstance(data, dict) else {}
-        self.used: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def get(
-        self,
-        name: str,
-        kind: type[T] | tuple[type, ...],
-        default: T | None = None,
-        *,
-        required: bool = False,
-        check: Callable[[Any], str | None] | None = None,
-    ) -> Any:
-        self.used.add(name)
-        if name not in self.data:
-            if required:
-                self.errors.add(self.key(name), "is required")
-            return default
-        value = self.data[name]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        # bool is an int in Python; a TOML `true` where a number belongs is an error.
-        if isinstance(value, bool) and bool not in kinds:
-            self.errors.add(self.key(name), f"must be {_kind_name(kinds)}, not a boolean")
-            return default
-        if not isinstance(value, kinds):
-            self.errors.add(self.key(name), f"must be {_kind_name(kinds)}")
-            return default
-        if check is not None:
-            problem = check(value)
-            if problem:
-                self.errors.add(self.key(name), problem)
-                return default
-        return value
-
-    def finish(self) -> None:
-        for name in sorted(set(self.data) - self.used):
-            self.errors.add(self.key(name), "unknown key")
-
-
-def _kind_name(kinds: tuple[type, ...]) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-             list: "an array", dict: "a table"}
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
 def _range(lo: int, hi: int) -> Callable[[Any], str | None]:
     return lambda v: None if lo <= v <= hi else f"must be {lo}..{hi}"
 
@@ -248,7 +183,7 @@ def _non_negative(v: Any) -> str | None:
 
 
 def _ident(v: Any) -> str | None:
-    return None if _ID_RE.match(v) else "must match [A-Za-z0-9_-]{1,64}"
+    return None if ID_RE.match(v) else "must match [A-Za-z0-9_-]{1,64}"
 
 
 def _timezone(v: Any) -> str | None:
@@ -281,7 +216,7 @@ def parse_relay(text: str) -> RelaySpec:
             bus = parts[1] if len(parts) == 4 else None
             unit, coil = int(parts[-2]), int(parts[-1])
             if not 1 <= unit <= 247 or not 0 <= coil <= 65535 or (
-                    bus is not None and not _ID_RE.match(bus)):
+                    bus is not None and not ID_RE.match(bus)):
                 raise ValueError
             return RelaySpec(kind, unit=unit, coil=coil, bus=bus)
         if kind == "gpio" and len(parts) == 2:
@@ -301,13 +236,13 @@ def _optional_path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
-def _array(root: _Table, name: str) -> list[_Table]:
+def _array(root: Table, name: str) -> list[Table]:
     raw = root.get(name, list, [])
-    return [_Table(item, f"{name}[{i}]", root.errors) for i, item in enumerate(raw)]
+    return [Table(item, f"{name}[{i}]", root.errors) for i, item in enumerate(raw)]
 
 
-def _read_gateway(root: _Table) -> GatewayConfig:
-    t = _Table(root.get("gateway", dict, None, required=True) or {}, "gateway", root.errors)
+def _read_gateway(root: Table) -> GatewayConfig:
+    t = Table(root.get("gateway", dict, None, required=True) or {}, "gateway", root.errors)
     gw_id = t.get("id", str, "gw", required=True, check=_ident)
     title = _system_title(t)
     gw = GatewayConfig(
@@ -320,7 +255,7 @@ def _read_gateway(root: _Table) -> GatewayConfig:
     return gw
 
 
-def _system_title(t: _Table) -> bytes | None:
+def _system_title(t: Table) -> bytes | None:
     """``system_title``: 16 hex digits (a DLMS system title), or None if absent."""
     from agent.drivers.dlms.keys import parse_system_title  # late: only DLMS needs it
 
@@ -335,7 +270,7 @@ def _system_title(t: _Table) -> bytes | None:
     return parse_system_title(text) if text is not None else None
 
 
-def _key_file(t: _Table, name: str) -> Path | None:
+def _key_file(t: Table, name: str) -> Path | None:
     """A DLMS key file path, checked now (mode 0600, 32 hex digits): check-config tells."""
     value = t.get(name, str, None)
     if not value:
@@ -349,8 +284,8 @@ def _key_file(t: _Table, name: str) -> Path | None:
     return Path(value)
 
 
-def _read_mqtt(root: _Table) -> MqttConfig:
-    t = _Table(root.get("mqtt", dict, {}), "mqtt", root.errors)
+def _read_mqtt(root: Table) -> MqttConfig:
+    t = Table(root.get("mqtt", dict, {}), "mqtt", root.errors)
 
     def path(name: str) -> Path | None:
         value = t.get(name, str, None)
@@ -378,8 +313,8 @@ def _read_mqtt(root: _Table) -> MqttConfig:
     return cfg
 
 
-def _read_security(root: _Table) -> SecurityConfig:
-    t = _Table(root.get("security", dict, None, required=True) or {}, "security", root.errors)
+def _read_security(root: Table) -> SecurityConfig:
+    t = Table(root.get("security", dict, None, required=True) or {}, "security", root.errors)
     cfg = SecurityConfig(
         command_key_file=Path(t.get("command_key_file", str, "", required=True)),
         token_key_file=Path(t.get("token_key_file", str, "", required=True)),
@@ -388,7 +323,7 @@ def _read_security(root: _Table) -> SecurityConfig:
     return cfg
 
 
-def _read_buses(root: _Table) -> tuple[BusConfig, ...]:
+def _read_buses(root: Table) -> tuple[BusConfig, ...]:
     buses = []
     for t in _array(root, "bus"):
         buses.append(
@@ -411,7 +346,7 @@ def _read_buses(root: _Table) -> tuple[BusConfig, ...]:
     return tuple(buses)
 
 
-def _read_meter(t: _Table, buses: tuple[BusConfig, ...]) -> MeterConfig:
+def _read_meter(t: Table, buses: tuple[BusConfig, ...]) -> MeterConfig:
     relay = t.get("relay", str, "none")
     try:
         spec = parse_relay(relay)
@@ -468,7 +403,7 @@ def _read_meter(t: _Table, buses: tuple[BusConfig, ...]) -> MeterConfig:
     return m
 
 
-def _read_meters(root: _Table, buses: tuple[BusConfig, ...]) -> tuple[MeterConfig, ...]:
+def _read_meters(root: Table, buses: tuple[BusConfig, ...]) -> tuple[MeterConfig, ...]:
     meters = [_read_meter(t, buses) for t in _array(root, "meter")]
     _unique(root.errors, "meter", [m.id for m in meters], "id")
     seen: dict[tuple[str, int], int] = {}
@@ -488,12 +423,12 @@ def _read_meters(root: _Table, buses: tuple[BusConfig, ...]) -> tuple[MeterConfi
     return tuple(meters)
 
 
-def read_tariff(name: str, t: _Table) -> Tariff:
+def read_tariff(name: str, t: Table) -> Tariff:
     """One tariff table (also the `tariff` command's args); errors go to ``t.errors``."""
     slabs: list[Slab] = []
     raw_slabs = t.get("slabs", list, [], required=True)
     for i, raw in enumerate(raw_slabs):
-        s = _Table(raw, t.key(f"slabs[{i}]"), t.errors)
+        s = Table(raw, t.key(f"slabs[{i}]"), t.errors)
         upto = s.get("upto_kwh", int, None, check=_positive)
         rate = s.get("rate", int, 0, required=True, check=_non_negative)
         s.finish()
@@ -507,7 +442,7 @@ def read_tariff(name: str, t: _Table) -> Tariff:
         t.errors.add(t.key("slabs"), "the last slab must have no upto_kwh (it is open-ended)")
     tod: list[TodWindow] = []
     for i, raw in enumerate(t.get("tod", list, [])):
-        w = _Table(raw, t.key(f"tod[{i}]"), t.errors)
+        w = Table(raw, t.key(f"tod[{i}]"), t.errors)
         start = w.get("from", str, "00:00", required=True)
         end = w.get("to", str, "00:00", required=True)
         pct = w.get("pct", int, 100, required=True, check=_range(0, 1000))
@@ -531,18 +466,18 @@ def read_tariff(name: str, t: _Table) -> Tariff:
     return tariff
 
 
-def _read_tariffs(root: _Table) -> tuple[Tariff, ...]:
-    table = _Table(root.get("tariff", dict, {}), "tariff", root.errors)
+def _read_tariffs(root: Table) -> tuple[Tariff, ...]:
+    table = Table(root.get("tariff", dict, {}), "tariff", root.errors)
     tariffs = []
     for name in sorted(table.data):
         table.used.add(name)
-        if not _ID_RE.match(name):
+        if not ID_RE.match(name):
             root.errors.add(f"tariff.{name}", "name must match [A-Za-z0-9_-]{1,64}")
-        tariffs.append(read_tariff(name, _Table(table.data[name], f"tariff.{name}", root.errors)))
+        tariffs.append(read_tariff(name, Table(table.data[name], f"tariff.{name}", root.errors)))
     return tuple(tariffs)
 
 
-def _read_accounts(root: _Table, tariffs: tuple[Tariff, ...]) -> tuple[AccountConfig, ...]:
+def _read_accounts(root: Table, tariffs: tuple[Tariff, ...]) -> tuple[AccountConfig, ...]:
     names = {t.name for t in tariffs}
     accounts = []
     for t in _array(root, "account"):
@@ -558,7 +493,7 @@ def _read_accounts(root: _Table, tariffs: tuple[Tariff, ...]) -> tuple[AccountCo
     return tuple(accounts)
 
 
-def read_policy(t: _Table, base: Policy) -> Policy:
+def read_policy(t: Table, base: Policy) -> Policy:
     """The [policy] table (also the `policy` command's args) over ``base``."""
     default = base
     hours = default.protected_hours
@@ -612,8 +547,8 @@ def read_policy(t: _Table, base: Policy) -> Policy:
     return policy
 
 
-def _read_local(root: _Table) -> LocalConfig:
-    t = _Table(root.get("local", dict, {}), "local", root.errors)
+def _read_local(root: Table) -> LocalConfig:
+    t = Table(root.get("local", dict, {}), "local", root.errors)
     pw = t.get("password_file", str, None)
     cfg = LocalConfig(
         http_port=t.get("http_port", int, 0, check=_range(0, 65535)),
@@ -627,8 +562,8 @@ def _read_local(root: _Table) -> LocalConfig:
     return cfg
 
 
-def _read_store(root: _Table) -> StoreConfig:
-    t = _Table(root.get("store", dict, {}), "store", root.errors)
+def _read_store(root: Table) -> StoreConfig:
+    t = Table(root.get("store", dict, {}), "store", root.errors)
     cfg = StoreConfig(
         max_bytes=t.get("max_bytes", int, DEFAULT_STORE.max_bytes,
                         check=_range(1 << 20, 1 << 40)),
@@ -639,7 +574,7 @@ def _read_store(root: _Table) -> StoreConfig:
     return cfg
 
 
-def _unique(errors: _Errors, array: str, values: list[str], key: str) -> None:
+def _unique(errors: Errors, array: str, values: list[str], key: str) -> None:
     first: dict[str, int] = {}
     for i, v in enumerate(values):
         if v in first:
@@ -650,8 +585,8 @@ def _unique(errors: _Errors, array: str, values: list[str], key: str) -> None:
 def parse_meter(table: Any, cfg: Config, existing: tuple[MeterConfig, ...]) -> MeterConfig:
     """One ``[[meter]]`` table (the ``meter_add`` command), checked against the running
     config: its bus and account exist, its id and its bus address are free."""
-    errors = _Errors()
-    meter = _read_meter(_Table(table, "meter", errors), cfg.buses)
+    errors = Errors()
+    meter = _read_meter(Table(table, "meter", errors), cfg.buses)
     if meter.account and meter.account not in {a.id for a in cfg.accounts}:
         errors.add("meter.account", f"no [[account]] with id {meter.account!r}")
     for other in existing:
@@ -667,8 +602,8 @@ def parse_meter(table: Any, cfg: Config, existing: tuple[MeterConfig, ...]) -> M
 
 def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
     """Validate a decoded TOML document; raise ConfigError listing every problem."""
-    errors = _Errors()
-    root = _Table(data, "", errors)
+    errors = Errors()
+    root = Table(data, "", errors)
     gateway = _read_gateway(root)
     mqtt = _read_mqtt(root)
     security = _read_security(root)
@@ -680,7 +615,7 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
     for i, m in enumerate(meters):
         if m.account and m.account not in account_ids:
             errors.add(f"meter[{i}].account", f"no [[account]] with id {m.account!r}")
-    policy = read_policy(_Table(root.get("policy", dict, {}), "policy", errors), Policy())
+    policy = read_policy(Table(root.get("policy", dict, {}), "policy", errors), Policy())
     local = _read_local(root)
     store = _read_store(root)
     root.finish()

@@ -26,12 +26,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from agent.accounting import Accounting
 from agent.buffer import outbox
-from agent.buffer.journal import Journal
 from agent.buffer.store import Store
 from agent.errors import CommandError, StoreError
-from agent.ops import MeterChange, Ops
+from agent.ops import Ops
+from agent.relay.disconnect import Disconnection
 from agent.supervisor import contain
 from agent.uplink import cbor
 from agent.uplink.commands import Command, parse_command
@@ -42,18 +41,17 @@ SEEN_MIN_KEEP_S = 24 * 3600  # a command's reply is kept at least this long, eve
 MAX_MSG_CHARS = 512  # a reply's msg is for people; longer texts are cut
 
 class Dispatcher:
-    def __init__(self, *, gw: str, boot: int, key: bytes, store: Store, journal: Journal,
-                 accounting: Accounting, read_meter: Callable[[str, str], bool],
-                 on_meter_change: MeterChange | None = None) -> None:
+    def __init__(self, *, gw: str, boot: int, key: bytes, store: Store, ops: Ops,
+                 relays: Disconnection, read_meter: Callable[[str, str], bool]) -> None:
+        """``ops``: every op but read (answered by the bus, below), the local socket's
+        too; ``relays``: a verified command's ``iat`` confirms the clock there."""
         self.gw = gw
         self.boot = boot
         self.key = key
         self.store = store
-        self.accounting = accounting
+        self.relays = relays
         self.read_meter = read_meter  # (meter_id, command_id) -> queued?
-        # every op but read (answered by the bus, below): the local socket's too
-        self.ops = Ops(boot=boot, store=store, journal=journal, accounting=accounting,
-                       on_meter_change=on_meter_change)
+        self.ops = ops
         self.pending_reads: dict[str, tuple[Command, int]] = {}  # id -> (command, repeats)
         self.refused = 0
 
@@ -71,7 +69,7 @@ class Dispatcher:
             log.info("event=command_refused id=%s code=%s msg=%s", exc.command_id, exc.code, exc)
             with self.store.tx():
                 return self._reply(now_s, exc.command_id, exc.code, str(exc))
-        self.accounting.confirm_clock(cmd.iat, now_s)
+        self.relays.confirm_clock(cmd.iat, now_s)
         with self.store.tx():
             stored = self.store.seen_reply(cmd.id)
             if stored is not None:

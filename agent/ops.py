@@ -22,10 +22,15 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from agent import __version__
-from agent.accounting import Accounting
 from agent.buffer.journal import Journal
 from agent.buffer.store import LANE_LEDGER, Store
+from agent.credit import Credit
 from agent.errors import CommandError, LedgerError
+from agent.eventlog import EventLog
+from agent.meters import MeterRegistry
+from agent.policy_overlay import PolicyOverlay
+from agent.relay.disconnect import Disconnection
+from agent.tariffs import Tariffs
 from agent.uplink import cbor
 from agent.uplink.commands import check_args
 
@@ -40,14 +45,22 @@ Handler = Callable[["Ops", dict[str, Any], int, str], dict[str, Any]]
 
 
 class Ops:
-    def __init__(self, *, boot: int, store: Store, journal: Journal, accounting: Accounting,
-                 on_meter_change: MeterChange | None = None) -> None:
-        """``on_meter_change``: the runtime's provisioning (meter_add, meter_remove);
+    def __init__(self, *, boot: int, store: Store, journal: Journal, meters: MeterRegistry,
+                 events: EventLog, credit: Credit, relays: Disconnection, tariffs: Tariffs,
+                 policies: PolicyOverlay, on_meter_change: MeterChange | None = None) -> None:
+        """Each op calls the part that owns its job: money in (``credit``), relay
+        overrides and moratoria (``relays``), tariff versions, the policy overlay.
+        ``on_meter_change``: the runtime's provisioning (meter_add, meter_remove);
         without one (a dispatcher tested on its own) those ops are refused."""
         self.boot = boot
         self.store = store
         self.journal = journal
-        self.accounting = accounting
+        self.meters = meters
+        self.events = events
+        self.credit = credit
+        self.relays = relays
+        self.tariffs = tariffs
+        self.policies = policies
         self.on_meter_change = on_meter_change or _no_provisioning
 
     def run(self, op: str, args: Mapping[str, Any], now_s: int, source: str, *,
@@ -68,12 +81,12 @@ class Ops:
 
     # -- what several ops check ------------------------------------------------------
     def account(self, acct: Any) -> str:
-        if acct not in self.accounting.accounts():
+        if acct not in self.credit.accounts:
             raise CommandError("unknown_account", f"no account {acct!r}")
         return str(acct)
 
     def meter(self, meter_id: Any) -> str:
-        if meter_id not in self.accounting.meters:
+        if meter_id not in self.meters:
             raise CommandError("unknown_meter", f"no meter {meter_id!r}")
         return str(meter_id)
 
@@ -88,8 +101,8 @@ def _ping(ops: Ops, args: dict[str, Any], now_s: int, source: str) -> dict[str, 
 
 
 def _topup(ops: Ops, args: dict[str, Any], now_s: int, source: str) -> dict[str, Any]:
-    applied, balance = ops.accounting.topup(ops.account(args["account"]), args["amount"],
-                                            args["txn"], now_s)
+    applied, balance = ops.credit.topup(ops.account(args["account"]), args["amount"],
+                                        args["txn"], now_s)
     return {"balance": balance, "applied": applied}
 
 
@@ -99,10 +112,9 @@ def _relay(ops: Ops, args: dict[str, Any], now_s: int, source: str) -> dict[str,
     disconnection engine)."""
     meter_id = ops.meter(args["meter"])
     action, until = args["action"], args.get("until")
-    state = ops.accounting.set_override(meter_id, action, until, now_s)
-    ops.accounting.emit(now_s, "relay_override", m=meter_id,
-                        acct=ops.accounting.meters[meter_id].account,
-                        detail={"action": action, "until": until, "source": source})
+    state = ops.relays.set_override(meter_id, action, until, now_s)
+    ops.events.emit(now_s, "relay_override", m=meter_id, acct=ops.meters[meter_id].account,
+                    detail={"action": action, "until": until, "source": source})
     return {"state": state}
 
 
@@ -112,7 +124,7 @@ def _moratorium(ops: Ops, args: dict[str, Any], now_s: int, source: str) -> dict
         if acct != "*":
             ops.account(acct)
     for acct in accounts:
-        ops.accounting.set_moratorium(acct, int(args["until"]), str(args["reason"]), now_s)
+        ops.relays.set_moratorium(acct, int(args["until"]), str(args["reason"]), now_s)
     return {}
 
 
@@ -131,11 +143,11 @@ def _resync(ops: Ops, args: dict[str, Any], now_s: int, source: str) -> dict[str
 
 def _tariff(ops: Ops, args: dict[str, Any], now_s: int, source: str) -> dict[str, Any]:
     table = {k: v for k, v in args.items() if k != "name"}
-    return {"version": ops.accounting.apply_tariff(str(args["name"]), table, now_s)}
+    return {"version": ops.tariffs.apply(str(args["name"]), table, now_s)}
 
 
 def _policy(ops: Ops, args: dict[str, Any], now_s: int, source: str) -> dict[str, Any]:
-    ops.accounting.apply_policy(args, now_s)
+    ops.policies.apply(args, now_s)
     return {}
 
 

@@ -3,6 +3,9 @@
 The board config is the base; commands overlay it. The overlay lives in the
 store, so a meter fed into billing by the head-end stays provisioned across
 restarts and power loss without anyone editing the config on the pole.
+
+``registry`` (``agent.meters.MeterRegistry``) holds the meters in service; this
+module alone replaces its contents, after each ``add`` and ``remove``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 from agent.buffer.store import Store
 from agent.config import Config, MeterConfig, parse_meter
 from agent.errors import CommandError, ConfigError
+from agent.meters import MeterRegistry
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS provisioned (
@@ -29,6 +33,7 @@ class Provisioning:
         self.cfg = cfg
         with store.tx():
             store.conn.execute(SCHEMA)
+        self.registry = MeterRegistry(self.meters())
 
     def meters(self) -> tuple[MeterConfig, ...]:
         """The config's meters, less the removed ones, plus the added ones (in order)."""
@@ -51,6 +56,7 @@ class Provisioning:
             "INSERT INTO provisioned (meter, op, body, t) VALUES (?, 'add', ?, ?) "
             "ON CONFLICT(meter) DO UPDATE SET op = 'add', body = excluded.body, t = excluded.t",
             (meter.id, json.dumps(table, sort_keys=True), now_s))
+        self.registry.replace(self.meters())
         return meter
 
     def remove(self, meter_id: str, now_s: int) -> None:
@@ -60,3 +66,4 @@ class Provisioning:
             "INSERT INTO provisioned (meter, op, body, t) VALUES (?, 'remove', '{}', ?) "
             "ON CONFLICT(meter) DO UPDATE SET op = 'remove', body = '{}', t = excluded.t",
             (meter_id, now_s))
+        self.registry.replace(self.meters())

@@ -31,18 +31,22 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 from agent import __version__
-from agent.accounting import Accounting
+from agent.alerting import BalanceAlerts
 from agent.buffer import outbox
 from agent.buffer.disk import DEGRADED, DiskGuard, is_enospc
 from agent.buffer.journal import Journal
 from agent.buffer.store import WAL_PAGES, WAL_PAGES_FULL, Store
+from agent.charging import Charging
 from agent.clock import Clock, SystemClock
 from agent.config import Config, MeterConfig, relay_bus
 from agent.control import ControlRequest, ControlServer
+from agent.credit import Credit
 from agent.dispatch import Dispatcher
 from agent.drivers.bus import BusEvent, BusScheduler
 from agent.errors import (
@@ -53,12 +57,18 @@ from agent.errors import (
     StoreError,
     StoreFullError,
 )
-from agent.ops import LOCAL_OPS
+from agent.eventlog import EventLog
+from agent.localtime import LocalTime
+from agent.meters import MeterRegistry
+from agent.ops import LOCAL_OPS, MeterChange, Ops
+from agent.policy_overlay import PolicyOverlay
 from agent.provisioning import Provisioning
+from agent.relay.actuation import Actuation
 from agent.relay.base import Relay, sync
-from agent.relay.disconnect import kernel_clock_synchronised
+from agent.relay.disconnect import Disconnection, kernel_clock_synchronised
 from agent.sdnotify import Notifier
 from agent.supervisor import Subsystem, Supervisor, contain
+from agent.tariffs import Tariffs
 from agent.uplink.cose import read_hex_key
 from agent.uplink.delivery import Delivery
 from agent.uplink.mqtt import LinkEvent, MqttLink
@@ -106,6 +116,66 @@ def check_installed(cfg: Config) -> None:
         raise ConfigError(missing)
 
 
+@dataclass(frozen=True, slots=True)
+class Ledger:
+    """The prepaid ledger's parts, one job each, wired by ``wire_ledger`` alone. A caller
+    calls the part that owns the job; no part forwards to another."""
+
+    events: EventLog  # CONTRACT 5 events into the store
+    tariffs: Tariffs  # tariff versions, the `tariff` command
+    policies: PolicyOverlay  # the policy in force, the `policy` command
+    actuation: Actuation  # durable relay intent against what the relays report
+    relays: Disconnection  # relay decisions: overrides, tamper, credit, the policy
+    alerts: BalanceAlerts  # low_balance, credit_exhausted
+    charging: Charging  # readings and fixed charges -> ledger entries
+    credit: Credit  # top-ups and tokens
+
+
+def wire_ledger(cfg: Config, store: Store, journal: Journal, meters: MeterRegistry, *,
+                token_key: bytes | None = None,
+                clock_synchronised: Callable[[], bool] | None = kernel_clock_synchronised,
+                ) -> Ledger:
+    """The ledger's parts over one store, journal and meter registry (the runtime's,
+    or a test's). ``token_key`` None: read from the config's file at the first token."""
+    events = EventLog(store)
+    local = LocalTime(ZoneInfo(cfg.gateway.timezone))
+    tariffs = Tariffs(cfg, store, journal)
+    policies = PolicyOverlay(cfg, store, journal)
+    actuation = Actuation(store, journal, meters, events)
+    relays = Disconnection(store, journal, meters, events, local, policies, actuation,
+                           clock_synchronised)
+    alerts = BalanceAlerts(journal, events, policies)
+    charging = Charging(store, journal, meters, tariffs, local, events, alerts, relays)
+    credit = Credit((a.id for a in cfg.accounts), store, journal, events, alerts, relays,
+                    token_key_file=cfg.security.token_key_file, token_key=token_key)
+    return Ledger(events, tariffs, policies, actuation, relays, alerts, charging, credit)
+
+
+def start_ledger(ledger: Ledger, cfg: Config, store: Store, journal: Journal,
+                 now_s: int) -> None:
+    """At start: the config's accounts exist, a credit disconnection not yet carried out
+    is decided again, the config's tariffs are stored as versions; then the first tick."""
+    with store.tx():
+        for acct in cfg.accounts:
+            journal.ensure_account(acct.id, acct.tariff)
+        ledger.relays.redecide_after_restart(cfg.meters)
+        ledger.tariffs.sync_config(now_s)
+    ledger.tariffs.reload()
+    ledger.charging.tick(now_s)
+
+
+def wire_dispatcher(*, gw: str, boot: int, key: bytes, store: Store, journal: Journal,
+                    ledger: Ledger, meters: MeterRegistry,
+                    read_meter: Callable[[str, str], bool],
+                    on_meter_change: MeterChange | None = None) -> Dispatcher:
+    """The head-end's commands: the ops over the ledger's parts, and their dispatcher."""
+    ops = Ops(boot=boot, store=store, journal=journal, meters=meters, events=ledger.events,
+              credit=ledger.credit, relays=ledger.relays, tariffs=ledger.tariffs,
+              policies=ledger.policies, on_meter_change=on_meter_change)
+    return Dispatcher(gw=gw, boot=boot, key=key, store=store, ops=ops, relays=ledger.relays,
+                      read_meter=read_meter)
+
+
 def _on_bus(name: str, meters: tuple[MeterConfig, ...]
             ) -> tuple[list[MeterConfig], list[MeterConfig]]:
     """(the meters on bus ``name``, the other buses' meters whose relay is on it)."""
@@ -144,11 +214,12 @@ class Runtime:
         self._lost_logged_s: float | None = None
         self.started = int(self.clock.time_s())
         self.journal = Journal(self.store)
-        self.accounting = Accounting(cfg, self.store, self.journal, token_key=self.token_key,
-                                     clock_synchronised=clock_synchronised)
         self.provisioning = Provisioning(self.store, cfg)
-        provisioned = self.provisioning.meters()
-        self.accounting.meters = {m.id: m for m in provisioned}
+        self.meters = self.provisioning.registry  # read by all, replaced by provisioning
+        provisioned = tuple(self.meters.values())
+        self.ledger = wire_ledger(cfg, self.store, self.journal, self.meters,
+                                  token_key=self.token_key,
+                                  clock_synchronised=clock_synchronised)
         self.gpio_relays = self._open_gpio_relays(provisioned)
         self._make_bus = bus_factory or BusScheduler
         self.buses: dict[str, BusScheduler] = {}
@@ -156,10 +227,11 @@ class Runtime:
             meters, relayed = _on_bus(bus.name, provisioned)
             self.buses[bus.name] = self._make_bus(bus, meters, self.inbox.put,
                                                   **self._bus_options(relayed))
-        self.dispatcher = Dispatcher(gw=cfg.gateway.id, boot=self.boot, key=self.command_key,
-                                     store=self.store, journal=self.journal,
-                                     accounting=self.accounting, read_meter=self._read_meter,
-                                     on_meter_change=self.on_meter_change)
+        self.dispatcher = wire_dispatcher(gw=cfg.gateway.id, boot=self.boot,
+                                          key=self.command_key, store=self.store,
+                                          journal=self.journal, ledger=self.ledger,
+                                          meters=self.meters, read_meter=self._read_meter,
+                                          on_meter_change=self.on_meter_change)
         self.link = (link_factory or MqttLink)(cfg, self.boot, self.inbox, manual_ack=True)
         self.control = ControlServer(cfg.gateway.data_dir, self.inbox.put) if control else None
         self.delivery = Delivery(self.store, self.link, self.clock, gw=cfg.gateway.id,
@@ -246,7 +318,7 @@ class Runtime:
                 "system_title": self.cfg.gateway.system_title}
 
     def _read_meter(self, meter_id: str, ref: str) -> bool:
-        meter = self.accounting.meters[meter_id]
+        meter = self.meters[meter_id]
         return self.buses[meter.bus].read_now(meter_id, ref)
 
     # -- main loop ---------------------------------------------------------------
@@ -259,9 +331,10 @@ class Runtime:
         self.disk.start(int(self.clock.time_s()))
         if self.disk.state == DEGRADED:  # started on a full disk
             self.store.wal_pages(WAL_PAGES_FULL)
-        if not self._with_room(lambda: self.accounting.setup(int(self.clock.time_s())),
-                               "start-up: accounts")[0]:
-            raise StoreFullError(f"store {self.store.path}: no room to set up the accounts")
+        if not self._with_room(lambda: start_ledger(self.ledger, self.cfg, self.store,
+                                                    self.journal, int(self.clock.time_s())),
+                               "start-up: the ledger")[0]:
+            raise StoreFullError(f"store {self.store.path}: no room to set up the ledger")
         for bus in self.buses.values():
             bus.start()
         self.link.start()
@@ -294,7 +367,7 @@ class Runtime:
         # Started: a board with no network must still count as started (no MQTT wait).
         self._write_status()
         self.notifier.ready(f"gateway {self.cfg.gateway.id}, "
-                            f"{len(self.accounting.meters)} meter(s)")
+                            f"{len(self.meters)} meter(s)")
         try:
             while not self.stop_event.is_set():
                 self.step()
@@ -344,8 +417,8 @@ class Runtime:
             offline = [m for m in self.buses[name].meters.values()
                        if self.meter_online.get(m.id) is not False]  # else reported already
             for meter in offline:
-                self.accounting.emit(now, "meter_offline", m=meter.id, acct=meter.account,
-                                     detail={"error": f"bus {name}: its thread ended"})
+                self.ledger.events.emit(now, "meter_offline", m=meter.id, acct=meter.account,
+                                        detail={"error": f"bus {name}: its thread ended"})
         for meter in offline:
             self.meter_online[meter.id] = False
 
@@ -428,7 +501,7 @@ class Runtime:
                 lambda: self._contained_tx([event], what), what)  # noqa: B023 - called now
             if failed is not None:
                 assert event.reading is not None
-                self.accounting.reading_not_charged(event.reading, failed)
+                self.ledger.charging.reading_not_charged(event.reading, failed)
                 self.charge_errors[event.meter] = self.charge_errors.get(event.meter, 0) + 1
 
     def _contained_tx(self, batch: list[BusEvent], what: str) -> Exception | None:
@@ -457,34 +530,34 @@ class Runtime:
         if event.kind == "reading" and event.reading is not None:
             self.last_readings[event.meter] = {"t": event.reading.t, **event.reading.values}
             self.meter_online[event.meter] = True
-            self.accounting.on_reading(event.reading)
+            self.ledger.charging.on_reading(event.reading)
         elif event.kind in ("meter_offline", "meter_online"):
             self.meter_online[event.meter] = event.kind == "meter_online"
-            meter = self.accounting.meters.get(event.meter)
+            meter = self.meters.get(event.meter)
             with self.store.tx():
-                self.accounting.emit(now, event.kind, m=event.meter,
-                                     acct=meter.account if meter else None,
-                                     detail={"error": event.error} if event.error else {})
+                self.ledger.events.emit(now, event.kind, m=event.meter,
+                                        acct=meter.account if meter else None,
+                                        detail={"error": event.error} if event.error else {})
         elif event.kind == "relay_result":
             asked = self.relay_pending.get(event.meter)
             if asked is not None and event.connected in (None, asked[1]):
                 del self.relay_pending[event.meter]  # the answer to the switch in flight
-            self.accounting.relay_result(event.meter, event.connected, event.error, now,
-                                         state=event.state or None)
+            self.ledger.actuation.relay_result(event.meter, event.connected, event.error, now,
+                                               state=event.state or None)
         elif event.kind == "tamper":
             detail = event.detail
-            self.accounting.on_tamper(event.meter, str(detail.get("kind", "other")),
-                                      int(detail.get("code", 0)), int(detail.get("t", now)))
+            self.ledger.relays.on_tamper(event.meter, str(detail.get("kind", "other")),
+                                         int(detail.get("code", 0)), int(detail.get("t", now)))
         elif event.kind == "meter_security":  # a wrong key, a replayed counter, a swap
-            meter = self.accounting.meters.get(event.meter)
+            meter = self.meters.get(event.meter)
             with self.store.tx():
-                self.accounting.emit(now, "meter_security", m=event.meter,
-                                     acct=meter.account if meter else None,
-                                     detail={"why": event.detail.get("why"),
-                                             "error": event.error[:200]})
+                self.ledger.events.emit(now, "meter_security", m=event.meter,
+                                        acct=meter.account if meter else None,
+                                        detail={"why": event.detail.get("why"),
+                                                "error": event.error[:200]})
         elif event.kind == "meter_discovered":
             with self.store.tx():
-                self.accounting.emit(now, "meter_discovered", detail=dict(event.detail))
+                self.ledger.events.emit(now, "meter_discovered", detail=dict(event.detail))
         elif event.kind == "scan_result":
             req = self.scans.pop(event.ref, None)
             if req is not None:
@@ -552,11 +625,11 @@ class Runtime:
 
     def _control_token_enter(self, req: ControlRequest, now: int) -> None:
         account, digits = req.args.get("account"), req.args.get("digits")
-        if account not in self.accounting.accounts():
+        if account not in self.ledger.credit.accounts:
             raise CommandError("unknown_account", f"no account {account!r}")
         if not isinstance(digits, str):
             raise CommandError("invalid_args", "digits must be a string")
-        req.reply(self.accounting.enter_token(str(account), digits, now))
+        req.reply(self.ledger.credit.enter_token(str(account), digits, now))
 
     def on_meter_change(self, op: str, args: dict[str, Any], now: int) -> dict[str, Any]:
         """``meter_add`` / ``meter_remove`` (inside the command's transaction)."""
@@ -565,12 +638,11 @@ class Runtime:
             self.journal.meter(meter.id)
         else:
             self.provisioning.remove(str(args.get("meter")), now)
-        meters = self.provisioning.meters()
+        meters = tuple(self.meters.values())
         self._apply_meters(meters)
         return {"meters": len(meters)}
 
     def _apply_meters(self, meters: tuple[MeterConfig, ...]) -> None:
-        self.accounting.meters = {m.id: m for m in meters}
         for name, bus in self.buses.items():
             bus.set_meters(*_on_bus(name, meters))
 
@@ -584,8 +656,8 @@ class Runtime:
             return
         online = state.get("online")
         payments = state.get("payments")
-        self.accounting.headend_state(online if isinstance(online, bool) else None,
-                                      payments if isinstance(payments, bool) else None, now)
+        self.ledger.relays.headend_state(online if isinstance(online, bool) else None,
+                                         payments if isinstance(payments, bool) else None, now)
         self.headend_this_connection = True
         log.info("event=headend_state online=%s payments=%s", online, payments)
 
@@ -594,8 +666,8 @@ class Runtime:
         if self.disk.check(self.clock.monotonic_s(), now):
             self.store.wal_pages(WAL_PAGES)  # room again
         if self.link.connected and self.headend_this_connection:
-            self.accounting.headend_still_heard(now)
-        self.accounting.tick(now)
+            self.ledger.relays.headend_still_heard(now)
+        self.ledger.charging.tick(now)
         outbox.form_messages(self.store, self.cfg.gateway.id, self.boot, now,
                              self.link.connected, limits=self.cfg.store)
         self.delivery.check_stuck()
@@ -618,9 +690,9 @@ class Runtime:
 
     def _sync_relays(self) -> None:
         now = int(self.clock.time_s())
-        jobs = self.accounting.relay_jobs(now)
+        jobs = self.ledger.actuation.jobs(now)
         if self.gpio_relays:
-            sync(self.gpio_relays, jobs, lambda m, c, e, st: self.accounting.relay_result(
+            sync(self.gpio_relays, jobs, lambda m, c, e, st: self.ledger.actuation.relay_result(
                 m, c, e, now, state=st))
         mono = self.clock.monotonic_s()
         for meter_id, connected in jobs:
@@ -629,7 +701,7 @@ class Runtime:
             asked = self.relay_pending.get(meter_id)
             if asked is not None and asked[1] == connected and mono - asked[0] < RELAY_RETRY_S:
                 continue  # this very switch is in flight; a changed intent goes out at once
-            meter = self.accounting.meters[meter_id]
+            meter = self.meters[meter_id]
             if self.buses[relay_bus(meter)].switch_relay(meter_id, connected):
                 self.relay_pending[meter_id] = (mono, connected)
 
@@ -639,7 +711,7 @@ class Runtime:
         without the balances, relays and backlog it does not use: it goes out every
         minute."""
         meters = []
-        for m in self.accounting.meters.values():
+        for m in self.meters.values():
             stats = self.buses[m.bus].stats
             meters.append({"id": m.id, "online": self.meter_online.get(m.id),
                            "errors": stats[m.id].as_dict() if m.id in stats else {}})
@@ -652,7 +724,7 @@ class Runtime:
         balances = {a.id: a.balance for a in self.journal.accounts()}
         meters = []
         states = {m.id: m for m in self.journal.meters()}
-        for m in self.accounting.meters.values():
+        for m in self.meters.values():
             st = states.get(m.id)
             bus = self.buses[m.bus]
             meters.append({
@@ -672,10 +744,10 @@ class Runtime:
             "link": {"connected": self.link.connected, "reconnects": self.link.reconnects,
                      "inflight": len(self.delivery.inflight), "host": self.cfg.mqtt.host,
                      "port": self.cfg.mqtt.port},
-            "headend": {"online": self.accounting.headend.online,
-                        "payments": self.accounting.headend.payments,
-                        "heard": self.accounting.headend.heard_s},
-            "clock_trusted": self.accounting.clock_trusted,
+            "headend": {"online": self.ledger.relays.headend.online,
+                        "payments": self.ledger.relays.headend.payments,
+                        "heard": self.ledger.relays.headend.heard_s},
+            "clock_trusted": self.ledger.relays.clock_trusted,
             # mode "degraded": the disk was found full (docs/technician.md 'A full disk')
             "disk": {**self.disk.status(), "lost_writes": self.lost_to_full},
             "buses": [{"name": b.bus.name, "port": b.bus.port, "protocol": b.bus.protocol,

@@ -5,7 +5,7 @@
 1. Ledger postings per second: one journal entry (entry + balance + outbox item) per
    transaction, as the agent commits them, with the store's synchronous=FULL, and in
    the same run with NORMAL and OFF as baselines (the ratio is the price of FULL).
-2. The charge path per reading: Accounting.on_reading (validate the delta, price it,
+2. The charge path per reading: Charging.on_reading (validate the delta, price it,
    post energy/duty, alerts, relay decision, one transaction), CPU and wall time, with
    synchronous=FULL; and the pure part alone (billing.charge) for comparison.
 The store lives in a temp dir beside the repo (same file system as a real data_dir).
@@ -51,7 +51,7 @@ def postings_per_s(mode: str, n: int) -> float:
 
 
 def charge_path(n: int, per_tx: int = 1) -> tuple[float, float]:
-    """(CPU µs, wall µs) per Accounting.on_reading, synchronous=FULL, 15 s cadence;
+    """(CPU µs, wall µs) per Charging.on_reading, synchronous=FULL, 15 s cadence;
     ``per_tx`` readings a transaction (the runtime commits a poll cycle's readings
     together: BATCH is a cycle of 50 meters)."""
     with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
@@ -65,7 +65,7 @@ def charge_path(n: int, per_tx: int = 1) -> tuple[float, float]:
                 for i in range(start, min(start + per_tx, n)):
                     rig.now += 15
                     register += 3 + i % 5  # about 1 kW
-                    rig.acc.on_reading(Reading("M1", rig.now, {"import_wh": register}))
+                    rig.ledger.charging.on_reading(Reading("M1", rig.now, {"import_wh": register}))
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         rig.close()
     return cpu / n * 1e6, wall / n * 1e6
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{rates['NORMAL'] / rates['FULL']:.1f}x against NORMAL: the price of a commit that "
         "survives a power cut (DOMAIN invariant 7).",
         "",
-        "## The charge path, per reading (Accounting.on_reading, synchronous=FULL)",
+        "## The charge path, per reading (Charging.on_reading, synchronous=FULL)",
         "",
         "| what | per reading |",
         "|---|---:|",

@@ -1,4 +1,4 @@
-"""A month's bill through the real agent (Store + Journal + Accounting, simulated clock):
+"""A month's bill through the real agent (Store + Journal + the ledger, simulated clock):
 the hand-worked UP LMV-1 bill of ../shared/data/tariffs/up-lmv1-urban.toml, to the paisa,
 at 1-minute, 15-minute and 1-hour reading cadences (DOMAIN invariant 5); and tariff
 versions (the `tariff` command)."""
@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from agent.accounting import Accounting
 from agent.buffer.journal import Journal
 from agent.buffer.store import Store
 from agent.errors import CommandError
+from agent.meters import MeterRegistry
+from agent.runtime import wire_ledger
 from tests.ledger.helpers import UP_TOML
 from tests.ledger.rig import UP_TABLE, Rig, make_config, unix
 
@@ -95,7 +96,7 @@ def test_a_new_version_prices_energy_used_from_then_on(tmp_path: Path) -> None:
     rig.advance(3600)
     rig.read("M1", 1_000_800)  # 800 Wh at 100 paise/kWh: 80 paise, version 1
     rig.advance(1800)
-    version = rig.acc.apply_tariff("dom", {"name": "dom", "fixed_per_day": 0, "slabs": [
+    version = rig.ledger.tariffs.apply("dom", {"name": "dom", "fixed_per_day": 0, "slabs": [
         {"upto_kwh": 1, "rate": 300}, {"rate": 400}]}, rig.now)
     assert version == 2
     rig.advance(1800)
@@ -116,7 +117,7 @@ def test_a_new_version_prices_energy_used_from_then_on(tmp_path: Path) -> None:
 
 def test_fixed_charge_uses_the_version_in_force_on_that_date(tmp_path: Path) -> None:
     rig = Rig(tmp_path, tariff={**FLAT_100, "fixed_per_day": 500})
-    rig.acc.apply_tariff("dom", {**FLAT_100, "fixed_per_day": 900}, rig.now)
+    rig.ledger.tariffs.apply("dom", {**FLAT_100, "fixed_per_day": 900}, rig.now)
     rig.advance(86_400)
     rig.tick()
     fixed = [(e.amt, e.ref) for e in rig.entries() if e.kind == "fixed"]
@@ -127,15 +128,15 @@ def test_fixed_charge_uses_the_version_in_force_on_that_date(tmp_path: Path) -> 
 def test_an_edited_config_is_a_new_version_and_a_command_survives_restarts(
         tmp_path: Path) -> None:
     rig = Rig(tmp_path, tariff=FLAT_100)
-    rig.acc.apply_tariff("dom", {**FLAT_100, "duty_bp": 100}, rig.now)
+    rig.ledger.tariffs.apply("dom", {**FLAT_100, "duty_bp": 100}, rig.now)
     rig.restart()
-    assert rig.acc.tariff_at("dom", rig.now).duty_bp == 100  # the command still holds
+    assert rig.ledger.tariffs.tariff_at("dom", rig.now).duty_bp == 100  # the command still holds
     rig.close()
     rig.cfg = make_config(tmp_path, tariff={**FLAT_100, "duty_bp": 700})
     rig.advance(60)
     rig._open()
-    rig.acc.setup(rig.now)
-    tariff = rig.acc.tariff_at("dom", rig.now)
+    rig.setup()
+    tariff = rig.ledger.tariffs.tariff_at("dom", rig.now)
     assert (tariff.version, tariff.duty_bp) == (3, 700)
     assert [v.source for v in rig.journal.tariff_versions()] == ["config", "command", "config"]
     rig.close()
@@ -154,15 +155,16 @@ def test_an_invalid_tariff_command_names_the_key_and_changes_nothing(
     rig = Rig(tmp_path)
     before = rig.journal.tariff_versions()
     with pytest.raises(CommandError) as err:
-        rig.acc.apply_tariff("dom", table, rig.now)
+        rig.ledger.tariffs.apply("dom", table, rig.now)
     assert err.value.code == "invalid_args" and key in str(err.value)
     assert rig.journal.tariff_versions() == before
     rig.close()
 
 
-def test_accounting_before_setup_prices_with_the_config_tariff(tmp_path: Path) -> None:
+def test_the_ledger_before_setup_prices_with_the_config_tariff(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
     store = Store(cfg.gateway.data_dir)
-    acc = Accounting(cfg, store, Journal(store), clock_synchronised=None)
-    assert acc.tariff_at("dom", 0).version == 1 and not acc.clock_trusted
+    ledger = wire_ledger(cfg, store, Journal(store), MeterRegistry(cfg.meters),
+                         clock_synchronised=None)
+    assert ledger.tariffs.tariff_at("dom", 0).version == 1 and not ledger.relays.clock_trusted
     store.close()

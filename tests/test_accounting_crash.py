@@ -41,7 +41,8 @@ while True:
         print("ACK topup", txn, flush=True)
     if i % 5 == 0:
         counter = round_ * 400 + i // 5  # rounds apart, but within the 1000 window
-        out = rig.acc.enter_token("A1", issue_token(TOKEN_KEY, "A1", 100, counter), rig.now)
+        out = rig.ledger.credit.enter_token("A1", issue_token(TOKEN_KEY, "A1", 100, counter),
+                                            rig.now)
         if out["ok"]:
             print("ACK token", counter, flush=True)
 """

@@ -1,6 +1,6 @@
 """DOMAIN's ledger invariants, as one hypothesis state machine against the REAL store.
 
-Store + Journal + Accounting in a temp dir (WAL, synchronous=FULL), driven by random
+Store + Journal + the ledger's parts in a temp dir (WAL, synchronous=FULL), driven by random
 interleavings of readings (valid, negative, implausible, register rollover, replaced
 meter, a register reset: consistent readings below the baseline), top-ups (with
 duplicate txns, also to another account), offline tokens (valid,
@@ -332,7 +332,8 @@ class LedgerMachine(RuleBasedStateMachine):
     def _enter(self, acct: str, counter: int, amount: int, cut: int | None) -> None:
         digits = issue_token(TOKEN_KEY, acct, amount, counter)
         seen = counter in self.tokens[acct]
-        done, out = self._step(lambda: self.rig.acc.enter_token(acct, digits, self.rig.now), cut)
+        done, out = self._step(
+            lambda: self.rig.ledger.credit.enter_token(acct, digits, self.rig.now), cut)
         if done:
             if out["ok"]:
                 assert not seen and out["amount"] == amount and out["counter"] == counter
@@ -351,7 +352,8 @@ class LedgerMachine(RuleBasedStateMachine):
         if len(digits) % 2:  # half the time: a genuine token with one digit changed
             real = issue_token(TOKEN_KEY, acct, 10_000, self.next_counter[acct]).replace(" ", "")
             digits = real[:flip] + str((int(real[flip]) + 1) % 10) + real[flip + 1:]
-        done, out = self._step(lambda: self.rig.acc.enter_token(acct, digits, self.rig.now), cut)
+        done, out = self._step(
+            lambda: self.rig.ledger.credit.enter_token(acct, digits, self.rig.now), cut)
         assert not done or (not out["ok"] and out["reason"] in ("malformed", "bad_mac",
                                                                  "locked")), out
         self._after()
@@ -381,14 +383,14 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(payments=st.booleans())
     def headend(self, payments: bool) -> None:
-        self.rig.acc.headend_state(True, payments, self.rig.now)
+        self.rig.ledger.relays.headend_state(True, payments, self.rig.now)
         self._after()
 
     @rule(m=st.sampled_from(METERS), action=st.sampled_from(["connect", "disconnect", "auto"]),
           minutes=st.one_of(st.none(), st.integers(1, 600)))
     def override(self, m: str, action: str, minutes: int | None) -> None:
         until = None if minutes is None or action == "auto" else self.rig.now + minutes * 60
-        self.rig.acc.set_override(m, action, until, self.rig.now)
+        self.rig.ledger.relays.set_override(m, action, until, self.rig.now)
         self._after()
 
     @rule(cut=cuts)

@@ -1,4 +1,4 @@
-"""When the relay may open (DOMAIN), end to end through Accounting and the real store:
+"""When the relay may open (DOMAIN), end to end through the ledger's parts and the real store:
 every deferral reason (one `disconnect_deferred` per episode, with detail.reasons and
 detail.reason), credit running out inside protected time, alerts before disconnection,
 reconnection at any hour, overrides, tamper, `armed`, bounded relay retries, and the
@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.accounting import LocalTime
 from agent.errors import CommandError
+from agent.localtime import LocalTime
 from agent.relay import actuation
 from tests.ledger.rig import Rig, unix
 
@@ -61,11 +61,11 @@ def _nothing(h: House) -> None:
 
 
 def _payments_down(h: House) -> None:
-    h.rig.acc.headend_state(True, False, h.rig.now)
+    h.rig.ledger.relays.headend_state(True, False, h.rig.now)
 
 
 def _payments_up(h: House) -> None:
-    h.rig.acc.headend_state(True, True, h.rig.now)
+    h.rig.ledger.relays.headend_state(True, True, h.rig.now)
 
 
 def _headend_silent(h: House) -> None:
@@ -74,11 +74,11 @@ def _headend_silent(h: House) -> None:
 
 
 def _moratorium(h: House) -> None:
-    h.rig.acc.set_moratorium("*", h.rig.now + 3600, "billing system upgrade", h.rig.now)
+    h.rig.ledger.relays.set_moratorium("*", h.rig.now + 3600, "billing system upgrade", h.rig.now)
 
 
 def _confirm_clock(h: House) -> None:
-    h.rig.acc.confirm_clock(h.rig.now + 30, h.rig.now)
+    h.rig.ledger.relays.confirm_clock(h.rig.now + 30, h.rig.now)
 
 
 def _advance(seconds: int) -> Hook:
@@ -242,7 +242,7 @@ def test_reconnection_happens_at_any_hour_as_soon_as_credit_is_positive(tmp_path
     h.rig.now = unix(2026, 3, 2, 23, 30)  # protected hours: reconnection is never held
     applied, balance = h.rig.topup("A1", 2 * EC + 1, "late-payment")
     assert applied and balance == 1
-    assert h.intent() == "closed" and h.rig.acc.relay_jobs(h.rig.now) == [("M1", True)]
+    assert h.intent() == "closed" and h.rig.ledger.actuation.jobs(h.rig.now) == [("M1", True)]
     assert h.rig.meter().relay_reason == "credit"
     h.rig.close()
 
@@ -251,7 +251,8 @@ def test_reconnection_happens_at_any_hour_as_soon_as_credit_is_positive(tmp_path
 def test_a_disconnect_override_wins_until_its_time_then_credit_rules(tmp_path: Path) -> None:
     h = House(tmp_path)
     h.rig.topup("A1", 50_000, "p")
-    assert h.rig.acc.set_override("M1", "disconnect", h.rig.now + 600, h.rig.now) == "open"
+    assert h.rig.ledger.relays.set_override("M1", "disconnect", h.rig.now + 600,
+                                            h.rig.now) == "open"
     assert h.rig.meter().relay_reason == "override_disconnect"
     h.ticks(9)
     assert h.intent() == "open"
@@ -263,19 +264,19 @@ def test_a_disconnect_override_wins_until_its_time_then_credit_rules(tmp_path: P
 
 def test_a_connect_override_holds_supply_on_until_auto(tmp_path: Path) -> None:
     h = House(tmp_path)
-    h.rig.acc.set_override("M1", "connect", None, h.rig.now)
+    h.rig.ledger.relays.set_override("M1", "connect", None, h.rig.now)
     h.spend(5 * EC)
     h.ticks(3)
     assert h.intent() == "closed"
-    assert h.rig.acc.set_override("M1", "auto", None, h.rig.now) == "open"
+    assert h.rig.ledger.relays.set_override("M1", "auto", None, h.rig.now) == "open"
     h.rig.close()
 
 
 # -- tamper -------------------------------------------------------------------------------
 def test_tamper_keeps_evidence_and_does_not_open_by_default(tmp_path: Path) -> None:
     h = House(tmp_path)
-    h.rig.acc.on_tamper("M1", "magnet", 201, h.rig.now)
-    h.rig.acc.on_tamper("M1", "bogus-kind", 999, h.rig.now)
+    h.rig.ledger.relays.on_tamper("M1", "magnet", 201, h.rig.now)
+    h.rig.ledger.relays.on_tamper("M1", "bogus-kind", 999, h.rig.now)
     [first, second] = h.rig.events("tamper")
     assert first["detail"] == {"kind": "magnet", "code": 201, "action": "none"}
     assert second["detail"]["kind"] == "other"
@@ -284,7 +285,9 @@ def test_tamper_keeps_evidence_and_does_not_open_by_default(tmp_path: Path) -> N
         ("magnet", 201, "none"), ("other", 999, "none")]
     assert h.intent() == "closed"
     h.rig.restart()  # a restarted agent reads the meter's event log from the start again
-    h.rig.acc.on_tamper("M1", "magnet", 201, log[0]["t"])
+    first_t = log[0]["t"]
+    assert isinstance(first_t, int)
+    h.rig.ledger.relays.on_tamper("M1", "magnet", 201, first_t)
     assert len(h.rig.events("tamper")) == 2 and len(h.rig.journal.tamper_log("M1")) == 2
     h.rig.close()
 
@@ -292,14 +295,14 @@ def test_tamper_keeps_evidence_and_does_not_open_by_default(tmp_path: Path) -> N
 def test_disconnect_on_tamper_opens_until_a_person_decides(tmp_path: Path) -> None:
     h = House(tmp_path, policy={"disconnect_on_tamper": True})
     h.rig.topup("A1", 50_000, "p")
-    h.rig.acc.on_tamper("M1", "cover_open", 251, h.rig.now)
+    h.rig.ledger.relays.on_tamper("M1", "cover_open", 251, h.rig.now)
     assert h.intent() == "open" and h.rig.meter().relay_reason == "tamper"
     h.rig.topup("A1", 50_000, "p2")  # credit does not end a tamper hold
     h.rig.restart()  # nor does a restart
     h.ticks(2)
     assert h.intent() == "open"
-    assert h.rig.acc.set_override("M1", "auto", None, h.rig.now) == "closed"
-    h.rig.acc.on_tamper("M1", "magnet", 202, h.rig.now)  # a restoration: evidence only
+    assert h.rig.ledger.relays.set_override("M1", "auto", None, h.rig.now) == "closed"
+    h.rig.ledger.relays.on_tamper("M1", "magnet", 202, h.rig.now)  # a restoration: evidence only
     assert h.intent() == "closed"
     assert h.rig.journal.tamper_log("M1")[-1]["action"] == "none"
     h.rig.close()
@@ -311,13 +314,15 @@ def test_armed_satisfies_a_closed_intent_and_is_reported(tmp_path: Path) -> None
     h.spend(2 * EC)
     h.rig.follow_relays()
     h.rig.topup("A1", 10_000, "p")
-    h.rig.acc.relay_result("M1", None, "", h.rig.now, state="armed")  # DLMS: press the button
+    # DLMS: the meter waits for its button
+    h.rig.ledger.actuation.relay_result("M1", None, "", h.rig.now, state="armed")
     assert h.rig.events("relay")[-1]["detail"] == {"state": "armed", "reason": "credit"}
-    assert h.rig.acc.relay_jobs(h.rig.now) == []
-    h.rig.acc.relay_result("M1", True, "", h.rig.now, state="closed")  # the consumer pressed it
+    assert h.rig.ledger.actuation.jobs(h.rig.now) == []
+    # the consumer pressed it
+    h.rig.ledger.actuation.relay_result("M1", True, "", h.rig.now, state="closed")
     assert h.rig.events("relay")[-1]["detail"]["state"] == "closed"
     with pytest.raises(Exception, match="closed | open | armed"):
-        h.rig.acc.relay_result("M1", True, "", h.rig.now, state="half")
+        h.rig.ledger.actuation.relay_result("M1", True, "", h.rig.now, state="half")
     h.rig.close()
 
 
@@ -326,18 +331,18 @@ def test_a_failing_relay_is_retried_with_backoff_and_reported_once(tmp_path: Pat
     h.spend(2 * EC)
     delays = []
     for _ in range(7):
-        assert h.rig.acc.relay_jobs(h.rig.now) == [("M1", False)]
-        h.rig.acc.relay_result("M1", None, "no answer", h.rig.now)
+        assert h.rig.ledger.actuation.jobs(h.rig.now) == [("M1", False)]
+        h.rig.ledger.actuation.relay_result("M1", None, "no answer", h.rig.now)
         delays.append(h.rig.meter().relay_next_s - h.rig.now)
-        assert h.rig.acc.relay_jobs(h.rig.now) == []  # backing off
+        assert h.rig.ledger.actuation.jobs(h.rig.now) == []  # backing off
         h.rig.now = h.rig.meter().relay_next_s
     assert delays == [10, 20, 40, 80, 160, 320, 640]
     assert len(h.rig.events("relay_failed")) == 1
     assert h.rig.events("relay_failed")[0]["detail"]["attempts"] == actuation.REPORT_AFTER
-    h.rig.acc.relay_result("M1", True, "", h.rig.now)  # read back: still closed
+    h.rig.ledger.actuation.relay_result("M1", True, "", h.rig.now)  # read back: still closed
     assert h.rig.meter().relay_attempts == 8
     h.rig.topup("A1", 10_000, "p")  # a new intent is acted on at once
-    assert h.rig.acc.relay_jobs(h.rig.now) == []  # closed already matches
+    assert h.rig.ledger.actuation.jobs(h.rig.now) == []  # closed already matches
     assert h.rig.meter().relay_attempts == 0
     h.rig.close()
 
@@ -345,10 +350,10 @@ def test_a_failing_relay_is_retried_with_backoff_and_reported_once(tmp_path: Pat
 # -- the `policy` command ------------------------------------------------------------------------
 def test_a_policy_command_overlays_the_config_and_survives_restart(tmp_path: Path) -> None:
     h = House(tmp_path)
-    h.rig.acc.apply_policy({"emergency_credit": 5_000, "protected_weekdays": ["sat", "sun"]},
+    h.rig.ledger.policies.apply({"emergency_credit": 5_000, "protected_weekdays": ["sat", "sun"]},
                            h.rig.now)
     h.rig.restart()
-    policy = h.rig.acc.policy
+    policy = h.rig.ledger.policies.policy
     assert (policy.emergency_credit, policy.protected_weekdays) == (5_000, (5, 6))
     assert policy.min_notice_h == 0  # the config's value for keys not overlaid
     h.spend(2 * EC)
@@ -366,25 +371,26 @@ def test_a_policy_command_overlays_the_config_and_survives_restart(tmp_path: Pat
 def test_an_invalid_policy_command_names_the_key_and_changes_nothing(
         tmp_path: Path, changes: dict[str, Any], key: str) -> None:
     h = House(tmp_path)
-    before = h.rig.acc.policy
+    before = h.rig.ledger.policies.policy
     with pytest.raises(CommandError) as err:
-        h.rig.acc.apply_policy({"min_notice_h": 5, **changes}, h.rig.now)
+        h.rig.ledger.policies.apply({"min_notice_h": 5, **changes}, h.rig.now)
     assert err.value.code == "invalid_args" and key in str(err.value)
     h.rig.restart()
-    assert h.rig.acc.policy == before
+    assert h.rig.ledger.policies.policy == before
     h.rig.close()
 
 
 def test_meters_replaced_at_run_time_reach_the_relay_engine(tmp_path: Path) -> None:
-    """The runtime assigns ``accounting.meters`` on meter_add / meter_remove."""
+    """Provisioning replaces the registry's meters on meter_add / meter_remove; the relay
+    engine and actuation read that one registry."""
     h = House(tmp_path)
     h.spend(2 * EC)
-    assert h.rig.acc.relay_jobs(h.rig.now) == [("M1", False)]
-    h.rig.acc.meters = {}  # M1 removed
-    assert h.rig.acc.relay_jobs(h.rig.now) == []
-    assert h.rig.acc.relays.meters is h.rig.acc.meters
-    h.rig.acc.meters = {m.id: m for m in h.rig.cfg.meters}
-    assert h.rig.acc.relay_jobs(h.rig.now) == [("M1", False)]
+    assert h.rig.ledger.actuation.jobs(h.rig.now) == [("M1", False)]
+    h.rig.meters.replace([])  # M1 removed
+    assert h.rig.ledger.actuation.jobs(h.rig.now) == []
+    assert h.rig.ledger.relays.meters is h.rig.meters is h.rig.ledger.actuation.meters
+    h.rig.meters.replace(h.rig.cfg.meters)
+    assert h.rig.ledger.actuation.jobs(h.rig.now) == [("M1", False)]
     h.rig.close()
 
 

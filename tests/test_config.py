@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,12 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SIM = ROOT / "board_configs" / "sim.toml"
 
 
-def raw() -> dict:
+def raw() -> dict[str, Any]:
     with open(SIM, "rb") as f:
         return tomllib.load(f)
 
 
-def errors_of(doc: dict) -> dict[str, str]:
+def errors_of(doc: dict[str, Any]) -> dict[str, str]:
     with pytest.raises(ConfigError) as info:
         parse_config(doc)
     return dict(info.value.errors)
@@ -168,7 +169,7 @@ def test_dlms_password_and_client_only_on_dlms_buses() -> None:
 
 
 # -- DLMS security keys ------------------------------------------------------------------
-def _dlms_doc(tmp_path: Path, **meter: object) -> dict:
+def _dlms_doc(tmp_path: Path, **meter: object) -> dict[str, Any]:
     doc = raw()
     doc["bus"][0]["protocol"] = "dlms"
     doc["meter"] = doc["meter"][:1]
@@ -256,7 +257,8 @@ def test_a_missing_key_file_names_the_key(tmp_path: Path, capsys) -> None:  # ty
     ({"system_title": "4D4D4D0000BC61XY"}, "meter[0].system_title", "hex digits 0-9 a-f"),
     ({"system_title": "4D4D 4D0000BC614"}, "meter[0].system_title", "hex digits 0-9 a-f"),
 ])
-def test_dlms_security_mistakes(tmp_path: Path, meter: dict, key: str, fragment: str) -> None:
+def test_dlms_security_mistakes(tmp_path: Path, meter: dict[str, object], key: str,
+                                fragment: str) -> None:
     files = {"EK": _key(tmp_path, "m.ek"), "AK": _key(tmp_path, "m.ak")}
     meter = {k: files.get(v, v) if isinstance(v, str) else v for k, v in meter.items()}
     assert fragment in errors_of(_dlms_doc(tmp_path, **meter))[key]

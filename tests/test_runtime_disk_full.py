@@ -9,7 +9,7 @@ import errno
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -17,12 +17,14 @@ from agent import runtime as runtime_module
 from agent.buffer import outbox
 from agent.buffer.disk import DEGRADED, RESERVE_NAME, DiskGuard
 from agent.buffer.store import LANE_EVENTS, LANE_READINGS, Store
-from agent.drivers.bus import BusEvent
+from agent.config import BusConfig, MeterConfig
+from agent.drivers.bus import BusEvent, BusScheduler
 from agent.drivers.reading import Reading
 from agent.errors import StoreFullError
-from agent.runtime import Runtime
-from agent.uplink.cbor import loads as decode
-from tests.test_supervisor import _config, _IdleBus
+from agent.runtime import Runtime, start_ledger
+from agent.uplink.cbor import loads
+from tests.ledger.rig import decode
+from tests.test_supervisor import _config, _IdleBus, idle_bus
 
 KIB = 1024
 VALUES = {"export_wh": 3, "p_w": 1500, "v_dv": 2301, "i_ma": 6500, "f_chz": 4998,
@@ -34,6 +36,10 @@ class _Bus(_IdleBus):
 
     def switch_relay(self, meter_id: str, connected: bool) -> bool:
         return False
+
+
+def relay_bus(bus: BusConfig, meters: list[MeterConfig], post: Any, **_: Any) -> BusScheduler:
+    return cast(BusScheduler, _Bus(bus, meters, post))
 
 
 class _Free:
@@ -64,11 +70,11 @@ def cap_pages(store: Store, extra: int) -> None:
 
 def test_a_store_that_fills_while_the_agent_runs_drops_readings_and_charges_on(
         tmp_path: Path) -> None:
-    rt = Runtime(_config(tmp_path), bus_factory=_Bus, control=False)
+    rt = Runtime(_config(tmp_path), bus_factory=relay_bus, control=False)
     free = _Free(1 << 30)
     guard = small_reserve(rt, free)
     t0 = int(time.time()) - 86_400
-    rt.accounting.setup(t0)
+    start_ledger(rt.ledger, rt.cfg, rt.store, rt.journal, t0)
     guard.start(t0)
     free.value = 0  # what the store finds below: no room (the reserve check sees it too)
     meters = ("M1", "M2", "M3")
@@ -93,7 +99,7 @@ def test_a_store_that_fills_while_the_agent_runs_drops_readings_and_charges_on(
     dropped = [e["detail"] for e in events(rt, "data_dropped")]
     assert dropped and all(d["what"] == "readings" and d["reason"] == "disk_full"
                            and d["count"] > 0 for d in dropped)
-    kept = [decode(item) for item in rt.store.pending_items(LANE_READINGS)]
+    kept = [cast(list[Any], loads(item)) for item in rt.store.pending_items(LANE_READINGS)]
     assert kept[-1][1] == t0 + 60 * 1299, "the newest reading is kept"
     assert max(d["to"] for d in dropped) <= min(r[1] for r in kept), "oldest dropped first"
     # Every reading was charged: each meter's baseline is its last reading, and each
@@ -110,7 +116,7 @@ def test_a_store_that_fills_while_the_agent_runs_drops_readings_and_charges_on(
 
 def test_a_status_file_that_finds_the_disk_full_releases_the_reserve(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    rt = Runtime(_config(tmp_path, meters=1), bus_factory=_IdleBus, control=False)
+    rt = Runtime(_config(tmp_path, meters=1), bus_factory=idle_bus, control=False)
     guard = small_reserve(rt)
     guard.start(int(time.time()))
 
@@ -156,7 +162,7 @@ def test_a_start_on_a_full_disk_releases_the_reserve_and_runs_degraded(
     Store(cfg.gateway.data_dir).close()
     (Path(cfg.gateway.data_dir) / RESERVE_NAME).write_bytes(b"\0" * 4096)
     monkeypatch.setattr(runtime_module, "Store", _FullUntilReserveGoes)
-    rt = Runtime(cfg, bus_factory=_IdleBus, control=False)
+    rt = Runtime(cfg, bus_factory=idle_bus, control=False)
     assert rt.disk.state == DEGRADED and rt.disk.reason == "start-up: the store"
     assert not (Path(cfg.gateway.data_dir) / RESERVE_NAME).exists()
     assert rt.boot == 1
@@ -186,7 +192,7 @@ def test_a_start_with_no_room_at_all_is_one_line_and_exit_2(
 
 def test_work_that_never_finds_room_is_logged_not_raised(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    rt = Runtime(_config(tmp_path, meters=1), bus_factory=_IdleBus, control=False)
+    rt = Runtime(_config(tmp_path, meters=1), bus_factory=idle_bus, control=False)
     small_reserve(rt)
     calls = []
 
@@ -217,7 +223,7 @@ def test_status_the_page_and_the_health_report_say_degraded(
     cfg = load_config(path)
     write_key(cfg.security.command_key_file)
     write_key(cfg.security.token_key_file)
-    rt = Runtime(cfg, bus_factory=_IdleBus, control=False)
+    rt = Runtime(cfg, bus_factory=idle_bus, control=False)
     guard = small_reserve(rt, _Free(1 << 30))
     guard.start(int(time.time()))
     rt._write_status()

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from agent.runtime import Runtime
-from tests.test_supervisor import _config, _IdleBus
+from tests.test_supervisor import _config, idle_bus
 
 
 def test_a_status_file_that_cannot_be_written_is_logged_once_and_skipped(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    rt = Runtime(_config(tmp_path, meters=1), bus_factory=_IdleBus, control=False)
+    rt = Runtime(_config(tmp_path, meters=1), bus_factory=idle_bus, control=False)
     blocker = Path(rt.cfg.gateway.data_dir) / "status.tmp"
     blocker.mkdir()  # the temp file cannot be created: as with a full or read-only card
     with caplog.at_level(logging.INFO, "agent.runtime"):

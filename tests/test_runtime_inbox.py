@@ -6,7 +6,7 @@ from __future__ import annotations
 import queue
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from agent import runtime
 from agent.drivers.bus import BusEvent
@@ -33,7 +33,6 @@ class _Store:
 class _Turn:
     """Runtime's inbox methods over a queue and a store that counts transactions."""
 
-    _drain_inbox = Runtime._drain_inbox
     _inbox_events = Runtime._inbox_events
     _handle_readings = Runtime._handle_readings
     _handle_one = Runtime._handle_one
@@ -60,7 +59,8 @@ def drained(events: list[BusEvent]) -> _Turn:
     turn = _Turn()
     for event in events:
         turn.inbox.put(event)
-    turn._drain_inbox()  # type: ignore[attr-defined]
+    # _Turn has only what the turn uses of a Runtime (its inbox methods, a queue, a store)
+    Runtime._drain_inbox(cast(Runtime, turn))
     return turn
 
 

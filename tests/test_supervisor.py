@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -19,7 +19,7 @@ from agent.config import BusConfig, Config, MeterConfig
 from agent.drivers.bus import BusEvent, BusScheduler
 from agent.drivers.reading import Reading
 from agent.errors import StoreError
-from agent.runtime import Runtime
+from agent.runtime import Runtime, start_ledger
 from agent.supervisor import DEAD_LIMIT_S, RESTART_MIN_S, Subsystem, Supervisor, contain, guarded
 from sim.keys import write_key
 from tests.ledger.rig import decode, make_config
@@ -141,23 +141,29 @@ class _IdleBus:
     def join(self, timeout: float | None = None) -> None: ...
 
 
+def idle_bus(bus: BusConfig, meters: list[MeterConfig], post: Any, **_: Any) -> BusScheduler:
+    """The runtime's bus factory with an _IdleBus: it has only the attributes the runtime
+    uses of a bus, so it is cast to the scheduler it stands in for."""
+    return cast(BusScheduler, _IdleBus(bus, meters, post))
+
+
 def _events(rt: Runtime, type_: str) -> list[dict[str, Any]]:
     return [e for e in map(decode, rt.store.pending_items(LANE_EVENTS)) if e["type"] == type_]
 
 
 def test_a_reading_whose_charge_raises_is_a_bad_reading_and_the_others_are_charged(
         tmp_path: Path) -> None:
-    rt = Runtime(_config(tmp_path), bus_factory=_IdleBus, control=False)
-    real = rt.accounting._post_energy
+    rt = Runtime(_config(tmp_path), bus_factory=idle_bus, control=False)
+    real = rt.ledger.charging._post_energy
 
-    def post_energy(meter: MeterConfig, *args: Any) -> None:
+    def post_energy(meter: MeterConfig, delta_wh: int, t0: int, t1: int) -> None:
         if meter.id == "M2":
             raise KeyError("a bug in the charge path")
-        real(meter, *args)
+        real(meter, delta_wh, t0, t1)
 
-    rt.accounting._post_energy = post_energy  # type: ignore[method-assign]
+    rt.ledger.charging._post_energy = post_energy  # type: ignore[method-assign]
     t = int(time.time())
-    rt.accounting.setup(t)
+    start_ledger(rt.ledger, rt.cfg, rt.store, rt.journal, t)
     for i, wh in enumerate((1000, 1400)):
         for m in ("M1", "M2", "M3"):
             rt.inbox.put(BusEvent("reading", m, Reading(m, t + 600 * i, {"import_wh": wh}, "S")))
@@ -172,7 +178,7 @@ def test_a_reading_whose_charge_raises_is_a_bad_reading_and_the_others_are_charg
     assert len(rt.store.pending_items(LANE_READINGS)) == 6  # every reading still reported
     errors = {m["id"]: m["errors"]["charge_errors"] for m in rt.status()["meters"]}
     assert errors == {"M1": 0, "M2": 1, "M3": 0}
-    rt.accounting._post_energy = real  # type: ignore[method-assign]
+    rt.ledger.charging._post_energy = real  # type: ignore[method-assign]
     rt.inbox.put(BusEvent("reading", "M2", Reading("M2", t + 1800, {"import_wh": 1500}, "S")))
     rt._drain_inbox()
     assert [e.kind for e in rt.journal.entries("A2")].count("energy") == 1  # 1000 -> 1500

@@ -531,6 +531,21 @@ class Store:
             self.set_meta("boot", boot)
         return boot
 
+    def start_after(self, seq: int, boot: int) -> None:
+        """A new store that takes the place of a lost one continues its numbering: the
+        first message gets ``seq + 1`` and the first start ``boot + 1`` (CONTRACT 4: a
+        seq never repeats, and a head-end drops what it has seen). Only on a store that
+        has never started nor formed a message."""
+        if seq < 0 or boot < 0:
+            raise StoreError(f"store {self.path}: seq and boot to continue after must be >= 0")
+        with self.tx():
+            if self.meta("boot") != 0 or self.meta("next_seq") != 1:
+                raise StoreError(f"store {self.path} has been used (boot "
+                                 f"{self.meta('boot')}, next seq {self.meta('next_seq')}): "
+                                 "only a new store continues another's numbering")
+            self.set_meta("boot", boot)
+            self.set_meta("next_seq", seq + 1)
+
     def take_seq(self) -> int:
         """The next uplink seq; call inside the transaction that stores the message."""
         assert self._depth, "take_seq outside a transaction would lose the seq on a crash"

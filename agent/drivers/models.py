@@ -3,7 +3,7 @@
 A model says what billing needs to know about a meter, whatever it speaks:
 how many phases it has and how much current its breaker can pass (the
 plausibility bound of a register delta, DOMAIN "Billing") and where its
-energy register rolls over. Config validation, accounting, scan and the
+energy register rolls over. Config validation, charging, scan and the
 simulator ask this module; none of them opens a protocol package to learn it.
 
 Modbus models are the declarative register maps (``modbus/maps/*.toml``); the

@@ -16,12 +16,13 @@ satisfies a ``closed`` intent: the agent has done all it can, so it stops asking
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
 from typing import Any
 
 from agent.buffer.journal import Journal
 from agent.buffer.store import Store
-from agent.config import MeterConfig
+from agent.errors import LedgerError
+from agent.eventlog import EventLog
+from agent.meters import MeterRegistry
 from agent.vocab import RELAY_STATES
 
 log = logging.getLogger("agent.relay")
@@ -32,8 +33,6 @@ log = logging.getLogger("agent.relay")
 RETRY_FIRST_S = 10
 RETRY_CAP_S = 900
 REPORT_AFTER = 5
-
-Emit = Callable[..., None]
 
 
 def matches(intent: str, actual: str) -> bool:
@@ -46,12 +45,12 @@ def backoff_s(attempts: int) -> int:
 
 
 class Actuation:
-    def __init__(self, store: Store, journal: Journal, meters: Mapping[str, MeterConfig],
-                 emit: Emit) -> None:
+    def __init__(self, store: Store, journal: Journal, meters: MeterRegistry,
+                 events: EventLog) -> None:
         self.store = store
         self.journal = journal
-        self.meters = meters  # shared with Accounting: meter_add/remove show up here too
-        self.emit = emit
+        self.meters = meters  # the registry: meter_add/remove show up here too
+        self.events = events
 
     def set_intent(self, meter_id: str, want: str, reason: str, now_s: int) -> None:
         """In the caller's transaction. A new intent is acted on at once: no back-off
@@ -60,6 +59,18 @@ class Actuation:
                                   relay_attempts=0, relay_next_s=0)
         log.info("event=relay_intent meter=%s want=%s reason=%s t=%d", meter_id, want, reason,
                  now_s)
+
+    def relay_result(self, meter_id: str, connected: bool | None, error: str, now_s: int,
+                     state: str | None = None) -> None:
+        """The bus switched (or failed to switch) a relay and read it back. ``state``
+        (closed | open | armed) wins over ``connected`` when given; ``connected`` None
+        and ``state`` None or "" (the bus's BusEvent.state on a failure): it failed."""
+        state = state or None
+        if state is not None and state not in RELAY_STATES:
+            raise LedgerError(f"relay state {state!r} is not closed | open | armed")
+        actual = state if state is not None else (
+            None if connected is None else "closed" if connected else "open")
+        self.result(meter_id, actual, error, now_s)
 
     def result(self, meter_id: str, actual: str | None, error: str, now_s: int) -> None:
         """What the relay reads back after a switch (``None``: the switch or read failed)."""
@@ -70,7 +81,7 @@ class Actuation:
             st = self.journal.meter(meter_id)
             if actual is not None and actual != st.relay_actual:
                 self.journal.update_meter(meter_id, relay_actual=actual)
-                self.emit(now_s, "relay", m=meter_id, acct=acct,
+                self.events.emit(now_s, "relay", m=meter_id, acct=acct,
                           detail={"state": actual, "reason": st.relay_reason or "startup"})
             if actual is not None and matches(st.relay_intent, actual):
                 if st.relay_attempts:
@@ -85,7 +96,7 @@ class Actuation:
                 detail: dict[str, Any] = {"want": st.relay_intent,
                                           "actual": actual or st.relay_actual or "unknown",
                                           "error": error, "attempts": attempts}
-                self.emit(now_s, "relay_failed", m=meter_id, acct=acct, detail=detail)
+                self.events.emit(now_s, "relay_failed", m=meter_id, acct=acct, detail=detail)
 
     def jobs(self, now_s: int | None = None) -> list[tuple[str, bool]]:
         """(meter, connect) for each relay that differs from its intent. With ``now_s``,

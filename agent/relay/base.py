@@ -52,7 +52,7 @@ def switch_and_confirm(relay: Relay, connect: bool) -> str:
     return state
 
 
-# (meter, connected, error, state) -> None: Accounting.relay_result without now_s
+# (meter, connected, error, state) -> None: Actuation.relay_result without now_s
 Report = Callable[[str, bool | None, str, str | None], None]
 
 

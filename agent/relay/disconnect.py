@@ -22,14 +22,18 @@ import dataclasses
 import functools
 import logging
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from agent.buffer.journal import Account, Journal
 from agent.buffer.store import Store
 from agent.config import MeterConfig
-from agent.ledger.policy import Policy, PolicyInputs, decide_disconnect
-from agent.relay.actuation import Actuation, Emit
+from agent.eventlog import EventLog
+from agent.ledger.policy import PolicyInputs, decide_disconnect
+from agent.localtime import LocalTime
+from agent.meters import MeterRegistry
+from agent.policy_overlay import PolicyOverlay
+from agent.relay.actuation import Actuation
 from agent.vocab import TAMPER_KINDS
 
 log = logging.getLogger("agent.ledger")
@@ -86,36 +90,35 @@ def kernel_clock_synchronised() -> bool:
 
 
 class Disconnection:
-    def __init__(self, store: Store, journal: Journal, meters: Mapping[str, MeterConfig],
-                 emit: Emit, local_s: Callable[[int], int], policy: Callable[[], Policy],
-                 clock_synchronised: Callable[[], bool] | None) -> None:
+    def __init__(self, store: Store, journal: Journal, meters: MeterRegistry,
+                 events: EventLog, local: LocalTime, policies: PolicyOverlay,
+                 actuation: Actuation, clock_synchronised: Callable[[], bool] | None) -> None:
         self.store = store
         self.journal = journal
         self.meters = meters
-        self.emit = emit
-        self.local_s = local_s
-        self.policy = policy  # the policy in force now (a `policy` command may change it)
+        self.events = events
+        self.local = local
+        self.policies = policies  # the policy in force now (a `policy` command may change it)
         self.headend = HeadendView()
         self.clock_trusted = False
         self.clock_confirmed = False  # by a verified head-end command
         self._clock_synchronised = clock_synchronised
-        self.actuation = Actuation(store, journal, meters, emit)
-        self._by_account: dict[str, list[MeterConfig]] | None = None
+        self.actuation = actuation
         # the decision last logged per account, (allowed, reasons): logged only when it
         # changes, not on every poll (SD-card wear); one entry an account
         self._logged: dict[str, tuple[bool, tuple[str, ...]]] = {}
 
-    def _meters_of(self, acct_id: str) -> list[MeterConfig]:
-        if self._by_account is None:  # asked on every reading: indexed once
-            by_account: dict[str, list[MeterConfig]] = {}
-            for meter in self.meters.values():
-                by_account.setdefault(meter.account, []).append(meter)
-            self._by_account = by_account
-        return self._by_account.get(acct_id, [])
-
-    def meters_changed(self) -> None:
-        """The shared meters mapping changed (meter_add, meter_remove)."""
-        self._by_account = None
+    def redecide_after_restart(self, meters: Iterable[MeterConfig]) -> None:
+        """A credit disconnection decided but not yet carried out when the agent stopped
+        is decided again now (clock, head-end, protected time may differ): the intent
+        goes back to the relay's last known state. In the caller's transaction."""
+        for meter in meters:
+            state = self.journal.meter(meter.id)
+            if (state.relay_intent == "open" and state.relay_reason == "credit"
+                    and state.relay_actual != "open"):
+                self.journal.update_meter(meter.id, relay_intent="closed",
+                                          relay_reason="redecide_after_restart")
+                log.info("event=relay_redecide meter=%s reason=restart", meter.id)
 
     # -- the clock ------------------------------------------------------------
     def confirm_clock(self, iat_s: int, now_s: int) -> None:
@@ -148,7 +151,7 @@ class Disconnection:
         ``acct``: the account as just written by the caller (saves reading it again)."""
         if acct is None:
             acct = self.journal.account(acct_id)
-        for meter in self._meters_of(acct_id):
+        for meter in self.meters.of_account(acct_id):
             state = self.journal.meter(meter.id)
             if state.override:
                 if state.override_until is None or now_s < state.override_until:
@@ -180,7 +183,7 @@ class Disconnection:
     def _consider(self, acct: Account, meter: MeterConfig, now_s: int) -> None:
         inputs = PolicyInputs(
             balance=acct.balance,
-            local_s=self.local_s(now_s),
+            local_s=self.local.local_s(now_s),
             clock_trusted=self.refresh_clock_trust(),
             moratorium_until=self.journal.moratorium_until(acct.id),
             now_s=now_s,
@@ -190,7 +193,7 @@ class Disconnection:
             alerts_raised=acct.alerts,
             zero_alert_at_s=acct.zero_alert_at,
             disconnects_last_hour=self.journal.count_disconnects(now_s - 3600),
-            policy=self.policy(),
+            policy=self.policies.policy,
         )
         decision = decide_disconnect(inputs)
         logged = (decision.allowed, tuple(decision.reasons))
@@ -200,7 +203,7 @@ class Disconnection:
                      "balance=%d floor=%d local=%s trusted=%s online=%s payments=%s heard=%s "
                      "moratorium=%s alerts=%s zero_at=%s disconnects_1h=%d", acct.id, meter.id,
                      decision.allowed, ",".join(decision.reasons), acct.balance,
-                     -self.policy().emergency_credit, inputs.local_s, inputs.clock_trusted,
+                     -self.policies.policy.emergency_credit, inputs.local_s, inputs.clock_trusted,
                      inputs.headend_online, inputs.payments_ok, inputs.headend_heard_s,
                      inputs.moratorium_until, sorted(acct.alerts), acct.zero_alert_at,
                      inputs.disconnects_last_hour)
@@ -212,7 +215,7 @@ class Disconnection:
         key = ",".join(decision.reasons)
         if key != acct.deferred:  # acct was read after the balance change that led here
             # once per episode: an episode is a run of decisions with the same reasons
-            self.emit(now_s, "disconnect_deferred", m=meter.id, acct=acct.id,
+            self.events.emit(now_s, "disconnect_deferred", m=meter.id, acct=acct.id,
                       detail={"reasons": list(decision.reasons), "reason": decision.reason,
                               "balance": acct.balance})
             self.journal.update_account(acct.id, deferred=key)
@@ -234,14 +237,14 @@ class Disconnection:
             state = self.journal.meter(meter_id)
             balance = self.journal.account(acct_id).balance if acct_id else None
             action = "none"
-            if (meter is not None and self.policy().disconnect_on_tamper
+            if (meter is not None and self.policies.policy.disconnect_on_tamper
                     and code not in RESTORATION_CODES and meter.relay_spec.kind != "none"):
                 action = "open"
                 self.journal.update_meter(meter_id, tamper_hold=t)
                 self.journal.record_disconnect(t)
             self.journal.record_tamper(meter_id, acct_id, t, kind, code, balance,
                                        state.relay_actual or "unknown", action)
-            self.emit(t, "tamper", m=meter_id, acct=acct_id,
+            self.events.emit(t, "tamper", m=meter_id, acct=acct_id,
                       detail={"kind": kind, "code": code, "action": action})
             if action == "open" and acct_id is not None:
                 self.evaluate(acct_id, t)

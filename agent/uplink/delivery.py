@@ -38,28 +38,50 @@ MAX_INFLIGHT = 32
 MAX_INFLIGHT_BYTES = 512 * 1024
 PUBACK_TIMEOUT_S = 30.0
 STATE_EVERY_S = 60.0  # the retained health report (also sent at every connect)
+MAX_METER_ERRORS = 32  # meters listed by name in one health report (the rest counted)
 
 
-def state_payload(status: Mapping[str, Any], *, backlog: Mapping[str, Any],
-                  drops: Mapping[str, int], link: Mapping[str, Any]) -> bytes:
-    """The retained ``state`` JSON (birth and health), docs/mqtt-api.md. ``status`` is
-    the runtime's status() map; the rest comes from the store and the link."""
-    meters: dict[str, Any] = {}
+def meter_health(status: Mapping[str, Any]) -> dict[str, tuple[int, int, Any]]:
+    """Each meter's (polls, failed polls, online) since this boot, from status()."""
+    health: dict[str, tuple[int, int, Any]] = {}
     for meter in status.get("meters", []):
         errors = meter.get("errors") or {}
         polls = int(errors.get("polls", 0))
-        failed = polls - int(errors.get("ok", polls))
-        meters[str(meter["id"])] = {
-            "polls": polls, "failed": failed,
-            "rate_pm": (failed * 1000 // polls) if polls else 0,  # per mille of polls
-            "online": meter.get("online"),
-        }
+        health[str(meter["id"])] = (polls, polls - int(errors.get("ok", polls)),
+                                    meter.get("online"))
+    return health
+
+
+def state_payload(status: Mapping[str, Any], *, backlog: Mapping[str, Any],
+                  drops: Mapping[str, int], link: Mapping[str, Any],
+                  reported: Mapping[str, int] | None = None) -> bytes:
+    """The retained ``state`` JSON (birth and health), docs/mqtt-api.md. ``status`` is
+    the runtime's status() map; the rest comes from the store and the link.
+
+    ``meter_errors`` lists only the meters worth a look: offline, or with failed polls
+    since the last report (``reported``: each meter's failed count then; none at the
+    birth, so a meter that failed at all this boot is listed). Gateway totals stand
+    for the rest. At most ``MAX_METER_ERRORS`` are listed, offline first, then the
+    most new failures; ``meters_failing`` counts all of them."""
+    health = meter_health(status)
+    before = reported or {}
+    failing = [(mid, polls, failed, online) for mid, (polls, failed, online) in health.items()
+               if online is False or failed != before.get(mid, 0)]
+    failing.sort(key=lambda m: (m[3] is not False, -(m[2] - before.get(m[0], 0)), m[0]))
+    meters = {mid: {"polls": polls, "failed": failed,
+                    "rate_pm": (failed * 1000 // polls) if polls else 0,  # per mille
+                    "online": online}
+              for mid, polls, failed, online in failing[:MAX_METER_ERRORS]}
     body = {
         "online": True,
         "version": status.get("version", __version__),
         "boot": status["boot"],
         "started": status.get("started"),
-        "meters": len(meters),
+        "meters": len(health),
+        "meters_online": sum(1 for _, _, online in health.values() if online is True),
+        "meters_failing": len(failing),
+        "polls": sum(polls for polls, _, _ in health.values()),
+        "failed": sum(failed for _, failed, _ in health.values()),
         "backlog": backlog["total"],  # Backlog.total: messages + items not yet formed
         "backlog_items": backlog["items"],
         "backlog_bytes": backlog["bytes"],
@@ -97,6 +119,7 @@ class Delivery:
         self.acked = 0
         self.up = False  # between our on_connected and on_disconnected
         self.next_state_s = 0.0
+        self.reported: dict[str, int] = {}  # each meter's failed polls in the last report
 
     # -- link events ---------------------------------------------------------------
     def on_connected(self) -> None:
@@ -104,6 +127,7 @@ class Delivery:
         self.inflight.clear()  # send everything unacknowledged again, from the store
         self.up = True
         self.next_state_s = 0.0  # the birth goes out at the next pump
+        self.reported = {}  # and lists every meter that failed a poll this boot
 
     def on_disconnected(self) -> None:
         self.flush_acks()
@@ -168,7 +192,7 @@ class Delivery:
         backlog = {"total": summary.total, "items": summary.items, "bytes": summary.bytes,
                    "oldest_s": 0 if summary.oldest_t is None else max(0, now - summary.oldest_t)}
         return state_payload(status, backlog=backlog, drops=self.store.counters(),
-                             link=self.link.status())
+                             link=self.link.status(), reported=self.reported)
 
     def _maybe_state(self) -> None:
         if self.status is None:
@@ -176,6 +200,7 @@ class Delivery:
         mono = self.clock.monotonic_s()
         if mono < self.next_state_s:
             return
-        if self.link.publish("state", self.state_payload(self.status()), retain=True) \
-                is not None:
+        status = self.status()
+        if self.link.publish("state", self.state_payload(status), retain=True) is not None:
             self.next_state_s = mono + STATE_EVERY_S
+            self.reported = {mid: failed for mid, (_, failed, _) in meter_health(status).items()}

@@ -4,6 +4,7 @@ with the free space given by the test."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -107,7 +108,7 @@ def test_a_reserve_that_cannot_be_allocated_is_left_as_it_was(
     def no_space(fd: int, offset: int, length: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(disk.os, "posix_fallocate", no_space)
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
     assert not g.check(1000.0, 300)
     assert g.state == DEGRADED and g.held_bytes() == 16 * KIB
 

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -22,6 +23,8 @@ from agent.clock import SimClock
 from agent.drivers.dlms import ciphering
 from agent.drivers.dlms.apdu import (
     Aare,
+    ActionRequest,
+    ActionResponse,
     Apdu,
     ConfirmedServiceError,
     ExceptionResponse,
@@ -44,8 +47,9 @@ from agent.drivers.dlms.errors import (
 from agent.drivers.dlms.hdlc import HdlcFrame
 from agent.drivers.dlms.security import DlmsSecurity, SecureAssociation, key_id
 from agent.errors import DeviceException, ProtocolError
-from sim.dlms_meter import CONNECTED, SimDlmsMeter
-from tests.drivers.test_dlms_device import LoopTransport, rig, sim_meter
+from sim.dlms_meter import SimDlmsMeter
+from sim.dlms_objects import CONNECTED
+from tests.drivers.test_dlms_device import LoopTransport, association, rig, sim_meter
 
 EK = bytes.fromhex("000102030405060708090A0B0C0D0E0F")
 AK = bytes.fromhex("D0D1D2D3D4D5D6D7D8D9DADBDCDDDEDF")
@@ -63,9 +67,11 @@ def keyed(clock: SimClock, keys: tuple[bytes, bytes] = (EK, AK)) -> SimDlmsMeter
     return sim_meter(clock, keys=keys)
 
 
-def security(counters: InvocationCounters | None = None, **kwargs: object) -> DlmsSecurity:
-    return DlmsSecurity(client_title=CLIENT_TITLE, ek=EK, ak=AK,  # type: ignore[arg-type]
-                        counters=counters or InvocationCounters(None, "M5"), **kwargs)
+def security(counters: InvocationCounters | None = None, *, form: str = "general-glo",
+             server_title: bytes | None = None) -> DlmsSecurity:
+    return DlmsSecurity(client_title=CLIENT_TITLE, ek=EK, ak=AK,
+                        counters=counters or InvocationCounters(None, "M5"),
+                        server_title=server_title, form=form)
 
 
 def meter_on(transport: LoopTransport, clock: SimClock, sec: DlmsSecurity,
@@ -89,7 +95,7 @@ def test_readings_through_lls_and_the_relay_through_hls(clock: SimClock, form: s
     transport.writes.clear()
     meter.relay_set(False)
     assert sim.association == "hls" and sim.associations == 2
-    assert meter.relay_state() == "open" and not sim.connected
+    assert (meter.relay_state(), sim.connected) == ("open", False)
     assert sim.associations == 2  # relay_set and its read-back share one association
     # the disconnect command never crossed the wire in clear
     assert not any(DISCONNECT_DESCRIPTOR in w for w in transport.writes)
@@ -98,7 +104,7 @@ def test_readings_through_lls_and_the_relay_through_hls(clock: SimClock, form: s
     meter.relay_set(True)
     assert meter.relay_state() == "closed" and sim.connected
     meter.close()
-    assert sim.association is None and meter.state is State.DISCONNECTED
+    assert association(sim) is None and meter.state is State.DISCONNECTED
 
 
 def test_the_utility_settings_client_reads_and_switches_on_one_association(
@@ -257,8 +263,9 @@ def test_a_wrong_f_ctos_from_the_meter_is_auth_failed(clock: SimClock) -> None:
     assert sim.security is not None
     pass3 = sim.security.pass3
 
-    def lying(request):  # type: ignore[no-untyped-def]
+    def lying(request: ActionRequest) -> ActionResponse:
         response = pass3(request)
+        assert response.data is not None
         value = bytearray(response.data.octets)
         value[-1] ^= 0x80
         return dataclasses.replace(response, data=dataclasses.replace(
@@ -390,7 +397,7 @@ def test_the_security_faults_through_the_control_socket(clock: SimClock) -> None
     assert keyed_meter.wrong_key
     assert control({"meter": "D1", "fault": "wrong_key", "on": False})["wrong_key"] is False
     assert control({"meter": "D1", "fault": "replay_counter", "on": True})["replay_counter"]
-    assert keyed_meter.replay_counter and not keyed_meter.wrong_key
+    assert (keyed_meter.replay_counter, keyed_meter.wrong_key) == (True, False)
     refused = control({"meter": "D2", "fault": "wrong_key"})  # no keys: nothing to make wrong
     assert not refused["ok"] and "cannot do it" in str(refused["error"])
     with pytest.raises(ValueError, match="no HLS keys"):
@@ -415,13 +422,14 @@ def _associated(clock: SimClock, form: str = "general-glo") -> tuple[SimDlmsMete
     ({"challenge": None}, DlmsProtocolError, "StoC of 0"),
     ({"ciphered_initiate": None}, DlmsSecurityError, "not ciphered"),
 ])
-def test_an_aare_that_breaks_hls_rules_is_refused(clock: SimClock, change: dict[str, object],
+def test_an_aare_that_breaks_hls_rules_is_refused(clock: SimClock, change: dict[str, Any],
                                                    error: type[Exception], match: str) -> None:
     sim = keyed(clock)
     secure = SecureAssociation(security(), os.urandom)
     aare = decode_apdu(sim.handle_apdu(secure.aarq(0x1C0019, 1024).to_bytes(), 0x30))
+    assert isinstance(aare, Aare)
     with pytest.raises(error, match=match):
-        secure.accept(dataclasses.replace(aare, **change))  # type: ignore[type-var]
+        secure.accept(dataclasses.replace(aare, **change))
 
 
 def test_an_aare_with_an_unauthenticated_initiate_response_is_a_bad_tag(

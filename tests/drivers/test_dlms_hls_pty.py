@@ -29,11 +29,13 @@ import pytest
 
 from agent.config import Config, load_config
 from agent.drivers.bus import BusEvent, BusScheduler
+from agent.drivers.dlms.device import DlmsMeter
 from agent.drivers.dlms.errors import DlmsSecurityError
 from agent.drivers.dlms.security import key_id
 from agent.drivers.driver import make_driver
 from agent.drivers.transport import SerialTransport
 from sim.dlms_meter import SimDlmsMeter
+from tests.drivers.test_dlms_device import association
 from tests.drivers.test_dlms_pty import CONFIG, METER
 
 EK = bytes.fromhex("000102030405060708090A0B0C0D0E0F")
@@ -101,16 +103,17 @@ def test_dlms_cosem_associates_with_hls_gmac_and_operates_the_relay(
         c.action(disconnect, b"\x0f\x00")  # integer 0
         assert parse_as_dlms_data(c.get(state)) == sim.control_state == 0
         assert not sim.connected and sim.relay_actions == 1
-    assert sim.association is None  # released
+    assert association(sim) is None  # released
     # our driver then sees what dlms-cosem did, through its own HLS association
     transport = SerialTransport(config.buses[0].port, 9600)
     try:
         meter = make_driver("dlms", transport, config.meters[0], system_title=b"MAGours1",
                             data_dir=Path(config.gateway.data_dir))
-        assert meter.relay_state() == "open"  # type: ignore[attr-defined]
-        meter.relay_set(True)  # type: ignore[attr-defined]
-        assert meter.relay_state() == "closed" and sim.connected  # type: ignore[attr-defined]
-        meter.close()  # type: ignore[attr-defined]
+        assert isinstance(meter, DlmsMeter)
+        assert meter.relay_state() == "open"
+        meter.relay_set(True)
+        assert (meter.relay_state(), sim.connected) == ("closed", True)
+        meter.close()
     finally:
         transport.close()
 

@@ -104,7 +104,7 @@ def test_our_driver_over_a_pty(served: tuple[str, dict[str, SimDlmsMeter]]) -> N
         assert meter.relay_state() == "open" and sim.connected is False
         assert meter.read("M5", 15).values["p_w"] == 0
         meter.relay_set(True)
-        assert meter.relay_state() == "closed" and sim.connected is True
+        assert (meter.relay_state(), sim.connected) == ("closed", True)
         sim.control_mode = 2
         meter.relay_set(False)
         meter.relay_set(True)

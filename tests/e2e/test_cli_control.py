@@ -86,19 +86,20 @@ def test_token_issue_reference_issuer(tmp_path: Path) -> None:
 
 
 def test_ledger_shows_local_times_and_json_keeps_unix_seconds(tmp_path: Path) -> None:
-    from agent.accounting import Accounting
     from agent.buffer.journal import Journal
     from agent.buffer.store import Store
     from agent.config import load_config
+    from agent.meters import MeterRegistry
+    from agent.runtime import start_ledger, wire_ledger
 
     config = make_config(tmp_path, 1883)
     cfg = load_config(config)
     store = Store(cfg.gateway.data_dir)
     journal = Journal(store)
-    accounting = Accounting(cfg, store, journal, token_key=bytes(32))
-    accounting.setup(1_767_225_600)
+    ledger = wire_ledger(cfg, store, journal, MeterRegistry(cfg.meters), token_key=bytes(32))
+    start_ledger(ledger, cfg, store, journal, 1_767_225_600)
     t = 1_767_268_800  # 2026-01-01 12:00 UTC = 17:30 in Asia/Kolkata
-    accounting.topup("ACC-0001", 12_345, "T-local", t)
+    ledger.credit.topup("ACC-0001", 12_345, "T-local", t)
     store.close()
     text = cli("ledger", "ACC-0001", "-c", str(config))
     assert text.returncode == 0, text.stderr

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.accounting import Accounting
 from agent.buffer.journal import Journal
 from agent.buffer.store import LANE_REPLY, Store
-from agent.dispatch import Dispatcher
+from agent.meters import MeterRegistry
+from agent.runtime import start_ledger, wire_dispatcher, wire_ledger
 from agent.uplink import cbor, cose, wire
 from agent.uplink.commands import OPS, make_command
 from tests.e2e.uplink_helpers import GW, config_for
@@ -34,11 +34,12 @@ class Box:
         cfg = config_for(1883, data_dir)
         self.store = Store(data_dir)
         self.journal = Journal(self.store)
-        self.accounting = Accounting(cfg, self.store, self.journal)
-        self.accounting.setup(NOW)
-        self.dispatcher = Dispatcher(gw=GW, boot=self.store.next_boot(), key=KEY,
-                                     store=self.store, journal=self.journal,
-                                     accounting=self.accounting, read_meter=lambda m, r: True)
+        meters = MeterRegistry(cfg.meters)
+        ledger = wire_ledger(cfg, self.store, self.journal, meters)
+        start_ledger(ledger, cfg, self.store, self.journal, NOW)
+        self.dispatcher = wire_dispatcher(gw=GW, boot=self.store.next_boot(), key=KEY,
+                                          store=self.store, journal=self.journal, ledger=ledger,
+                                          meters=meters, read_meter=lambda m, r: True)
 
     def state(self) -> dict[str, list[tuple[Any, ...]]]:
         return {t: sorted(self.store.conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr)

@@ -152,7 +152,8 @@ def _scenario(g: Gateway, meters: list[str]) -> None:
                                for r in g.headend.readings(g.gw)) for m in meters), 40,
                "readings after the restart")
     g.quiesce(timeout_s=40)
-    assert g.headend.state(g.gw)["boot"] == 2
+    state = g.headend.state(g.gw)
+    assert state is not None and state["boot"] == 2
     _check_ledger(g, meters)
     assert not g.headend.events(g.gw, "bad_reading"), g.headend.events(g.gw, "bad_reading")
 

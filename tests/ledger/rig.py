@@ -1,5 +1,6 @@
-"""A real agent ledger for tests: Store + Journal + Accounting in a temp dir, a simulated
-clock, a controllable clock-trust flag, and restart (close and reopen everything)."""
+"""A real agent ledger for tests: Store + Journal + the ledger's parts (wired as the
+runtime wires them) in a temp dir, a simulated clock, a controllable clock-trust flag,
+and restart (close and reopen everything)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from agent.accounting import Accounting
 from agent.buffer.journal import Account, Entry, Journal, MeterState
 from agent.buffer.store import LANE_EVENTS, LANE_LEDGER, Store
 from agent.config import Config, parse_config
 from agent.drivers.reading import Reading
 from agent.ledger.calendar import days_from_civil
+from agent.meters import MeterRegistry
+from agent.runtime import start_ledger, wire_ledger
 from agent.uplink import cbor
 
 IST_S = 19_800  # Asia/Kolkata, UTC+05:30, no daylight saving
@@ -80,23 +82,28 @@ class Rig:
         self.headend_up = headend
         self.fast = fast
         self._open()
-        self.acc.setup(self.now)
+        self.setup()
+
+    def setup(self) -> None:
+        """What the runtime does at start (accounts, tariff versions, the first tick)."""
+        start_ledger(self.ledger, self.cfg, self.store, self.journal, self.now)
 
     def _open(self) -> None:
         self.store = Store(self.cfg.gateway.data_dir)
         if self.fast:  # arithmetic tests only: durability is proven elsewhere
             self.store.conn.execute("PRAGMA synchronous = OFF")
         self.journal = Journal(self.store)
-        self.acc = Accounting(self.cfg, self.store, self.journal, token_key=TOKEN_KEY,
-                              clock_synchronised=lambda: self.synced)
+        self.meters = MeterRegistry(self.cfg.meters)
+        self.ledger = wire_ledger(self.cfg, self.store, self.journal, self.meters,
+                                  token_key=TOKEN_KEY, clock_synchronised=lambda: self.synced)
         if self.headend_up:
-            self.acc.headend_state(True, True, self.now)
+            self.ledger.relays.headend_state(True, True, self.now)
 
     def restart(self) -> None:
         """A restart: everything in memory is gone; only the store survives."""
         self.store.close()
         self._open()
-        self.acc.setup(self.now)
+        self.setup()
 
     def close(self) -> None:
         self.store.close()
@@ -105,21 +112,21 @@ class Rig:
     def advance(self, seconds: int) -> None:
         self.now += seconds
         if self.headend_up:
-            self.acc.headend_still_heard(self.now)
+            self.ledger.relays.headend_still_heard(self.now)
 
     def read(self, meter: str, import_wh: int, serial: str | None = None) -> None:
-        self.acc.on_reading(Reading(meter, self.now, {"import_wh": import_wh}, serial))
+        self.ledger.charging.on_reading(Reading(meter, self.now, {"import_wh": import_wh}, serial))
 
     def tick(self) -> None:
-        self.acc.tick(self.now)
+        self.ledger.charging.tick(self.now)
 
     def topup(self, acct: str, amount: int, txn: str) -> tuple[bool, int]:
-        return self.acc.topup(acct, amount, txn, self.now)
+        return self.ledger.credit.topup(acct, amount, txn, self.now)
 
     def follow_relays(self) -> None:
         """The bus does what the intent says and reads it back."""
-        for meter_id, connect in self.acc.relay_jobs(self.now):
-            self.acc.relay_result(meter_id, connect, "", self.now)
+        for meter_id, connect in self.ledger.actuation.jobs(self.now):
+            self.ledger.actuation.relay_result(meter_id, connect, "", self.now)
 
     # -- looking ------------------------------------------------------------------
     def account(self, acct: str = "A1") -> Account:

@@ -16,6 +16,7 @@ from agent.ledger.billing import (
     RESET_READINGS,
     Charge,
     MonthAccrual,
+    ResetWatch,
     charge,
     fixed_dates_due,
     month_parts,
@@ -303,7 +304,9 @@ def test_a_reset_is_confirmed_only_by_consistent_readings(
     """Fed readings below a baseline one by one (value, seconds since the last): the
     count is the length of the run of consistent readings ending here, and the run's
     first reading is the one the meter would be rebased on."""
-    watch, t, run = None, 0, []
+    watch: ResetWatch | None = None
+    t = 0
+    run: list[tuple[int, int]] = []
     for value, gap_s in readings:
         t += gap_s
         if run and value >= run[-1][0] and (value - run[-1][0]) * 3600 <= (

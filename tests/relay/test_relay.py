@@ -1,6 +1,6 @@
 """Relay backends: switch and read back (agent/relay/base.py), GPIO through a stand-in
 with libgpiod v2's API shape (request_lines / LineSettings / line.Value), and the sync
-loop that reports to Accounting.relay_result."""
+loop that reports to Actuation.relay_result."""
 
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ def test_fake_relay_follows_the_protocol() -> None:
         switch_and_confirm(armed, False)
 
 
-def test_sync_switches_gpio_jobs_and_reports_to_accounting(tmp_path: Path) -> None:
+def test_sync_switches_gpio_jobs_and_reports_to_actuation(tmp_path: Path) -> None:
     rig = Rig(tmp_path, meters=2, tariff={"fixed_per_day": 0, "slabs": [{"rate": 10_000}]})
     for m in ("M1", "M2"):
         rig.read(m, 1_000_000)
@@ -139,16 +139,16 @@ def test_sync_switches_gpio_jobs_and_reports_to_accounting(tmp_path: Path) -> No
     broken.fail = True
 
     def report(meter: str, connected: bool | None, error: str, state: str | None) -> None:
-        rig.acc.relay_result(meter, connected, error, rig.now, state=state)
+        rig.ledger.actuation.relay_result(meter, connected, error, rig.now, state=state)
 
-    jobs = rig.acc.relay_jobs(rig.now)
+    jobs = rig.ledger.actuation.jobs(rig.now)
     assert sorted(jobs) == [("M1", False), ("M2", False)]
     assert sync(relays, jobs, report) == 1
     assert relays["M1"].state == "open" and rig.meter("M1").relay_actual == "open"
-    assert rig.acc.relay_jobs(rig.now) == [("M2", False)]
-    assert sync({"M2": broken}, rig.acc.relay_jobs(rig.now), report) == 1
+    assert rig.ledger.actuation.jobs(rig.now) == [("M2", False)]
+    assert sync({"M2": broken}, rig.ledger.actuation.jobs(rig.now), report) == 1
     assert rig.meter("M2").relay_attempts == 1  # the failure is on record, with back-off
-    assert rig.acc.relay_jobs(rig.now) == []
+    assert rig.ledger.actuation.jobs(rig.now) == []
     rig.close()
 
 

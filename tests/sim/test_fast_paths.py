@@ -60,6 +60,6 @@ def test_health_report_from_health_is_the_one_from_status(tmp_path: Path) -> Non
     sim = GatewaySim(plan, plan.gateways[0], tmp_path)
     sim.run()
     rt = sim.rt
-    assert rt is not None and rt.accounting.meters
+    assert rt is not None and rt.meters
     assert any(m["errors"] for m in rt.health()["meters"])
     assert rt.delivery.state_payload(rt.health()) == rt.delivery.state_payload(rt.status())

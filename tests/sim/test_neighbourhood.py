@@ -34,7 +34,7 @@ SOAK = os.environ.get("SOAK") == "1"
 # pass; anything else fails. Empty this list when the bug is fixed.
 # Agent bugs the simulation found and that are not fixed yet (shown, not failed). The
 # last one, an open relay intent from before a restart executed without a new decision,
-# is fixed (Accounting.setup decides again); seeds 4 and 19 at 40 meters x 14 days,
+# is fixed (the runtime's start_ledger decides again); seeds 4 and 19 at 40 meters x 14 days,
 # which found it, pass.
 KNOWN_BUGS: tuple[str, ...] = ()
 

@@ -13,7 +13,7 @@ from agent.buffer.store import LANE_BACKLOG, LANE_EVENTS, LANE_READINGS, Store
 from agent.clock import SimClock
 from agent.drivers.reading import Reading
 from agent.uplink import cbor
-from agent.uplink.delivery import MAX_INFLIGHT, Delivery, state_payload
+from agent.uplink.delivery import MAX_INFLIGHT, MAX_METER_ERRORS, Delivery, state_payload
 
 T0 = 1_767_225_600
 GW = "gw1"
@@ -198,6 +198,7 @@ def test_the_birth_and_the_periodic_state(tmp_path: Path) -> None:
     assert topic == "state" and retain
     # the 2 events are not yet in a message: the backlog counts them (CONTRACT 3)
     assert state == {"online": True, "version": "9.9", "boot": 1, "started": T0, "meters": 2,
+                     "meters_online": 1, "meters_failing": 2, "polls": 200, "failed": 10,
                      "backlog": 2, "backlog_items": 2, "backlog_bytes": state["backlog_bytes"],
                      "oldest_s": 50, "reconnects": 2, "restarts": 0,
                      "drops": {"stripped_readings": 0, "dropped_readings": 0,
@@ -216,6 +217,53 @@ def test_the_birth_and_the_periodic_state(tmp_path: Path) -> None:
     delivery.on_connected()  # every connect: a birth at once
     delivery.pump()
     assert link.sent[2][1] == "state"
+
+
+def test_health_lists_a_meter_only_while_it_is_offline_or_failing(tmp_path: Path) -> None:
+    """After the birth a report names only the meters that are offline or failed a poll
+    since the report before; the totals stand for the rest (a healthy gateway of 250
+    meters sends a few hundred bytes a minute, not a line per meter)."""
+    meters = {"M1": [True, 100, 100], "M2": [True, 100, 97], "M3": [False, 100, 90]}
+
+    def status() -> dict[str, Any]:
+        return {"boot": 1, "meters": [
+            {"id": k, "online": on, "errors": {"polls": polls, "ok": ok}}
+            for k, (on, polls, ok) in meters.items()]}
+
+    _, link, clock, delivery = setup(tmp_path, status=status)
+    delivery.pump()
+    birth = json.loads(link.sent[-1][2])
+    assert sorted(birth["meter_errors"]) == ["M2", "M3"]  # every failure this boot
+    assert (birth["polls"], birth["failed"], birth["meters_online"]) == (300, 13, 2)
+    meters["M3"][0] = True  # back online, no new failures anywhere
+    clock.advance(60)
+    delivery.pump()
+    quiet = json.loads(link.sent[-1][2])
+    assert quiet["meter_errors"] == {} and quiet["meters_failing"] == 0
+    assert quiet["meters_online"] == 3 and quiet["failed"] == 13
+    meters["M1"] = [True, 110, 108]  # two new failures
+    clock.advance(60)
+    delivery.pump()
+    assert json.loads(link.sent[-1][2])["meter_errors"] == {
+        "M1": {"polls": 110, "failed": 2, "rate_pm": 18, "online": True}}
+    delivery.on_disconnected()
+    delivery.on_connected()  # a new birth names every failure of the boot again
+    delivery.pump()
+    assert sorted(json.loads(link.sent[-1][2])["meter_errors"]) == ["M1", "M2", "M3"]
+
+
+def test_health_names_at_most_max_meter_errors_meters_offline_first() -> None:
+    n = MAX_METER_ERRORS + 10
+    meters = [{"id": f"M{i:03d}", "online": i % 2 == 0, "errors": {"polls": 10, "ok": 10 - i % 5}}
+              for i in range(n)]
+    body = json.loads(state_payload({"boot": 1, "meters": meters},
+                                    backlog={"total": 0, "items": 0, "bytes": 0, "oldest_s": 0},
+                                    drops={}, link={}))
+    listed = body["meter_errors"]
+    offline = [m["id"] for m in meters if not m["online"]]
+    assert len(listed) == MAX_METER_ERRORS and set(offline) <= set(listed)
+    assert body["meters_failing"] == len(offline) + sum(
+        1 for i in range(n) if i % 2 == 0 and i % 5)
 
 
 def test_state_payload_is_compact_json() -> None:
