@@ -5,13 +5,23 @@ the ledger write that failed then succeeds."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 
 from agent.buffer import outbox
+from agent.buffer import store as store_module
 from agent.buffer.journal import Journal
-from agent.buffer.store import LANE_READINGS, WAL_PAGES, WAL_PAGES_FULL, Store
+from agent.buffer.store import (
+    FULL_FREE_BYTES,
+    LANE_READINGS,
+    WAL_PAGES,
+    WAL_PAGES_FULL,
+    Store,
+    is_full,
+)
 from agent.drivers.reading import Reading
 from agent.errors import StoreError, StoreFullError
 from tests.buffer.test_bounds import FULL, T0, dropped_events, fill, pending_readings
@@ -139,3 +149,19 @@ def test_while_the_disk_is_full_the_wal_is_reused_not_grown(tmp_path: Path,
     else:
         assert wal > 2 * WAL_PAGES_FULL * (page + 24)
     store.close()
+
+
+def test_an_io_error_is_a_full_disk_only_when_the_disk_has_no_room(tmp_path: Path) -> None:
+    """SQLite says SQLITE_IOERR_SHMSIZE when its WAL index cannot grow on a full disk;
+    the same error with room to spare is a broken disk, not a full one."""
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorname = "SQLITE_FULL"
+    shm = sqlite3.OperationalError("disk I/O error")
+    shm.sqlite_errorname = "SQLITE_IOERR_SHMSIZE"
+    other = sqlite3.OperationalError("no such table: x")
+    other.sqlite_errorname = "SQLITE_ERROR"
+    with patch.object(store_module, "disk_free_bytes", lambda _p: FULL_FREE_BYTES - 1):
+        assert is_full(full, tmp_path) and is_full(shm, tmp_path)
+        assert not is_full(other, tmp_path)
+    with patch.object(store_module, "disk_free_bytes", lambda _p: FULL_FREE_BYTES):
+        assert is_full(full, tmp_path) and not is_full(shm, tmp_path)
