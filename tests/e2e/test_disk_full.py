@@ -156,6 +156,14 @@ def test_the_disk_fills_while_the_agent_runs_and_it_starts_again_on_a_full_disk(
     topup(g, "ACC-0002", "while-full")  # a ledger write on the full disk
     wait_until(lambda: [e for e in g.headend.ledger_entries(g.gw, "ACC-0002")
                         if e["ref"] == "while-full"], 15, "the top-up's ledger entry")
+    # Relay control on the full disk: a disconnection and a reconnection (intent is
+    # durable: each one a store write).
+    assert g.command("relay", {"meter": "SDM-0001", "action": "disconnect"})["ok"]
+    wait_until(lambda: g.sim_state()["meters"]["SDM-0001"]["connected"] is False, 15,
+               "the relay opened on a full disk")
+    assert g.command("relay", {"meter": "SDM-0001", "action": "connect"})["ok"]
+    wait_until(lambda: g.sim_state()["meters"]["SDM-0001"]["connected"] is True, 15,
+               "the relay closed again")
     wait_until(lambda: mode(g) == "degraded", 10, "status: degraded")
     assert g.agent is not None and g.agent.alive()
     dropped = [e["detail"] for e in g.headend.events(g.gw, "data_dropped")]
