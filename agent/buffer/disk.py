@@ -51,6 +51,8 @@ RESERVE_KEEP_BYTES: Final = 1024 * 1024  # kept at the first full write, for the
 RESUME_FREE_BYTES: Final = 2 * 1024 * 1024  # free beyond the reserve before it is remade
 CHECK_EVERY_S: Final = 10.0  # while degraded: how often free space is looked at
 
+HELP: Final = "docs/technician.md#a-full-disk"  # in the log line a technician reads
+
 NORMAL: Final = "normal"
 DEGRADED: Final = "degraded"
 _MOVES: Final = {
@@ -161,7 +163,8 @@ class DiskGuard:
         self._move("full")
         if was != DEGRADED or released:
             log.warning("event=disk_full mode=degraded where=%s released=%d reserve=%d "
-                        "free=%d", where, released, self.held_bytes(), self.free())
+                        "free=%d help=%s", where, released, self.held_bytes(), self.free(),
+                        HELP)
         if was != DEGRADED:
             self.reason, self.since_s = where, now_s
         return released
