@@ -88,6 +88,7 @@ class DiskGuard:
         self.since_s: int | None = None  # when the mode became degraded (Unix s)
         self.fulls = 0  # writes that found no room since start
         self._next_check_s = 0.0
+        self._grow_error: str | None = None  # why the reserve could not be made, last time
 
     def _move(self, event: str) -> None:
         self.state = _MOVES[(self.state, event)]
@@ -121,9 +122,12 @@ class DiskGuard:
             finally:
                 os.close(fd)
         except OSError as exc:  # taken meanwhile by someone else: back to what it was
-            log.warning("event=reserve_failed path=%s error=%s", self.path, exc.strerror)
+            if exc.strerror != self._grow_error:  # logged on change (an SD card)
+                log.warning("event=reserve_failed path=%s error=%s", self.path, exc.strerror)
+            self._grow_error = exc.strerror
             self._cut(held)
             return False
+        self._grow_error = None
         return True
 
     def _cut(self, keep: int) -> int:

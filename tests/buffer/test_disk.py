@@ -98,7 +98,8 @@ def test_space_back_remakes_the_reserve_once_per_check_and_only_with_the_margin(
 
 
 def test_a_reserve_that_cannot_be_allocated_is_left_as_it_was(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     """The space went to someone else between the look and the allocation."""
     free = _Free(1 << 30)
     g = guard(tmp_path, free)
@@ -109,8 +110,12 @@ def test_a_reserve_that_cannot_be_allocated_is_left_as_it_was(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "posix_fallocate", no_space)
-    assert not g.check(1000.0, 300)
+    with caplog.at_level(logging.INFO, "agent.disk"):
+        for i in range(3):
+            assert not g.check(1000.0 + 10 * i, 300 + 10 * i)
     assert g.state == DEGRADED and g.held_bytes() == 16 * KIB
+    failed = [r for r in caplog.records if "event=reserve_failed" in r.getMessage()]
+    assert len(failed) == 1, "logged when the reason changes, not at every check"
 
 
 def test_an_event_the_table_does_not_have_raises(tmp_path: Path) -> None:
