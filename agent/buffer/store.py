@@ -4,7 +4,9 @@ WAL with ``synchronous=FULL``: a committed transaction survives kill -9 and a
 power cut. State that must agree (journal + balance + outbox row + seen
 command + relay intent) is changed in ONE ``with store.tx():`` transaction.
 Only the runtime thread holds the writable ``Store``; the CLI and the status
-page open ``Store.open_readonly``.
+page open ``Store.open_readonly``. A write that finds no room (SQLITE_FULL, at a
+statement or at the COMMIT) raises ``StoreFullError`` with the transaction undone; the
+runtime makes room (buffer/disk.py) and runs the same work again.
 
 Tables
   meta      boot counter, next uplink seq, schema version, drop counters
