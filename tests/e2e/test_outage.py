@@ -6,7 +6,8 @@
   agent in this process with a simulated clock, a broker that is down while eight
   hours of readings of 100 meters pile up; after it is back every reading arrives, in
   order per meter, and readings taken after the return go out ahead of the backlog;
-- the store full (free disk under the floor from the start): instantaneous values go
+- the store full (free disk under the floor from the start, and none of the room for
+  live readings that the floor keeps otherwise: a test knob): instantaneous values go
   first, then whole readings, each drop reported as data_dropped, while the ledger and
   relay control go on (credit runs out, the relay opens, a top-up closes it).
 """
@@ -144,6 +145,7 @@ def test_the_store_full_drops_in_order_and_the_ledger_and_relay_go_on(tmp_path: 
         tariff={"domestic": {"fixed_per_day": 0, "slabs": [{"rate": 1_000_000}],
                              "duty_bp": 0, "billing_day": 1}},
         policy={"emergency_credit": 0, "alert_levels_pct": [0]})
+    g.env = {"UPLINK_TEST_FLOOR_ROOM_BYTES": "1"}  # no room kept for live readings
     try:
         g.start_agent()
         wait_until(lambda: g.headend.events(g.gw, "data_dropped"), 30, "a data_dropped event")

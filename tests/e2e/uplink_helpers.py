@@ -4,7 +4,7 @@ loop, and small broker tools (a config for one, pausing one with SIGSTOP).
 
 ``WiredRuntime`` is the runtime as ``agent.cli run`` builds it; run it as
 ``python -m tests.e2e.uplink_helpers -c FILE`` to set the uplink tests' knobs
-(``UPLINK_TEST_LIVE_FLUSH_S``) in the agent's process.
+(``UPLINK_TEST_LIVE_FLUSH_S``, ``UPLINK_TEST_FLOOR_ROOM_BYTES``) in the agent's process.
 """
 
 from __future__ import annotations
@@ -54,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     flush = os.environ.get("UPLINK_TEST_LIVE_FLUSH_S")
     if flush is not None:
         outbox.LIVE_FLUSH_S = int(flush)
+    # Test knob: the room a store under the free-disk floor keeps for live readings
+    # (64 KiB: one gateway's readings would take minutes to fill it, so a drop test
+    # sets it to 1 byte and drops start at the first tick).
+    room = os.environ.get("UPLINK_TEST_FLOOR_ROOM_BYTES")
+    if room is not None:
+        outbox.FLOOR_ROOM_BYTES = int(room)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
     runtime = WiredRuntime(load_config(args.config))
     signal.signal(signal.SIGTERM, lambda *_: runtime.stop())
