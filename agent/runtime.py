@@ -23,6 +23,7 @@ running it once.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -773,6 +774,8 @@ class Runtime:
             tmp.write_text(json.dumps(status, separators=(",", ":")))
             os.replace(tmp, path)
         except OSError as exc:
+            with contextlib.suppress(OSError):  # a part written holds blocks a full disk needs
+                tmp.unlink(missing_ok=True)
             changed = exc.strerror != self._status_error
             if changed:
                 log.warning("event=status_file_failed path=%s error=%s", path, exc.strerror)
