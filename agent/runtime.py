@@ -31,6 +31,7 @@ from typing import Any
 from agent import __version__
 from agent.accounting import Accounting
 from agent.buffer import outbox
+from agent.buffer.cycle import PollCycle
 from agent.buffer.journal import Journal
 from agent.buffer.store import Store
 from agent.clock import Clock, SystemClock
@@ -145,6 +146,9 @@ class Runtime:
         self.control = ControlServer(cfg.gateway.data_dir, self.inbox.put) if control else None
         self.delivery = Delivery(self.store, self.link, self.clock, gw=cfg.gateway.id,
                                  boot=self.boot, status=self.health)
+        # [mqtt] live_readings = "table": live readings go one message a poll cycle
+        self.cycle = (PollCycle(self._poll_intervals(provisioned), outbox.TABLE_LINGER_S)
+                      if cfg.mqtt.live_readings == "table" else None)
         # meter -> (when a switch was asked, the state asked: connected?)
         self.relay_pending: dict[str, tuple[float, bool]] = {}
         self.scans: dict[str, ControlRequest] = {}  # scan ref -> the CLI request waiting
@@ -172,6 +176,17 @@ class Runtime:
         (durable across power loss), meters see the gateway's own system title."""
         return {"clock": self.clock, "relayed": relayed, "data_dir": self.cfg.gateway.data_dir,
                 "system_title": self.cfg.gateway.system_title}
+
+    def _poll_intervals(self, meters: tuple[MeterConfig, ...]) -> dict[str, float]:
+        return {m.id: self.cfg.bus(m.bus).poll_interval_s for m in meters}
+
+    def _watch_cycle(self, cycle: PollCycle, now: int) -> None:
+        """What the poll cycle learns besides readings: failed polls (the buses' counters)
+        and the meters offline."""
+        for bus in self.buses.values():
+            for meter_id, stats in list(bus.stats.items()):
+                cycle.watch(meter_id, stats.consecutive_failures, now)
+        cycle.set_offline(m for m, online in self.meter_online.items() if online is False)
 
     def _read_meter(self, meter_id: str, ref: str) -> bool:
         meter = self.accounting.meters[meter_id]
@@ -364,6 +379,8 @@ class Runtime:
             self.last_readings[event.meter] = {"t": event.reading.t, **event.reading.values}
             self.meter_online[event.meter] = True
             self.accounting.on_reading(event.reading)
+            if self.cycle is not None:
+                self.cycle.reading(event.meter, now)
         elif event.kind in ("meter_offline", "meter_online"):
             self.meter_online[event.meter] = event.kind == "meter_online"
             meter = self.accounting.meters.get(event.meter)
@@ -477,6 +494,8 @@ class Runtime:
         self.accounting.meters = {m.id: m for m in meters}
         for name, bus in self.buses.items():
             bus.set_meters(*_on_bus(name, meters))
+        if self.cycle is not None:
+            self.cycle.set_meters(self._poll_intervals(meters))
 
     def _headend_message(self, payload: bytes, now: int) -> None:
         try:
@@ -498,8 +517,10 @@ class Runtime:
         if self.link.connected and self.headend_this_connection:
             self.accounting.headend_still_heard(now)
         self.accounting.tick(now)
+        if self.cycle is not None:
+            self._watch_cycle(self.cycle, now)
         outbox.form_messages(self.store, self.cfg.gateway.id, self.boot, now,
-                             self.link.connected, limits=self.cfg.store)
+                             self.link.connected, limits=self.cfg.store, cycle=self.cycle)
         self.delivery.check_stuck()
 
     def _open_gpio_relays(self, meters: tuple[MeterConfig, ...]) -> dict[str, Relay]:
