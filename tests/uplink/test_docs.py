@@ -57,6 +57,10 @@ def quoted(path: Path) -> set[str]:
 
 def test_the_cddl_knows_what_the_code_knows() -> None:
     assert set(wire.QUANTITIES) <= quoted(CDDL / "readings.cddl")
+    # the table form (agent/uplink/table.py): its message, its body's every field
+    readings_rules, _ = cddl_rules((CDDL / "readings.cddl").read_text())
+    assert {"readings-msg", "table-msg", "table-body", "up-readings"} <= readings_rules
+    assert {"table", "bn", "m", "t", *wire.QUANTITIES} <= quoted(CDDL / "readings.cddl")
     assert set(wire.EVENT_TYPES) | set(wire.TAMPER_KINDS) | set(wire.DEFERRAL_REASONS) \
         <= quoted(CDDL / "events.cddl")
     assert set(wire.ENTRY_KINDS) <= quoted(CDDL / "ledger.cddl")
@@ -75,6 +79,9 @@ def test_the_asyncapi_document_has_every_topic() -> None:
         assert re.search(rf"^\s+{re.escape(name)}:", text, re.M), ref
     for cddl in re.findall(r"x-cddl: (\S+)#", text):
         assert (ROOT / cddl).exists()
+    # up/readings in both forms: the series of CONTRACT 4 and the table form
+    assert "x-cddl: docs/cddl/readings.cddl#up-readings" in text
+    assert '$ref: "#/components/schemas/table"' in text
     assert "\t" not in text
 
 
