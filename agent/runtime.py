@@ -378,9 +378,9 @@ class Runtime:
         if event.kind == "reading" and event.reading is not None:
             self.last_readings[event.meter] = {"t": event.reading.t, **event.reading.values}
             self.meter_online[event.meter] = True
-            self.accounting.on_reading(event.reading)
-            if self.cycle is not None:
+            if self.cycle is not None:  # first: a reading whose charge raises is still sent
                 self.cycle.reading(event.meter, now)
+            self.accounting.on_reading(event.reading)
         elif event.kind in ("meter_offline", "meter_online"):
             self.meter_online[event.meter] = event.kind == "meter_online"
             meter = self.accounting.meters.get(event.meter)
