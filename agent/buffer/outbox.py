@@ -326,7 +326,8 @@ def _form_live_table(store: Store, gw: str, boot: int, now_s: int, room: int,
             used = _store_message(store, LANE_READINGS, gw, boot, now_s, batch, as_table=True)
             store.delete_pending([r.id for r in batch[:used]])
         formed += 1
-        cycle.sent()
+        if used == len(batch):  # else the rest (over MAX_MESSAGE_BYTES) follows at once
+            cycle.sent()
     return formed
 
 

@@ -184,6 +184,20 @@ def test_a_full_batch_of_bytes_goes_at_once(store: Store,
     assert store.pending_stats(LANE_READINGS)[0] == 2
 
 
+def test_a_table_over_the_message_bound_goes_as_two_at_once(store: Store,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    meters = [f"M{i:03d}" for i in range(40)]
+    cycle = cycle_of(*meters)
+    add(store, cycle, [reading(m, T0, 100 + i) for i, m in enumerate(meters)])
+    whole = len(cbor.dumps(table.table_message(GW, 1, 1, [
+        reading(m, T0, 100 + i) for i, m in enumerate(meters)])))
+    monkeypatch.setattr(outbox, "MAX_MESSAGE_BYTES", whole - 1)
+    assert form(store, T0, cycle) == 2  # halved, and the other half at once
+    assert [len(rows_of(m)) for m in sent(store)] == [20, 20]
+    assert not cycle.complete()
+
+
 def test_nothing_is_formed_while_the_link_is_down_and_the_cycle_waits(store: Store) -> None:
     cycle = cycle_of("A")
     add(store, cycle, [reading("A", T0, 1)])
