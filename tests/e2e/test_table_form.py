@@ -167,8 +167,14 @@ def test_live_readings_as_one_table_a_cycle_on_time_and_through_kill_9(tmp_path:
             held = unsent(data_dir)
             caught += bool(held)
             must_arrive |= held
+            boot = max(msg["boot"] for _, msg in recorder.messages())
+            # a new start polls at once: a second later, so that its readings' t (whole
+            # seconds) cannot be those of the last ones and a (meter, t) twice is a
+            # reading sent twice
+            time.sleep(1.1)
             agent = g.start_agent()
-            wait_until(lambda: len(recorder.messages()) > len(live), 30, "a message")
+            wait_until(lambda b=boot: any(msg["boot"] > b for _, msg in recorder.messages()),
+                       30, "a readings message of the new start")
         assert caught >= 1, "no kill found readings in the store"
 
         def arrived() -> set[tuple[str, int]]:
