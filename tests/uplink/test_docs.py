@@ -115,3 +115,33 @@ def test_the_example_head_end_against_a_real_agent(tmp_path: Path) -> None:
                    "the top-up on up/ledger")
     finally:
         g.close()
+
+
+def test_the_example_head_end_decodes_the_table_form() -> None:
+    """examples/headend_example.py reads both forms of up/readings, as the page says."""
+    import importlib.util
+
+    from agent.drivers.reading import Reading
+    from agent.uplink import table
+
+    spec = importlib.util.spec_from_file_location("headend_example",
+                                                  ROOT / "examples" / "headend_example.py")
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    readings = [Reading("SDM-0001", 1767225600, {"import_wh": 123456, "v_dv": 2301}),
+                Reading("SDM-0002", 1767225601, {"import_wh": 98000, "v_dv": 2298}),
+                Reading("SDM-0003", 1767225601, {"import_wh": 250000})]
+    msg = table.table_message("gw-demo-01", 3, 42, readings)
+    assert example.readings_of(msg) == [{"m": r.meter, "t": r.t, **r.values}
+                                        for r in readings]
+    assert example.readings_of(wire.readings_message("gw-demo-01", 3, 43, readings)) == \
+        example.readings_of(msg)
+    # and the page's byte-by-byte table is that message's encoding
+    from agent.uplink import cbor
+
+    text = (DOCS / "mqtt-api.md").read_text()
+    section = text[text.index("## The table form"):text.index("## `up/events`")]
+    rows = [line.split(" | ")[0] for line in section.splitlines() if line.startswith("| `")]
+    documented = "".join(re.findall(r"`([0-9a-f ]+)`", " ".join(rows))).replace(" ", "")
+    assert documented == cbor.dumps(msg).hex()
