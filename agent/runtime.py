@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo
 from agent import __version__
 from agent.alerting import BalanceAlerts
 from agent.buffer import outbox
+from agent.buffer.cycle import PollCycle
 from agent.buffer.journal import Journal
 from agent.buffer.store import Store
 from agent.charging import Charging
@@ -217,6 +218,9 @@ class Runtime:
         self.control = ControlServer(cfg.gateway.data_dir, self.inbox.put) if control else None
         self.delivery = Delivery(self.store, self.link, self.clock, gw=cfg.gateway.id,
                                  boot=self.boot, status=self.health)
+        # [mqtt] live_readings = "table": live readings go one message a poll cycle
+        self.cycle = (PollCycle(self._poll_intervals(provisioned), outbox.TABLE_LINGER_S)
+                      if cfg.mqtt.live_readings == "table" else None)
         # meter -> (when a switch was asked, the state asked: connected?)
         self.relay_pending: dict[str, tuple[float, bool]] = {}
         self.scans: dict[str, ControlRequest] = {}  # scan ref -> the CLI request waiting
@@ -244,6 +248,17 @@ class Runtime:
         (durable across power loss), meters see the gateway's own system title."""
         return {"clock": self.clock, "relayed": relayed, "data_dir": self.cfg.gateway.data_dir,
                 "system_title": self.cfg.gateway.system_title}
+
+    def _poll_intervals(self, meters: tuple[MeterConfig, ...]) -> dict[str, float]:
+        return {m.id: self.cfg.bus(m.bus).poll_interval_s for m in meters}
+
+    def _watch_cycle(self, cycle: PollCycle, now: int) -> None:
+        """What the poll cycle learns besides readings: failed polls (the buses' counters)
+        and the meters offline."""
+        for bus in self.buses.values():
+            for meter_id, stats in list(bus.stats.items()):
+                cycle.watch(meter_id, stats.consecutive_failures, now)
+        cycle.set_offline(m for m, online in self.meter_online.items() if online is False)
 
     def _read_meter(self, meter_id: str, ref: str) -> bool:
         meter = self.meters[meter_id]
@@ -435,6 +450,8 @@ class Runtime:
         if event.kind == "reading" and event.reading is not None:
             self.last_readings[event.meter] = {"t": event.reading.t, **event.reading.values}
             self.meter_online[event.meter] = True
+            if self.cycle is not None:  # first: a reading whose charge raises is still sent
+                self.cycle.reading(event.meter, now)
             self.ledger.charging.on_reading(event.reading)
         elif event.kind in ("meter_offline", "meter_online"):
             self.meter_online[event.meter] = event.kind == "meter_online"
@@ -548,6 +565,8 @@ class Runtime:
     def _apply_meters(self, meters: tuple[MeterConfig, ...]) -> None:
         for name, bus in self.buses.items():
             bus.set_meters(*_on_bus(name, meters))
+        if self.cycle is not None:
+            self.cycle.set_meters(self._poll_intervals(meters))
 
     def _headend_message(self, payload: bytes, now: int) -> None:
         try:
@@ -569,8 +588,10 @@ class Runtime:
         if self.link.connected and self.headend_this_connection:
             self.ledger.relays.headend_still_heard(now)
         self.ledger.charging.tick(now)
+        if self.cycle is not None:
+            self._watch_cycle(self.cycle, now)
         outbox.form_messages(self.store, self.cfg.gateway.id, self.boot, now,
-                             self.link.connected, limits=self.cfg.store)
+                             self.link.connected, limits=self.cfg.store, cycle=self.cycle)
         self.delivery.check_stuck()
 
     def _open_gpio_relays(self, meters: tuple[MeterConfig, ...]) -> dict[str, Relay]:
