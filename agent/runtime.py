@@ -37,7 +37,18 @@ from agent.clock import Clock, SystemClock
 from agent.config import Config, MeterConfig, relay_bus
 from agent.control import ControlRequest, ControlServer
 from agent.dispatch import Dispatcher
-from agent.drivers.bus import BusEvent, BusScheduler
+from agent.drivers.bus import BusScheduler
+from agent.drivers.events import (
+    MeterDiscovered,
+    MeterOffline,
+    MeterOnline,
+    MeterSecurity,
+    ReadDone,
+    ReadingTaken,
+    RelaySwitched,
+    ScanDone,
+    TamperSeen,
+)
 from agent.errors import AgentError, CommandError, ConfigError, RelayError, StoreError
 from agent.ops import LOCAL_OPS
 from agent.provisioning import Provisioning
@@ -96,10 +107,6 @@ def _on_bus(name: str, meters: tuple[MeterConfig, ...]
             [m for m in meters if m.bus != name and relay_bus(m) == name])
 
 
-def _is_reading(event: object) -> bool:
-    return isinstance(event, BusEvent) and event.kind == "reading" and event.reading is not None
-
-
 class Runtime:
     """The agent. ``run()`` starts the threads and loops; a simulation instead injects a
     clock, a link and bus schedulers that need no threads, and calls ``step()``."""
@@ -148,6 +155,7 @@ class Runtime:
         # meter -> (when a switch was asked, the state asked: connected?)
         self.relay_pending: dict[str, tuple[float, bool]] = {}
         self.scans: dict[str, ControlRequest] = {}  # scan ref -> the CLI request waiting
+        self._on_bus_event = self._bus_handlers()
         self._control_ops: dict[str, Callable[[ControlRequest, int], None]] = {
             "status": self._control_status, "scan": self._control_scan,
             "token_enter": self._control_token_enter}
@@ -305,9 +313,9 @@ class Runtime:
         one commit, so one fsync, instead of one a reading. Everything else is handled on
         its own, as before: a command's reply commits before its message is acknowledged,
         a token entry commits itself."""
-        batch: list[BusEvent] = []
+        batch: list[ReadingTaken] = []
         for event in self._inbox_events(MAX_EVENTS_PER_TURN):
-            if not _is_reading(event):
+            if not isinstance(event, ReadingTaken):
                 self._handle_readings(batch)
                 batch = []
                 self._handle(event)
@@ -325,7 +333,7 @@ class Runtime:
             except queue.Empty:
                 return
 
-    def _handle_readings(self, batch: list[BusEvent]) -> None:
+    def _handle_readings(self, batch: list[ReadingTaken]) -> None:
         if not batch:
             return
         _, failed = contain(lambda: self._readings_tx(batch), "readings",
@@ -338,11 +346,10 @@ class Runtime:
             _, failed = contain(lambda: self._readings_tx([event]),  # noqa: B023 - called now
                                 f"reading of {event.meter}", passthrough=(StoreError,))
             if failed is not None:
-                assert event.reading is not None
                 self.accounting.reading_not_charged(event.reading, failed)
                 self.charge_errors[event.meter] = self.charge_errors.get(event.meter, 0) + 1
 
-    def _readings_tx(self, batch: list[BusEvent]) -> None:
+    def _readings_tx(self, batch: list[ReadingTaken]) -> None:
         with self.store.tx():
             for reading in batch:
                 self._handle(reading)
@@ -350,8 +357,9 @@ class Runtime:
     def _handle(self, event: Any) -> None:
         now = int(self.clock.time_s())
         self._relays_dirty = True
-        if isinstance(event, BusEvent):
-            self._bus_event(event, now)
+        bus_handler = self._on_bus_event.get(type(event))
+        if bus_handler is not None:
+            bus_handler(event, now)
         elif isinstance(event, LinkEvent):
             self._link_event(event, now)
         elif isinstance(event, ControlRequest):
@@ -359,48 +367,65 @@ class Runtime:
         else:
             raise AssertionError(f"unknown inbox event {event!r}")
 
-    def _bus_event(self, event: BusEvent, now: int) -> None:
-        if event.kind == "reading" and event.reading is not None:
-            self.last_readings[event.meter] = {"t": event.reading.t, **event.reading.values}
-            self.meter_online[event.meter] = True
-            self.accounting.on_reading(event.reading)
-        elif event.kind in ("meter_offline", "meter_online"):
-            self.meter_online[event.meter] = event.kind == "meter_online"
-            meter = self.accounting.meters.get(event.meter)
-            with self.store.tx():
-                self.accounting.emit(now, event.kind, m=event.meter,
-                                     acct=meter.account if meter else None,
-                                     detail={"error": event.error} if event.error else {})
-        elif event.kind == "relay_result":
-            asked = self.relay_pending.get(event.meter)
-            if asked is not None and event.connected in (None, asked[1]):
-                del self.relay_pending[event.meter]  # the answer to the switch in flight
-            self.accounting.relay_result(event.meter, event.connected, event.error, now,
-                                         state=event.state or None)
-        elif event.kind == "tamper":
-            detail = event.detail
-            self.accounting.on_tamper(event.meter, str(detail.get("kind", "other")),
-                                      int(detail.get("code", 0)), int(detail.get("t", now)))
-        elif event.kind == "meter_security":  # a wrong key, a replayed counter, a swap
-            meter = self.accounting.meters.get(event.meter)
-            with self.store.tx():
-                self.accounting.emit(now, "meter_security", m=event.meter,
-                                     acct=meter.account if meter else None,
-                                     detail={"why": event.detail.get("why"),
-                                             "error": event.error[:200]})
-        elif event.kind == "meter_discovered":
-            with self.store.tx():
-                self.accounting.emit(now, "meter_discovered", detail=dict(event.detail))
-        elif event.kind == "scan_result":
-            req = self.scans.pop(event.ref, None)
-            if req is not None:
-                req.reply(dict(event.detail))
-        elif event.kind == "read_result":
-            result = None
-            if event.reading is not None:
-                result = {"m": event.reading.meter, "t": event.reading.t,
-                          **event.reading.values}
-            self.dispatcher.read_done(event.ref, result, event.error, now)
+    def _bus_handlers(self) -> dict[type, Callable[[Any, int], None]]:
+        """What the runtime does with each kind of bus event (``drivers/events.py``)."""
+        return {ReadingTaken: self._on_reading, MeterOffline: self._on_meter_offline,
+                MeterOnline: self._on_meter_online, RelaySwitched: self._on_relay_switched,
+                TamperSeen: self._on_tamper, MeterSecurity: self._on_meter_security,
+                MeterDiscovered: self._on_meter_discovered, ScanDone: self._on_scan_done,
+                ReadDone: self._on_read_done}
+
+    def _on_reading(self, event: ReadingTaken, now: int) -> None:
+        self.last_readings[event.meter] = {"t": event.reading.t, **event.reading.values}
+        self.meter_online[event.meter] = True
+        self.accounting.on_reading(event.reading)
+
+    def _on_meter_offline(self, event: MeterOffline, now: int) -> None:
+        self._meter_health(event.meter, False, event.error, now)
+
+    def _on_meter_online(self, event: MeterOnline, now: int) -> None:
+        self._meter_health(event.meter, True, "", now)
+
+    def _meter_health(self, meter_id: str, online: bool, error: str, now: int) -> None:
+        self.meter_online[meter_id] = online
+        meter = self.accounting.meters.get(meter_id)
+        with self.store.tx():
+            self.accounting.emit(now, "meter_online" if online else "meter_offline",
+                                 m=meter_id, acct=meter.account if meter else None,
+                                 detail={"error": error} if error else {})
+
+    def _on_relay_switched(self, event: RelaySwitched, now: int) -> None:
+        asked = self.relay_pending.get(event.meter)
+        if asked is not None and event.connected in (None, asked[1]):
+            del self.relay_pending[event.meter]  # the answer to the switch in flight
+        self.accounting.relay_result(event.meter, event.connected, event.error, now,
+                                     state=event.state or None)
+
+    def _on_tamper(self, event: TamperSeen, now: int) -> None:
+        self.accounting.on_tamper(event.meter, event.kind, event.code, event.t)
+
+    def _on_meter_security(self, event: MeterSecurity, now: int) -> None:
+        """A wrong key, a replayed counter, a swapped meter."""
+        meter = self.accounting.meters.get(event.meter)
+        with self.store.tx():
+            self.accounting.emit(now, "meter_security", m=event.meter,
+                                 acct=meter.account if meter else None,
+                                 detail={"why": event.why, "error": event.error[:200]})
+
+    def _on_meter_discovered(self, event: MeterDiscovered, now: int) -> None:
+        with self.store.tx():
+            self.accounting.emit(now, "meter_discovered", detail=event.detail())
+
+    def _on_scan_done(self, event: ScanDone, now: int) -> None:
+        req = self.scans.pop(event.ref, None)
+        if req is not None:
+            req.reply(event.reply())
+
+    def _on_read_done(self, event: ReadDone, now: int) -> None:
+        result = None
+        if event.reading is not None:
+            result = {"m": event.reading.meter, "t": event.reading.t, **event.reading.values}
+        self.dispatcher.read_done(event.ref, result, event.error, now)
 
     def _link_event(self, event: LinkEvent, now: int) -> None:
         if event.kind == "puback":

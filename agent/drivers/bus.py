@@ -14,7 +14,8 @@ A meter that stops answering is quarantined: after ``OFFLINE_AFTER`` failed
 polls it is tried once (no retry) per backoff period, the period doubling
 from ``QUARANTINE_MIN_S`` up to ``QUARANTINE_MAX_S``, so a dead meter costs
 one timeout per period and never slows the others. Results go to the
-runtime's inbox as ``BusEvent``s; the scheduler never touches the store.
+runtime's inbox as typed records (``events.py``); the scheduler never touches the
+store.
 
 Bounds (and what happens at them):
 - ``MAX_JOBS`` queued priority jobs; beyond it a job is refused (the caller
@@ -52,6 +53,18 @@ from agent.drivers.driver import (
     switch_coil,
     switch_meter_relay,
 )
+from agent.drivers.events import (
+    BusEvent,
+    MeterDiscovered,
+    MeterOffline,
+    MeterOnline,
+    MeterSecurity,
+    ReadDone,
+    ReadingTaken,
+    RelaySwitched,
+    ScanDone,
+    TamperSeen,
+)
 from agent.drivers.modbus.client import ModbusClient
 from agent.drivers.modbus.device import ModbusCoilRelay
 from agent.drivers.reading import Reading
@@ -79,24 +92,6 @@ REOPEN_MAX_S = 30.0  # this; back to the minimum once it opens
 EVENTS_EVERY = 10
 MAX_SEEN_EVENTS = 256
 DISCOVERY_TIMEOUT_S = 0.1  # discovery's answer allowance; a scan may give more
-
-
-@dataclass(frozen=True, slots=True)
-class BusEvent:
-    """kind: reading | meter_offline | meter_online | relay_result | read_result | tamper |
-    meter_discovered | scan_result | meter_security."""
-
-    kind: str
-    meter: str
-    reading: Reading | None = None
-    connected: bool | None = None  # relay_result: the read-back state (None: failed)
-    error: str = ""
-    ref: str = ""  # read_result, scan_result: the id that asked
-    state: str = ""  # relay_result: closed | open | armed ("" when it failed)
-    # tamper: {kind, code, t}; meter_discovered: {bus, address, serial, protocol};
-    # scan_result: {bus, protocol, addresses, found: [{address, protocol, serial, meter}],
-    # errors: [{address, error}]}
-    detail: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -292,7 +287,7 @@ class BusScheduler(threading.Thread):
             if not stats.offline:
                 stats.offline = True
                 stats.consecutive_failures = OFFLINE_AFTER
-                self.post(BusEvent("meter_offline", meter_id, error=error))
+                self.post(MeterOffline(meter_id, error))
 
     def _step(self) -> None:
         job = self._next_job()
@@ -411,7 +406,7 @@ class BusScheduler(threading.Thread):
                                       max(QUARANTINE_MIN_S, stats.backoff_s * 2, interval))
                 if not stats.offline:
                     stats.offline = True
-                    self.post(BusEvent("meter_offline", meter_id, error=str(exc)))
+                    self.post(MeterOffline(meter_id, str(exc)))
                 self._due[meter_id] = self.clock.monotonic_s() + stats.backoff_s
             else:
                 self._due[meter_id] = self._due.get(meter_id, 0.0) + interval
@@ -423,8 +418,8 @@ class BusScheduler(threading.Thread):
         stats.last_ok_s = self.clock.time_s()
         if stats.offline:
             stats.offline = False
-            self.post(BusEvent("meter_online", meter_id))
-        self.post(BusEvent("reading", meter_id, reading=reading))
+            self.post(MeterOnline(meter_id))
+        self.post(ReadingTaken(meter_id, reading))
         # Next poll on the fixed grid, not "now + interval", so polls do not drift;
         # if we fell behind by more than an interval, restart the grid from now.
         now = self.clock.monotonic_s()
@@ -454,8 +449,7 @@ class BusScheduler(threading.Thread):
             seen[key] = None
             if len(seen) > MAX_SEEN_EVENTS:
                 seen.popitem(last=False)  # forget the oldest; the log moved past it
-            self.post(BusEvent("tamper", meter_id,
-                               detail={"kind": event.kind, "code": event.code, "t": event.t}))
+            self.post(TamperSeen(meter_id, event.kind, event.code, event.t))
 
     def _security_failed(self, meter_id: str, op: str, exc: SecurityError) -> None:
         """A ``meter_security`` event, once for each kind of failure of ``op`` (poll |
@@ -465,24 +459,23 @@ class BusScheduler(threading.Thread):
             return
         self._security_reported[(meter_id, op)] = exc.why
         log.warning("event=meter_security meter=%s why=%s error=%s", meter_id, exc.why, exc)
-        self.post(BusEvent("meter_security", meter_id, error=str(exc),
-                           detail={"why": exc.why}))
+        self.post(MeterSecurity(meter_id, exc.why, str(exc)))
 
     def _run_job(self, job: BusJob) -> None:
         if job.kind == "read":
             try:
                 reading = self._read(job.meter)
             except DriverError as exc:
-                self.post(BusEvent("read_result", job.meter, error=str(exc), ref=job.ref))
+                self.post(ReadDone(job.meter, job.ref, None, str(exc)))
                 if isinstance(exc, PortError):
                     raise
             else:
-                self.post(BusEvent("read_result", job.meter, reading=reading, ref=job.ref))
+                self.post(ReadDone(job.meter, job.ref, reading, ""))
             return
         try:
             self._switch(job.meter, job.connected)
         except PortError as exc:  # answered as a failed switch: actuation backs off
-            self.post(BusEvent("relay_result", job.meter, connected=None, error=str(exc)))
+            self.post(RelaySwitched(job.meter, None, "", str(exc)))
             raise
 
     def _switch(self, meter_id: str, connected: bool) -> None:
@@ -508,8 +501,7 @@ class BusScheduler(threading.Thread):
             state, error = switch_coil(relay, connected, self.bus.timeout_s)
         else:
             state, error = "", f"relay kind {kind!r} is not switchable on this bus"
-        self.post(BusEvent("relay_result", meter_id, connected=state == "closed" if state
-                           else None, state=state, error=error))
+        self.post(RelaySwitched(meter_id, state == "closed" if state else None, state, error))
 
     # -- scan and discovery ----------------------------------------------------
     def _busy_addresses(self) -> dict[int, str]:
@@ -533,12 +525,14 @@ class BusScheduler(threading.Thread):
             if found is not None:
                 job.found.append(found)
             elif error:
-                job.errors.append({"address": address, "error": error})
+                job.errors.append((address, error))
         if job.done:
             with self._lock:
                 self._scan = None
-            detail = job.result(self.bus.name, self.bus.protocol, self._busy_addresses())
-            self.post(BusEvent("scan_result", "", ref=job.ref, detail=detail))
+            configured = self._busy_addresses()
+            self.post(ScanDone(job.ref, self.bus.name, self.bus.protocol, len(job.addresses),
+                               tuple((f, configured.get(f.address)) for f in job.found),
+                               tuple(job.errors)))
 
     def _probe_cost_s(self) -> float:
         """About what one discovery probe holds the bus (an absent address: a timeout)."""
@@ -558,9 +552,8 @@ class BusScheduler(threading.Thread):
         if found is not None and self.discovery.is_new(found):
             log.info("event=meter_discovered bus=%s address=%d serial=%s", self.bus.name,
                      address, found.serial)
-            self.post(BusEvent("meter_discovered", "", detail={
-                "bus": self.bus.name, "address": address, "serial": found.serial,
-                "protocol": self.bus.protocol}))
+            self.post(MeterDiscovered(self.bus.name, address, found.serial,
+                                      self.bus.protocol))
         return True
 
 

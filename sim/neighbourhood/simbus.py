@@ -3,8 +3,8 @@
 The runtime builds one per ``[[bus]]`` through ``bus_factory`` and uses only the
 scheduler's public surface (``switch_relay``, ``read_now``, ``set_meters``,
 ``start``/``stop``/``join``, ``stats``, ``bus``, ``port_error``); results go to its
-inbox as ``BusEvent``s, as from the real scheduler. The policy mirrors
-``agent.drivers.bus``: relay jobs first, then command reads, then polls on a fixed
+inbox as typed events (``agent.drivers.events``), as from the real scheduler. The
+policy mirrors ``agent.drivers.bus``: relay jobs first, then command reads, then polls on a fixed
 grid; ``RETRIES`` extra attempts; ``OFFLINE_AFTER`` failures mark a meter offline,
 after which it is tried once per backoff period (doubling, capped).
 
@@ -35,7 +35,16 @@ from typing import Any, Final
 from agent.clock import Clock
 from agent.config import BusConfig, MeterConfig
 from agent.drivers import bus as real_bus
-from agent.drivers.bus import BusEvent, BusJob, MeterStats
+from agent.drivers.bus import BusJob, MeterStats
+from agent.drivers.events import (
+    BusEvent,
+    MeterOffline,
+    MeterOnline,
+    ReadDone,
+    ReadingTaken,
+    RelaySwitched,
+    TamperSeen,
+)
 from agent.drivers.modbus.client import ModbusClient
 from agent.drivers.modbus.device import ModbusCoilRelay, ModbusMeter
 from agent.drivers.reading import Reading
@@ -265,7 +274,7 @@ class SimBus:
                                    max(QUARANTINE_MIN_S, st.backoff_s * 2))
                 if not st.offline:
                     st.offline = True
-                    self.post(BusEvent("meter_offline", meter_id, error=str(exc)))
+                    self.post(MeterOffline(meter_id, str(exc)))
                 self._due[meter_id] = self.clock.monotonic_s() + st.backoff_s
             else:
                 self._due[meter_id] = self._due.get(meter_id, 0.0) + interval
@@ -273,10 +282,10 @@ class SimBus:
         st.consecutive_failures, st.backoff_s = 0, 0.0
         if st.offline:
             st.offline = False
-            self.post(BusEvent("meter_online", meter_id))
-        self.post(BusEvent("reading", meter_id, reading=reading))
+            self.post(MeterOnline(meter_id))
+        self.post(ReadingTaken(meter_id, reading))
         for detail in self.field.tamper_due(meter_id):
-            self.post(BusEvent("tamper", meter_id, detail=detail))
+            self.post(TamperSeen(meter_id, detail["kind"], detail["code"], detail["t"]))
         now = self.clock.monotonic_s()
         due = self._due.get(meter_id, now) + interval
         self._due[meter_id] = due if due > now else now + interval
@@ -285,16 +294,15 @@ class SimBus:
         try:
             reading = self._read(job.meter, RETRIES + 1)
         except DriverError as exc:
-            self.post(BusEvent("read_result", job.meter, error=str(exc), ref=job.ref))
+            self.post(ReadDone(job.meter, job.ref, None, str(exc)))
         else:
-            self.post(BusEvent("read_result", job.meter, reading=reading, ref=job.ref))
+            self.post(ReadDone(job.meter, job.ref, reading, ""))
 
     def _switch(self, meter_id: str, connected: bool) -> None:
         cfg = self.meters.get(meter_id)
         spec = cfg.relay_spec if cfg is not None else None
         if spec is None or spec.kind != "modbus-coil" or spec.unit is None or spec.coil is None:
-            self.post(BusEvent("relay_result", meter_id, connected=None,
-                               error="not switchable on this bus"))
+            self.post(RelaySwitched(meter_id, None, "", "not switchable on this bus"))
             return
         error = ""
         for _ in range(RELAY_TRIES):
@@ -304,11 +312,10 @@ class SimBus:
                 error = str(exc)
                 continue
             if actual == connected:
-                self.post(BusEvent("relay_result", meter_id, connected=actual,
-                                   state="closed" if actual else "open"))
+                self.post(RelaySwitched(meter_id, actual, "closed" if actual else "open", ""))
                 return
             error = "read back the other state"
-        self.post(BusEvent("relay_result", meter_id, connected=None, error=error))
+        self.post(RelaySwitched(meter_id, None, "", error))
 
     def _switch_once(self, meter_id: str, unit: int, coil: int, connected: bool) -> bool:
         if self.mode == "codec":
