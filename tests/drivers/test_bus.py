@@ -9,13 +9,7 @@ import pytest
 
 from agent.clock import SimClock
 from agent.config import BusConfig, MeterConfig, parse_relay
-from agent.drivers.bus import (
-    EVENTS_EVERY,
-    OFFLINE_AFTER,
-    QUARANTINE_MAX_S,
-    QUARANTINE_MIN_S,
-    BusScheduler,
-)
+from agent.drivers.bus import BusScheduler
 from agent.drivers.driver import MeterDriver, MeterEvent, make_driver
 from agent.drivers.events import (
     BusEvent,
@@ -30,6 +24,7 @@ from agent.drivers.events import (
 )
 from agent.drivers.reading import Reading
 from agent.drivers.scan import Found, scan_bus
+from agent.drivers.schedule import EVENTS_EVERY, OFFLINE_AFTER, QUARANTINE_MAX_S, QUARANTINE_MIN_S
 from agent.errors import DriverError, TimeoutError_
 from sim.modbus_device import SimCoilModule, SimDevice, SimSDM120
 from tests.drivers.simbus import SimBusTransport

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.drivers import bus as bus_module
+from agent.drivers import schedule as schedule_module
 from agent.drivers.bus import BusScheduler
 from agent.drivers.events import BusEvent, MeterOffline, ReadingTaken, RelaySwitched, TamperSeen
 from sim.faults import apply_control
@@ -68,7 +68,7 @@ def test_iec_bus_through_the_scheduler(tmp_path: Path) -> None:
 def test_dlms_bus_relay_and_tamper_through_the_scheduler(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(bus_module, "EVENTS_EVERY", 2)  # the event log every 2nd poll
+    monkeypatch.setattr(schedule_module, "EVENTS_EVERY", 2)  # the event log every 2nd poll
     config = board(tmp_path, protocol="dlms", addresses=(1,), poll_interval_s=0.2,
                    timeout_s=0.5, relay="meter")
     with serving(config, speed=0.0, seed=4, turnaround_ms=2) as buses:

@@ -377,3 +377,12 @@ def test_discovery_only_in_idle_time_longer_than_a_probe() -> None:
     assert sched.outcome(again, (None, ""), 0.4) == []
     sched.outcome(Discover(2), (Found(2, "modbus", "9"), ""), 0.5)
     assert not sched.outcome(Discover(2), (Found(2, "modbus", "9"), ""), 0.5)  # not new
+
+
+def test_the_schedule_has_no_clock_transport_or_thread_of_its_own() -> None:
+    from tests.drivers.test_codec_purity import ROOT, imported_modules
+
+    names = imported_modules(ROOT / "agent" / "drivers" / "schedule.py")
+    assert not {n for n in names if n.startswith(("agent.clock", "agent.drivers.transport",
+                                                  "agent.drivers.modbus", "agent.drivers.bus",
+                                                  "threading", "time", "queue"))}
