@@ -260,7 +260,7 @@ class SimBus:
             relay = ModbusCoilRelay(self.client, spec.unit, spec.coil)
         else:
             relay = _DirectCoil(self, action.meter_id)
-        return switch_coil(relay, action.connected, self.bus.timeout_s)  # type: ignore[arg-type]
+        return switch_coil(relay, action.connected, self.bus.timeout_s)
 
     def _direct_read(self, meter_id: str, st: _SerialCache) -> Reading:
         """What the codec path does, frame by frame, with the same clock moves; each
