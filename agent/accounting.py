@@ -496,7 +496,7 @@ class Accounting:
                      state: str | None = None) -> None:
         """The bus switched (or failed to switch) a relay and read it back. ``state``
         (closed | open | armed) wins over ``connected`` when given; ``connected`` None
-        and ``state`` None or "" (the bus's BusEvent.state on a failure): it failed."""
+        and ``state`` None or "" (the bus's RelaySwitched.state on a failure): it failed."""
         state = state or None
         if state is not None and state not in ("closed", "open", "armed"):
             raise LedgerError(f"relay state {state!r} is not closed | open | armed")

@@ -477,7 +477,7 @@ class Runtime:
         ref = f"scan-{id(req)}"
         if not bus.scan(addresses, ref):
             raise CommandError("failed", "a scan is already running on this bus")
-        self.scans[ref] = req  # answered by the bus's scan_result event
+        self.scans[ref] = req  # answered by the bus's ScanDone event
 
     def _control_token_enter(self, req: ControlRequest, now: int) -> None:
         account, digits = req.args.get("account"), req.args.get("digits")

@@ -31,6 +31,17 @@ from typing import Any
 
 from agent.clock import Clock, SystemClock
 from agent.config import BusConfig, MeterConfig
+from agent.drivers.actions import (
+    Action,
+    Discover,
+    Idle,
+    NotAttempted,
+    Poll,
+    Read,
+    ReadEvents,
+    ScanStep,
+    Switch,
+)
 from agent.drivers.driver import (
     EventDriver,
     MeterDriver,
@@ -43,19 +54,7 @@ from agent.drivers.events import BusEvent
 from agent.drivers.modbus.client import ModbusClient
 from agent.drivers.modbus.device import ModbusCoilRelay
 from agent.drivers.scan import SCAN_TIMEOUT_S, probe_once
-from agent.drivers.schedule import (
-    Action,
-    BusSchedule,
-    Discover,
-    Idle,
-    MeterStats,
-    NotAttempted,
-    Poll,
-    Read,
-    ReadEvents,
-    ScanStep,
-    Switch,
-)
+from agent.drivers.schedule import BusSchedule, MeterStats
 from agent.drivers.transport import SerialTransport, Transport, frame_time_s
 from agent.errors import DriverError, PortError
 from agent.supervisor import guarded

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from agent.drivers.modbus.client import ModbusClient
     from agent.drivers.transport import Transport
 
-RELAY_TRIES: Final = 3  # switch + read back; then the relay_result carries the last error
+RELAY_TRIES: Final = 3  # switch + read back; then RelaySwitched carries the last error
 
 
 @dataclass(frozen=True, slots=True)

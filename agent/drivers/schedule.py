@@ -5,7 +5,7 @@
 (``bus.BusScheduler``) or the simulation's bus (``sim/neighbourhood/simbus.py``),
 loops:
 
-    action = schedule.next_action(now_s)      # what to do on the wire, or Idle
+    action = schedule.next_action(now_s)      # what to do on the wire, or Idle (actions.py)
     result = execute(action)                  # the only I/O: a Reading, a DriverError ...
     for event in schedule.outcome(action, result, now_s):   # now_s: after the I/O
         post(event)                           # typed records (events.py)
@@ -66,9 +66,20 @@ import logging
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeAlias
+from typing import Any, Final
 
 from agent.config import BusConfig, MeterConfig, relay_bus
+from agent.drivers.actions import (
+    Action,
+    Discover,
+    Idle,
+    NotAttempted,
+    Poll,
+    Read,
+    ReadEvents,
+    ScanStep,
+    Switch,
+)
 from agent.drivers.driver import MeterEvent
 from agent.drivers.events import (
     BusEvent,
@@ -104,79 +115,6 @@ EVENTS_EVERY: Final = 10
 MAX_SEEN_EVENTS: Final = 256
 
 _RELAY, _READ = 0, 1  # job priorities: relays first
-
-
-# -- actions: what the schedule asks its driver to do ------------------------------------
-@dataclass(frozen=True, slots=True)
-class Poll:
-    """One attempt (``attempt`` of ``attempts``, from 1) to read ``meter`` routinely."""
-
-    meter: MeterConfig
-    attempt: int
-    attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class Read:
-    """One attempt to read a meter for a command (``ref``); ``meter`` None: not on the bus."""
-
-    meter_id: str
-    meter: MeterConfig | None
-    ref: str
-    attempt: int
-
-
-@dataclass(frozen=True, slots=True)
-class ReadEvents:
-    """Read the meter's event log (a driver without one answers no events)."""
-
-    meter: MeterConfig
-
-
-@dataclass(frozen=True, slots=True)
-class Switch:
-    """Switch the relay of ``meter_id`` and read it back: the result is (state, error),
-    state "" on a failure; ``meter`` None: not known on this bus."""
-
-    meter_id: str
-    meter: MeterConfig | None
-    connected: bool
-
-    @property
-    def kind(self) -> str:
-        return self.meter.relay_spec.kind if self.meter is not None else "unknown meter"
-
-
-@dataclass(frozen=True, slots=True)
-class ScanStep:
-    """Probe ``address`` for a scan (result: ``(Found | None, error)``); ``address``
-    None: nothing is left to probe, the scan reports (the result is ignored)."""
-
-    address: int | None
-    timeout_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class Discover:
-    """Probe one unconfigured address (result: ``(Found | None, error)``)."""
-
-    address: int
-
-
-@dataclass(frozen=True, slots=True)
-class Idle:
-    wait_s: float  # nothing is due before this many seconds from now (new jobs wake it)
-
-
-Action: TypeAlias = Poll | Read | ReadEvents | Switch | ScanStep | Discover | Idle
-
-
-@dataclass(frozen=True, slots=True)
-class NotAttempted:
-    """A poll or read that could not start (no driver for the meter: its keys cannot be
-    read, say): it fails at once, and no attempt is counted."""
-
-    error: DriverError
 
 
 # -- state ----------------------------------------------------------------------------

@@ -38,21 +38,13 @@ from typing import Any, Final
 
 from agent.clock import Clock
 from agent.config import BusConfig, MeterConfig
+from agent.drivers.actions import Action, NotAttempted, Poll, Read, ReadEvents, Switch
 from agent.drivers.driver import MeterEvent, switch_coil
 from agent.drivers.events import BusEvent
 from agent.drivers.modbus.client import ModbusClient
 from agent.drivers.modbus.device import ModbusCoilRelay, ModbusMeter
 from agent.drivers.reading import Reading
-from agent.drivers.schedule import (
-    Action,
-    BusSchedule,
-    MeterStats,
-    NotAttempted,
-    Poll,
-    Read,
-    ReadEvents,
-    Switch,
-)
+from agent.drivers.schedule import BusSchedule, MeterStats
 from agent.errors import ChecksumError, DriverError, TimeoutError_
 from sim.neighbourhood.simline import CoilModule, Field, MemLine, SdmDevice, Timing, instant
 from sim.neighbourhood.world import register_wh

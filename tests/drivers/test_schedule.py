@@ -9,6 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config import BusConfig, MeterConfig, parse_relay
+from agent.drivers.actions import (
+    Discover,
+    Idle,
+    NotAttempted,
+    Poll,
+    Read,
+    ReadEvents,
+    ScanStep,
+    Switch,
+)
 from agent.drivers.driver import MeterEvent
 from agent.drivers.events import (
     MeterDiscovered,
@@ -32,14 +42,6 @@ from agent.drivers.schedule import (
     QUARANTINE_MIN_S,
     RETRIES,
     BusSchedule,
-    Discover,
-    Idle,
-    NotAttempted,
-    Poll,
-    Read,
-    ReadEvents,
-    ScanStep,
-    Switch,
 )
 from agent.errors import (
     ChecksumError,
