@@ -12,8 +12,10 @@ from typing import Any, cast
 from agent.buffer.store import LANE_READINGS
 from agent.clock import SimClock
 from agent.config import BusConfig, Config, MeterConfig
-from agent.drivers.bus import BusEvent, BusScheduler, MeterStats
+from agent.drivers.bus import BusScheduler
+from agent.drivers.events import MeterOffline, ReadingTaken
 from agent.drivers.reading import Reading
+from agent.drivers.schedule import MeterStats
 from agent.runtime import Runtime, start_ledger
 from agent.uplink import cbor, table
 from agent.uplink.mqtt import MqttLink
@@ -66,7 +68,7 @@ def runtime(cfg: Config, clock: SimClock) -> Runtime:
 
 
 def read(rt: Runtime, meter: str, clock: SimClock, wh: int) -> None:
-    rt._handle(BusEvent("reading", meter, Reading(meter, int(clock.time_s()),
+    rt._handle(ReadingTaken(meter, Reading(meter, int(clock.time_s()),
                                                   {"import_wh": wh, "v_dv": 2300})))
 
 
@@ -102,7 +104,7 @@ def test_a_meter_offline_is_not_waited_for(tmp_path: Path) -> None:
     clock = SimClock(T0)
     rt = runtime(table_config(tmp_path), clock)
     try:
-        rt._handle(BusEvent("meter_offline", "M3", error="timeout"))
+        rt._handle(MeterOffline("M3", error="timeout"))
         read(rt, "M1", clock, 100)
         rt._tick()
         assert formed(rt) == []
