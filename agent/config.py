@@ -37,6 +37,7 @@ DEFAULT_CONFIG = "board_configs/sim.toml"
 _HHMM_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 RELAY_KINDS = ("meter", "modbus-coil", "gpio", "none")
+LIVE_READINGS = ("series", "table")  # [mqtt] live_readings
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,9 @@ class MqttConfig:
     key_file: Path | None = None
     protocol: str = "3.1.1"  # "3.1.1" | "5"
     session_expiry_s: int = 7 * 24 * 3600  # MQTT 5 only: how long the broker keeps our session
+    # how live readings go on up/readings: "series" (CONTRACT 4) or "table" (one message a
+    # poll cycle, docs/mqtt-api.md "The table form"); only a head-end that knows it asks
+    live_readings: str = "series"
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +308,7 @@ def _read_mqtt(root: Table) -> MqttConfig:
         key_file=path("key_file"),
         protocol=t.get("protocol", str, "3.1.1", check=_one_of(("3.1.1", "5"))),
         session_expiry_s=t.get("session_expiry_s", int, 7 * 24 * 3600, check=_non_negative),
+        live_readings=t.get("live_readings", str, "series", check=_one_of(LIVE_READINGS)),
     )
     if (cfg.cert_file is None) != (cfg.key_file is None):
         root.errors.add("mqtt.cert_file", "cert_file and key_file go together")

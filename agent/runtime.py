@@ -40,6 +40,7 @@ from zoneinfo import ZoneInfo
 from agent import __version__
 from agent.alerting import BalanceAlerts
 from agent.buffer import outbox
+from agent.buffer.cycle import PollCycle
 from agent.buffer.disk import DEGRADED, DiskGuard, is_enospc
 from agent.buffer.journal import Journal
 from agent.buffer.store import WAL_PAGES, WAL_PAGES_FULL, Store
@@ -49,7 +50,18 @@ from agent.config import Config, MeterConfig, relay_bus
 from agent.control import ControlRequest, ControlServer
 from agent.credit import Credit
 from agent.dispatch import Dispatcher
-from agent.drivers.bus import BusEvent, BusScheduler
+from agent.drivers.bus import BusScheduler
+from agent.drivers.events import (
+    MeterDiscovered,
+    MeterOffline,
+    MeterOnline,
+    MeterSecurity,
+    ReadDone,
+    ReadingTaken,
+    RelaySwitched,
+    ScanDone,
+    TamperSeen,
+)
 from agent.errors import (
     AgentError,
     CommandError,
@@ -184,10 +196,6 @@ def _on_bus(name: str, meters: tuple[MeterConfig, ...]
             [m for m in meters if m.bus != name and relay_bus(m) == name])
 
 
-def _is_reading(event: object) -> bool:
-    return isinstance(event, BusEvent) and event.kind == "reading" and event.reading is not None
-
-
 class Runtime:
     """The agent. ``run()`` starts the threads and loops; a simulation instead injects a
     clock, a link and bus schedulers that need no threads, and calls ``step()``."""
@@ -237,9 +245,13 @@ class Runtime:
         self.control = ControlServer(cfg.gateway.data_dir, self.inbox.put) if control else None
         self.delivery = Delivery(self.store, self.link, self.clock, gw=cfg.gateway.id,
                                  boot=self.boot, status=self.health)
+        # [mqtt] live_readings = "table": live readings go one message a poll cycle
+        self.cycle = (PollCycle(self._poll_intervals(provisioned), outbox.TABLE_LINGER_S)
+                      if cfg.mqtt.live_readings == "table" else None)
         # meter -> (when a switch was asked, the state asked: connected?)
         self.relay_pending: dict[str, tuple[float, bool]] = {}
         self.scans: dict[str, ControlRequest] = {}  # scan ref -> the CLI request waiting
+        self._on_bus_event = self._bus_handlers()
         self._control_ops: dict[str, Callable[[ControlRequest, int], None]] = {
             "status": self._control_status, "scan": self._control_scan,
             "token_enter": self._control_token_enter}
@@ -317,6 +329,17 @@ class Runtime:
         (durable across power loss), meters see the gateway's own system title."""
         return {"clock": self.clock, "relayed": relayed, "data_dir": self.cfg.gateway.data_dir,
                 "system_title": self.cfg.gateway.system_title}
+
+    def _poll_intervals(self, meters: tuple[MeterConfig, ...]) -> dict[str, float]:
+        return {m.id: self.cfg.bus(m.bus).poll_interval_s for m in meters}
+
+    def _watch_cycle(self, cycle: PollCycle, now: int) -> None:
+        """What the poll cycle learns besides readings: failed polls (the buses' counters)
+        and the meters offline."""
+        for bus in self.buses.values():
+            for meter_id, stats in list(bus.stats.items()):
+                cycle.watch(meter_id, stats.consecutive_failures, now)
+        cycle.set_offline(m for m, online in self.meter_online.items() if online is False)
 
     def _read_meter(self, meter_id: str, ref: str) -> bool:
         meter = self.meters[meter_id]
@@ -461,9 +484,9 @@ class Runtime:
         one commit, so one fsync, instead of one a reading. Everything else is handled on
         its own, as before: a command's reply commits before its message is acknowledged,
         a token entry commits itself."""
-        batch: list[BusEvent] = []
+        batch: list[ReadingTaken] = []
         for event in self._inbox_events(MAX_EVENTS_PER_TURN):
-            if not _is_reading(event):
+            if not isinstance(event, ReadingTaken):
                 self._handle_readings(batch)
                 batch = []
                 self._handle_one(event)
@@ -482,13 +505,12 @@ class Runtime:
                 return
 
     def _handle_one(self, event: Any) -> None:
-        done, _ = self._with_room(lambda: self._handle(event),
-                                  str(getattr(event, "kind", None) or type(event).__name__))
+        done, _ = self._with_room(lambda: self._handle(event), type(event).__name__)
         if not done and isinstance(event, ControlRequest):  # the CLI waits for an answer
             event.reply(error="no room to write: the disk is full (docs/technician.md, "
                               "'A full disk')")
 
-    def _handle_readings(self, batch: list[BusEvent]) -> None:
+    def _handle_readings(self, batch: list[ReadingTaken]) -> None:
         if not batch:
             return
         _, failed = self._with_room(lambda: self._contained_tx(batch, "readings"), "readings")
@@ -501,16 +523,15 @@ class Runtime:
             _, failed = self._with_room(
                 lambda: self._contained_tx([event], what), what)  # noqa: B023 - called now
             if failed is not None:
-                assert event.reading is not None
                 self.ledger.charging.reading_not_charged(event.reading, failed)
                 self.charge_errors[event.meter] = self.charge_errors.get(event.meter, 0) + 1
 
-    def _contained_tx(self, batch: list[BusEvent], what: str) -> Exception | None:
+    def _contained_tx(self, batch: list[ReadingTaken], what: str) -> Exception | None:
         """The readings' transaction; the exception of a charge that raised (a bug),
         logged; a StoreError propagates."""
         return contain(lambda: self._readings_tx(batch), what, passthrough=(StoreError,))[1]
 
-    def _readings_tx(self, batch: list[BusEvent]) -> None:
+    def _readings_tx(self, batch: list[ReadingTaken]) -> None:
         with self.store.tx():
             for reading in batch:
                 self._handle(reading)
@@ -518,8 +539,9 @@ class Runtime:
     def _handle(self, event: Any) -> None:
         now = int(self.clock.time_s())
         self._relays_dirty = True
-        if isinstance(event, BusEvent):
-            self._bus_event(event, now)
+        bus_handler = self._on_bus_event.get(type(event))
+        if bus_handler is not None:
+            bus_handler(event, now)
         elif isinstance(event, LinkEvent):
             self._link_event(event, now)
         elif isinstance(event, ControlRequest):
@@ -527,48 +549,67 @@ class Runtime:
         else:
             raise AssertionError(f"unknown inbox event {event!r}")
 
-    def _bus_event(self, event: BusEvent, now: int) -> None:
-        if event.kind == "reading" and event.reading is not None:
-            self.last_readings[event.meter] = {"t": event.reading.t, **event.reading.values}
-            self.meter_online[event.meter] = True
-            self.ledger.charging.on_reading(event.reading)
-        elif event.kind in ("meter_offline", "meter_online"):
-            self.meter_online[event.meter] = event.kind == "meter_online"
-            meter = self.meters.get(event.meter)
-            with self.store.tx():
-                self.ledger.events.emit(now, event.kind, m=event.meter,
-                                        acct=meter.account if meter else None,
-                                        detail={"error": event.error} if event.error else {})
-        elif event.kind == "relay_result":
-            asked = self.relay_pending.get(event.meter)
-            if asked is not None and event.connected in (None, asked[1]):
-                del self.relay_pending[event.meter]  # the answer to the switch in flight
-            self.ledger.actuation.relay_result(event.meter, event.connected, event.error, now,
-                                               state=event.state or None)
-        elif event.kind == "tamper":
-            detail = event.detail
-            self.ledger.relays.on_tamper(event.meter, str(detail.get("kind", "other")),
-                                         int(detail.get("code", 0)), int(detail.get("t", now)))
-        elif event.kind == "meter_security":  # a wrong key, a replayed counter, a swap
-            meter = self.meters.get(event.meter)
-            with self.store.tx():
-                self.ledger.events.emit(now, "meter_security", m=event.meter,
-                                        acct=meter.account if meter else None,
-                                        detail={"why": event.detail.get("why"),
-                                                "error": event.error[:200]})
-        elif event.kind == "meter_discovered":
-            with self.store.tx():
-                self.ledger.events.emit(now, "meter_discovered", detail=dict(event.detail))
-        elif event.kind == "scan_result":
-            req = self.scans.pop(event.ref, None)
-            if req is not None:
-                req.reply(dict(event.detail))
-        elif event.kind == "read_result":
-            result = None
-            if event.reading is not None:
-                result = {"m": event.reading.meter, "t": event.reading.t,
-                          **event.reading.values}
-            self.dispatcher.read_done(event.ref, result, event.error, now)
+    def _bus_handlers(self) -> dict[type, Callable[[Any, int], None]]:
+        """What the runtime does with each kind of bus event (``drivers/events.py``)."""
+        return {ReadingTaken: self._on_reading, MeterOffline: self._on_meter_offline,
+                MeterOnline: self._on_meter_online, RelaySwitched: self._on_relay_switched,
+                TamperSeen: self._on_tamper, MeterSecurity: self._on_meter_security,
+                MeterDiscovered: self._on_meter_discovered, ScanDone: self._on_scan_done,
+                ReadDone: self._on_read_done}
+
+    def _on_reading(self, event: ReadingTaken, now: int) -> None:
+        self.last_readings[event.meter] = {"t": event.reading.t, **event.reading.values}
+        self.meter_online[event.meter] = True
+        if self.cycle is not None:  # first: a reading whose charge raises is still sent
+            self.cycle.reading(event.meter, now)
+        self.ledger.charging.on_reading(event.reading)
+
+    def _on_meter_offline(self, event: MeterOffline, now: int) -> None:
+        self._meter_health(event.meter, False, event.error, now)
+
+    def _on_meter_online(self, event: MeterOnline, now: int) -> None:
+        self._meter_health(event.meter, True, "", now)
+
+    def _meter_health(self, meter_id: str, online: bool, error: str, now: int) -> None:
+        self.meter_online[meter_id] = online
+        meter = self.meters.get(meter_id)
+        with self.store.tx():
+            self.ledger.events.emit(now, "meter_online" if online else "meter_offline",
+                                    m=meter_id, acct=meter.account if meter else None,
+                                    detail={"error": error} if error else {})
+
+    def _on_relay_switched(self, event: RelaySwitched, now: int) -> None:
+        asked = self.relay_pending.get(event.meter)
+        if asked is not None and event.connected in (None, asked[1]):
+            del self.relay_pending[event.meter]  # the answer to the switch in flight
+        self.ledger.actuation.relay_result(event.meter, event.connected, event.error, now,
+                                           state=event.state or None)
+
+    def _on_tamper(self, event: TamperSeen, now: int) -> None:
+        self.ledger.relays.on_tamper(event.meter, event.kind, event.code, event.t)
+
+    def _on_meter_security(self, event: MeterSecurity, now: int) -> None:
+        """A wrong key, a replayed counter, a swapped meter."""
+        meter = self.meters.get(event.meter)
+        with self.store.tx():
+            self.ledger.events.emit(now, "meter_security", m=event.meter,
+                                    acct=meter.account if meter else None,
+                                    detail={"why": event.why, "error": event.error[:200]})
+
+    def _on_meter_discovered(self, event: MeterDiscovered, now: int) -> None:
+        with self.store.tx():
+            self.ledger.events.emit(now, "meter_discovered", detail=event.detail())
+
+    def _on_scan_done(self, event: ScanDone, now: int) -> None:
+        req = self.scans.pop(event.ref, None)
+        if req is not None:
+            req.reply(event.reply())
+
+    def _on_read_done(self, event: ReadDone, now: int) -> None:
+        result = None
+        if event.reading is not None:
+            result = {"m": event.reading.meter, "t": event.reading.t, **event.reading.values}
+        self.dispatcher.read_done(event.ref, result, event.error, now)
 
     def _link_event(self, event: LinkEvent, now: int) -> None:
         if event.kind == "puback":
@@ -622,7 +663,7 @@ class Runtime:
         ref = f"scan-{id(req)}"
         if not bus.scan(addresses, ref):
             raise CommandError("failed", "a scan is already running on this bus")
-        self.scans[ref] = req  # answered by the bus's scan_result event
+        self.scans[ref] = req  # answered by the bus's ScanDone event
 
     def _control_token_enter(self, req: ControlRequest, now: int) -> None:
         account, digits = req.args.get("account"), req.args.get("digits")
@@ -646,6 +687,8 @@ class Runtime:
     def _apply_meters(self, meters: tuple[MeterConfig, ...]) -> None:
         for name, bus in self.buses.items():
             bus.set_meters(*_on_bus(name, meters))
+        if self.cycle is not None:
+            self.cycle.set_meters(self._poll_intervals(meters))
 
     def _headend_message(self, payload: bytes, now: int) -> None:
         try:
@@ -669,8 +712,10 @@ class Runtime:
         if self.link.connected and self.headend_this_connection:
             self.ledger.relays.headend_still_heard(now)
         self.ledger.charging.tick(now)
+        if self.cycle is not None:
+            self._watch_cycle(self.cycle, now)
         outbox.form_messages(self.store, self.cfg.gateway.id, self.boot, now,
-                             self.link.connected, limits=self.cfg.store)
+                             self.link.connected, limits=self.cfg.store, cycle=self.cycle)
         self.delivery.check_stuck()
 
     def _open_gpio_relays(self, meters: tuple[MeterConfig, ...]) -> dict[str, Relay]:

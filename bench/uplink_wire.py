@@ -1,6 +1,6 @@
-"""Bytes per reading on the wire (issue 5) -> a section of bench/results/uplink.md.
+"""Bytes per reading on the wire (issues 5 and 14) -> sections of bench/results/uplink.md.
 
-  python -m bench.uplink_wire [--meters 500] [--hours 72]
+  python -m bench.uplink_wire [--meters 500] [--hours 72] [--live-hours 6]
 
 The same readings (``--meters`` meters polled every 15 minutes for ``--hours``, all
 seven quantities, realistic values) three ways:
@@ -11,6 +11,15 @@ seven quantities, realistic values) three ways:
    exactly like the agent's messages (the fairest grouping for JSON), and one
    reading per message as the ThingsBoard gateway's connectors usually send it.
 Both with and without MQTT PUBLISH framing (fixed header, topic, packet id).
+
+Then live readings, series against the table form (``[mqtt] live_readings``, issue
+14), both formed by the real outbox (``outbox.form_messages`` once a second, a
+``PollCycle`` fed every reading for the table form) from the same readings of the
+first ``--live-hours``, at two timings: each meter at its own second of the interval
+(as above), and back to back, as the agent's bus schedulers poll (two buses, a meter
+every ``POLL_GAP_S`` on each, every interval from its start). With seven quantities
+and with five (``FIVE``); against the series of the same run, and against the peer's
+figure in bench/results/peer.md (from that file's run, seven quantities).
 """
 
 from __future__ import annotations
@@ -19,12 +28,14 @@ import argparse
 import json
 import math
 import random
+import re
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from agent.buffer import outbox
+from agent.buffer.cycle import PollCycle
 from agent.buffer.store import LANE_READINGS, Store
 from agent.drivers.reading import Reading
 from agent.uplink import cbor, wire
@@ -34,6 +45,10 @@ T0 = 1_767_225_600
 STEP_S = 900
 AGENT_TOPIC = "gw/gw-demo-01/up/readings"
 TB_TOPIC = "v1/gateway/telemetry"
+POLL_GAP_S = 0.04  # back to back: a meter every 40 ms on each of two buses (bench/peer)
+BUSES = 2
+FIVE = ("import_wh", "p_w", "v_dv", "i_ma", "pf_milli")  # a five-quantity meter
+PEER = ROOT / "bench" / "results" / "peer.md"
 
 
 def make_readings(meters: int, hours: int, seed: int = 1) -> list[Reading]:
@@ -105,6 +120,129 @@ def live(readings: list[Reading]) -> tuple[list[bytes], list[list[Reading]]]:
     return payloads, groups
 
 
+def back_to_back(readings: list[Reading], meters: int) -> list[Reading]:
+    """The same readings at the times the agent's bus schedulers take them: every
+    interval from its start, the meters of each bus one after another."""
+    out = []
+    for r in readings:
+        m = int(r.meter.split("-")[1])
+        cycle = (r.t - T0) // STEP_S
+        t = T0 + cycle * STEP_S + int((m // BUSES) * POLL_GAP_S)
+        out.append(Reading(r.meter, t, r.values))
+    out.sort(key=lambda r: (r.t, r.meter))
+    return out
+
+
+def only(readings: list[Reading], quantities: tuple[str, ...]) -> list[Reading]:
+    return [Reading(r.meter, r.t, {q: v for q, v in r.values.items() if q in quantities})
+            for r in readings]
+
+
+def live_formed(readings: list[Reading], *, table_form: bool) -> tuple[list[bytes], int]:
+    """The live messages the outbox forms from ``readings`` (in time order), ticking once
+    a second as the runtime does: (payloads, readings in them)."""
+    meters = sorted({r.meter for r in readings})
+    cycle = PollCycle({m: float(STEP_S) for m in meters}, outbox.TABLE_LINGER_S) \
+        if table_form else None
+    payloads: list[bytes] = []
+    with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
+        store = Store(Path(tmp))
+        store.conn.execute("PRAGMA synchronous = OFF")  # bytes, not durability
+        i, now = 0, readings[0].t
+        while True:
+            with store.tx():
+                while i < len(readings) and readings[i].t <= now:
+                    r = readings[i]
+                    store.add_pending(LANE_READINGS, outbox.reading_item(r), r.t, r.meter)
+                    if cycle is not None:
+                        cycle.reading(r.meter, r.t)
+                    i += 1
+            outbox.form_messages(store, "gw-demo-01", 1, now, True, cycle=cycle)
+            rows = store.outbox_next(set(), 1_000_000)
+            payloads += [row.payload for row in rows]
+            store.ack_many([row.seq for row in rows])
+            if store.pending_stats(LANE_READINGS)[0]:
+                now += 1
+            elif i < len(readings):
+                now = max(now + 1, readings[i].t)  # nothing waits: on to the next poll
+            else:
+                break
+        store.close()
+    messages = [wire.check_readings(cbor.loads(p, max_bytes=1 << 20)) for p in payloads]
+    decoded = sum(len(wire.decode_readings(m)) for m in messages)
+    assert decoded == len(readings) and all(("table" in m) == table_form for m in messages)
+    return payloads, decoded
+
+
+def peer_live_b() -> float | None:
+    """The peer's live bytes per reading (topic + payload) from bench/results/peer.md."""
+    try:
+        text = PEER.read_text()
+    except OSError:
+        return None
+    m = re.search(r"reading messages: topic \+ payload, B/reading\*\* \| [\d.]+ \[[^]]*\] "
+                  r"\| ([\d.]+) ", text)
+    return float(m.group(1)) if m else None
+
+
+def measure_live(meters: int, hours: int) -> dict[str, Any]:
+    spread = make_readings(meters, hours)
+    timings = {"spread": spread, "back to back": back_to_back(spread, meters)}
+    out: dict[str, Any] = {"meters": meters, "hours": hours, "peer": peer_live_b(), "rows": []}
+    for timing, readings in timings.items():
+        for label, quantities in (("7", tuple(wire.QUANTITIES)), ("5", FIVE)):
+            rs = only(readings, quantities)
+            row: dict[str, Any] = {"timing": timing, "quantities": label}
+            for form in ("series", "table"):
+                payloads, n = live_formed(rs, table_form=form == "table")
+                payload = sum(len(p) for p in payloads)
+                row[form] = {
+                    "messages": len(payloads), "readings": n, "payload": payload / n,
+                    "topic": (payload + len(AGENT_TOPIC) * len(payloads)) / n,
+                    "framed": (payload + sum(mqtt_overhead(AGENT_TOPIC, len(p))
+                                             for p in payloads)) / n}
+            out["rows"].append(row)
+    return out
+
+
+def report_live(r: dict[str, Any]) -> str:
+    peer = r["peer"]
+    lines = [
+        "## Live readings: series against the table form (issue 14)",
+        "",
+        f"{r['meters']} meters every 15 minutes for {r['hours']} hours "
+        f"(`python -m bench.uplink_wire --live-hours {r['hours']}`), the same readings "
+        "formed by the real outbox both ways: series (`live_readings = \"series\"`, what "
+        f"is polled within LIVE_FLUSH_S = {outbox.LIVE_FLUSH_S} s shares a message) and "
+        "the table form (`live_readings = \"table\"`, one message when a poll cycle is "
+        f"complete or TABLE_LINGER_S = {outbox.TABLE_LINGER_S} s after its first "
+        "reading). Timing \"back to back\": as the agent's bus schedulers poll (two "
+        f"buses, a meter every {POLL_GAP_S * 1000:.0f} ms on each); \"spread\": each "
+        "meter at its own second of the interval. B/reading with the topic is what "
+        "bench/results/peer.md counts on the broker (topic + payload).",
+        "",
+        "| timing | quantities | series: messages | series B/reading (payload / + topic "
+        "/ framed) | table: messages | table B/reading (payload / + topic / framed) | "
+        "table / series (+ topic) |" + (" table / peer (+ topic) |" if peer else ""),
+        "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if peer else ""),
+    ]
+    for row in r["rows"]:
+        se, ta = row["series"], row["table"]
+        cells = [row["timing"], row["quantities"], f"{se['messages']:,}",
+                 f"{se['payload']:.1f} / {se['topic']:.1f} / {se['framed']:.1f}",
+                 f"{ta['messages']:,}",
+                 f"{ta['payload']:.1f} / {ta['topic']:.1f} / {ta['framed']:.1f}",
+                 f"**1/{se['topic'] / ta['topic']:.1f}**"]
+        if peer:
+            cells.append(f"1/{peer / ta['topic']:.1f}" if row["quantities"] == "7" else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    if peer:
+        lines += ["", f"Peer: thingsboard-gateway's {peer:.1f} B/reading (topic + payload, "
+                  "seven quantities, 250 meters) is the figure of bench/results/peer.md, "
+                  "measured in that file's run (`python -m bench.peer`), not in this one."]
+    return "\n".join(lines)
+
+
 def measure(meters: int, hours: int) -> dict[str, Any]:
     readings = make_readings(meters, hours)
     n = len(readings)
@@ -155,8 +293,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--meters", type=int, default=500)
     parser.add_argument("--hours", type=int, default=72)
+    parser.add_argument("--live-hours", type=int, default=6,
+                        help="hours of readings for series against the table form")
     args = parser.parse_args()
     print(report(measure(args.meters, args.hours)))
+    print()
+    print(report_live(measure_live(args.meters, args.live_hours)))
 
 
 if __name__ == "__main__":

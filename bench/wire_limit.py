@@ -41,7 +41,8 @@ import time
 from pathlib import Path
 
 from agent.config import BusConfig, Config, load_config
-from agent.drivers.bus import BusEvent, BusScheduler, default_transport
+from agent.drivers.bus import BusScheduler, default_transport
+from agent.drivers.events import BusEvent, ReadingTaken
 from agent.drivers.modbus.codec import Request, response_length
 from agent.drivers.modbus.maps import load_map, plan_reads
 from agent.drivers.transport import Transport, character_time_s, silent_interval_s
@@ -165,7 +166,7 @@ def measure(baud: int, meters: int, *, seconds: float, warmup_s: float,
         lock = threading.Lock()
 
         def post(event: BusEvent) -> None:
-            if event.kind == "reading":
+            if isinstance(event, ReadingTaken):
                 with lock:
                     stamps.append((time.monotonic(), event.meter))
 

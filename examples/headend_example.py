@@ -52,9 +52,30 @@ def undelta(values: list[int]) -> list[int]:
     return out
 
 
+def undelta_cells(values: list[int | None]) -> list[int | None]:
+    """The table form's columns: running sums that skip nulls (docs/mqtt-api.md)."""
+    out: list[int | None] = []
+    total = 0
+    for v in values:
+        if v is not None:
+            total += v
+        out.append(None if v is None else total)
+    return out
+
+
 def readings_of(message: dict[str, Any]) -> list[dict[str, Any]]:
-    """The readings of an up/readings message, one map per reading."""
+    """The readings of an up/readings message, one map per reading: the series form, or
+    the table form of a gateway with [mqtt] live_readings = "table"."""
     out = []
+    if "table" in message:
+        table = message["table"]
+        bn = table.get("bn", "")
+        times = undelta_cells(table["t"])
+        cells = {q: undelta_cells(table[q]) for q in QUANTITIES if q in table}
+        for i, suffix in enumerate(table["m"]):
+            out.append({"m": bn + suffix, "t": times[i],
+                        **{q: c[i] for q, c in cells.items() if c[i] is not None}})
+        return out
     for series in message["readings"]:
         times = undelta(series["t"])
         columns = {q: undelta(series[q]) for q in QUANTITIES if q in series}

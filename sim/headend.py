@@ -340,6 +340,10 @@ class HeadEnd:
 def _describe(gw: str, kind: str, msg: dict[str, Any]) -> list[str]:
     """One line per message (readings: per meter); the CLI's output."""
     head = f"{gw} #{msg['seq']}"
+    if kind == "readings" and "table" in msg:  # the table form: one line per reading
+        return [f"{head} readings {r.meter}: t={r.t} "
+                + " ".join(f"{q}={v}" for q, v in r.values.items())
+                for r in wire.decode_readings(msg)]
     if kind == "readings":
         out = []
         for s in msg["readings"]:

@@ -102,6 +102,10 @@ def test_sim_config_reads_into_typed_values() -> None:
         (lambda d: d["policy"].__setitem__("protected_hours", "25:00-08:00"),
          "policy.protected_hours", ""),
         (lambda d: d["mqtt"].__setitem__("port", True), "mqtt.port", "boolean"),
+        (lambda d: d["mqtt"].__setitem__("live_readings", "columns"), "mqtt.live_readings",
+         "series | table"),
+        (lambda d: d["mqtt"].__setitem__("live_readings", 1), "mqtt.live_readings",
+         "a string"),
         (lambda d: d.__setitem__("extra", {}), "extra", "unknown key"),
         (lambda d: d.pop("security"), "security", "required"),
         (lambda d: d["security"].pop("token_key_file"), "security.token_key_file", "required"),
@@ -113,6 +117,24 @@ def test_errors_name_the_key(mutate, key: str, fragment: str) -> None:  # type: 
     errors = errors_of(doc)
     assert key in errors, errors
     assert fragment in errors[key]
+
+
+@pytest.mark.parametrize("value", ["series", "table", None])
+def test_live_readings_is_series_unless_the_config_asks_for_table(value: str | None) -> None:
+    doc = raw()
+    doc["mqtt"].pop("live_readings", None)
+    if value is not None:
+        doc["mqtt"]["live_readings"] = value
+    assert parse_config(doc).mqtt.live_readings == (value or "series")
+
+
+def test_check_config_names_a_wrong_live_readings(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    doc = raw()
+    doc["mqtt"]["live_readings"] = "Table"
+    bad = tmp_path / "bad.toml"
+    bad.write_text(dumps(doc))
+    assert main(["check-config", str(bad)]) == 2
+    assert "mqtt.live_readings: must be one of series | table" in capsys.readouterr().err
 
 
 def test_all_errors_reported_at_once() -> None:

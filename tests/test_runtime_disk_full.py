@@ -18,7 +18,8 @@ from agent.buffer import outbox
 from agent.buffer.disk import DEGRADED, RESERVE_NAME, DiskGuard
 from agent.buffer.store import LANE_EVENTS, LANE_READINGS, Store
 from agent.config import BusConfig, MeterConfig
-from agent.drivers.bus import BusEvent, BusScheduler
+from agent.drivers.bus import BusScheduler
+from agent.drivers.events import ReadingTaken
 from agent.drivers.reading import Reading
 from agent.errors import StoreFullError
 from agent.runtime import Runtime, start_ledger
@@ -83,7 +84,7 @@ def test_a_store_that_fills_while_the_agent_runs_drops_readings_and_charges_on(
     for i in range(0, 1200, 10):
         for m in meters:
             for k in range(10):
-                rt.inbox.put(BusEvent("reading", m, Reading(
+                rt.inbox.put(ReadingTaken(m, Reading(
                     m, t0 + 60 * (i + k), {"import_wh": wh, **VALUES}, "S")))
         rt.step(status_file=False)
     # ...then the store can grow no more, and every reading draws energy (an entry each).
@@ -91,8 +92,8 @@ def test_a_store_that_fills_while_the_agent_runs_drops_readings_and_charges_on(
     for i in range(1200, 1300):
         wh += 7
         for m in meters:
-            rt.inbox.put(BusEvent("reading", m, Reading(m, t0 + 60 * i,
-                                                        {"import_wh": wh, **VALUES}, "S")))
+            rt.inbox.put(ReadingTaken(m, Reading(m, t0 + 60 * i,
+                                                 {"import_wh": wh, **VALUES}, "S")))
         rt.step(status_file=False)  # nothing may escape it
     assert guard.state == DEGRADED and rt.status()["disk"]["mode"] == "degraded"
     assert rt.lost_to_full == 0

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 from agent import runtime
-from agent.drivers.bus import BusEvent
+from agent.drivers.events import BusEvent, MeterOffline, MeterOnline, ReadingTaken, RelaySwitched
 from agent.drivers.reading import Reading
 from agent.runtime import Runtime
 
@@ -46,12 +46,12 @@ class _Turn:
         self.seen: list[tuple[str, int, int]] = []  # (what, in a transaction, which one)
 
     def _handle(self, event: BusEvent) -> None:
-        what = event.reading.meter if event.reading is not None else event.kind
+        what = event.reading.meter if isinstance(event, ReadingTaken) else type(event).__name__
         self.seen.append((what, self.store.depth, self.store.transactions))
 
 
-def reading(meter: str) -> BusEvent:
-    return BusEvent("reading", meter, Reading(meter, 1_770_000_000, {"import_wh": 1}))
+def reading(meter: str) -> ReadingTaken:
+    return ReadingTaken(meter, Reading(meter, 1_770_000_000, {"import_wh": 1}))
 
 
 def drained(events: list[BusEvent]) -> _Turn:
@@ -65,11 +65,10 @@ def drained(events: list[BusEvent]) -> _Turn:
 
 
 def test_consecutive_readings_share_a_transaction_and_order_is_kept() -> None:
-    turn = drained([reading("A"), reading("B"), BusEvent("relay_result", "A"), reading("C"),
-                    BusEvent("meter_offline", "D"), BusEvent("meter_online", "D"),
-                    reading("E")])
-    assert turn.seen == [("A", 1, 1), ("B", 1, 1), ("relay_result", 0, 1), ("C", 1, 2),
-                         ("meter_offline", 0, 2), ("meter_online", 0, 2), ("E", 1, 3)]
+    turn = drained([reading("A"), reading("B"), RelaySwitched("A", None, "", "failed"),
+                    reading("C"), MeterOffline("D", ""), MeterOnline("D"), reading("E")])
+    assert turn.seen == [("A", 1, 1), ("B", 1, 1), ("RelaySwitched", 0, 1), ("C", 1, 2),
+                         ("MeterOffline", 0, 2), ("MeterOnline", 0, 2), ("E", 1, 3)]
 
 
 def test_a_transaction_holds_at_most_readings_per_tx(monkeypatch: Any) -> None:

@@ -16,7 +16,8 @@ import pytest
 from agent import supervisor
 from agent.buffer.store import LANE_EVENTS, LANE_READINGS
 from agent.config import BusConfig, Config, MeterConfig
-from agent.drivers.bus import BusEvent, BusScheduler
+from agent.drivers.bus import BusScheduler
+from agent.drivers.events import ReadingTaken
 from agent.drivers.reading import Reading
 from agent.errors import StoreError
 from agent.runtime import Runtime, start_ledger
@@ -166,7 +167,7 @@ def test_a_reading_whose_charge_raises_is_a_bad_reading_and_the_others_are_charg
     start_ledger(rt.ledger, rt.cfg, rt.store, rt.journal, t)
     for i, wh in enumerate((1000, 1400)):
         for m in ("M1", "M2", "M3"):
-            rt.inbox.put(BusEvent("reading", m, Reading(m, t + 600 * i, {"import_wh": wh}, "S")))
+            rt.inbox.put(ReadingTaken(m, Reading(m, t + 600 * i, {"import_wh": wh}, "S")))
         rt._drain_inbox()
     bad = _events(rt, "bad_reading")
     assert [(e["m"], e["detail"]["why"]) for e in bad] == [("M2", "charge_error")]
@@ -179,7 +180,7 @@ def test_a_reading_whose_charge_raises_is_a_bad_reading_and_the_others_are_charg
     errors = {m["id"]: m["errors"]["charge_errors"] for m in rt.status()["meters"]}
     assert errors == {"M1": 0, "M2": 1, "M3": 0}
     rt.ledger.charging._post_energy = real  # type: ignore[method-assign]
-    rt.inbox.put(BusEvent("reading", "M2", Reading("M2", t + 1800, {"import_wh": 1500}, "S")))
+    rt.inbox.put(ReadingTaken("M2", Reading("M2", t + 1800, {"import_wh": 1500}, "S")))
     rt._drain_inbox()
     assert [e.kind for e in rt.journal.entries("A2")].count("energy") == 1  # 1000 -> 1500
     rt.store.close()

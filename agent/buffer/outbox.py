@@ -8,7 +8,13 @@ When (nothing is formed while the link is down: a seq is taken only for what can
 be sent now, and until then items can still be thinned at the storage bound):
 - events and ledger entries: at every call, all of them;
 - live readings (``t >= now - LIVE_AGE_S``) into lane ``LANE_READINGS``: once a
-  full batch has gathered or the oldest of them is ``LIVE_FLUSH_S`` old;
+  full batch has gathered or the oldest of them is ``LIVE_FLUSH_S`` old; in the table
+  form (``[mqtt] live_readings = "table"``: the caller passes a ``PollCycle``), one
+  message of every meter's readings (agent/uplink/table.py), once the poll cycle is
+  complete (cycle.py), the oldest of them is ``linger_s`` old (``TABLE_LINGER_S`` or
+  the shortest poll interval, whichever is less) or a batch is full
+  (``TABLE_MAX_READINGS`` readings or ``TABLE_MAX_ITEM_BYTES`` of stored items),
+  whichever comes first;
 - backlog readings (older: they piled up while the link was down) into lane
   ``LANE_BACKLOG``: on demand, ``BACKLOG_AHEAD`` messages ahead of the in-flight
   window (``form_backlog``, called by Delivery). The store keeps readings as runs
@@ -24,7 +30,8 @@ a drain has a lower seq than older readings still to come from the backlog, so a
 head-end orders a meter's readings by ``t``, not by seq (docs/mqtt-api.md).
 
 Bounds: a message carries at most ``MAX_ITEMS`` events or entries and
-``MAX_ITEM_BYTES`` of them (readings: ``MAX_RUNS`` runs, ``MAX_READING_ITEM_BYTES``);
+``MAX_ITEM_BYTES`` of them (readings: ``MAX_RUNS`` runs, ``MAX_READING_ITEM_BYTES``;
+the table form: ``TABLE_MAX_READINGS`` readings, ``TABLE_MAX_ITEM_BYTES``);
 an encoded message over ``MAX_MESSAGE_BYTES`` is formed again from half of them.
 One call forms at most ``MAX_MESSAGES_PER_CALL`` messages, so it never holds the
 writer for long.
@@ -58,6 +65,7 @@ from typing import Any
 
 import cbor2
 
+from agent.buffer.cycle import PollCycle
 from agent.buffer.store import (
     BATCH_MAX_BYTES,
     BATCH_MAX_ITEMS,
@@ -72,7 +80,7 @@ from agent.buffer.store import (
 )
 from agent.config import StoreConfig
 from agent.drivers.reading import Reading
-from agent.uplink import cbor, wire
+from agent.uplink import cbor, table, wire
 
 log = logging.getLogger("agent.outbox")
 
@@ -83,6 +91,9 @@ MAX_MESSAGE_BYTES = 64 * 1024  # the hard bound on one up/* message
 MAX_MESSAGES_PER_CALL = 64
 LIVE_AGE_S = 60  # a pending reading older than this when the link is up is backlog
 LIVE_FLUSH_S = 5  # live readings wait at most this long to share a message
+TABLE_LINGER_S = 30  # the table form: at most this long for a poll cycle to complete
+TABLE_MAX_READINGS = 2048  # the table form: readings a message; a full batch goes at once
+TABLE_MAX_ITEM_BYTES = 64 * 1024  # and their stored items' bytes (~21 B each on the wire)
 BACKLOG_AHEAD = 32  # backlog messages formed ahead of the in-flight window
 MAX_RUNS = 1024  # reading runs looked at per message (with the bytes: a memory bound)
 MAX_VALUE = 2**62  # |value| below this: every delta fits int64 (CONTRACT 1: signed 64-bit)
@@ -93,6 +104,7 @@ BOUND_ROUNDS = 64  # rounds per call; what is left over is done at the next call
 FLOOR_ROOM_BYTES = 64 * 1024  # under the free-disk floor the store may hold at least this
 FULL_KEEP_SHARE = 2  # a full disk: the readings held are cut to 1/this of their bytes
 assert BATCH_MAX_BYTES <= MAX_ITEM_BYTES and BATCH_MAX_ITEMS <= MAX_ITEMS  # a row fits
+assert TABLE_MAX_READINGS <= table.MAX_ROWS and TABLE_LINGER_S < LIVE_AGE_S
 
 
 class _R:
@@ -172,7 +184,11 @@ def encode_readings(gw: str, boot: int, seq: int, body: list[dict[str, Any]]) ->
     return bytes(cbor2.dumps(_deterministic(message), canonical=False))
 
 
-def _encode(lane: int, gw: str, boot: int, seq: int, rows: list[PendingRow]) -> bytes:
+def _encode(lane: int, gw: str, boot: int, seq: int, rows: list[PendingRow],
+            as_table: bool = False) -> bytes:
+    if as_table:  # live readings, one table (checked by table_message)
+        readings = [r for row in rows for r in _readings(row.item)]
+        return cbor.dumps(table.table_message(gw, boot, seq, readings))
     if lane in (LANE_READINGS, LANE_BACKLOG):
         body = [s for row in rows for s in _run_series(row.item)]
         body.sort(key=lambda s: (s["m"], s["t"][0]))  # by meter, then time (docs)
@@ -227,13 +243,13 @@ def _run_series(item: bytes) -> list[dict[str, Any]]:
 
 
 def _store_message(store: Store, lane: int, gw: str, boot: int, now_s: int,
-                   rows: list[PendingRow]) -> int:
+                   rows: list[PendingRow], as_table: bool = False) -> int:
     """Form one message from ``rows`` (or from its first half, again, while it is over
     MAX_MESSAGE_BYTES), inside the caller's transaction; the caller deletes the rows
     used. Returns how many rows that is."""
     seq = store.meta("next_seq")  # taken below, once the bytes fit
     while True:
-        payload = _encode(lane, gw, boot, seq, rows)
+        payload = _encode(lane, gw, boot, seq, rows, as_table)
         if len(payload) <= MAX_MESSAGE_BYTES or len(rows) == 1:
             break
         rows = rows[: len(rows) // 2]
@@ -244,9 +260,11 @@ def _store_message(store: Store, lane: int, gw: str, boot: int, now_s: int,
 
 
 def form_messages(store: Store, gw: str, boot: int, now_s: int, link_up: bool, *,
-                  limits: StoreConfig | None = None, free_bytes: int | None = None) -> int:
+                  limits: StoreConfig | None = None, free_bytes: int | None = None,
+                  cycle: PollCycle | None = None) -> int:
     """Enforce the storage bound (when ``limits`` are given), then turn pending items
-    into messages while the link is up; returns how many messages were formed."""
+    into messages while the link is up; returns how many messages were formed.
+    ``cycle``: live readings go in the table form, sent as the cycle says (or bounds)."""
     if limits is not None:
         enforce_bounds(store, limits, now_s, free_bytes=free_bytes)
     if not link_up:
@@ -264,7 +282,9 @@ def form_messages(store: Store, gw: str, boot: int, now_s: int, link_up: bool, *
                 used = _store_message(store, lane, gw, boot, now_s, rows)
                 store.delete_pending([r.id for r in rows[:used]])
                 formed += 1
-        formed += _form_live(store, gw, boot, now_s, MAX_MESSAGES_PER_CALL - formed)
+        room = MAX_MESSAGES_PER_CALL - formed
+        formed += (_form_live(store, gw, boot, now_s, room) if cycle is None
+                   else _form_live_table(store, gw, boot, now_s, room, cycle))
         ahead = BACKLOG_AHEAD - store.outbox_rows(LANE_BACKLOG)
         return formed + form_backlog(store, gw, boot, now_s,
                                      min(ahead, MAX_MESSAGES_PER_CALL - formed))
@@ -284,6 +304,40 @@ def _form_live(store: Store, gw: str, boot: int, now_s: int, room: int) -> int:
             used = _store_message(store, LANE_READINGS, gw, boot, now_s, rows)
             store.delete_pending([r.id for r in rows[:used]])
         formed += 1
+    return formed
+
+
+def _form_live_table(store: Store, gw: str, boot: int, now_s: int, room: int,
+                     cycle: PollCycle) -> int:
+    """Live readings in the table form: one message once the poll cycle is complete, the
+    oldest reading is ``cycle.linger_s`` old, or a batch is full, whichever is first."""
+    formed = 0
+    while formed < room:
+        with store.tx():
+            store.seal_runs(now_s - LIVE_AGE_S)  # what piled up while down is backlog
+            # one row more than a batch can take: to know whether the batch is full
+            rows = store.pending_since(LANE_READINGS, now_s - LIVE_AGE_S,
+                                       TABLE_MAX_READINGS + 1)
+            batch: list[PendingRow] = []
+            readings = nbytes = 0
+            for row in rows:
+                if batch and (readings + row.n > TABLE_MAX_READINGS
+                              or nbytes + row.size > TABLE_MAX_ITEM_BYTES):
+                    break
+                batch.append(row)
+                readings += row.n
+                nbytes += row.size
+            if not batch:
+                break
+            full = len(batch) < len(rows)
+            lingered = min(r.t for r in batch) <= now_s - cycle.linger_s
+            if not (full or lingered or cycle.complete()):
+                break
+            used = _store_message(store, LANE_READINGS, gw, boot, now_s, batch, as_table=True)
+            store.delete_pending([r.id for r in batch[:used]])
+        formed += 1
+        if used == len(batch):  # else the rest (over MAX_MESSAGE_BYTES) follows at once
+            cycle.sent()
     return formed
 
 

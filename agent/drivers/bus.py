@@ -1,49 +1,47 @@
-"""One scheduler per physical bus: the only code that talks on that wire.
+"""One thread per physical bus: the only code that talks on that wire.
 
-One thread per bus runs jobs one at a time, so there are never two frames in
-flight, whatever the protocol: Modbus devices share one ``ModbusClient``,
-IEC 62056-21 and DLMS drivers share the bus's transport (``driver.py``).
-What runs next, in order:
-  0. relay switching (``switch_relay``),
-  1. on-demand reads for a command (``read_now``),
-  2. routine polls by due time, alternating with the steps of a ``scan``
-     (one address per step) so a scan neither starves nor stalls the polls,
-  3. background discovery: one unconfigured address at a time, only when the
-     next poll is further away than a probe takes (``scan.Discovery``).
-A meter that stops answering is quarantined: after ``OFFLINE_AFTER`` failed
-polls it is tried once (no retry) per backoff period, the period doubling
-from ``QUARANTINE_MIN_S`` up to ``QUARANTINE_MAX_S``, so a dead meter costs
-one timeout per period and never slows the others. Results go to the
-runtime's inbox as ``BusEvent``s; the scheduler never touches the store.
+The thread owns the port and the drivers and does the I/O; what to do and what
+its outcome means is ``schedule.BusSchedule``'s (the policy: job order, retries,
+quarantine, the event-log cadence, scans and discovery, and their bounds). The
+thread loops: ask the schedule for the next action at the clock's ``now``, execute
+it (the only I/O), hand the result back, post the typed events (``events.py``)
+it returns into the runtime's inbox. It runs one action at a time, so there are
+never two frames in flight, whatever the protocol: Modbus devices share one
+``ModbusClient``, IEC 62056-21 and DLMS drivers share the bus's transport
+(``driver.py``). The thread never touches the store. The simulation drives the
+same schedule with its own execute (``sim/neighbourhood/simbus.py``).
 
-Bounds (and what happens at them):
-- ``MAX_JOBS`` queued priority jobs; beyond it a job is refused (the caller
-  gets False and retries later).
-- ``RETRIES`` extra attempts of one poll after a checksum/protocol error or
-  a timeout; then the poll counts as failed (never a reading from a bad frame:
-  drivers raise on a failed checksum, and only a returned Reading is posted).
-- ``OFFLINE_AFTER`` failed polls in a row mark the meter offline (one event).
+Bounds (and what happens at them), besides the schedule's:
+- ``REOPEN_MIN_S`` .. ``REOPEN_MAX_S``: a port that failed is opened again after
+  this back-off, doubling; every meter is reported offline once meanwhile.
 - ``RELAY_TRIES`` (driver.py) attempts to switch and read back a relay.
-- ``EVENTS_EVERY`` polls between two event-log reads; ``MAX_SEEN_EVENTS``
-  event keys remembered per meter so each tamper event is posted once.
-- One scan at a time (a second is refused).
+- ``DISCOVERY_TIMEOUT_S`` a discovery probe's answer allowance.
+- The thread waits at most 1 s at a time when idle, so its heartbeat (``beat_s``)
+  stays fresh for the supervisor.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import queue
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.clock import Clock, SystemClock
-from agent.config import BusConfig, MeterConfig, relay_bus
+from agent.config import BusConfig, MeterConfig
+from agent.drivers.actions import (
+    Action,
+    Discover,
+    Idle,
+    NotAttempted,
+    Poll,
+    Read,
+    ReadEvents,
+    ScanStep,
+    Switch,
+)
 from agent.drivers.driver import (
     EventDriver,
     MeterDriver,
@@ -52,86 +50,21 @@ from agent.drivers.driver import (
     switch_coil,
     switch_meter_relay,
 )
+from agent.drivers.events import BusEvent
 from agent.drivers.modbus.client import ModbusClient
 from agent.drivers.modbus.device import ModbusCoilRelay
-from agent.drivers.reading import Reading
-from agent.drivers.scan import Discovery, ScanJob, check_addresses, probe_once
+from agent.drivers.scan import SCAN_TIMEOUT_S, probe_once
+from agent.drivers.schedule import BusSchedule, MeterStats
 from agent.drivers.transport import SerialTransport, Transport, frame_time_s
-from agent.errors import (
-    ChecksumError,
-    DriverError,
-    PortError,
-    ProtocolError,
-    SecurityError,
-    TimeoutError_,
-)
+from agent.errors import DriverError, PortError
 from agent.supervisor import guarded
 
 log = logging.getLogger("agent.bus")
 
-MAX_JOBS = 256
-RETRIES = 1
-OFFLINE_AFTER = 3
-QUARANTINE_MIN_S = 5.0
-QUARANTINE_MAX_S = 300.0
 REOPEN_MIN_S = 1.0  # a port that failed is opened again after this, doubling up to
 REOPEN_MAX_S = 30.0  # this; back to the minimum once it opens
-EVENTS_EVERY = 10
-MAX_SEEN_EVENTS = 256
+IDLE_WAIT_MAX_S = 1.0  # the longest wait between two loop turns (the heartbeat)
 DISCOVERY_TIMEOUT_S = 0.1  # discovery's answer allowance; a scan may give more
-
-
-@dataclass(frozen=True, slots=True)
-class BusEvent:
-    """kind: reading | meter_offline | meter_online | relay_result | read_result | tamper |
-    meter_discovered | scan_result | meter_security."""
-
-    kind: str
-    meter: str
-    reading: Reading | None = None
-    connected: bool | None = None  # relay_result: the read-back state (None: failed)
-    error: str = ""
-    ref: str = ""  # read_result, scan_result: the id that asked
-    state: str = ""  # relay_result: closed | open | armed ("" when it failed)
-    # tamper: {kind, code, t}; meter_discovered: {bus, address, serial, protocol};
-    # scan_result: {bus, protocol, addresses, found: [{address, protocol, serial, meter}],
-    # errors: [{address, error}]}
-    detail: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class MeterStats:
-    """Per-meter counters; ``as_dict`` is what the runtime reports. The simulated bus
-    (sim/neighbourhood/simbus.py) subclasses it, so both keep the same record."""
-
-    polls: int = 0
-    ok: int = 0
-    timeouts: int = 0
-    crc_errors: int = 0
-    protocol_errors: int = 0
-    consecutive_failures: int = 0
-    offline: bool = False
-    backoff_s: float = 0.0
-    last_ok_s: float | None = None
-    polls_since_events: int = EVENTS_EVERY  # read the event log at the first good poll
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"polls": self.polls, "ok": self.ok, "timeouts": self.timeouts,
-                "crc_errors": self.crc_errors, "protocol_errors": self.protocol_errors,
-                "offline": self.offline}
-
-
-@dataclass(order=True)
-class BusJob:
-    """A queued relay or read job, in (priority, submission order); shared with the
-    simulated bus so both queue the same way."""
-
-    priority: int
-    order: int
-    kind: str = field(compare=False)
-    meter: str = field(compare=False)
-    connected: bool = field(compare=False, default=True)
-    ref: str = field(compare=False, default="")
 
 
 def default_transport(bus: BusConfig) -> Transport:
@@ -139,6 +72,13 @@ def default_transport(bus: BusConfig) -> Transport:
     bytesize = 7 if bus.protocol == "iec62056-21" else 8
     return SerialTransport(bus.port, baudrate=bus.baudrate, parity=bus.parity,
                            bytesize=bytesize)
+
+
+def probe_cost_s(bus: BusConfig) -> float:
+    """About what one discovery probe holds the bus (an absent address: a timeout)."""
+    if bus.protocol == "iec62056-21":
+        return DISCOVERY_TIMEOUT_S + frame_time_s(8, 300)  # the sign-on at 300 baud
+    return DISCOVERY_TIMEOUT_S + frame_time_s(8 + 9, bus.baudrate) + 0.01
 
 
 class BusScheduler(threading.Thread):
@@ -166,74 +106,71 @@ class BusScheduler(threading.Thread):
         self.post = post
         self.clock = clock or SystemClock()
         self._factory = transport_factory or default_transport
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the schedule: this thread and the callers' threads
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._jobs: list[BusJob] = []
-        self._order = itertools.count()
-        self.meters: dict[str, MeterConfig] = {m.id: m for m in meters}
-        self.relayed: dict[str, MeterConfig] = {m.id: m for m in relayed}
-        self.stats: dict[str, MeterStats] = {m.id: MeterStats() for m in meters}
-        self._due: dict[str, float] = {}
+        self.schedule = BusSchedule(bus, meters, relayed=relayed, discover=discover,
+                                    probe_cost_s=probe_cost_s(bus))
         self.transport: Transport | None = None
         self.client: ModbusClient | None = None
         self._drivers: dict[str, tuple[MeterConfig, MeterDriver]] = {}
-        self._seen_events: dict[str, OrderedDict[tuple[int, int], None]] = {}
-        self._security_reported: dict[tuple[str, str], str] = {}  # (meter, op) -> why
-        self._scan: ScanJob | None = None
-        self._scan_turn = False
-        self.discovery = Discovery()
-        self.discovery.enabled = discover
         self.port_error = ""
         self._reopen_s = REOPEN_MIN_S
         self.beat_s: float | None = None  # monotonic s of the thread's last loop turn
 
+    @property
+    def meters(self) -> dict[str, MeterConfig]:
+        return self.schedule.meters
+
+    @property
+    def relayed(self) -> dict[str, MeterConfig]:
+        return self.schedule.relayed
+
+    @property
+    def stats(self) -> dict[str, MeterStats]:
+        return self.schedule.stats
+
     # -- called from other threads ---------------------------------------------
     def set_meters(self, meters: list[MeterConfig], relayed: Iterable[MeterConfig] = ()) -> None:
         with self._lock:
-            self.meters = {m.id: m for m in meters}
-            self.relayed = {m.id: m for m in relayed}
-            for m in meters:
-                self.stats.setdefault(m.id, MeterStats())
+            self.schedule.set_meters(meters, relayed)
         self._wake.set()
 
     def switch_relay(self, meter_id: str, connected: bool) -> bool:
-        return self._submit(BusJob(0, next(self._order), "relay", meter_id, connected))
+        with self._lock:
+            queued = self.schedule.switch_relay(meter_id, connected)
+        if queued:
+            self._wake.set()
+        return queued
 
     def read_now(self, meter_id: str, ref: str) -> bool:
-        return self._submit(BusJob(1, next(self._order), "read", meter_id, ref=ref))
+        with self._lock:
+            queued = self.schedule.read_now(meter_id, ref)
+        if queued:
+            self._wake.set()
+        return queued
 
-    def scan(self, addresses: Iterable[int], ref: str, *, timeout_s: float = 0.2) -> bool:
-        """Probe ``addresses`` between polls; one ``scan_result`` event when done.
+    def scan(self, addresses: Iterable[int], ref: str, *,
+             timeout_s: float = SCAN_TIMEOUT_S) -> bool:
+        """Probe ``addresses`` between polls; one ``ScanDone`` event when done.
 
         False if a scan is already running. ValueError for addresses outside 1..247.
         """
-        job = ScanJob(ref, check_addresses(addresses), timeout_s)
         with self._lock:
-            if self._scan is not None:
-                return False
-            self._scan = job
-        self._wake.set()
-        return True
+            started = self.schedule.scan(addresses, ref, timeout_s=timeout_s)
+        if started:
+            self._wake.set()
+        return started
 
     def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
 
-    def _submit(self, job: BusJob) -> bool:
-        with self._lock:
-            if len(self._jobs) >= MAX_JOBS:
-                return False
-            heapq.heappush(self._jobs, job)
-        self._wake.set()
-        return True
-
     def mark_offline(self, meter_ids: Iterable[str]) -> None:
         """These meters were reported offline (a bus thread before this one died): the
         first good reading of each reports it online again."""
         with self._lock:
-            for meter_id in meter_ids:
-                self.stats.setdefault(meter_id, MeterStats()).offline = True
+            self.schedule.mark_offline(meter_ids)
 
     @property
     def stopping(self) -> bool:
@@ -251,12 +188,27 @@ class BusScheduler(threading.Thread):
                     self._stopping.wait(self._reopen_s)
                     self._reopen_s = min(REOPEN_MAX_S, self._reopen_s * 2)
                     continue
-                try:
-                    self._step()
-                except PortError as exc:  # the port, not a meter: close it, open it again
-                    self._port_lost(exc)
+                self._step()
         finally:
             self._close_port(release=True)
+
+    def _step(self) -> None:
+        """One action of the schedule: executed, its outcome posted."""
+        with self._lock:
+            action = self.schedule.next_action(self.clock.monotonic_s())
+        if isinstance(action, Idle):
+            self._wake.wait(min(action.wait_s, IDLE_WAIT_MAX_S))
+            self._wake.clear()
+            return
+        result = self._execute(action)
+        with self._lock:
+            events = self.schedule.outcome(action, result, self.clock.monotonic_s())
+        if isinstance(result, PortError):  # the port, not a meter: close it, open it again
+            log.warning("event=port_lost bus=%s error=%s", self.bus.name, result)
+            self.port_error = str(result)
+            self._close_port()
+        for event in events:
+            self.post(event)
 
     def _close_port(self, *, release: bool = False) -> None:
         """Forget the drivers and close the transport; ``release``: DLMS associations are
@@ -276,45 +228,6 @@ class BusScheduler(threading.Thread):
             except DriverError as exc:
                 log.info("event=port_close_failed bus=%s error=%s", self.bus.name, exc)
 
-    def _port_lost(self, exc: PortError) -> None:
-        log.warning("event=port_lost bus=%s error=%s", self.bus.name, exc)
-        self.port_error = str(exc)
-        self._close_port()
-        self._all_offline(str(exc))
-
-    def _all_offline(self, error: str) -> None:
-        """Every meter of the bus is unreachable (its port is gone): reported once each;
-        each one's first good reading reports it online again."""
-        with self._lock:
-            ids = list(self.meters)
-        for meter_id in ids:
-            stats = self.stats.setdefault(meter_id, MeterStats())
-            if not stats.offline:
-                stats.offline = True
-                stats.consecutive_failures = OFFLINE_AFTER
-                self.post(BusEvent("meter_offline", meter_id, error=error))
-
-    def _step(self) -> None:
-        job = self._next_job()
-        if job is not None:
-            self._run_job(job)
-            return
-        meter_id, wait_s = self._next_poll()
-        with self._lock:
-            scanning = self._scan is not None
-        if meter_id is not None and not (scanning and self._scan_turn):
-            self._scan_turn = True
-            self._poll(meter_id)
-            return
-        if scanning:
-            self._scan_turn = False
-            self._scan_step()
-            return
-        if wait_s > self._probe_cost_s() and self._discover_step():
-            return
-        self._wake.wait(min(wait_s, 1.0))
-        self._wake.clear()
-
     def _open(self) -> bool:
         try:
             self.transport = self._factory(self.bus)
@@ -323,245 +236,88 @@ class BusScheduler(threading.Thread):
                 log.warning("event=bus_open_failed bus=%s error=%s retry_s=%.0f",
                             self.bus.name, exc, self._reopen_s)
             self.port_error = str(exc)
-            self._all_offline(str(exc))
+            with self._lock:
+                events = self.schedule.port_lost(str(exc))
+            for event in events:
+                self.post(event)
             return False
         self.port_error = ""
         self._reopen_s = REOPEN_MIN_S
         if self.bus.protocol == "modbus":
             self.client = ModbusClient(self.transport, clock=self.clock)
-        if self.discovery.enabled and not available(self.bus.protocol):
-            self.discovery.enabled = False
+        discovery = self.schedule.discovery
+        if discovery.enabled and not available(self.bus.protocol):
+            discovery.enabled = False
             log.warning("event=discovery_off bus=%s reason=no %s driver", self.bus.name,
                         self.bus.protocol)
         log.info("event=bus_open bus=%s port=%s baud=%d protocol=%s", self.bus.name,
                  self.bus.port, self.bus.baudrate, self.bus.protocol)
         return True
 
-    def _next_job(self) -> BusJob | None:
-        with self._lock:
-            return heapq.heappop(self._jobs) if self._jobs else None
+    # -- execute: the only I/O -----------------------------------------------------
+    def _execute(self, action: Action) -> Any:
+        """What the wire answered to ``action``, as ``BusSchedule.outcome`` takes it; a
+        ``DriverError`` is returned, not raised."""
+        assert self.transport is not None
+        if isinstance(action, Poll):
+            return self._read(action.meter)
+        if isinstance(action, Read):
+            if action.meter is None:
+                return NotAttempted(DriverError(
+                    f"meter {action.meter_id} is not on bus {self.bus.name}"))
+            return self._read(action.meter)
+        try:
+            if isinstance(action, ReadEvents):
+                driver = self._driver(action.meter)
+                if not isinstance(driver, EventDriver):
+                    return []
+                return driver.read_events(timeout_s=self.bus.timeout_s)
+            if isinstance(action, Switch):
+                return self._switch(action)
+            if isinstance(action, ScanStep):
+                if action.address is None:
+                    return None, ""
+                return probe_once(self.transport, self.bus.protocol, action.address,
+                                  timeout_s=action.timeout_s, clock=self.clock)
+            assert isinstance(action, Discover)
+            return probe_once(self.transport, self.bus.protocol, action.address,
+                              timeout_s=DISCOVERY_TIMEOUT_S, clock=self.clock)
+        except DriverError as exc:
+            return exc
 
-    def _next_poll(self) -> tuple[str | None, float]:
-        now = self.clock.monotonic_s()
-        with self._lock:
-            ids = list(self.meters)
-        best: str | None = None
-        best_due = float("inf")
-        for meter_id in ids:
-            due = self._due.setdefault(meter_id, now)
-            if due < best_due:
-                best, best_due = meter_id, due
-        if best is not None and best_due <= now:
-            return best, 0.0
-        return None, (best_due - now) if best is not None else 1.0
-
-    def _driver(self, meter_id: str) -> MeterDriver:
-        with self._lock:
-            cfg = self.meters.get(meter_id)
-        if cfg is None or self.transport is None:
-            raise DriverError(f"meter {meter_id} is not on bus {self.bus.name}")
-        known = self._drivers.get(meter_id)
+    def _driver(self, cfg: MeterConfig) -> MeterDriver:
+        assert self.transport is not None
+        known = self._drivers.get(cfg.id)
         if known is not None and known[0] == cfg:
             return known[1]
         driver = make_driver(self.bus.protocol, self.transport, cfg, client=self.client,
                              clock=self.clock, data_dir=self.data_dir,
                              system_title=self.system_title)
-        self._drivers[meter_id] = (cfg, driver)
+        self._drivers[cfg.id] = (cfg, driver)
         return driver
 
-    def _read(self, meter_id: str, attempts: int = RETRIES + 1) -> Reading:
-        """One reading with bounded retries; raises the last DriverError."""
-        driver = self._driver(meter_id)
-        stats = self.stats[meter_id]
-        for attempt in range(attempts):
-            stats.polls += 1
-            try:
-                reading = driver.read(meter_id, int(self.clock.time_s()),
-                                      timeout_s=self.bus.timeout_s)
-            except ChecksumError as exc:
-                stats.crc_errors += 1
-                err: DriverError = exc
-            except ProtocolError as exc:
-                stats.protocol_errors += 1
-                err = exc
-            except TimeoutError_ as exc:
-                stats.timeouts += 1
-                err = exc
-            else:
-                stats.ok += 1
-                return reading
-            if attempt == attempts - 1:
-                raise err
-        raise AssertionError("unreachable")
-
-    def _poll(self, meter_id: str) -> None:
-        stats = self.stats[meter_id]
-        interval = self.bus.poll_interval_s
+    def _read(self, cfg: MeterConfig) -> Any:
+        """One attempt: a Reading, the DriverError it raised, or NotAttempted."""
         try:
-            # A quarantined meter gets one attempt per backoff period, no retry.
-            reading = self._read(meter_id, 1 if stats.offline else RETRIES + 1)
-        except PortError:
-            raise  # not this meter's failure: the bus reopens the port
+            driver = self._driver(cfg)
         except DriverError as exc:
-            if isinstance(exc, SecurityError):
-                self._security_failed(meter_id, "poll", exc)
-            stats.consecutive_failures += 1
-            if stats.consecutive_failures >= OFFLINE_AFTER:
-                stats.backoff_s = min(QUARANTINE_MAX_S,
-                                      max(QUARANTINE_MIN_S, stats.backoff_s * 2, interval))
-                if not stats.offline:
-                    stats.offline = True
-                    self.post(BusEvent("meter_offline", meter_id, error=str(exc)))
-                self._due[meter_id] = self.clock.monotonic_s() + stats.backoff_s
-            else:
-                self._due[meter_id] = self._due.get(meter_id, 0.0) + interval
-            log.info("event=poll_failed meter=%s error=%s", meter_id, exc)
-            return
-        stats.consecutive_failures = 0
-        stats.backoff_s = 0.0
-        self._security_reported.pop((meter_id, "poll"), None)  # a new failure is news
-        stats.last_ok_s = self.clock.time_s()
-        if stats.offline:
-            stats.offline = False
-            self.post(BusEvent("meter_online", meter_id))
-        self.post(BusEvent("reading", meter_id, reading=reading))
-        # Next poll on the fixed grid, not "now + interval", so polls do not drift;
-        # if we fell behind by more than an interval, restart the grid from now.
-        now = self.clock.monotonic_s()
-        due = self._due.get(meter_id, now) + interval
-        self._due[meter_id] = due if due > now else now + interval
-        stats.polls_since_events += 1
-        if stats.polls_since_events >= EVENTS_EVERY:
-            stats.polls_since_events = 0
-            self._read_events(meter_id)
-
-    def _read_events(self, meter_id: str) -> None:
-        driver = self._driver(meter_id)
-        if not isinstance(driver, EventDriver):
-            return
+            return NotAttempted(exc)
         try:
-            events = driver.read_events(timeout_s=self.bus.timeout_s)
-        except PortError:
-            raise
+            return driver.read(cfg.id, int(self.clock.time_s()), timeout_s=self.bus.timeout_s)
         except DriverError as exc:
-            log.info("event=events_failed meter=%s error=%s", meter_id, exc)
-            return
-        seen = self._seen_events.setdefault(meter_id, OrderedDict())
-        for event in events:
-            key = (event.code, event.t)
-            if key in seen:
-                continue
-            seen[key] = None
-            if len(seen) > MAX_SEEN_EVENTS:
-                seen.popitem(last=False)  # forget the oldest; the log moved past it
-            self.post(BusEvent("tamper", meter_id,
-                               detail={"kind": event.kind, "code": event.code, "t": event.t}))
+            return exc
 
-    def _security_failed(self, meter_id: str, op: str, exc: SecurityError) -> None:
-        """A ``meter_security`` event, once for each kind of failure of ``op`` (poll |
-        switch) until that op works again (a wrong key fails every try: one event, not
-        one a try; a DLMS meter may be read as 0x20 while its 0x30 keys are wrong)."""
-        if self._security_reported.get((meter_id, op)) == exc.why:
-            return
-        self._security_reported[(meter_id, op)] = exc.why
-        log.warning("event=meter_security meter=%s why=%s error=%s", meter_id, exc.why, exc)
-        self.post(BusEvent("meter_security", meter_id, error=str(exc),
-                           detail={"why": exc.why}))
-
-    def _run_job(self, job: BusJob) -> None:
-        if job.kind == "read":
-            try:
-                reading = self._read(job.meter)
-            except DriverError as exc:
-                self.post(BusEvent("read_result", job.meter, error=str(exc), ref=job.ref))
-                if isinstance(exc, PortError):
-                    raise
-            else:
-                self.post(BusEvent("read_result", job.meter, reading=reading, ref=job.ref))
-            return
-        try:
-            self._switch(job.meter, job.connected)
-        except PortError as exc:  # answered as a failed switch: actuation backs off
-            self.post(BusEvent("relay_result", job.meter, connected=None, error=str(exc)))
-            raise
-
-    def _switch(self, meter_id: str, connected: bool) -> None:
-        with self._lock:
-            cfg = self.meters.get(meter_id) or self.relayed.get(meter_id)
-        kind = cfg.relay_spec.kind if cfg else "unknown meter"
+    def _switch(self, action: Switch) -> tuple[str, str]:
+        """(state, "") or ("", error); raises a DriverError the schedule must know of (the
+        port, a meter's security, no driver for it)."""
+        cfg, kind = action.meter, action.kind
         if cfg is not None and kind == "meter":
-            try:
-                state, error = switch_meter_relay(self._driver(meter_id), connected,
-                                                  self.bus.timeout_s)
-            except SecurityError as exc:  # nothing was switched: a clear event says why
-                self._security_failed(meter_id, "switch", exc)
-                state, error = "", str(exc)
-            except PortError:
-                raise
-            except DriverError as exc:  # no driver for it (its keys cannot be read, say)
-                state, error = "", str(exc)
-            if state:
-                self._security_reported.pop((meter_id, "switch"), None)
-        elif cfg is not None and kind == "modbus-coil" and self.client is not None:
+            return switch_meter_relay(self._driver(cfg), action.connected, self.bus.timeout_s)
+        if cfg is not None and kind == "modbus-coil" and self.client is not None:
             assert cfg.relay_spec.unit is not None and cfg.relay_spec.coil is not None
             relay = ModbusCoilRelay(self.client, cfg.relay_spec.unit, cfg.relay_spec.coil)
-            state, error = switch_coil(relay, connected, self.bus.timeout_s)
-        else:
-            state, error = "", f"relay kind {kind!r} is not switchable on this bus"
-        self.post(BusEvent("relay_result", meter_id, connected=state == "closed" if state
-                           else None, state=state, error=error))
-
-    # -- scan and discovery ----------------------------------------------------
-    def _busy_addresses(self) -> dict[int, str]:
-        with self._lock:
-            meters = list(self.meters.values())
-            relayed = list(self.relayed.values())
-        busy = {m.address: m.id for m in meters}
-        for m in meters + relayed:
-            if m.relay_spec.kind == "modbus-coil" and m.relay_spec.unit is not None \
-                    and relay_bus(m) == self.bus.name:
-                busy.setdefault(m.relay_spec.unit, f"relay of {m.id}")
-        return busy
-
-    def _scan_step(self) -> None:
-        job = self._scan
-        assert job is not None and self.transport is not None
-        if not job.done:
-            address = job.next_address()
-            found, error = probe_once(self.transport, self.bus.protocol, address,
-                                      timeout_s=job.timeout_s, clock=self.clock)
-            if found is not None:
-                job.found.append(found)
-            elif error:
-                job.errors.append({"address": address, "error": error})
-        if job.done:
-            with self._lock:
-                self._scan = None
-            detail = job.result(self.bus.name, self.bus.protocol, self._busy_addresses())
-            self.post(BusEvent("scan_result", "", ref=job.ref, detail=detail))
-
-    def _probe_cost_s(self) -> float:
-        """About what one discovery probe holds the bus (an absent address: a timeout)."""
-        if self.bus.protocol == "iec62056-21":
-            return DISCOVERY_TIMEOUT_S + frame_time_s(8, 300)  # the sign-on at 300 baud
-        return DISCOVERY_TIMEOUT_S + frame_time_s(8 + 9, self.bus.baudrate) + 0.01
-
-    def _discover_step(self) -> bool:
-        """Probe one unconfigured address; False when there is nothing to do now."""
-        assert self.transport is not None
-        address = self.discovery.next_address(set(self._busy_addresses()),
-                                              self.clock.monotonic_s())
-        if address is None:
-            return False
-        found, _ = probe_once(self.transport, self.bus.protocol, address,
-                              timeout_s=DISCOVERY_TIMEOUT_S, clock=self.clock)
-        if found is not None and self.discovery.is_new(found):
-            log.info("event=meter_discovered bus=%s address=%d serial=%s", self.bus.name,
-                     address, found.serial)
-            self.post(BusEvent("meter_discovered", "", detail={
-                "bus": self.bus.name, "address": address, "serial": found.serial,
-                "protocol": self.bus.protocol}))
-        return True
+            return switch_coil(relay, action.connected, self.bus.timeout_s)
+        return "", f"relay kind {kind!r} is not switchable on this bus"
 
 
 def post_to_queue(inbox: queue.Queue[Any]) -> Callable[[BusEvent], None]:

@@ -36,10 +36,9 @@ if TYPE_CHECKING:
     from agent.clock import Clock
     from agent.config import MeterConfig
     from agent.drivers.modbus.client import ModbusClient
-    from agent.drivers.modbus.device import ModbusCoilRelay
     from agent.drivers.transport import Transport
 
-RELAY_TRIES: Final = 3  # switch + read back; then the relay_result carries the last error
+RELAY_TRIES: Final = 3  # switch + read back; then RelaySwitched carries the last error
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +73,14 @@ class RelayDriver(Protocol):
     def relay_state(self, *, timeout_s: float | None = None) -> str:
         """"closed" (supply on), "open" (off) or "armed" (ready for reconnection)."""
         ...
+
+
+class CoilRelay(Protocol):
+    """A relay module's coil (``ModbusCoilRelay``; the simulation has its own)."""
+
+    def set_connected(self, connected: bool, *, timeout_s: float | None = None) -> None: ...
+
+    def read_connected(self, *, timeout_s: float | None = None) -> bool: ...
 
 
 @runtime_checkable
@@ -185,7 +192,7 @@ def switch_meter_relay(
     return "", error
 
 
-def switch_coil(relay: ModbusCoilRelay, connected: bool, timeout_s: float) -> tuple[str, str]:
+def switch_coil(relay: CoilRelay, connected: bool, timeout_s: float) -> tuple[str, str]:
     """Switch a Modbus relay module's coil and read it back: (state, "") or ("", error)."""
     error = ""
     for _ in range(RELAY_TRIES):

@@ -101,7 +101,7 @@ class ScanJob:
     timeout_s: float
     index: int = 0
     found: list[Found] = field(default_factory=list)
-    errors: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[tuple[int, str]] = field(default_factory=list)  # (address, why)
 
     @property
     def done(self) -> bool:
@@ -111,15 +111,6 @@ class ScanJob:
         address = self.addresses[self.index]
         self.index += 1
         return address
-
-    def result(self, bus: str, protocol: str, configured: dict[int, str]) -> dict[str, Any]:
-        return {
-            "bus": bus,
-            "protocol": protocol,
-            "addresses": len(self.addresses),
-            "found": [{**f.as_dict(), "meter": configured.get(f.address)} for f in self.found],
-            "errors": self.errors,
-        }
 
 
 class Discovery:

@@ -103,6 +103,7 @@ class Disconnection:
         self.clock_trusted = False
         self.clock_confirmed = False  # by a verified head-end command
         self._clock_synchronised = clock_synchronised
+        self._clock_asked_s: int | None = None  # the ledger second the kernel was last asked
         self.actuation = actuation
         # the decision last logged per account, (allowed, reasons): logged only when it
         # changes, not on every poll (SD-card wear); one entry an account
@@ -125,10 +126,13 @@ class Disconnection:
         if abs(iat_s - now_s) <= CLOCK_CONFIRM_WINDOW_S:
             self.clock_confirmed = self.clock_trusted = True
 
-    def refresh_clock_trust(self) -> bool:
+    def refresh_clock_trust(self, now_s: int | None = None) -> bool:
         """Trusted once NTP synchronised the clock since boot (latched for this process)
-        or a verified head-end command confirmed it."""
-        if not self.clock_trusted and self._clock_synchronised is not None:
+        or a verified head-end command confirmed it. With ``now_s`` the kernel is asked
+        once per second of it, not once per account a tick decides."""
+        if not self.clock_trusted and self._clock_synchronised is not None \
+                and (now_s is None or now_s != self._clock_asked_s):
+            self._clock_asked_s = now_s
             self.clock_trusted = bool(self._clock_synchronised())
         return self.clock_trusted
 
@@ -184,7 +188,7 @@ class Disconnection:
         inputs = PolicyInputs(
             balance=acct.balance,
             local_s=self.local.local_s(now_s),
-            clock_trusted=self.refresh_clock_trust(),
+            clock_trusted=self.refresh_clock_trust(now_s),
             moratorium_until=self.journal.moratorium_until(acct.id),
             now_s=now_s,
             headend_online=self.headend.online,

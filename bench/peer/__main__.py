@@ -62,6 +62,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--outage", type=float, default=20.0)
     ap.add_argument("--settle", type=float, default=40.0)
     ap.add_argument("--repeat", type=int, default=7, help="import-time samples")
+    ap.add_argument("--agent-live", choices=("table", "series"), default="table",
+                    help="the agent's [mqtt] live_readings in every run")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-footprint", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "peer.md")
@@ -144,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         counter.publish_retained(f"{PREFIX}/headend/state", json.dumps(
             {"online": True, "payments": True}).encode())
         env = runs.Env(broker, counter, scratch)
-        live = Board(args.meters, args.buses, args.baud, args.live_poll)
-        load = Board(args.meters, args.buses, args.baud, args.load_poll)
+        live = Board(args.meters, args.buses, args.baud, args.live_poll, args.agent_live)
+        load = Board(args.meters, args.buses, args.baud, args.load_poll, args.agent_live)
         for rnd in range(1, args.rounds + 1):
             for side in (runs.AGENT, runs.PEER):
                 _say(f"round {rnd}: live run, {side.name}")
@@ -165,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                     failures.append(f"round {rnd}, load, {side.name}: {exc}")
                     _say(failures[-1])
         if args.check_poll:
-            check = Board(args.meters, args.buses, args.baud, args.check_poll)
+            check = Board(args.meters, args.buses, args.baud, args.check_poll,
+                          args.agent_live)
             for side in (runs.AGENT, runs.PEER):
                 _say(f"cross-check: live run at {args.check_poll:g} s polls, {side.name}")
                 try:

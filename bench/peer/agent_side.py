@@ -45,6 +45,7 @@ class Board:
     buses: int
     baudrate: int
     poll_s: float
+    live_readings: str = "table"  # the agent's [mqtt] live_readings (the peer has none)
 
 
 def meter_id(m: int) -> str:
@@ -58,7 +59,8 @@ def write_board(work: Path, port: int, board: Board) -> Path:
               "poll_interval_s": board.poll_s} for b in range(board.buses)]
     raw: dict[str, Any] = {
         "gateway": {"id": GW, "data_dir": str(work / "data"), "timezone": "Asia/Kolkata"},
-        "mqtt": {"host": "127.0.0.1", "port": port, "prefix": PREFIX, "keepalive_s": 30},
+        "mqtt": {"host": "127.0.0.1", "port": port, "prefix": PREFIX, "keepalive_s": 30,
+                 "live_readings": board.live_readings},
         "security": {"command_key_file": str(work / "cmd.key"),
                      "token_key_file": str(work / "token.key")},
         "bus": buses,

@@ -57,8 +57,11 @@ def setup(r: Results, unchanged: bool, stub_answers: int, resent: int,
            else "**different** after the runs (the gateway installed something)."),
         "- **Why a " + f"{a['live_poll']:g}" + " s poll gives the 15-minute figure**: both "
         "sides poll every meter back to back at the start of a cycle and send a cycle's "
-        "readings within seconds of it (the agent: what was read within LIVE_FLUSH_S = 5 s "
-        "shares a message; the peer: one message per device and poll), so how readings "
+        "readings within seconds of it (the agent: "
+        + ("in the table form, one message when every meter has been read, within "
+           "TABLE_LINGER_S" if a.get("agent_live", "series") == "table" else
+           "in series, what was read within LIVE_FLUSH_S = 5 s shares a message")
+        + "; the peer: one message per device and poll), so how readings "
         "are grouped into messages depends on how long a cycle takes on the bus, not on "
         "the interval, once the interval is longer than a cycle plus that window. The "
         "framing check in table 1 confirms it for every message of every run, and the "
@@ -105,7 +108,8 @@ def notes(r: Results) -> list[str]:
         "",
         f"- **Clock-driven health report**: the agent's `state` is "
         f"{report_b:,.0f} B every {agent_side.PERIOD_S:g} s with {meters} meters (it "
-        "lists `meter_errors` for every meter); at 15-minute polls that is "
+        "names only meters offline or failing since the last report); at 15-minute "
+        "polls that is "
         f"{per15:,.0f} B per reading, most of the agent's "
         f"{med([x.at_interval(meters, 900.0) for x in la]):,.0f} B. The peer's "
         f"statistics: {med([x.steady_report() for x in lp]):,.0f} B a minute (gateway, "
@@ -115,14 +119,20 @@ def notes(r: Results) -> list[str]:
         "ledger, so readings + journal "
         f"({med([x.per_reading_driven for x in la]):.1f} B) is more than the peer's "
         f"{med([x.per_reading for x in lp]):.1f} B.",
-        f"- **Names in live series**: a live series of one reading is {series} B, "
-        f"{keys} B of it map keys (`m`, `t` and the seven quantity names), repeated for "
-        "every meter of a message; delta encoding pays only within a meter's series.",
-        f"- **Start-up**: the agent's first readings wait LIVE_FLUSH_S = {LIVE_FLUSH_S} s "
-        "to share a message (outbox.py), so its first reading message comes about "
-        f"{LIVE_FLUSH_S} s after its first poll; the peer sends a poll's values within "
-        "about 0.1 s (its converter batches for 0.1 s, its sender waits "
-        "`minPackSendDelayMS`, 50 ms).",
+        *([f"- **Names in live series**: a live series of one reading is {series} B, "
+           f"{keys} B of it map keys (`m`, `t` and the seven quantity names), repeated for "
+           "every meter of a message; delta encoding pays only within a meter's series "
+           "(`--agent-live table` sends one table a poll cycle instead).",
+           f"- **Start-up**: the agent's first readings wait LIVE_FLUSH_S = {LIVE_FLUSH_S} s "
+           "to share a message (outbox.py), so its first reading message comes about "
+           f"{LIVE_FLUSH_S} s after its first poll; the peer sends a poll's values within "
+           "about 0.1 s (its converter batches for 0.1 s, its sender waits "
+           "`minPackSendDelayMS`, 50 ms)."] if r.args.get("agent_live", "series") == "series"
+          else ["- **Live readings in the table form** (`[mqtt] live_readings = \"table\"`, "
+                "docs/mqtt-api.md): one message a poll cycle with every meter's reading, "
+                "names once per message; it goes when every meter due has been read, so "
+                "the first reading message of a start comes one bus cycle after the first "
+                "poll."]),
         "- Where the peer spends more: 7 Modbus requests per meter and poll (the agent 2), "
         f"so it delivered {med([x.readings / x.window_s for x in gp]):.1f} of the "
         f"{meters / r.args['load_poll']:.0f} readings/s polled; its CPU per reading, "

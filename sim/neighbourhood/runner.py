@@ -32,7 +32,7 @@ from agent.buffer.store import LANE_READINGS
 from agent.clock import SimClock
 from agent.config import BusConfig, Config, MeterConfig
 from agent.control import ControlRequest
-from agent.drivers.bus import BusEvent
+from agent.drivers.events import BusEvent, ReadingTaken
 from agent.drivers.reading import Reading
 from agent.runtime import Runtime
 from sim.neighbourhood.agentcfg import ALERT_LEVELS, MIN_NOTICE_H, PAYMENT_OUTAGE_H, write_config
@@ -243,7 +243,7 @@ class GatewaySim:
         assert not relayed, "the simulated neighbourhood's coil modules share their bus"
         def posted(event: BusEvent) -> None:
             post(event)
-            if event.kind == "reading":
+            if isinstance(event, ReadingTaken):
                 self._readings_at = self._now  # the last one: the step waits for it
                 self._batch += 1
 
@@ -348,8 +348,7 @@ class GatewaySim:
     def _urgent(rt: Runtime) -> bool:
         """Anything queued but readings (those wait for the rest of the poll cycle and
         for the outbox's live flush, so one tick forms the whole cycle's messages)."""
-        return any(not (isinstance(e, BusEvent) and e.kind == "reading")
-                   for e in rt.inbox.queue)
+        return any(not isinstance(e, ReadingTaken) for e in rt.inbox.queue)
 
     def _step(self) -> None:
         rt = self.rt

@@ -3,10 +3,15 @@
 The runtime builds one per ``[[bus]]`` through ``bus_factory`` and uses only the
 scheduler's public surface (``switch_relay``, ``read_now``, ``set_meters``,
 ``start``/``stop``/``join``, ``stats``, ``bus``, ``port_error``); results go to its
-inbox as ``BusEvent``s, as from the real scheduler. The policy mirrors
-``agent.drivers.bus``: relay jobs first, then command reads, then polls on a fixed
-grid; ``RETRIES`` extra attempts; ``OFFLINE_AFTER`` failures mark a meter offline,
-after which it is tried once per backoff period (doubling, capped).
+inbox as typed events (``agent.drivers.events``), as from the real scheduler. The
+policy is the real scheduler's own: a ``BusSchedule`` (``agent.drivers.schedule``)
+decides what runs and what each outcome means (job order, retries, quarantine and
+its back-off, the event-log cadence); this module only executes its actions on the
+simulated line, as ``bus.BusScheduler`` executes them on a port. What differs is
+how time passes: ``service()`` runs every queued job, then every poll due when it
+was called, in the schedule's order, and the simulation moves the clock to the next
+due time in between (``next_due_mono``). The simulated buses do not discover or
+scan (the world has no unconfigured meters).
 
 Two ways to talk to the meters (``mode``):
   codec   the agent's real ``ModbusMeter``/``ModbusCoilRelay``/``ModbusClient`` over an
@@ -20,25 +25,26 @@ Two ways to talk to the meters (``mode``):
 Every frame moves the clock by its line time at the bus's baud rate (request and
 answer bytes, turnaround, silent interval), a silent meter by the driver's
 timeout, so reading times spread over a poll cycle as on a wire. Buses are served
-one after another on the one clock (docs/simulation.md).
+one after another on the one clock (docs/simulation.md). The simulated meters keep
+an event log (the world's tamper entries, ``Field.tamper_due``): reading it costs
+no line time; it is read when the schedule asks (``ReadEvents``).
 """
 
 from __future__ import annotations
 
-import heapq
-import importlib
-import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
 from agent.clock import Clock
 from agent.config import BusConfig, MeterConfig
-from agent.drivers import bus as real_bus
-from agent.drivers.bus import BusEvent, BusJob, MeterStats
+from agent.drivers.actions import Action, NotAttempted, Poll, Read, ReadEvents, Switch
+from agent.drivers.driver import MeterEvent, switch_coil
+from agent.drivers.events import BusEvent
 from agent.drivers.modbus.client import ModbusClient
 from agent.drivers.modbus.device import ModbusCoilRelay, ModbusMeter
 from agent.drivers.reading import Reading
+from agent.drivers.schedule import BusSchedule, MeterStats
 from agent.errors import ChecksumError, DriverError, TimeoutError_
 from sim.neighbourhood.simline import CoilModule, Field, MemLine, SdmDevice, Timing, instant
 from sim.neighbourhood.world import register_wh
@@ -51,23 +57,46 @@ _SERIAL_FRAME: Final = (8, 5 + 4)
 _SERIAL, _INSTANT, _ENERGY = 0, 1, 2  # what a frame reads
 _FRAME_KIND: Final = {_SERIAL_FRAME: _SERIAL, _DIRECT_FRAMES[0]: _INSTANT,
                       _DIRECT_FRAMES[1]: _ENERGY}
-# The scheduler's bounds, taken from agent.drivers.bus (and driver.py) when they are
-# there, so the stand-in follows the real scheduler; the defaults are its values.
-MAX_JOBS: Final[int] = getattr(real_bus, "MAX_JOBS", 256)
-RETRIES: Final[int] = getattr(real_bus, "RETRIES", 1)
-OFFLINE_AFTER: Final[int] = getattr(real_bus, "OFFLINE_AFTER", 3)
-QUARANTINE_MIN_S: Final[float] = getattr(real_bus, "QUARANTINE_MIN_S", 5.0)
-QUARANTINE_MAX_S: Final[float] = getattr(real_bus, "QUARANTINE_MAX_S", 300.0)
-RELAY_TRIES: Final[int] = getattr(real_bus, "RELAY_TRIES", getattr(
-    importlib.import_module("agent.drivers.driver"), "RELAY_TRIES", 3))
+# Modbus function 5 (write coil, echoed) and function 1 (read it back): request and
+# answer bytes of each.
+_COIL_WRITE: Final = (8, 8)
+_COIL_READ: Final = (8, 6)
 
 
 @dataclass
-class SimMeterStats(MeterStats):
-    """The real scheduler's record plus the serial cache that the driver keeps in codec mode."""
+class _SerialCache:
+    """The serial number the driver keeps in codec mode, as direct mode keeps it."""
 
     reads_since_serial: int = SERIAL_REFRESH_READS
     serial: int | None = None
+
+
+class _DirectCoil:
+    """A coil module's relay for direct mode, as ``switch_coil`` drives a
+    ``ModbusCoilRelay``: each frame moves the clock by its line time; the world's
+    coil follows when the read-back is answered (as this bus always applied it)."""
+
+    def __init__(self, bus: SimBus, meter_id: str) -> None:
+        self.bus, self.meter_id = bus, meter_id
+        self._asked: bool | None = None
+
+    def _frame(self, request_bytes: int, answer_bytes: int) -> None:
+        field, timing = self.bus.field, self.bus.timing
+        field.advance_us(timing.request_us(request_bytes))
+        field.advance_us(timing.answer_us(answer_bytes))
+
+    def set_connected(self, connected: bool, *, timeout_s: float | None = None) -> None:
+        self._frame(*_COIL_WRITE)
+        self._asked = connected
+
+    def read_connected(self, *, timeout_s: float | None = None) -> bool:
+        self._frame(*_COIL_READ)
+        field = self.bus.field
+        if self._asked is not None:
+            field.coil_set(self.meter_id, self._asked)
+            self._asked = None
+        hh = field.household(self.meter_id)
+        return hh is not None and hh.connected
 
 
 class SimBus:
@@ -84,21 +113,28 @@ class SimBus:
         self._frames = self._frame_plan(_DIRECT_FRAMES)
         self._frames_serial = self._frame_plan((_SERIAL_FRAME, *_DIRECT_FRAMES))
         self.port_error = ""
-        self.meters: dict[str, MeterConfig] = {}
-        self.stats: dict[str, SimMeterStats] = {}
-        self._due: dict[str, float] = {}
-        self._jobs: list[BusJob] = []
-        self._order = itertools.count()
+        self.schedule = BusSchedule(bus, discover=False)
+        self._serials: dict[str, _SerialCache] = {}
         self.line: MemLine | None = None
         self.client: ModbusClient | None = None
         self._devices: dict[str, ModbusMeter] = {}
         self.set_meters(meters)
 
     # -- the BusScheduler surface ---------------------------------------------------
-    def set_meters(self, meters: list[MeterConfig], relayed: Any = ()) -> None:
-        self.meters = {m.id: m for m in meters}
-        for m in meters:
-            self.stats.setdefault(m.id, SimMeterStats())
+    @property
+    def meters(self) -> dict[str, MeterConfig]:
+        return self.schedule.meters
+
+    @property
+    def relayed(self) -> dict[str, MeterConfig]:
+        return self.schedule.relayed
+
+    @property
+    def stats(self) -> dict[str, MeterStats]:
+        return self.schedule.stats
+
+    def set_meters(self, meters: list[MeterConfig], relayed: Iterable[MeterConfig] = ()) -> None:
+        self.schedule.set_meters(meters, relayed)
         if self.mode == "codec":
             self._build_line()
 
@@ -128,66 +164,97 @@ class SimBus:
 
     def switch_relay(self, meter_id: str, connected: bool) -> bool:
         self.on_switch(meter_id, connected)
-        return self._submit(BusJob(0, next(self._order), "relay", meter_id, connected))
+        return self.schedule.switch_relay(meter_id, connected)
 
     def read_now(self, meter_id: str, ref: str) -> bool:
-        return self._submit(BusJob(1, next(self._order), "read", meter_id, ref=ref))
+        return self.schedule.read_now(meter_id, ref)
 
-    def _submit(self, job: BusJob) -> bool:
-        if len(self._jobs) >= MAX_JOBS:
-            return False
-        heapq.heappush(self._jobs, job)
-        return True
+    def mark_offline(self, meter_ids: Iterable[str]) -> None:
+        self.schedule.mark_offline(meter_ids)
 
     # -- driven by the simulation -----------------------------------------------------
     @property
     def has_jobs(self) -> bool:
-        return bool(self._jobs)
+        return self.schedule.has_jobs
 
     def next_due_mono(self) -> float | None:
-        if self._jobs:
-            return self.clock.monotonic_s()
-        if not self.meters:
-            return None
-        now = self.clock.monotonic_s()
-        return min(map(self._due.get, self.meters, itertools.repeat(now)))
+        return self.schedule.next_due_s(self.clock.monotonic_s())
 
     def service(self) -> int:
-        """Run every job, then every poll that is due; returns transactions done."""
+        """Run every job, then every poll that is due; returns actions begun."""
         done = 0
-        while self._jobs:
-            job = heapq.heappop(self._jobs)
-            if job.kind == "relay":
-                self._switch(job.meter, job.connected)
-            else:
-                self._read_job(job)
+        while (job := self.schedule.next_job()) is not None:
+            self._run(job)
             done += 1
-        now = self.clock.monotonic_s()
-        # Due meters by (due, id). A poll moves only its own meter's due time, so which
-        # are due can be decided before the first poll; a meter never seen is due now.
-        due = self._due
-        polls = sorted((due.setdefault(m, now), m) for m in self.meters
-                       if due.get(m, now) <= now)
-        for _due, meter_id in polls:
-            self._poll(meter_id)
+        # The meters due now, in the schedule's order. A poll moves only its own meter's
+        # due time, so which are due can be decided before the first poll.
+        for meter_id in self.schedule.due_meters(self.clock.monotonic_s()):
+            self._run(self.schedule.poll(meter_id))
             done += 1
         return done
 
-    # -- one meter ----------------------------------------------------------------------
-    def _attempt(self, meter_id: str) -> Reading:
-        """One reading, or the DriverError the real driver would raise."""
-        st = self.stats[meter_id]
-        st.polls += 1
-        if self.mode == "codec":
-            dev = self._devices.get(meter_id)
-            if dev is None:
-                assert self.client is not None
-                dev = ModbusMeter(self.client, self.meters[meter_id].address, MODEL)
-                self._devices[meter_id] = dev
-            return dev.read(meter_id, int(self.clock.time_s()), timeout_s=self.bus.timeout_s)
-        return self._direct_read(meter_id, st)
+    def _run(self, first: Action) -> None:
+        """``first`` and what the schedule says must follow it (retries, the event log)."""
+        action: Action | None = first
+        while action is not None:
+            result = self._execute(action)
+            for event in self.schedule.outcome(action, result, self.clock.monotonic_s()):
+                self.post(event)
+            action = self.schedule.resume()
 
-    def _direct_read(self, meter_id: str, st: SimMeterStats) -> Reading:
+    # -- execute: the simulated line ------------------------------------------------------
+    def _execute(self, action: Action) -> Any:
+        if isinstance(action, Poll):
+            return self._read(action.meter)
+        if isinstance(action, Read):
+            if action.meter is None:
+                return NotAttempted(DriverError(
+                    f"meter {action.meter_id} is not on bus {self.bus.name}"))
+            return self._read(action.meter)
+        if isinstance(action, ReadEvents):
+            return [MeterEvent(d["kind"], d["code"], d["t"])
+                    for d in self.field.tamper_due(action.meter.id)]
+        if isinstance(action, Switch):
+            try:
+                return self._switch(action)
+            except DriverError as exc:
+                return exc
+        raise AssertionError(f"the simulated bus does not {action!r}")
+
+    def _read(self, cfg: MeterConfig) -> Reading | DriverError:
+        """One attempt: a reading, or the DriverError the real driver would raise."""
+        meter_id = cfg.id
+        try:
+            if self.mode == "codec":
+                dev = self._devices.get(meter_id)
+                if dev is None:
+                    assert self.client is not None
+                    dev = ModbusMeter(self.client, cfg.address, MODEL)
+                    self._devices[meter_id] = dev
+                reading = dev.read(meter_id, int(self.clock.time_s()),
+                                   timeout_s=self.bus.timeout_s)
+            else:
+                reading = self._direct_read(
+                    meter_id, self._serials.setdefault(meter_id, _SerialCache()))
+        except DriverError as exc:
+            return exc
+        hh = self.field.household(meter_id)
+        self.field.served_reading(reading, hh.serial if hh is not None else 0)
+        return reading
+
+    def _switch(self, action: Switch) -> tuple[str, str]:
+        spec = action.meter.relay_spec if action.meter is not None else None
+        if spec is None or spec.kind != "modbus-coil" or spec.unit is None or spec.coil is None:
+            return "", f"relay kind {action.kind!r} is not switchable on this bus"
+        relay: ModbusCoilRelay | _DirectCoil
+        if self.mode == "codec":
+            assert self.client is not None
+            relay = ModbusCoilRelay(self.client, spec.unit, spec.coil)
+        else:
+            relay = _DirectCoil(self, action.meter_id)
+        return switch_coil(relay, action.connected, self.bus.timeout_s)
+
+    def _direct_read(self, meter_id: str, st: _SerialCache) -> Reading:
         """What the codec path does, frame by frame, with the same clock moves; each
         block is read from the meter when its request has arrived, as a device would."""
         field = self.field
@@ -229,96 +296,3 @@ class SimBus:
                       timing.request_us(request_bytes), timing.answer_us(answer_bytes),
                       timing.timeout_us(answer_bytes), answer_bytes)
                      for request_bytes, answer_bytes in frames)
-
-    def _read(self, meter_id: str, attempts: int) -> Reading:
-        st = self.stats[meter_id]
-        err: DriverError = DriverError("no attempt")
-        for _ in range(attempts):
-            try:
-                reading = self._attempt(meter_id)
-            except ChecksumError as exc:
-                st.crc_errors += 1
-                err = exc
-            except TimeoutError_ as exc:
-                st.timeouts += 1
-                err = exc
-            except DriverError as exc:
-                st.protocol_errors += 1
-                err = exc
-            else:
-                st.ok += 1
-                hh = self.field.household(meter_id)
-                self.field.served_reading(reading, hh.serial if hh is not None else 0)
-                return reading
-        raise err
-
-    def _poll(self, meter_id: str) -> None:
-        st = self.stats[meter_id]
-        interval = self.bus.poll_interval_s
-        attempts = 1 if st.offline else RETRIES + 1
-        try:
-            reading = self._read(meter_id, attempts)
-        except DriverError as exc:
-            st.consecutive_failures += 1
-            if st.consecutive_failures >= OFFLINE_AFTER:
-                st.backoff_s = min(QUARANTINE_MAX_S,
-                                   max(QUARANTINE_MIN_S, st.backoff_s * 2))
-                if not st.offline:
-                    st.offline = True
-                    self.post(BusEvent("meter_offline", meter_id, error=str(exc)))
-                self._due[meter_id] = self.clock.monotonic_s() + st.backoff_s
-            else:
-                self._due[meter_id] = self._due.get(meter_id, 0.0) + interval
-            return
-        st.consecutive_failures, st.backoff_s = 0, 0.0
-        if st.offline:
-            st.offline = False
-            self.post(BusEvent("meter_online", meter_id))
-        self.post(BusEvent("reading", meter_id, reading=reading))
-        for detail in self.field.tamper_due(meter_id):
-            self.post(BusEvent("tamper", meter_id, detail=detail))
-        now = self.clock.monotonic_s()
-        due = self._due.get(meter_id, now) + interval
-        self._due[meter_id] = due if due > now else now + interval
-
-    def _read_job(self, job: BusJob) -> None:
-        try:
-            reading = self._read(job.meter, RETRIES + 1)
-        except DriverError as exc:
-            self.post(BusEvent("read_result", job.meter, error=str(exc), ref=job.ref))
-        else:
-            self.post(BusEvent("read_result", job.meter, reading=reading, ref=job.ref))
-
-    def _switch(self, meter_id: str, connected: bool) -> None:
-        cfg = self.meters.get(meter_id)
-        spec = cfg.relay_spec if cfg is not None else None
-        if spec is None or spec.kind != "modbus-coil" or spec.unit is None or spec.coil is None:
-            self.post(BusEvent("relay_result", meter_id, connected=None,
-                               error="not switchable on this bus"))
-            return
-        error = ""
-        for _ in range(RELAY_TRIES):
-            try:
-                actual = self._switch_once(meter_id, spec.unit, spec.coil, connected)
-            except DriverError as exc:
-                error = str(exc)
-                continue
-            if actual == connected:
-                self.post(BusEvent("relay_result", meter_id, connected=actual,
-                                   state="closed" if actual else "open"))
-                return
-            error = "read back the other state"
-        self.post(BusEvent("relay_result", meter_id, connected=None, error=error))
-
-    def _switch_once(self, meter_id: str, unit: int, coil: int, connected: bool) -> bool:
-        if self.mode == "codec":
-            assert self.client is not None
-            relay = ModbusCoilRelay(self.client, unit, coil)
-            relay.set_connected(connected, timeout_s=self.bus.timeout_s)
-            return relay.read_connected(timeout_s=self.bus.timeout_s)
-        for request_bytes, answer_bytes in ((8, 8), (8, 6)):  # fn 5 echo, fn 1 read back
-            self.field.advance_us(self.timing.request_us(request_bytes))
-            self.field.advance_us(self.timing.answer_us(answer_bytes))
-        self.field.coil_set(meter_id, connected)
-        hh = self.field.household(meter_id)
-        return hh is not None and hh.connected

@@ -9,17 +9,22 @@ import pytest
 
 from agent.clock import SimClock
 from agent.config import BusConfig, MeterConfig, parse_relay
-from agent.drivers.bus import (
-    EVENTS_EVERY,
-    OFFLINE_AFTER,
-    QUARANTINE_MAX_S,
-    QUARANTINE_MIN_S,
-    BusEvent,
-    BusScheduler,
-)
+from agent.drivers.bus import BusScheduler
 from agent.drivers.driver import MeterDriver, MeterEvent, make_driver
+from agent.drivers.events import (
+    BusEvent,
+    MeterDiscovered,
+    MeterOffline,
+    MeterOnline,
+    ReadDone,
+    ReadingTaken,
+    RelaySwitched,
+    ScanDone,
+    TamperSeen,
+)
 from agent.drivers.reading import Reading
 from agent.drivers.scan import Found, scan_bus
+from agent.drivers.schedule import EVENTS_EVERY, OFFLINE_AFTER, QUARANTINE_MAX_S, QUARANTINE_MIN_S
 from agent.errors import DriverError, TimeoutError_
 from sim.modbus_device import SimCoilModule, SimDevice, SimSDM120
 from tests.drivers.simbus import SimBusTransport
@@ -76,7 +81,7 @@ def test_healthy_meters_are_polled_on_their_grid() -> None:
     clock, sched, events, transport = make_bus({}, [meter("A", 1), meter("B", 2)])
     transport.devices.update({1: sdm(1, clock), 2: sdm(2, clock)})
     run_for(sched, clock, 60)
-    readings = [e for e in events if e.kind == "reading"]
+    readings = [e for e in events if isinstance(e, ReadingTaken)]
     assert 118 <= len(readings) <= 122  # two meters, one reading a second each
     assert {e.meter for e in readings} == {"A", "B"}
     assert sched.stats["A"].as_dict()["ok"] == len([e for e in readings if e.meter == "A"])
@@ -89,7 +94,7 @@ def test_a_silent_meter_costs_one_timeout_per_backoff_and_does_not_slow_the_othe
     silent.silent = True
     transport.devices[2] = silent
     run_for(sched, clock, 600)
-    offline = [e for e in events if e.kind == "meter_offline"]
+    offline = [e for e in events if isinstance(e, MeterOffline)]
     assert [e.meter for e in offline] == ["DEAD"]  # reported once
     dead = sched.stats["DEAD"]
     # Before quarantine: OFFLINE_AFTER polls of two attempts each. Then one attempt per
@@ -99,12 +104,12 @@ def test_a_silent_meter_costs_one_timeout_per_backoff_and_does_not_slow_the_othe
         t, periods, backoff = t + backoff, periods + 1, min(QUARANTINE_MAX_S, backoff * 2)
     assert dead.timeouts <= OFFLINE_AFTER * 2 + periods + 1
     assert dead.offline and dead.backoff_s == QUARANTINE_MAX_S
-    healthy = [e for e in events if e.kind == "reading" and e.meter == "A"]
+    healthy = [e for e in events if isinstance(e, ReadingTaken) and e.meter == "A"]
     assert len(healthy) >= 0.97 * 600  # one a second, whatever the dead meter does
     silent.silent = False
     run_for(sched, clock, QUARANTINE_MAX_S + 5)
-    assert events[-1].kind == "reading" or any(e.kind == "meter_online" for e in events)
-    assert [e.meter for e in events if e.kind == "meter_online"] == ["DEAD"]
+    assert isinstance(events[-1], ReadingTaken) or any(isinstance(e, MeterOnline) for e in events)
+    assert [e.meter for e in events if isinstance(e, MeterOnline)] == ["DEAD"]
     assert not sched.stats["DEAD"].offline and sched.stats["DEAD"].backoff_s == 0
 
 
@@ -117,10 +122,11 @@ def test_read_and_relay_jobs_preempt_polls() -> None:
     assert sched.read_now("A", "cmd-1") and sched.switch_relay("A", False)
     sched._step()
     sched._step()
-    assert [e.kind for e in events] == ["relay_result", "read_result"]  # priority order
-    assert events[0] == BusEvent("relay_result", "A", connected=False, state="open")
-    assert events[1].ref == "cmd-1" and events[1].reading is not None
-    assert events[1].reading.values["p_w"] == 0  # the coil cut the load
+    assert [type(e) for e in events] == [RelaySwitched, ReadDone]  # priority order
+    assert events[0] == RelaySwitched("A", False, "open", "")
+    read = events[1]
+    assert isinstance(read, ReadDone) and read.ref == "cmd-1" and read.reading is not None
+    assert read.reading.values["p_w"] == 0  # the coil cut the load
 
 
 class FakeMeter:
@@ -160,10 +166,10 @@ def test_relay_kind_meter_goes_through_the_driver() -> None:
     with_fake(sched, fake)
     sched.switch_relay("A", False)
     sched._step()
-    assert events[-1] == BusEvent("relay_result", "A", connected=False, state="open")
+    assert events[-1] == RelaySwitched("A", False, "open", "")
     sched.switch_relay("A", True)
     sched._step()
-    assert events[-1] == BusEvent("relay_result", "A", connected=False, state="armed")
+    assert events[-1] == RelaySwitched("A", False, "armed", "")
 
 
 def test_relay_kind_meter_without_a_relay_driver_fails_cleanly() -> None:
@@ -171,7 +177,7 @@ def test_relay_kind_meter_without_a_relay_driver_fails_cleanly() -> None:
     transport.devices[1] = sdm(1, clock)
     sched.switch_relay("A", False)
     sched._step()
-    assert events[-1].kind == "relay_result" and events[-1].connected is None
+    assert isinstance(events[-1], RelaySwitched) and events[-1].connected is None
     assert "has no relay" in events[-1].error
 
 
@@ -181,22 +187,21 @@ def test_tamper_events_are_read_every_tenth_poll_and_posted_once() -> None:
     fake.events = [MeterEvent("magnet", 201, 1_767_225_000)]
     with_fake(sched, fake)
     run_for(sched, clock, 0.5)
-    assert [e.detail for e in events if e.kind == "tamper"] == [
-        {"kind": "magnet", "code": 201, "t": 1_767_225_000}]
+    assert [e for e in events if isinstance(e, TamperSeen)] == [
+        TamperSeen("A", "magnet", 201, 1_767_225_000)]
     fake.events.append(MeterEvent("cover_open", 251, 1_767_225_100))
     run_for(sched, clock, EVENTS_EVERY + 0.5)
-    tamper = [e for e in events if e.kind == "tamper"]
-    assert [e.detail["code"] for e in tamper] == [201, 251]
+    tamper = [e for e in events if isinstance(e, TamperSeen)]
+    assert [e.code for e in tamper] == [201, 251]
 
 
 def test_discovery_reports_an_unconfigured_meter_once() -> None:
     clock, sched, events, transport = make_bus({}, [meter("A", 1)], discover=True)
     transport.devices.update({1: sdm(1, clock), 7: sdm(7, clock, serial=31_415_926)})
     run_for(sched, clock, 700)  # more than two sweeps (SWEEP_PAUSE_S between them)
-    found = [e for e in events if e.kind == "meter_discovered"]
-    assert [e.detail for e in found] == [
-        {"bus": "b0", "address": 7, "serial": "31415926", "protocol": "modbus"}]
-    readings = [e for e in events if e.kind == "reading"]
+    found = [e for e in events if isinstance(e, MeterDiscovered)]
+    assert found == [MeterDiscovered("b0", 7, "31415926", "modbus")]
+    readings = [e for e in events if isinstance(e, ReadingTaken)]
     assert len(readings) >= 0.97 * 700  # discovery only used idle time
     probed = {r.unit for r in transport.requests}
     assert probed == set(range(1, 248))  # every address was asked, one at a time
@@ -210,14 +215,14 @@ def test_scan_job_runs_between_polls_and_reports_once() -> None:
     with pytest.raises(ValueError):
         sched.scan([0, 248], "bad")
     run_for(sched, clock, 3)
-    results = [e for e in events if e.kind == "scan_result"]
+    results = [e for e in events if isinstance(e, ScanDone)]
     assert len(results) == 1 and results[0].ref == "scan-1"
-    detail = results[0].detail
+    detail = results[0].reply()
     assert detail["addresses"] == 5 and detail["errors"] == []
     assert detail["found"] == [
         {"address": 1, "protocol": "modbus", "serial": "20000001", "meter": "A"},
         {"address": 3, "protocol": "modbus", "serial": "12345678", "meter": None}]
-    assert any(e.kind == "reading" for e in events)
+    assert any(isinstance(e, ReadingTaken) for e in events)
 
 
 def test_scan_bus_without_the_agent() -> None:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.drivers import bus as bus_module
-from agent.drivers.bus import BusEvent, BusScheduler
+from agent.drivers import schedule as schedule_module
+from agent.drivers.bus import BusScheduler
+from agent.drivers.events import BusEvent, MeterOffline, ReadingTaken, RelaySwitched, TamperSeen
 from sim.faults import apply_control
 from sim.meters import serving
 from tests.drivers.simbus import board
@@ -27,7 +28,7 @@ def wait_for(events: list[BusEvent], lock: threading.Lock,
             if predicate(events):
                 return
         time.sleep(0.05)
-    raise AssertionError(f"timed out; events: {[e.kind for e in events]}")
+    raise AssertionError(f"timed out; events: {[type(e).__name__ for e in events]}")
 
 
 def start(config: object) -> tuple[BusScheduler, list[BusEvent], threading.Lock]:
@@ -50,14 +51,14 @@ def test_iec_bus_through_the_scheduler(tmp_path: Path) -> None:
     with serving(config, speed=0.0, seed=4, turnaround_ms=2) as buses:
         sched, events, lock = start(config)
         try:
-            wait_for(events, lock, lambda ev: {e.meter for e in ev if e.kind == "reading"}
+            wait_for(events, lock, lambda ev: {e.meter for e in ev if isinstance(e, ReadingTaken)}
                      == {"M1", "M2"}, 10)
         finally:
             sched.stop()
             sched.join(10)
     truth = buses[0].build.meters
     for event in events:
-        assert event.kind == "reading" and event.reading is not None
+        assert isinstance(event, ReadingTaken) and event.reading is not None
         assert event.reading.values["import_wh"] == truth[event.meter].snapshot()["import_wh"]
         assert event.reading.serial == str(truth[event.meter].serial)  # type: ignore[attr-defined]
 
@@ -67,30 +68,30 @@ def test_iec_bus_through_the_scheduler(tmp_path: Path) -> None:
 def test_dlms_bus_relay_and_tamper_through_the_scheduler(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(bus_module, "EVENTS_EVERY", 2)  # the event log every 2nd poll
+    monkeypatch.setattr(schedule_module, "EVENTS_EVERY", 2)  # the event log every 2nd poll
     config = board(tmp_path, protocol="dlms", addresses=(1,), poll_interval_s=0.2,
                    timeout_s=0.5, relay="meter")
     with serving(config, speed=0.0, seed=4, turnaround_ms=2) as buses:
         meters = buses[0].build.meters
         sched, events, lock = start(config)
         try:
-            wait_for(events, lock, lambda ev: any(e.kind == "reading" for e in ev), 10)
+            wait_for(events, lock, lambda ev: any(isinstance(e, ReadingTaken) for e in ev), 10)
             assert sched.switch_relay("M1", False)
-            wait_for(events, lock, lambda ev: any(e.kind == "relay_result" for e in ev), 10)
+            wait_for(events, lock, lambda ev: any(isinstance(e, RelaySwitched) for e in ev), 10)
             with buses[0].lock:
                 reply = apply_control({"meter": "M1", "tamper": "magnet"}, meters,
                                       lambda _m: contextlib.nullcontext())
             assert reply["ok"], reply
-            wait_for(events, lock, lambda ev: any(e.kind == "tamper" for e in ev), 15)
+            wait_for(events, lock, lambda ev: any(isinstance(e, TamperSeen) for e in ev), 15)
         finally:
             sched.stop()
             sched.join(10)
-    result = next(e for e in events if e.kind == "relay_result")
+    result = next(e for e in events if isinstance(e, RelaySwitched))
     assert result.error == "" and result.state == "open" and result.connected is False
     assert meters["M1"].snapshot()["connected"] is False
-    tamper = [e for e in events if e.kind == "tamper"]
-    assert len(tamper) == 1 and tamper[0].detail["kind"] == "magnet"
-    reading = next(e for e in events if e.kind == "reading")
+    tamper = [e for e in events if isinstance(e, TamperSeen)]
+    assert len(tamper) == 1 and tamper[0].kind == "magnet"
+    reading = next(e for e in events if isinstance(e, ReadingTaken))
     assert reading.reading is not None
     assert reading.reading.values["import_wh"] == meters["M1"].snapshot()["import_wh"]
 
@@ -111,17 +112,17 @@ def test_dlms_password_and_client_come_from_the_board_config(tmp_path: Path) -> 
     with serving(meter_side, speed=0.0, seed=4, turnaround_ms=2):  # type: ignore[arg-type]
         sched, events, lock = start(meter_side)  # the agent knows the password
         try:
-            wait_for(events, lock, lambda ev: any(e.kind == "reading" for e in ev), 10)
+            wait_for(events, lock, lambda ev: any(isinstance(e, ReadingTaken) for e in ev), 10)
         finally:
             sched.stop()
             sched.join(10)
         wrong = with_password(base, b"00000000", "wrong.pw")
         sched, events, lock = start(wrong)  # the factory password is refused
         try:
-            wait_for(events, lock, lambda ev: any(e.kind == "meter_offline" for e in ev), 15)
+            wait_for(events, lock, lambda ev: any(isinstance(e, MeterOffline) for e in ev), 15)
             with lock:
-                assert not any(e.kind == "reading" for e in events)
-                offline = [e for e in events if e.kind == "meter_offline"][0]
+                assert not any(isinstance(e, ReadingTaken) for e in events)
+                offline = [e for e in events if isinstance(e, MeterOffline)][0]
             assert "refused" in offline.error.lower() or "association" in offline.error.lower()
         finally:
             sched.stop()

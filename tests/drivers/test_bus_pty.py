@@ -10,7 +10,8 @@ from collections import Counter
 from pathlib import Path
 
 from agent.config import Config
-from agent.drivers.bus import BusEvent, BusScheduler
+from agent.drivers.bus import BusScheduler
+from agent.drivers.events import BusEvent, MeterDiscovered, MeterOffline, ReadingTaken
 from sim.faults import FaultRates
 from sim.meters import BusSim, serving
 from tests.drivers.simbus import board
@@ -26,7 +27,7 @@ def run_scheduler(config: Config, seconds: float, *, discover: bool = False,
     def post(event: BusEvent) -> None:
         with lock:
             events.append(event)
-        if until is not None and event.kind == "meter_discovered":
+        if until is not None and isinstance(event, MeterDiscovered):
             until.set()
 
     sched = BusScheduler(config.buses[0], list(config.meters), post, discover=discover)
@@ -48,7 +49,7 @@ def check_against_truth(events: list[BusEvent], buses: list[BusSim]) -> int:
     truth = buses[0].build.meters
     n = 0
     for event in events:
-        if event.kind != "reading":
+        if not isinstance(event, ReadingTaken):
             continue
         assert event.reading is not None
         meter = truth[event.meter]
@@ -70,7 +71,7 @@ def test_corrupt_and_silent_replies_never_make_a_reading_and_healthy_rates_hold(
     with serving(config, speed=0.0, seed=11, turnaround_ms=2) as buses:
         baseline, _ = run_scheduler(config, RUN_S)
     assert check_against_truth(baseline, buses) > 0
-    base = Counter(e.meter for e in baseline if e.kind == "reading")
+    base = Counter(e.meter for e in baseline if isinstance(e, ReadingTaken))
 
     faults = FaultRates(corrupt=0.10, silent=0.05)
     with serving(config, speed=0.0, seed=11, turnaround_ms=2, faults=faults) as buses:
@@ -80,8 +81,8 @@ def test_corrupt_and_silent_replies_never_make_a_reading_and_healthy_rates_hold(
     stats = sched.stats
     assert sum(stats[m].crc_errors for m in healthy) > 0  # corruption did happen
     assert sum(stats[m].timeouts for m in healthy) > 0  # and silence
-    assert [e.meter for e in faulty if e.kind == "meter_offline"] == ["M4"]
-    got = Counter(e.meter for e in faulty if e.kind == "reading")
+    assert [e.meter for e in faulty if isinstance(e, MeterOffline)] == ["M4"]
+    got = Counter(e.meter for e in faulty if isinstance(e, ReadingTaken))
     assert got["M4"] == 0
     for m in healthy:
         assert got[m] >= 0.8 * base[m], (m, got, base)
@@ -95,10 +96,8 @@ def test_an_unconfigured_meter_is_discovered_once(tmp_path: Path) -> None:
         events, _ = run_scheduler(config, 15.0, discover=True, until=found)
         assert found.is_set(), "no meter_discovered within 15 s"
         more, _ = run_scheduler(config, 1.0, discover=True)  # a fresh scheduler: reports again
-    discovered = [e for e in events if e.kind == "meter_discovered"]
+    discovered = [e for e in events if isinstance(e, MeterDiscovered)]
     extra = buses[0].build.meters["extra-bus-0-5"]
-    assert [e.detail for e in discovered] == [{
-        "bus": "bus-0", "address": 5, "serial": str(extra.serial),  # type: ignore[attr-defined]
-        "protocol": "modbus"}]
-    assert discovered[0].meter == ""
+    assert discovered == [MeterDiscovered(
+        "bus-0", 5, str(extra.serial), "modbus")]  # type: ignore[attr-defined]
     assert check_against_truth(events + more, buses) > 0

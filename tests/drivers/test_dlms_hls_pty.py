@@ -28,11 +28,12 @@ from typing import Any
 import pytest
 
 from agent.config import Config, load_config
-from agent.drivers.bus import BusEvent, BusScheduler
+from agent.drivers.bus import BusScheduler
 from agent.drivers.dlms.device import DlmsMeter
 from agent.drivers.dlms.errors import DlmsSecurityError
 from agent.drivers.dlms.security import key_id
 from agent.drivers.driver import make_driver
+from agent.drivers.events import BusEvent, ReadingTaken, RelaySwitched
 from agent.drivers.transport import SerialTransport
 from sim.dlms_meter import SimDlmsMeter
 from tests.drivers.test_dlms_device import association
@@ -171,21 +172,21 @@ def test_the_scheduler_switches_a_keyed_meter_through_hls(
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             with lock:
-                if any(e.kind == "reading" for e in events):
+                if any(isinstance(e, ReadingTaken) for e in events):
                     break
             time.sleep(0.05)
         assert sched.switch_relay("M5", False)
         while time.monotonic() < deadline:
             with lock:
-                if any(e.kind == "relay_result" for e in events):
+                if any(isinstance(e, RelaySwitched) for e in events):
                     break
             time.sleep(0.05)
     finally:
         sched.stop()
         sched.join(10)
-    result = next(e for e in events if e.kind == "relay_result")
+    result = next(e for e in events if isinstance(e, RelaySwitched))
     assert result.error == "" and result.state == "open" and not sim.connected
-    reading = next(e for e in events if e.kind == "reading")
+    reading = next(e for e in events if isinstance(e, ReadingTaken))
     assert reading.reading is not None and reading.reading.values["import_wh"] == sim.import_wh
     stored = json.loads((data_dir / "dlms" / "M5.ic.json").read_text())
     assert stored["client"][key_id(EK)] > 1  # reserved before use

@@ -421,3 +421,33 @@ def test_sim_refuses_to_replace_a_regular_file(tmp_path: Path) -> None:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(5)
+
+
+def test_serial_transport_reads_a_pty_on_its_descriptor() -> None:
+    """A device path is read with select/read on its descriptor: what arrived, up to
+    max_bytes; b"" at the timeout; the other end gone is a PortError naming the port."""
+    from agent.errors import PortError
+
+    master, slave = os.openpty()
+    path = os.ttyname(slave)
+    transport = SerialTransport(path, 115200)
+    try:
+        assert transport._fd is not None  # the descriptor path, not pyserial's read
+        started = time.monotonic()
+        assert transport.read(64, 0.05) == b""
+        assert time.monotonic() - started >= 0.05
+        os.write(master, b"\x01\x03\x02\x00\x2a")
+        got = b""
+        while len(got) < 5:
+            got += transport.read(3, 0.5)
+            assert len(got) <= 5
+        assert got == b"\x01\x03\x02\x00\x2a"
+        os.close(master)
+        master = -1
+        with pytest.raises(PortError, match=path):
+            transport.read(64, 0.5)
+    finally:
+        transport.close()
+        os.close(slave)
+        if master >= 0:
+            os.close(master)

@@ -178,3 +178,29 @@ def test_kernel_clock_check_reads_adjtimex_and_timesyncd(monkeypatch: pytest.Mon
     monkeypatch.undo()
     if sys.platform.startswith("linux"):
         assert disconnect._adjtimex() is not None  # glibc and musl both have adjtimex
+
+
+def test_an_untrusted_clock_is_asked_once_a_second_not_once_an_account() -> None:
+    """Every account a tick decides asks whether the clock is trusted; while it is not,
+    the kernel (adjtimex, a file's stat) is asked once per ledger second, and once it
+    says yes the answer is latched."""
+    from agent.relay.disconnect import Disconnection
+
+    asked: list[int] = []
+    answer = [False]
+
+    def synchronised() -> bool:
+        asked.append(1)
+        return answer[0]
+
+    relays = object.__new__(Disconnection)  # only the clock's part is under test
+    relays.clock_trusted = False
+    relays._clock_synchronised = synchronised
+    relays._clock_asked_s = None
+    assert [relays.refresh_clock_trust(100) for _ in range(250)] == [False] * 250
+    assert len(asked) == 1
+    answer[0] = True
+    assert relays.refresh_clock_trust(100) is False  # the same second: the same answer
+    assert relays.refresh_clock_trust(101) is True and len(asked) == 2
+    assert relays.refresh_clock_trust(102) is True and len(asked) == 2  # latched
+    assert relays.refresh_clock_trust() is True

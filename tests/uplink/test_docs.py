@@ -57,6 +57,10 @@ def quoted(path: Path) -> set[str]:
 
 def test_the_cddl_knows_what_the_code_knows() -> None:
     assert set(wire.QUANTITIES) <= quoted(CDDL / "readings.cddl")
+    # the table form (agent/uplink/table.py): its message, its body's every field
+    readings_rules, _ = cddl_rules((CDDL / "readings.cddl").read_text())
+    assert {"readings-msg", "table-msg", "table-body", "up-readings"} <= readings_rules
+    assert {"table", "bn", "m", "t", *wire.QUANTITIES} <= quoted(CDDL / "readings.cddl")
     assert set(wire.EVENT_TYPES) | set(wire.TAMPER_KINDS) | set(wire.DEFERRAL_REASONS) \
         <= quoted(CDDL / "events.cddl")
     assert set(wire.ENTRY_KINDS) <= quoted(CDDL / "ledger.cddl")
@@ -75,6 +79,9 @@ def test_the_asyncapi_document_has_every_topic() -> None:
         assert re.search(rf"^\s+{re.escape(name)}:", text, re.M), ref
     for cddl in re.findall(r"x-cddl: (\S+)#", text):
         assert (ROOT / cddl).exists()
+    # up/readings in both forms: the series of CONTRACT 4 and the table form
+    assert "x-cddl: docs/cddl/readings.cddl#up-readings" in text
+    assert '$ref: "#/components/schemas/table"' in text
     assert "\t" not in text
 
 
@@ -108,3 +115,33 @@ def test_the_example_head_end_against_a_real_agent(tmp_path: Path) -> None:
                    "the top-up on up/ledger")
     finally:
         g.close()
+
+
+def test_the_example_head_end_decodes_the_table_form() -> None:
+    """examples/headend_example.py reads both forms of up/readings, as the page says."""
+    import importlib.util
+
+    from agent.drivers.reading import Reading
+    from agent.uplink import table
+
+    spec = importlib.util.spec_from_file_location("headend_example",
+                                                  ROOT / "examples" / "headend_example.py")
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    readings = [Reading("SDM-0001", 1767225600, {"import_wh": 123456, "v_dv": 2301}),
+                Reading("SDM-0002", 1767225601, {"import_wh": 98000, "v_dv": 2298}),
+                Reading("SDM-0003", 1767225601, {"import_wh": 250000})]
+    msg = table.table_message("gw-demo-01", 3, 42, readings)
+    assert example.readings_of(msg) == [{"m": r.meter, "t": r.t, **r.values}
+                                        for r in readings]
+    assert example.readings_of(wire.readings_message("gw-demo-01", 3, 43, readings)) == \
+        example.readings_of(msg)
+    # and the page's byte-by-byte table is that message's encoding
+    from agent.uplink import cbor
+
+    text = (DOCS / "mqtt-api.md").read_text()
+    section = text[text.index("## The table form"):text.index("## `up/events`")]
+    rows = [line.split(" | ")[0] for line in section.splitlines() if line.startswith("| `")]
+    documented = "".join(re.findall(r"`([0-9a-f ]+)`", " ".join(rows))).replace(" ", "")
+    assert documented == cbor.dumps(msg).hex()

@@ -1,0 +1,148 @@
+"""The simulation's bus runs the agent's own BusSchedule: its quarantine, retries and
+event-log cadence are the shipped ones, in both modes (direct and codec)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from agent.clock import SimClock
+from agent.config import BusConfig, MeterConfig, parse_relay
+from agent.drivers.events import (
+    BusEvent,
+    MeterOffline,
+    MeterOnline,
+    ReadingTaken,
+    RelaySwitched,
+    TamperSeen,
+)
+from agent.drivers.reading import Reading
+from agent.drivers.schedule import (
+    EVENTS_EVERY,
+    OFFLINE_AFTER,
+    QUARANTINE_MAX_S,
+    RETRIES,
+    BusSchedule,
+)
+from sim.neighbourhood import simbus
+from sim.neighbourhood.simbus import SimBus
+from sim.neighbourhood.world import Household
+
+START_S = 1_772_000_000
+
+
+class _Field:
+    """One household on the line, silent or not, with a tamper log."""
+
+    def __init__(self, clock: SimClock) -> None:
+        self.clock = clock
+        self.silent = False
+        self.tampers: list[dict[str, Any]] = []
+        self.served: list[Reading] = []
+        self.hh = Household(index=1, meter="M1", account="A1", address=1, coil_unit=101,
+                            coil=0, seed=7, size_pct=40, daytime=False, habit="planner",
+                            start_balance=10_000, reg_ws=3_600_000, serial=12_345_678,
+                            last_t=START_S)
+        self._rng = random.Random(1)
+
+    def household(self, meter_id: str) -> Household | None:
+        return self.hh if meter_id == "M1" else None
+
+    def advance_us(self, micros: int) -> None:
+        self.clock.advance(micros / 1_000_000)
+
+    def fault(self, meter_id: str) -> tuple[bool, int]:
+        return self.silent, 0
+
+    def coil_set(self, meter_id: str, connected: bool) -> None:
+        self.hh.connected = connected
+
+    def served_reading(self, reading: Reading, serial: int) -> None:
+        self.served.append(reading)
+
+    def tamper_due(self, meter_id: str) -> list[dict[str, Any]]:
+        due, self.tampers = self.tampers, []
+        return due
+
+    @property
+    def rng(self) -> random.Random:
+        return self._rng
+
+
+def _bus(mode: str, interval_s: float) -> tuple[SimBus, _Field, SimClock, list[BusEvent]]:
+    clock = SimClock(start_s=START_S)
+    field = _Field(clock)
+    cfg = BusConfig(name="b0", port="sim://", baudrate=9600, poll_interval_s=interval_s,
+                    timeout_s=0.2)
+    meter = MeterConfig("M1", "b0", 1, "eastron-sdm120", "A1", "modbus-coil:101:0",
+                        parse_relay("modbus-coil:101:0"))
+    events: list[BusEvent] = []
+    bus = SimBus(cfg, [meter], events.append, clock=clock, field=field, mode=mode,
+                 on_switch=lambda _m, _c: None)
+    return bus, field, clock, events
+
+
+def _serve_until_due(bus: SimBus, clock: SimClock) -> None:
+    due = bus.next_due_mono()
+    assert due is not None
+    if due > clock.monotonic_s():
+        clock.advance(due - clock.monotonic_s())
+    bus.service()
+
+
+def test_no_copy_of_the_policy_is_left_in_the_simulation() -> None:
+    for name in ("MAX_JOBS", "RETRIES", "OFFLINE_AFTER", "QUARANTINE_MIN_S",
+                 "QUARANTINE_MAX_S", "RELAY_TRIES"):
+        assert not hasattr(simbus, name), name
+    bus, *_ = _bus("direct", 1800.0)
+    assert type(bus.schedule) is BusSchedule
+
+
+@pytest.mark.parametrize("mode", ["direct", "codec"])
+def test_a_silent_meter_is_quarantined_with_the_shipped_backoff(mode: str) -> None:
+    bus, field, clock, events = _bus(mode, 1800.0)
+    field.silent = True
+    for _ in range(OFFLINE_AFTER):
+        _serve_until_due(bus, clock)
+    stats = bus.stats["M1"]
+    assert [e.meter for e in events if isinstance(e, MeterOffline)] == ["M1"]  # once
+    assert stats.timeouts == OFFLINE_AFTER * (RETRIES + 1)
+    assert stats.backoff_s == QUARANTINE_MAX_S  # max(5 s, the 30-min interval), capped
+    before = clock.monotonic_s()
+    _serve_until_due(bus, clock)
+    assert clock.monotonic_s() - before >= QUARANTINE_MAX_S
+    assert stats.timeouts == OFFLINE_AFTER * (RETRIES + 1) + 1  # one attempt, no retry
+    field.silent = False
+    _serve_until_due(bus, clock)
+    assert [type(e) for e in events[-2:]] == [MeterOnline, ReadingTaken]
+
+
+@pytest.mark.parametrize("mode", ["direct", "codec"])
+def test_the_event_log_is_read_at_the_schedules_cadence(mode: str) -> None:
+    bus, field, clock, events = _bus(mode, 60.0)
+    field.tampers.append({"kind": "magnet", "code": 201, "t": START_S})
+    _serve_until_due(bus, clock)  # the first good poll reads the log
+    assert [e for e in events if isinstance(e, TamperSeen)] == [
+        TamperSeen("M1", "magnet", 201, START_S)]
+    field.tampers.append({"kind": "cover_open", "code": 251, "t": START_S + 60})
+    for _ in range(EVENTS_EVERY - 1):
+        _serve_until_due(bus, clock)
+    assert len([e for e in events if isinstance(e, TamperSeen)]) == 1  # not yet
+    _serve_until_due(bus, clock)
+    assert [e.code for e in events if isinstance(e, TamperSeen)] == [201, 251]
+    assert len(field.served) == EVENTS_EVERY + 1
+
+
+@pytest.mark.parametrize("mode", ["direct", "codec"])
+def test_relays_are_switched_through_switch_coil(mode: str) -> None:
+    bus, field, clock, events = _bus(mode, 60.0)
+    assert bus.switch_relay("M1", False)
+    bus.service()
+    assert events[0] == RelaySwitched("M1", False, "open", "")
+    assert not field.hh.connected
+    assert bus.switch_relay("M1", True) and bus.switch_relay("NOPE", True)
+    bus.service()
+    assert events[-2:] == [RelaySwitched("M1", True, "closed", ""), RelaySwitched(
+        "NOPE", None, "", "relay kind 'unknown meter' is not switchable on this bus")]
