@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -505,7 +506,8 @@ class Runtime:
                 return
 
     def _handle_one(self, event: Any) -> None:
-        done, _ = self._with_room(lambda: self._handle(event), type(event).__name__)
+        what = re.sub(r"(?<!^)(?=[A-Z])", "_", type(event).__name__).lower()  # reading_taken
+        done, _ = self._with_room(lambda: self._handle(event), what)
         if not done and isinstance(event, ControlRequest):  # the CLI waits for an answer
             event.reply(error="no room to write: the disk is full (docs/technician.md, "
                               "'A full disk')")
