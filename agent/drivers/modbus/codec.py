@@ -62,6 +62,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final, NoReturn
 
+from agent.drivers.sansio import NEED_DATA, NeedData
 from agent.errors import ChecksumError, ProtocolError
 
 __all__ = [
@@ -92,14 +93,6 @@ class ModbusIncompleteError(ModbusProtocolError):
     """The line went quiet inside a frame, or before any byte arrived."""
 
 
-class _NeedData:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA: Final = _NeedData()
 
 READ_COILS: Final = 1
 READ_DISCRETE_INPUTS: Final = 2
@@ -386,7 +379,7 @@ class ResponseReader(_Buffer):
         self.bytes_received += len(data)
         self._feed(data)
 
-    def next_event(self) -> Response | _NeedData:
+    def next_event(self) -> Response | NeedData:
         if self._result is not None:
             return self._result  # single use: the same frame again, trailing data untouched
         while self._result is None:
@@ -503,7 +496,7 @@ class RequestReader(_Buffer):
     def receive_data(self, data: bytes) -> None:
         self._feed(data)
 
-    def next_event(self) -> Request | _NeedData:
+    def next_event(self) -> Request | NeedData:
         while True:
             before = len(self._buf)
             self._drop(_find_request_header(self._buf))
