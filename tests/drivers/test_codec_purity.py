@@ -18,9 +18,24 @@ PURE = [
     ROOT / "agent" / "drivers" / "schedule.py",  # the bus's policy: the thread does the I/O
     ROOT / "agent" / "drivers" / "events.py",
     ROOT / "agent" / "drivers" / "actions.py",
+    ROOT / "agent" / "drivers" / "sansio.py",
 ]
 # The codec needs nothing but bytes handling and the error tree.
-CODEC_ALLOWED = {"__future__", "struct", "dataclasses", "typing", "agent.errors"}
+CODEC_ALLOWED = {"__future__", "struct", "dataclasses", "typing", "agent.errors",
+                 "agent.drivers.sansio"}
+
+
+def test_every_reader_answers_the_one_need_data() -> None:
+    """One sentinel for the three protocols' readers (agent/drivers/sansio.py)."""
+    from agent.drivers import sansio
+    from agent.drivers.dlms import reader
+    from agent.drivers.iec62056 import codec as iec
+    from agent.drivers.modbus import codec as modbus
+
+    assert modbus.NEED_DATA is iec.NEED_DATA is sansio.NEED_DATA
+    assert reader.FrameReader().next_event() is sansio.NEED_DATA
+    assert modbus.RequestReader().next_event() is sansio.NEED_DATA
+    assert imported_modules(ROOT / "agent" / "drivers" / "sansio.py") <= {"__future__", "typing"}
 
 
 def imported_modules(path: Path) -> set[str]:

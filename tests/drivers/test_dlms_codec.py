@@ -42,7 +42,8 @@ from agent.drivers.dlms.hdlc import (
     HdlcParameters,
     fcs16,
 )
-from agent.drivers.dlms.reader import MAX_SKIPPED_BYTES, NEED_DATA, FrameReader
+from agent.drivers.dlms.reader import MAX_SKIPPED_BYTES, FrameReader
+from agent.drivers.sansio import NEED_DATA
 from agent.errors import ChecksumError, ProtocolError
 
 ROOT = Path(__file__).resolve().parents[2]

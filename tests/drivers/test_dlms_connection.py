@@ -28,7 +28,7 @@ from agent.drivers.dlms.hdlc import (
     HdlcFrame,
     HdlcParameters,
 )
-from agent.drivers.dlms.reader import NEED_DATA
+from agent.drivers.sansio import NEED_DATA
 
 SERVER = HdlcAddress(1, 17)
 CLIENT = HdlcAddress(16)

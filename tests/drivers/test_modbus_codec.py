@@ -21,6 +21,7 @@ from agent.drivers.modbus.codec import (
     Response,
     ResponseReader,
     crc16,
+    crc16_bitwise,
     encode_exception,
     encode_response,
     response_length,
@@ -102,6 +103,16 @@ def test_vector_file_has_every_kind() -> None:
 @pytest.mark.parametrize("vector", CRCS, ids=_ids(CRCS))
 def test_crc_known_answers(vector: Vector) -> None:
     assert crc16(vector.frame) == vector.crc
+
+
+@pytest.mark.parametrize("vector", CRCS, ids=_ids(CRCS))
+def test_crc_bitwise_reference_known_answers(vector: Vector) -> None:
+    assert crc16_bitwise(vector.frame) == vector.crc
+
+
+@given(st.binary(max_size=300))
+def test_table_crc_equals_the_bitwise_reference(data: bytes) -> None:
+    assert crc16(data) == crc16_bitwise(data)
 
 
 @pytest.mark.parametrize("vector", REQUESTS + RESPONSES, ids=_ids(REQUESTS + RESPONSES))

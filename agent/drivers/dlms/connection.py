@@ -64,7 +64,8 @@ from agent.drivers.dlms.hdlc import (
     HdlcFrame,
     HdlcParameters,
 )
-from agent.drivers.dlms.reader import NEED_DATA, FrameReader, NeedData
+from agent.drivers.dlms.reader import FrameReader
+from agent.drivers.sansio import NEED_DATA, NeedData
 
 # A response reassembled from segments is bounded by the max PDU size we
 # announce (an APDU can never exceed 65535) plus the LLC header.

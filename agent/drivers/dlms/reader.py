@@ -43,20 +43,13 @@ from agent.drivers.dlms.hdlc import (
     check_bytes,
     parse_body,
 )
+from agent.drivers.sansio import NEED_DATA, NeedData
 
 # A reader that dropped this much garbage without a frame gives up: two
 # maximum frames of noise is a broken line or a wrong baud rate, not a meter.
 MAX_SKIPPED_BYTES: Final = 2 * (MAX_FRAME_LENGTH + 2)
 
 
-class NeedData:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA: Final = NeedData()
 
 
 class FrameReader:

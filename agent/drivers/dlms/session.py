@@ -81,8 +81,8 @@ from agent.drivers.dlms.errors import (
 )
 from agent.drivers.dlms.hdlc import HdlcAddress
 from agent.drivers.dlms.obis import Obis
-from agent.drivers.dlms.reader import NeedData
 from agent.drivers.dlms.security import DlmsSecurity, SecureAssociation
+from agent.drivers.sansio import NeedData
 from agent.drivers.transport import Transport, frame_time_s
 from agent.errors import DeviceException, DriverError, TimeoutError_
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, NoReturn
 
+from agent.drivers.sansio import NEED_DATA, NeedData
 from agent.errors import ChecksumError, ProtocolError
 
 SOH: Final = 0x01
@@ -102,14 +103,6 @@ class IecIncompleteError(IecProtocolError):
     """Nothing, or only part of a message, arrived before the deadline."""
 
 
-class _NeedData:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA: Final = _NeedData()
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,7 +316,7 @@ class _Reader:
         self._done = True
         return frame
 
-    def _after_wait(self, what: str) -> _NeedData:
+    def _after_wait(self, what: str) -> NeedData:
         if self._silent:
             self._silent = False
             if self.checksum_failures and not self._buf:
@@ -351,7 +344,7 @@ class IdentificationReader(_Reader):
 
     _STARTS = b"/"
 
-    def next_event(self) -> Identification | _NeedData:
+    def next_event(self) -> Identification | NeedData:
         while not self._done:
             self._hunt()
             end = self._buf.find(CRLF)
@@ -392,7 +385,7 @@ class DataReader(_Reader):
 
     _STARTS = bytes([STX])
 
-    def next_event(self) -> DataMessage | _NeedData:
+    def next_event(self) -> DataMessage | NeedData:
         while not self._done:
             self._hunt()
             etx = self._buf.find(ETX)
@@ -428,7 +421,7 @@ class RequestReader(_Reader):
 
     _STARTS = bytes([ord("/"), ACK, SOH])
 
-    def next_event(self) -> SignOn | OptionSelect | Break | _NeedData:
+    def next_event(self) -> SignOn | OptionSelect | Break | NeedData:
         while True:
             self._hunt()
             if not self._buf:
@@ -455,7 +448,7 @@ class RequestReader(_Reader):
             del self._buf[: end + 2]
             return event
 
-    def _wait(self) -> _NeedData:
+    def _wait(self) -> NeedData:
         if self._silent:  # no message spans a silence: give the candidate up
             self._silent = False
             self._reject()
