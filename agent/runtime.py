@@ -14,10 +14,10 @@ one bounded inbox. Every loop turn:
 
 A PUBACK deletes its outbox row; nothing else does.
 
-A full disk (buffer/disk.py): a unit of work whose write finds no room (StoreFullError) is
-run again after room is made (the reserve released, the oldest readings dropped),
-at most ``FULL_RETRIES`` times; start-up on a full disk releases the reserve and runs
-in the degraded mode. Nothing of a failed transaction is kept, so running it again is
+A full disk (buffer/disk.py, buffer/room.py): a unit of work whose write finds no room
+(StoreFullError) is run again after room is made (the reserve released, the oldest
+readings dropped); start-up on a full disk releases the reserve and runs in the
+degraded mode. Nothing of a failed transaction is kept, so running it again is
 running it once.
 """
 
@@ -44,6 +44,7 @@ from agent.buffer import outbox
 from agent.buffer.cycle import PollCycle
 from agent.buffer.disk import DEGRADED, DiskGuard, is_enospc
 from agent.buffer.journal import Journal
+from agent.buffer.room import Room
 from agent.buffer.store import WAL_PAGES, WAL_PAGES_FULL, Store
 from agent.charging import Charging
 from agent.clock import Clock, SystemClock
@@ -98,8 +99,6 @@ TICK_S = 1.0
 STATUS_EVERY_S = 1.0
 SEEN_CLEANUP_EVERY_S = 3600.0
 RELAY_RETRY_S = 10.0
-FULL_RETRIES = 2  # work that found the disk full runs again after room is made, this often
-LOST_LOG_EVERY_S = 300.0  # work lost to a full disk: logged at most this often (SD card)
 
 
 def read_keys(cfg: Config) -> tuple[bytes, bytes]:
@@ -219,9 +218,8 @@ class Runtime:
         self.command_key, self.token_key = read_keys(cfg)
         self.inbox: queue.Queue[Any] = queue.Queue(maxsize=INBOX_MAX)
         self.disk = DiskGuard(cfg.gateway.data_dir)
-        self.store, self.boot = self._open_store()
-        self.lost_to_full = 0  # units of work that found no room even after room was made
-        self._lost_logged_s: float | None = None
+        self.room = Room(self.disk, self.clock)
+        self.store, self.boot = self.room.open_store(cfg.gateway.data_dir, Store)
         self.started = int(self.clock.time_s())
         self.journal = Journal(self.store)
         self.provisioning = Provisioning(self.store, cfg)
@@ -272,58 +270,10 @@ class Runtime:
                     if cfg.local.http_port and control else None)
         self._next_cleanup = self.clock.monotonic_s() + 60
 
-    def _open_store(self) -> tuple[Store, int]:
-        """The store and this start's boot. On a full disk the reserve is released and the
-        store opened once more (the agent then runs degraded); StoreFullError if even that
-        finds no room (one line, exit 2, see docs/technician.md 'A full disk')."""
-        for attempt in range(2):
-            store = None
-            try:
-                store = Store(self.cfg.gateway.data_dir)
-                return store, store.next_boot()
-            except StoreFullError:
-                if store is not None:
-                    store.close()
-                released = self.disk.full(int(self.clock.time_s()), "start-up: the store",
-                                          release_all=True)
-                if attempt or not released:
-                    raise
-        raise AssertionError("unreachable")
-
-    # -- a full disk -------------------------------------------------------------------
     def _with_room(self, call: Callable[[], T], what: str) -> tuple[bool, T | None]:
-        """``call()``; when it finds the disk full, room is made and it runs again, at
-        most FULL_RETRIES times (the last time with all of the reserve released). False
-        if it never found room: that work is lost (a reading's energy is charged with
-        the next reading, whose delta starts at the same durable baseline; a fixed
-        charge is tried again next tick; a command is answered when it comes again).
-        Returns (done, what ``call`` returned)."""
-        for attempt in range(FULL_RETRIES + 1):
-            try:
-                return True, call()
-            except StoreFullError as exc:
-                if attempt == FULL_RETRIES:
-                    self._lost(what, exc)
-                    break
-                self._make_room(what, release_all=attempt > 0)
-        return False, None
-
-    def _make_room(self, what: str, *, release_all: bool) -> None:
-        now = int(self.clock.time_s())
-        self.disk.full(now, what, release_all=release_all)
-        try:
-            self.store.wal_pages(WAL_PAGES_FULL)  # reuse the WAL rather than grow it
-            outbox.make_room(self.store, now)
-        except StoreFullError as exc:  # no room even to drop: the retry says what is lost
-            log.debug("event=make_room_failed error=%s", exc)
-
-    def _lost(self, what: str, exc: StoreFullError) -> None:
-        self.lost_to_full += 1
-        mono = self.clock.monotonic_s()
-        if self._lost_logged_s is None or mono - self._lost_logged_s >= LOST_LOG_EVERY_S:
-            self._lost_logged_s = mono
-            log.error("event=store_full_lost what=%s lost=%d error=%s", what,
-                      self.lost_to_full, exc)
+        """``call()``, run again once room is made while it finds the disk full
+        (buffer/room.py); (done, what it returned)."""
+        return self.room.run(call, what)
 
     def _bus_options(self, relayed: list[MeterConfig]) -> dict[str, Any]:
         """What every bus is made with: DLMS invocation counters live under the data dir
@@ -647,7 +597,7 @@ class Runtime:
             else:
                 req.reply(error=f"unknown control op {req.op!r}")
         except StoreFullError:
-            raise  # room is made and the request handled again (_with_room)
+            raise  # room is made and the request handled again (buffer/room.py)
         except AgentError as exc:
             req.reply(error=str(exc))
 
@@ -797,7 +747,7 @@ class Runtime:
                         "heard": self.ledger.relays.headend.heard_s},
             "clock_trusted": self.ledger.relays.clock_trusted,
             # mode "degraded": the disk was found full (docs/technician.md 'A full disk')
-            "disk": {**self.disk.status(), "lost_writes": self.lost_to_full},
+            "disk": {**self.disk.status(), "lost_writes": self.room.lost},
             "buses": [{"name": b.bus.name, "port": b.bus.port, "protocol": b.bus.protocol,
                        "error": b.port_error} for b in self.buses.values()],
             "meters": meters,
@@ -831,7 +781,7 @@ class Runtime:
                 # The disk is full, found here before the store found it: the same as
                 # when the store does (the reserve released, the oldest readings
                 # dropped), so that the ledger has room inside the store.
-                self._make_room("status.json", release_all=False)
+                self.room.make("status.json", release_all=False)
             return
         if self._status_error:
             log.info("event=status_file_ok path=%s", path)

@@ -14,7 +14,7 @@ from typing import Any, cast
 import pytest
 
 from agent import runtime as runtime_module
-from agent.buffer import outbox
+from agent.buffer import outbox, room
 from agent.buffer.disk import DEGRADED, RESERVE_NAME, DiskGuard
 from agent.buffer.store import LANE_EVENTS, LANE_READINGS, Store
 from agent.config import BusConfig, MeterConfig
@@ -57,6 +57,7 @@ def small_reserve(rt: Runtime, free: _Free | None = None) -> DiskGuard:
     """A reserve of 64 KiB; the mode as the runtime has it."""
     rt.disk = DiskGuard(rt.cfg.gateway.data_dir, reserve_bytes=64 * KIB, keep_bytes=16 * KIB,
                         resume_free_bytes=0, free_bytes=free or _Free(1 << 30))
+    rt.room.guard = rt.disk
     return rt.disk
 
 
@@ -96,7 +97,7 @@ def test_a_store_that_fills_while_the_agent_runs_drops_readings_and_charges_on(
                                                  {"import_wh": wh, **VALUES}, "S")))
         rt.step(status_file=False)  # nothing may escape it
     assert guard.state == DEGRADED and rt.status()["disk"]["mode"] == "degraded"
-    assert rt.lost_to_full == 0
+    assert rt.room.lost == 0
     dropped = [e["detail"] for e in events(rt, "data_dropped")]
     assert dropped and all(d["what"] == "readings" and d["reason"] == "disk_full"
                            and d["count"] > 0 for d in dropped)
@@ -202,11 +203,11 @@ def test_work_that_never_finds_room_is_logged_not_raised(
         raise StoreFullError("no room (test)")
 
     done, _ = rt._with_room(full, "test work")
-    assert not done and len(calls) == runtime_module.FULL_RETRIES + 1
-    assert rt.lost_to_full == 1
+    assert not done and len(calls) == room.FULL_RETRIES + 1
+    assert rt.room.lost == 1
     for _ in range(5):  # logged once per LOST_LOG_EVERY_S, counted every time
         rt._with_room(full, "test work")
-    assert rt.lost_to_full == 6
+    assert rt.room.lost == 6
     assert len([r for r in caplog.records if "event=store_full_lost" in r.getMessage()]) == 1
     assert outbox.FULL_KEEP_SHARE == 2
     rt.store.close()

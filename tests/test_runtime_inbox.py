@@ -4,14 +4,16 @@ transaction, everything else is handled on its own, in arrival order, within the
 from __future__ import annotations
 
 import queue
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from agent import runtime
 from agent.drivers.events import BusEvent, MeterOffline, MeterOnline, ReadingTaken, RelaySwitched
 from agent.drivers.reading import Reading
 from agent.runtime import Runtime
+
+T = TypeVar("T")
 
 
 class _Store:
@@ -36,7 +38,6 @@ class _Turn:
     _inbox_events = Runtime._inbox_events
     _handle_readings = Runtime._handle_readings
     _handle_one = Runtime._handle_one
-    _with_room = Runtime._with_room
     _contained_tx = Runtime._contained_tx
     _readings_tx = Runtime._readings_tx
 
@@ -44,6 +45,9 @@ class _Turn:
         self.inbox: queue.Queue[Any] = queue.Queue()
         self.store = _Store()
         self.seen: list[tuple[str, int, int]] = []  # (what, in a transaction, which one)
+
+    def _with_room(self, call: Callable[[], T], what: str) -> tuple[bool, T | None]:
+        return True, call()  # the disk has room (buffer/room.py has its own tests)
 
     def _handle(self, event: BusEvent) -> None:
         what = event.reading.meter if isinstance(event, ReadingTaken) else type(event).__name__
