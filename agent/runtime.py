@@ -245,6 +245,7 @@ class Runtime:
         self.delivery = Delivery(self.store, self.link, self.clock, gw=cfg.gateway.id,
                                  boot=self.boot, status=self.health)
         # [mqtt] live_readings = "table": live readings go one message a poll cycle
+        self._cycle_news = False  # a reading since the cycle was last looked at
         self.cycle = (PollCycle(self._poll_intervals(provisioned), outbox.TABLE_LINGER_S)
                       if cfg.mqtt.live_readings == "table" else None)
         # meter -> (when a switch was asked, the state asked: connected?)
@@ -319,6 +320,10 @@ class Runtime:
     def step(self, *, status_file: bool = True) -> None:
         """One loop turn: inbox events, the periodic work that is due, relays, publish."""
         self._drain_inbox()
+        if self._cycle_news and self.cycle is not None:
+            self._cycle_news = False
+            if self.cycle.complete():  # the table form: a whole poll cycle goes at once
+                self._with_room(self._form_cycle, "table")
         mono = self.clock.monotonic_s()
         if mono >= self._next_tick:
             self._next_tick = mono + TICK_S
@@ -514,6 +519,7 @@ class Runtime:
         self.meter_online[event.meter] = True
         if self.cycle is not None:  # first: a reading whose charge raises is still sent
             self.cycle.reading(event.meter, now)
+            self._cycle_news = True
         self.ledger.charging.on_reading(event.reading)
 
     def _on_meter_offline(self, event: MeterOffline, now: int) -> None:
@@ -656,6 +662,11 @@ class Runtime:
                                          payments if isinstance(payments, bool) else None, now)
         self.headend_this_connection = True
         log.info("event=headend_state online=%s payments=%s", online, payments)
+
+    def _form_cycle(self) -> None:
+        outbox.form_messages(self.store, self.cfg.gateway.id, self.boot,
+                             int(self.clock.time_s()), self.link.connected,
+                             limits=self.cfg.store, cycle=self.cycle)
 
     def _tick(self) -> None:
         now = int(self.clock.time_s())

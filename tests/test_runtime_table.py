@@ -128,3 +128,24 @@ def test_with_the_default_live_readings_are_series(tmp_path: Path) -> None:
         assert "table" not in message and len(message["readings"]) == 3
     finally:
         rt.store.close()
+
+
+def test_a_complete_cycle_is_formed_in_the_same_turn_not_at_the_next_tick(
+        tmp_path: Path) -> None:
+    """The last meter's reading completes the cycle: the loop turn that handles it forms
+    the table (start-up to the first reading on the broker is one bus cycle, not a
+    cycle plus up to a tick)."""
+    clock = SimClock(T0)
+    rt = runtime(table_config(tmp_path), clock)
+    try:
+        rt.step(status_file=False)  # the first tick is behind us
+        for meter, wh in (("M1", 100), ("M2", 200)):
+            rt.inbox.put(ReadingTaken(meter, Reading(meter, T0, {"import_wh": wh})))
+        rt.step(status_file=False)
+        assert formed(rt) == []  # M3 is due: no tick is due either
+        rt.inbox.put(ReadingTaken("M3", Reading("M3", T0, {"import_wh": 300})))
+        rt.step(status_file=False)  # still no tick due (SimClock has not moved)
+        [message] = formed(rt)
+        assert [m for m, _, _ in table.decode_table(message)] == ["M1", "M2", "M3"]
+    finally:
+        rt.store.close()
