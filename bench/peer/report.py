@@ -267,7 +267,8 @@ def _footprint(r: Results) -> list[str]:
         "The agent's package by folder: " + ", ".join(
             f"`{k}` {v / 1e6:.2f} MB" for k, v in sorted(fa.package_parts.items(),
                                                        key=lambda kv: -kv[1])[:3])
-        + " (the wheel ships `sim/` beside `agent/`).",
+        + (" (the wheel ships `sim/` beside `agent/`)." if "sim" in fa.package_parts
+           else " (the wheel ships `agent/` alone: the simulator stays in the source tree)."),
         "",
         f"Agent's runtime dependencies: {', '.join(fa.deps)}.",
         "",
