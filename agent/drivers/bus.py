@@ -14,7 +14,9 @@ same schedule with its own execute (``sim/neighbourhood/simbus.py``).
 Bounds (and what happens at them), besides the schedule's:
 - ``REOPEN_MIN_S`` .. ``REOPEN_MAX_S``: a port that failed is opened again after
   this back-off, doubling; every meter is reported offline once meanwhile.
-- ``RELAY_TRIES`` (driver.py) attempts to switch and read back a relay.
+- ``RELAY_TRIES`` (``agent/relay/base.py``) attempts to switch and read back a relay:
+  a ``Switch`` runs through ``switch_and_confirm`` with the relay's backend
+  (``relay/meter.py``, ``relay/modbus_coil.py``).
 - ``DISCOVERY_TIMEOUT_S`` a discovery probe's answer allowance.
 - The thread waits at most 1 s at a time when idle, so its heartbeat (``beat_s``)
   stays fresh for the supervisor.
@@ -42,21 +44,16 @@ from agent.drivers.actions import (
     ScanStep,
     Switch,
 )
-from agent.drivers.driver import (
-    EventDriver,
-    MeterDriver,
-    available,
-    make_driver,
-    switch_coil,
-    switch_meter_relay,
-)
+from agent.drivers.driver import EventDriver, MeterDriver, available, make_driver
 from agent.drivers.events import BusEvent
 from agent.drivers.modbus.client import ModbusClient
-from agent.drivers.modbus.device import ModbusCoilRelay
 from agent.drivers.scan import SCAN_TIMEOUT_S, probe_once
 from agent.drivers.schedule import BusSchedule, MeterStats
 from agent.drivers.transport import SerialTransport, Transport, frame_time_s
-from agent.errors import DriverError, PortError
+from agent.errors import DriverError, PortError, RelayError
+from agent.relay.base import Relay, switch_and_confirm
+from agent.relay.meter import meter_relay
+from agent.relay.modbus_coil import ModbusCoilRelay
 from agent.supervisor import guarded
 
 log = logging.getLogger("agent.bus")
@@ -310,14 +307,21 @@ class BusScheduler(threading.Thread):
     def _switch(self, action: Switch) -> tuple[str, str]:
         """(state, "") or ("", error); raises a DriverError the schedule must know of (the
         port, a meter's security, no driver for it)."""
+        try:
+            return switch_and_confirm(self._relay(action), action.connected), ""
+        except RelayError as exc:
+            return "", str(exc)
+
+    def _relay(self, action: Switch) -> Relay:
+        """The backend of the relay ``action`` switches; RelayError if it has none here."""
         cfg, kind = action.meter, action.kind
         if cfg is not None and kind == "meter":
-            return switch_meter_relay(self._driver(cfg), action.connected, self.bus.timeout_s)
+            return meter_relay(self._driver(cfg), cfg.id, timeout_s=self.bus.timeout_s)
         if cfg is not None and kind == "modbus-coil" and self.client is not None:
             assert cfg.relay_spec.unit is not None and cfg.relay_spec.coil is not None
-            relay = ModbusCoilRelay(self.client, cfg.relay_spec.unit, cfg.relay_spec.coil)
-            return switch_coil(relay, action.connected, self.bus.timeout_s)
-        return "", f"relay kind {kind!r} is not switchable on this bus"
+            return ModbusCoilRelay(self.client, cfg.relay_spec.unit, cfg.relay_spec.coil,
+                                   timeout_s=self.bus.timeout_s)
+        raise RelayError(f"relay kind {kind!r} is not switchable on this bus")
 
 
 def post_to_queue(inbox: queue.Queue[Any]) -> Callable[[BusEvent], None]:

@@ -11,7 +11,9 @@ calls it, one call at a time, and a call returns or raises a ``DriverError``
 (``ChecksumError``, ``ProtocolError``, ``TimeoutError_``, ``DeviceException``).
 ``timeout_s`` is what the meter may take to start answering; each driver adds
 its own frames' line time. Relay and event support are separate protocols,
-checked with ``isinstance``, because most Modbus and IEC meters have neither.
+checked with ``isinstance``, because most Modbus and IEC meters have neither. A
+``RelayDriver`` is switched as a ``Relay`` through ``agent.relay.meter``; the try
+count is ``agent.relay.base``'s.
 
 Protocols and their devices:
     modbus        ModbusMeter (agent.drivers.modbus.device), register map by model
@@ -24,10 +26,10 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from agent.drivers.reading import Reading
-from agent.errors import DriverError, PortError, SecurityError
+from agent.errors import DriverError
 from agent.vocab import PROTOCOLS, TAMPER_KINDS
 
 if TYPE_CHECKING:
@@ -37,9 +39,6 @@ if TYPE_CHECKING:
     from agent.config import MeterConfig
     from agent.drivers.modbus.client import ModbusClient
     from agent.drivers.transport import Transport
-
-RELAY_TRIES: Final = 3  # switch + read back; then RelaySwitched carries the last error
-
 
 @dataclass(frozen=True, slots=True)
 class MeterEvent:
@@ -73,14 +72,6 @@ class RelayDriver(Protocol):
     def relay_state(self, *, timeout_s: float | None = None) -> str:
         """"closed" (supply on), "open" (off) or "armed" (ready for reconnection)."""
         ...
-
-
-class CoilRelay(Protocol):
-    """A relay module's coil (``ModbusCoilRelay``; the simulation has its own)."""
-
-    def set_connected(self, connected: bool, *, timeout_s: float | None = None) -> None: ...
-
-    def read_connected(self, *, timeout_s: float | None = None) -> bool: ...
 
 
 @runtime_checkable
@@ -163,49 +154,3 @@ def probe(protocol: str, transport: Transport, address: int, *, timeout_s: float
                                                  clock=clock)
         return found
     raise DriverError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
-
-
-def switch_meter_relay(
-    driver: MeterDriver | None, connected: bool, timeout_s: float
-) -> tuple[str, str]:
-    """Switch a meter's own breaker and read it back: (state, "") or ("", error).
-
-    For a connect request "armed" (ready for reconnection: the consumer closes the
-    breaker on the meter) is all the meter will do remotely, so it counts as done.
-    """
-    if not isinstance(driver, RelayDriver):
-        return "", "this meter's driver has no relay (relay kind 'meter')"
-    error = ""
-    for _ in range(RELAY_TRIES):
-        try:
-            driver.relay_set(connected, timeout_s=timeout_s)
-            state = driver.relay_state(timeout_s=timeout_s)
-        except (PortError, SecurityError):
-            raise  # no retry: the port is gone (the bus reopens it), or the meter is not
-            # who it should be, or the keys are wrong (the bus reports it, switches nothing)
-        except DriverError as exc:
-            error = str(exc)
-            continue
-        if (state in ("closed", "armed")) if connected else state == "open":
-            return state, ""
-        error = f"read back {state}"
-    return "", error
-
-
-def switch_coil(relay: CoilRelay, connected: bool, timeout_s: float) -> tuple[str, str]:
-    """Switch a Modbus relay module's coil and read it back: (state, "") or ("", error)."""
-    error = ""
-    for _ in range(RELAY_TRIES):
-        try:
-            relay.set_connected(connected, timeout_s=timeout_s)
-            actual = relay.read_connected(timeout_s=timeout_s)
-        except (PortError, SecurityError):
-            raise  # no retry: the port is gone (the bus reopens it), or the meter is not
-            # who it should be, or the keys are wrong (the bus reports it, switches nothing)
-        except DriverError as exc:
-            error = str(exc)
-            continue
-        if actual == connected:
-            return ("closed" if actual else "open"), ""
-        error = f"read back {'connected' if actual else 'disconnected'}"
-    return "", error
