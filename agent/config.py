@@ -27,10 +27,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agent.config_reader import ID_RE, Errors, Table
 from agent.drivers.models import models_for
+from agent.drivers.protocol import REGISTRY
 from agent.errors import ConfigError
 from agent.ledger.policy import Policy, parse_protected_hours
 from agent.ledger.tariff import Slab, Tariff, TodWindow
-from agent.vocab import PROTOCOLS
 
 DEFAULT_CONFIG = "board_configs/sim.toml"
 
@@ -337,7 +337,7 @@ def _read_buses(root: Table) -> tuple[BusConfig, ...]:
                 port=t.get("port", str, "", required=True),
                 baudrate=t.get("baudrate", int, 9600, check=_range(300, 921600)),
                 parity=t.get("parity", str, "N", check=_one_of(("N", "E", "O"))),
-                protocol=t.get("protocol", str, "modbus", check=_one_of(PROTOCOLS)),
+                protocol=t.get("protocol", str, "modbus", check=_one_of(tuple(REGISTRY))),
                 poll_interval_s=float(
                     t.get("poll_interval_s", (int, float), 15, check=_range(0, 86400))
                 ),
@@ -374,11 +374,14 @@ def _read_meter(t: Table, buses: tuple[BusConfig, ...]) -> MeterConfig:
         security=t.get("security", str, None, check=_one_of(("none", "lls", "hls-gmac"))),
     )
     protocol = {b.name: b.protocol for b in buses}.get(m.bus)
+    proto = REGISTRY.get(protocol) if protocol is not None else None
     for key, value in (("password_file", m.password_file), ("client", m.client),
                        ("system_title", m.system_title), ("ek_file", m.ek_file),
                        ("ak_file", m.ak_file), ("security", m.security)):
-        if value is not None and protocol not in (None, "dlms"):
-            t.errors.add(t.key(key), f"is for DLMS meters; bus {m.bus!r} speaks {protocol}")
+        if value is not None and protocol is not None and (
+                proto is None or key not in proto.meter_keys):
+            owners = " or ".join(p.title for p in REGISTRY.values() if key in p.meter_keys)
+            t.errors.add(t.key(key), f"is for {owners} meters; bus {m.bus!r} speaks {protocol}")
     if (m.ek_file is None) != (m.ak_file is None):
         missing = "ak_file" if m.ak_file is None else "ek_file"
         t.errors.add(t.key(missing), "ek_file and ak_file go together (HLS needs both)")
@@ -394,14 +397,16 @@ def _read_meter(t: Table, buses: tuple[BusConfig, ...]) -> MeterConfig:
         if m.model not in models:
             t.errors.add(t.key("model"), f"unknown model {m.model!r} for a {protocol} bus "
                          f"(known: {', '.join(models) or 'none'})")
-    if spec.kind == "modbus-coil" and spec.bus is None and protocol not in (None, "modbus"):
+    if spec.kind == "modbus-coil" and spec.bus is None and protocol is not None and (
+            proto is None or not proto.coil_modules):
         t.errors.add(t.key("relay"), f"bus {m.bus!r} speaks {protocol}: a modbus-coil relay "
                      "names the Modbus bus of its module (modbus-coil:<bus>:<unit>:<coil>)")
     elif spec.bus is not None:
         relay_protocol = {b.name: b.protocol for b in buses}.get(spec.bus)
+        module_bus = REGISTRY.get(relay_protocol) if relay_protocol is not None else None
         if relay_protocol is None:
             t.errors.add(t.key("relay"), f"no [[bus]] named {spec.bus!r}")
-        elif relay_protocol != "modbus":
+        elif module_bus is None or not module_bus.coil_modules:
             t.errors.add(t.key("relay"), f"bus {spec.bus!r} speaks {relay_protocol}: a "
                          "modbus-coil relay module needs a modbus bus")
     t.finish()

@@ -98,7 +98,6 @@ READINGS_PER_TX = 256  # consecutive readings charged in one transaction (one fs
 TICK_S = 1.0
 STATUS_EVERY_S = 1.0
 SEEN_CLEANUP_EVERY_S = 3600.0
-RELAY_RETRY_S = 10.0
 
 
 def read_keys(cfg: Config) -> tuple[bytes, bytes]:
@@ -248,8 +247,6 @@ class Runtime:
         self._cycle_news = False  # a reading since the cycle was last looked at
         self.cycle = (PollCycle(self._poll_intervals(provisioned), outbox.TABLE_LINGER_S)
                       if cfg.mqtt.live_readings == "table" else None)
-        # meter -> (when a switch was asked, the state asked: connected?)
-        self.relay_pending: dict[str, tuple[float, bool]] = {}
         self.scans: dict[str, ControlRequest] = {}  # scan ref -> the CLI request waiting
         self._on_bus_event = self._bus_handlers()
         self._control_ops: dict[str, Callable[[ControlRequest, int], None]] = {
@@ -537,9 +534,6 @@ class Runtime:
                                     detail={"error": error} if error else {})
 
     def _on_relay_switched(self, event: RelaySwitched, now: int) -> None:
-        asked = self.relay_pending.get(event.meter)
-        if asked is not None and event.connected in (None, asked[1]):
-            del self.relay_pending[event.meter]  # the answer to the switch in flight
         self.ledger.actuation.relay_result(event.meter, event.connected, event.error, now,
                                            state=event.state or None)
 
@@ -698,21 +692,19 @@ class Runtime:
         return relays
 
     def _sync_relays(self) -> None:
+        """Each relay that differs from its intent, past its back-off (``actuation``: the
+        only retry across time), is switched: a GPIO line here, any other by its bus.
+        Asked at every turn until it reads back its intent: a bus that has the same
+        switch queued or running takes no second one (``BusSchedule.switch_relay``), and
+        one that refuses (full) is asked again at the next turn."""
         now = int(self.clock.time_s())
         jobs = self.ledger.actuation.jobs(now)
         if self.gpio_relays:
             sync(self.gpio_relays, jobs, lambda m, c, e, st: self.ledger.actuation.relay_result(
                 m, c, e, now, state=st))
-        mono = self.clock.monotonic_s()
         for meter_id, connected in jobs:
-            if meter_id in self.gpio_relays:
-                continue
-            asked = self.relay_pending.get(meter_id)
-            if asked is not None and asked[1] == connected and mono - asked[0] < RELAY_RETRY_S:
-                continue  # this very switch is in flight; a changed intent goes out at once
-            meter = self.meters[meter_id]
-            if self.buses[relay_bus(meter)].switch_relay(meter_id, connected):
-                self.relay_pending[meter_id] = (mono, connected)
+            if meter_id not in self.gpio_relays:
+                self.buses[relay_bus(self.meters[meter_id])].switch_relay(meter_id, connected)
 
     # -- status for the CLI, the demo and the local page -------------------------
     def health(self) -> dict[str, Any]:

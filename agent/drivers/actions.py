@@ -14,7 +14,7 @@ returns them; ``bus.BusScheduler`` and the simulation's ``SimBus`` execute them)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from agent.config import MeterConfig
@@ -50,11 +50,13 @@ class ReadEvents:
 @dataclass(frozen=True, slots=True)
 class Switch:
     """Switch the relay of ``meter_id`` and read it back: the result is (state, error),
-    state "" on a failure; ``meter`` None: not known on this bus."""
+    state "" on a failure; ``meter`` None: not known on this bus. ``job``: the
+    schedule's number of the switch job it runs."""
 
     meter_id: str
     meter: MeterConfig | None
     connected: bool
+    job: int = field(default=0, compare=False)
 
     @property
     def kind(self) -> str:

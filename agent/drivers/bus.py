@@ -7,14 +7,18 @@ thread loops: ask the schedule for the next action at the clock's ``now``, execu
 it (the only I/O), hand the result back, post the typed events (``events.py``)
 it returns into the runtime's inbox. It runs one action at a time, so there are
 never two frames in flight, whatever the protocol: Modbus devices share one
-``ModbusClient``, IEC 62056-21 and DLMS drivers share the bus's transport
-(``driver.py``). The thread never touches the store. The simulation drives the
-same schedule with its own execute (``sim/neighbourhood/simbus.py``).
+``ModbusClient``, IEC 62056-21 and DLMS drivers share the bus's transport. What it
+knows of its protocol (the line's data bits, the shared client, the driver, the
+probe and its cost) it asks the protocol's ``ProtocolSpec`` (``protocol.py``). The
+thread never touches the store. The simulation drives the same schedule with its
+own execute (``sim/neighbourhood/simbus.py``).
 
 Bounds (and what happens at them), besides the schedule's:
 - ``REOPEN_MIN_S`` .. ``REOPEN_MAX_S``: a port that failed is opened again after
   this back-off, doubling; every meter is reported offline once meanwhile.
-- ``RELAY_TRIES`` (driver.py) attempts to switch and read back a relay.
+- ``RELAY_TRIES`` (``agent/relay/base.py``) attempts to switch and read back a relay:
+  a ``Switch`` runs through ``switch_and_confirm`` with the relay's backend
+  (``relay/meter.py``, ``relay/modbus_coil.py``).
 - ``DISCOVERY_TIMEOUT_S`` a discovery probe's answer allowance.
 - The thread waits at most 1 s at a time when idle, so its heartbeat (``beat_s``)
   stays fresh for the supervisor.
@@ -42,21 +46,17 @@ from agent.drivers.actions import (
     ScanStep,
     Switch,
 )
-from agent.drivers.driver import (
-    EventDriver,
-    MeterDriver,
-    available,
-    make_driver,
-    switch_coil,
-    switch_meter_relay,
-)
+from agent.drivers.driver import EventDriver, MeterDriver
 from agent.drivers.events import BusEvent
 from agent.drivers.modbus.client import ModbusClient
-from agent.drivers.modbus.device import ModbusCoilRelay
+from agent.drivers.protocol import protocol_spec
 from agent.drivers.scan import SCAN_TIMEOUT_S, probe_once
 from agent.drivers.schedule import BusSchedule, MeterStats
-from agent.drivers.transport import SerialTransport, Transport, frame_time_s
-from agent.errors import DriverError, PortError
+from agent.drivers.transport import SerialTransport, Transport
+from agent.errors import DriverError, PortError, RelayError
+from agent.relay.base import Relay, switch_and_confirm
+from agent.relay.meter import meter_relay
+from agent.relay.modbus_coil import ModbusCoilRelay
 from agent.supervisor import guarded
 
 log = logging.getLogger("agent.bus")
@@ -68,17 +68,15 @@ DISCOVERY_TIMEOUT_S = 0.1  # discovery's answer allowance; a scan may give more
 
 
 def default_transport(bus: BusConfig) -> Transport:
-    # IEC 62056-21 lines are 7E1 (6.2 of the standard); the config's parity is kept.
-    bytesize = 7 if bus.protocol == "iec62056-21" else 8
+    """The bus's serial port: the protocol's data bits (IEC 62056-21 is 7E1), the
+    config's parity."""
     return SerialTransport(bus.port, baudrate=bus.baudrate, parity=bus.parity,
-                           bytesize=bytesize)
+                           bytesize=protocol_spec(bus.protocol).bytesize)
 
 
 def probe_cost_s(bus: BusConfig) -> float:
     """About what one discovery probe holds the bus (an absent address: a timeout)."""
-    if bus.protocol == "iec62056-21":
-        return DISCOVERY_TIMEOUT_S + frame_time_s(8, 300)  # the sign-on at 300 baud
-    return DISCOVERY_TIMEOUT_S + frame_time_s(8 + 9, bus.baudrate) + 0.01
+    return protocol_spec(bus.protocol).probe_cost_s(bus.baudrate, DISCOVERY_TIMEOUT_S)
 
 
 class BusScheduler(threading.Thread):
@@ -99,6 +97,7 @@ class BusScheduler(threading.Thread):
         (``modbus-coil:<bus>:<unit>:<coil>``): this bus switches them, never reads them."""
         super().__init__(name=f"bus-{bus.name}", daemon=True)
         self.bus = bus
+        self.spec = protocol_spec(bus.protocol)
         # DLMS HLS: invocation counters under data_dir/dlms (None: in memory, a warning),
         # and the gateway's system title ([gateway] system_title).
         self.data_dir = data_dir
@@ -243,10 +242,9 @@ class BusScheduler(threading.Thread):
             return False
         self.port_error = ""
         self._reopen_s = REOPEN_MIN_S
-        if self.bus.protocol == "modbus":
-            self.client = ModbusClient(self.transport, clock=self.clock)
+        self.client = self.spec.client(self.transport, self.clock)
         discovery = self.schedule.discovery
-        if discovery.enabled and not available(self.bus.protocol):
+        if discovery.enabled and not self.spec.available:
             discovery.enabled = False
             log.warning("event=discovery_off bus=%s reason=no %s driver", self.bus.name,
                         self.bus.protocol)
@@ -290,9 +288,9 @@ class BusScheduler(threading.Thread):
         known = self._drivers.get(cfg.id)
         if known is not None and known[0] == cfg:
             return known[1]
-        driver = make_driver(self.bus.protocol, self.transport, cfg, client=self.client,
-                             clock=self.clock, data_dir=self.data_dir,
-                             system_title=self.system_title)
+        driver = self.spec.make_driver(self.transport, cfg, client=self.client,
+                                       clock=self.clock, data_dir=self.data_dir,
+                                       system_title=self.system_title)
         self._drivers[cfg.id] = (cfg, driver)
         return driver
 
@@ -310,14 +308,21 @@ class BusScheduler(threading.Thread):
     def _switch(self, action: Switch) -> tuple[str, str]:
         """(state, "") or ("", error); raises a DriverError the schedule must know of (the
         port, a meter's security, no driver for it)."""
+        try:
+            return switch_and_confirm(self._relay(action), action.connected), ""
+        except RelayError as exc:
+            return "", str(exc)
+
+    def _relay(self, action: Switch) -> Relay:
+        """The backend of the relay ``action`` switches; RelayError if it has none here."""
         cfg, kind = action.meter, action.kind
         if cfg is not None and kind == "meter":
-            return switch_meter_relay(self._driver(cfg), action.connected, self.bus.timeout_s)
+            return meter_relay(self._driver(cfg), cfg.id, timeout_s=self.bus.timeout_s)
         if cfg is not None and kind == "modbus-coil" and self.client is not None:
             assert cfg.relay_spec.unit is not None and cfg.relay_spec.coil is not None
-            relay = ModbusCoilRelay(self.client, cfg.relay_spec.unit, cfg.relay_spec.coil)
-            return switch_coil(relay, action.connected, self.bus.timeout_s)
-        return "", f"relay kind {kind!r} is not switchable on this bus"
+            return ModbusCoilRelay(self.client, cfg.relay_spec.unit, cfg.relay_spec.coil,
+                                   timeout_s=self.bus.timeout_s)
+        raise RelayError(f"relay kind {kind!r} is not switchable on this bus")
 
 
 def post_to_queue(inbox: queue.Queue[Any]) -> Callable[[BusEvent], None]:

@@ -18,7 +18,8 @@ ratings (docs/meters.md says why these values):
   dlms-is15959   1 phase x 60 A (IS 13779 whole-current 10-60 A); energy is a
                  double-long-unsigned in Wh, so it rolls over at 2**32 Wh
 
-A leaf: it imports the Modbus maps and nothing above the drivers.
+A leaf, as ``protocol.py`` is: it imports the Modbus maps and nothing above the
+drivers, so config imports it without a cycle.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ with no agent running): it probes each address in turn through the
 protocol's ``probe`` (a Modbus serial-register read with a short timeout, an
 IEC 62056-21 sign-on and readout, a DLMS association) and returns what
 answered. With the agent running, the same probing goes through the bus
-scheduler (``BusScheduler.scan``), because one bus has one master.
+scheduler (``BusScheduler.scan``), because one bus has one master. The probe is the
+protocol's (``protocol.ProtocolSpec.probe``).
 
 ``ScanJob`` and ``Discovery`` hold the bookkeeping the scheduler needs, with
 no I/O: which address is next, what was found, what was already reported.
@@ -23,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from agent.drivers.driver import probe
+from agent.drivers.protocol import protocol_spec
 from agent.errors import DriverError, PortError
 
 if TYPE_CHECKING:
@@ -59,10 +60,11 @@ def probe_once(
     clock: Clock | None = None,
 ) -> tuple[Found | None, str]:
     """(Found or None, error): ``PROBE_TRIES`` attempts while the answer is garbled."""
+    spec = protocol_spec(protocol)
     error = ""
     for _ in range(PROBE_TRIES):
         try:
-            serial = probe(protocol, transport, address, timeout_s=timeout_s, clock=clock)
+            serial = spec.probe(transport, address, timeout_s=timeout_s, clock=clock)
         except PortError:
             raise  # the port is gone, not the meter: the bus reopens it
         except DriverError as exc:

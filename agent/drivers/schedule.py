@@ -14,7 +14,8 @@ What runs next, in order:
   0. the continuation of the last action: a retry of a poll or read, or the read of
      a meter's event log after its poll (``resume``), so nothing comes between;
   1. relay switching (``switch_relay``), then on-demand reads (``read_now``), in
-     submission order within each;
+     submission order within each; a switch asked again while the meter's last one
+     (asking the same) is queued or running is that one, not a second job;
   2. routine polls by due time (ties in the order the meters were configured),
      alternating with the steps of a ``scan`` (one address per step) so a scan
      neither starves nor stalls the polls;
@@ -161,6 +162,9 @@ class BusSchedule:
         self.stats: dict[str, MeterStats] = {}
         self._due: dict[str, float] = {}
         self._jobs: list[BusJob] = []
+        # meter -> (job number, connect?) of its last switch job, from submission until
+        # its outcome: asked again, the same switch is not queued twice
+        self._switching: dict[str, tuple[int, bool]] = {}
         self._order = itertools.count()
         self._resume: Action | None = None
         self._seen_events: dict[str, OrderedDict[tuple[int, int], None]] = {}
@@ -182,8 +186,23 @@ class BusSchedule:
             self.stats.setdefault(m.id, MeterStats())
 
     def switch_relay(self, meter_id: str, connected: bool) -> bool:
-        """Queue a switch; False at ``MAX_JOBS`` (the caller asks again later)."""
-        return self._submit(BusJob(_RELAY, next(self._order), meter_id, connected))
+        """Queue a switch; False at ``MAX_JOBS`` (the caller asks again later). True with
+        no new job while the meter's last switch asks the same and has no outcome yet
+        (the runtime asks at every turn until the relay reads back its intent); a
+        changed intent is queued at once, behind it."""
+        if self.switching(meter_id) == connected:
+            return True
+        job = BusJob(_RELAY, next(self._order), meter_id, connected)
+        if not self._submit(job):
+            return False
+        self._switching[meter_id] = (job.order, connected)
+        return True
+
+    def switching(self, meter_id: str) -> bool | None:
+        """What the meter's last switch job asks (connect?) while it is queued or running;
+        None when it has none."""
+        last = self._switching.get(meter_id)
+        return None if last is None else last[1]
 
     def read_now(self, meter_id: str, ref: str) -> bool:
         """Queue a read for a command; False at ``MAX_JOBS``."""
@@ -263,7 +282,7 @@ class BusSchedule:
         job = heapq.heappop(self._jobs)
         if job.priority == _RELAY:
             cfg = self.meters.get(job.meter) or self.relayed.get(job.meter)
-            return Switch(job.meter, cfg, job.connected)
+            return Switch(job.meter, cfg, job.connected, job.order)
         return Read(job.meter, self.meters.get(job.meter), job.ref, 1)
 
     def poll(self, meter_id: str) -> Poll:
@@ -425,6 +444,8 @@ class BusSchedule:
 
     def _switched(self, action: Switch, result: Any, events: list[BusEvent]) -> None:
         meter_id = action.meter_id
+        if self._switching.get(meter_id, (None,))[0] == action.job:
+            del self._switching[meter_id]  # its last switch is answered: a new ask is new
         if isinstance(result, PortError):  # answered as a failed switch: actuation backs off
             events.append(RelaySwitched(meter_id, None, "", str(result)))
             return

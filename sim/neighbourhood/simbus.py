@@ -39,13 +39,15 @@ from typing import Any, Final
 from agent.clock import Clock
 from agent.config import BusConfig, MeterConfig
 from agent.drivers.actions import Action, NotAttempted, Poll, Read, ReadEvents, Switch
-from agent.drivers.driver import MeterEvent, switch_coil
+from agent.drivers.driver import MeterEvent
 from agent.drivers.events import BusEvent
 from agent.drivers.modbus.client import ModbusClient
-from agent.drivers.modbus.device import ModbusCoilRelay, ModbusMeter
+from agent.drivers.modbus.device import ModbusMeter
 from agent.drivers.reading import Reading
 from agent.drivers.schedule import BusSchedule, MeterStats
-from agent.errors import ChecksumError, DriverError, TimeoutError_
+from agent.errors import ChecksumError, DriverError, RelayError, TimeoutError_
+from agent.relay.base import Relay, switch_and_confirm
+from agent.relay.modbus_coil import ModbusCoilRelay
 from sim.neighbourhood.simline import CoilModule, Field, MemLine, SdmDevice, Timing, instant
 from sim.neighbourhood.world import register_wh
 
@@ -72,11 +74,12 @@ class _SerialCache:
 
 
 class _DirectCoil:
-    """A coil module's relay for direct mode, as ``switch_coil`` drives a
-    ``ModbusCoilRelay``: each frame moves the clock by its line time; the world's
-    coil follows when the read-back is answered (as this bus always applied it)."""
+    """A coil module's relay for direct mode, a ``Relay`` as ``ModbusCoilRelay`` is:
+    each frame moves the clock by its line time; the world's coil follows when the
+    read-back is answered (as this bus always applied it)."""
 
     def __init__(self, bus: SimBus, meter_id: str) -> None:
+        self.name = f"sim-coil:{meter_id}"
         self.bus, self.meter_id = bus, meter_id
         self._asked: bool | None = None
 
@@ -85,18 +88,21 @@ class _DirectCoil:
         field.advance_us(timing.request_us(request_bytes))
         field.advance_us(timing.answer_us(answer_bytes))
 
-    def set_connected(self, connected: bool, *, timeout_s: float | None = None) -> None:
+    def switch(self, connect: bool) -> None:
         self._frame(*_COIL_WRITE)
-        self._asked = connected
+        self._asked = connect
 
-    def read_connected(self, *, timeout_s: float | None = None) -> bool:
+    def read(self) -> str:
         self._frame(*_COIL_READ)
         field = self.bus.field
         if self._asked is not None:
             field.coil_set(self.meter_id, self._asked)
             self._asked = None
         hh = field.household(self.meter_id)
-        return hh is not None and hh.connected
+        return "closed" if hh is not None and hh.connected else "open"
+
+    def close(self) -> None:
+        pass
 
 
 class SimBus:
@@ -163,6 +169,8 @@ class SimBus:
         pass
 
     def switch_relay(self, meter_id: str, connected: bool) -> bool:
+        if self.schedule.switching(meter_id) == connected:
+            return True  # that very switch is on its way: not asked for again
         self.on_switch(meter_id, connected)
         return self.schedule.switch_relay(meter_id, connected)
 
@@ -243,16 +251,22 @@ class SimBus:
         return reading
 
     def _switch(self, action: Switch) -> tuple[str, str]:
+        """As ``bus.BusScheduler._switch``: the relay's backend through
+        ``switch_and_confirm``; the simulated neighbourhood has coil modules only."""
         spec = action.meter.relay_spec if action.meter is not None else None
         if spec is None or spec.kind != "modbus-coil" or spec.unit is None or spec.coil is None:
             return "", f"relay kind {action.kind!r} is not switchable on this bus"
-        relay: ModbusCoilRelay | _DirectCoil
+        relay: Relay
         if self.mode == "codec":
             assert self.client is not None
-            relay = ModbusCoilRelay(self.client, spec.unit, spec.coil)
+            relay = ModbusCoilRelay(self.client, spec.unit, spec.coil,
+                                    timeout_s=self.bus.timeout_s)
         else:
             relay = _DirectCoil(self, action.meter_id)
-        return switch_coil(relay, action.connected, self.bus.timeout_s)
+        try:
+            return switch_and_confirm(relay, action.connected), ""
+        except RelayError as exc:
+            return "", str(exc)
 
     def _direct_read(self, meter_id: str, st: _SerialCache) -> Reading:
         """What the codec path does, frame by frame, with the same clock moves; each

@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from agent.clock import SimClock
 from agent.config import BusConfig, MeterConfig, parse_relay
 from agent.drivers.bus import BusScheduler
-from agent.drivers.driver import MeterDriver, MeterEvent, make_driver
+from agent.drivers.driver import MeterDriver, MeterEvent
 from agent.drivers.events import (
     BusEvent,
     MeterDiscovered,
@@ -25,7 +23,7 @@ from agent.drivers.events import (
 from agent.drivers.reading import Reading
 from agent.drivers.scan import Found, scan_bus
 from agent.drivers.schedule import EVENTS_EVERY, OFFLINE_AFTER, QUARANTINE_MAX_S, QUARANTINE_MIN_S
-from agent.errors import DriverError, TimeoutError_
+from agent.errors import TimeoutError_
 from sim.modbus_device import SimCoilModule, SimDevice, SimSDM120
 from tests.drivers.simbus import SimBusTransport
 
@@ -233,15 +231,6 @@ def test_scan_bus_without_the_agent() -> None:
                      progress=lambda a, _f: seen.append(a), clock=clock)
     assert found == [Found(2, "modbus", "20000002"), Found(9, "modbus", "20000009")]
     assert seen == list(range(1, 11))
-
-
-def test_make_driver_knows_its_protocols(tmp_path: Path) -> None:
-    clock = SimClock()
-    transport = SimBusTransport(clock, {})
-    assert type(make_driver("modbus", transport, meter("A", 1))).__name__ == "ModbusMeter"
-    assert type(make_driver("iec62056-21", transport, meter("A", 1))).__name__ == "IecMeter"
-    with pytest.raises(DriverError, match="unknown protocol"):
-        make_driver("mbus", transport, meter("A", 1))
 
 
 def test_the_wire_limit_arithmetic() -> None:

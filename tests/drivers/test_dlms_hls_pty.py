@@ -32,12 +32,14 @@ from agent.drivers.bus import BusScheduler
 from agent.drivers.dlms.device import DlmsMeter
 from agent.drivers.dlms.errors import DlmsSecurityError
 from agent.drivers.dlms.security import key_id
-from agent.drivers.driver import make_driver
 from agent.drivers.events import BusEvent, ReadingTaken, RelaySwitched
+from agent.drivers.protocol import protocol_spec
 from agent.drivers.transport import SerialTransport
 from sim.dlms_meter import SimDlmsMeter
 from tests.drivers.test_dlms_device import association
 from tests.drivers.test_dlms_pty import CONFIG, METER
+
+DLMS = protocol_spec("dlms")
 
 EK = bytes.fromhex("000102030405060708090A0B0C0D0E0F")
 AK = bytes.fromhex("D0D1D2D3D4D5D6D7D8D9DADBDCDDDEDF")
@@ -108,8 +110,8 @@ def test_dlms_cosem_associates_with_hls_gmac_and_operates_the_relay(
     # our driver then sees what dlms-cosem did, through its own HLS association
     transport = SerialTransport(config.buses[0].port, 9600)
     try:
-        meter = make_driver("dlms", transport, config.meters[0], system_title=b"MAGours1",
-                            data_dir=Path(config.gateway.data_dir))
+        meter = DLMS.make_driver(transport, config.meters[0], system_title=b"MAGours1",
+                                 data_dir=Path(config.gateway.data_dir))
         assert isinstance(meter, DlmsMeter)
         assert meter.relay_state() == "open"
         meter.relay_set(True)
@@ -202,7 +204,7 @@ def test_our_driver_with_a_wrong_key_never_switches(
     sim.wrong_key = True
     transport = SerialTransport(config.buses[0].port, 9600)
     try:
-        meter = make_driver("dlms", transport, config.meters[0], system_title=CLIENT_TITLE)
+        meter = DLMS.make_driver(transport, config.meters[0], system_title=CLIENT_TITLE)
         with pytest.raises(DlmsSecurityError) as err:
             meter.relay_set(False)  # type: ignore[attr-defined]
         assert err.value.why == "auth_failed"

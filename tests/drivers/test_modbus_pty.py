@@ -28,7 +28,7 @@ from agent.drivers.modbus.codec import (
     Request,
     Response,
 )
-from agent.drivers.modbus.device import RESPONSE_LATENCY_S, ModbusCoilRelay, ModbusMeter
+from agent.drivers.modbus.device import RESPONSE_LATENCY_S, ModbusMeter
 from agent.drivers.transport import (
     SerialTransport,
     character_time_s,
@@ -36,6 +36,7 @@ from agent.drivers.transport import (
     silent_interval_s,
 )
 from agent.errors import DeviceException, DriverError, TimeoutError_
+from agent.relay.modbus_coil import ModbusCoilRelay
 from sim.modbus_device import SimCoilModule, SimSDM120
 from tests.drivers.simbus import SimBusTransport, board
 
@@ -225,12 +226,12 @@ def test_coil_relay_gates_the_meter() -> None:
     clock, transport, meter, _ = sim_bus()
     client = ModbusClient(transport, clock)
     relay = ModbusCoilRelay(client, 10, 0)
-    assert relay.read_connected() is True
-    relay.set_connected(False)
-    assert relay.read_connected() is False and meter.connected is False
+    assert relay.read() == "closed"
+    relay.switch(False)
+    assert relay.read() == "open" and meter.connected is False
     assert ModbusMeter(client, 1, "eastron-sdm120").read("M1", 0).values["p_w"] == 0
-    relay.set_connected(True)
-    assert relay.read_connected() is True and meter.connected is True
+    relay.switch(True)
+    assert relay.read() == "closed" and meter.connected is True
 
 
 def test_sim_meter_energy_follows_the_profile_and_stops_when_open() -> None:
@@ -327,15 +328,15 @@ def test_pty_read_meter_and_switch_coil(served: tuple[Path, Path]) -> None:
         assert reading.values["import_wh"] == sim["import_wh"]  # frozen time: equal
         assert sim["connected"] is True and reading.serial is not None
         relay = ModbusCoilRelay(client, 10, 0)
-        relay.set_connected(False)
-        assert relay.read_connected() is False
+        relay.switch(False)
+        assert relay.read() == "open"
         wait_for(lambda: read_state(state)["meters"]["M1"]["connected"] is False)
         assert read_state(state)["meters"]["M1"]["p_w"] == 0
         assert read_state(state)["meters"]["M2"]["connected"] is True
         assert ModbusMeter(client, 1, "eastron-sdm120").read("M1", 1).values["p_w"] == 0
         with pytest.raises(TimeoutError_):
             ModbusMeter(client, 7, "eastron-sdm120").read("absent", 0, timeout_s=0.1)
-        relay.set_connected(True)
+        relay.switch(True)
         wait_for(lambda: read_state(state)["meters"]["M1"]["connected"] is True)
     finally:
         transport.close()

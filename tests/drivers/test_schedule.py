@@ -246,6 +246,33 @@ def test_max_jobs_bounds_the_queue_and_a_taken_job_frees_a_place() -> None:
     assert not sched.read_now("A", "again")
 
 
+def test_a_switch_asked_again_before_its_outcome_is_not_queued_twice() -> None:
+    sched = schedule(meter("A", 1, "modbus-coil:10:0"))
+    assert sched.switching("A") is None
+    assert sched.switch_relay("A", False) and sched.switch_relay("A", False)
+    assert sched.switching("A") is False
+    first = sched.next_job()
+    assert isinstance(first, Switch) and sched.next_job() is None  # one job, not two
+    assert sched.switch_relay("A", False) and sched.next_job() is None  # running: the same
+    assert sched.switch_relay("A", True)  # a changed intent is queued at once, behind it
+    assert sched.switching("A") is True
+    sched.outcome(first, ("open", ""), 0.0)  # the first one's outcome: the second stays
+    assert sched.switching("A") is True
+    second = sched.next_job()
+    assert isinstance(second, Switch) and second.connected is True
+    sched.outcome(second, ("", "read back open"), 0.0)
+    assert sched.switching("A") is None
+    assert sched.switch_relay("A", True)  # answered (a failure): asked again, queued again
+    assert isinstance(sched.next_job(), Switch)
+
+
+def test_a_refused_switch_is_not_taken_for_one_on_its_way() -> None:
+    sched = schedule(meter("A", 1), meter("B", 2))
+    assert all(sched.read_now("A", f"r{i}") for i in range(MAX_JOBS))
+    assert not sched.switch_relay("B", False) and sched.switching("B") is None
+    assert not sched.switch_relay("B", False)  # still full: still refused
+
+
 def test_a_read_job_is_retried_and_answers_once() -> None:
     sched = schedule(meter("A", 1))
     sched.read_now("A", "cmd")

@@ -14,9 +14,10 @@ import pytest
 
 from agent.errors import RelayError
 from agent.relay import gpio
-from agent.relay.base import FakeRelay, Relay, switch_and_confirm, sync
+from agent.relay.base import Relay, switch_and_confirm, sync
 from agent.relay.gpio import GpioRelay, load_gpiod
 from tests.ledger.rig import Rig
+from tests.relay.fakes import FakeRelay
 
 
 class Value(enum.Enum):  # gpiod.line.Value
@@ -92,7 +93,7 @@ def test_gpio_stuck_line_and_driver_errors_are_relay_errors() -> None:
     request = gpiod.requests[0]
     assert request.settings[4].active_low is True
     request.stuck = True
-    with pytest.raises(RelayError, match="reads back closed"):
+    with pytest.raises(RelayError, match="read back closed"):
         switch_and_confirm(relay, False)
     relay.close()
     with pytest.raises(RelayError, match="cannot set the line"):
@@ -123,7 +124,7 @@ def test_fake_relay_follows_the_protocol() -> None:
     armed = FakeRelay("dlms", state="armed")
     armed.stuck = True
     assert switch_and_confirm(armed, True) == "armed"  # waiting for the consumer's button
-    with pytest.raises(RelayError, match="reads back armed"):
+    with pytest.raises(RelayError, match="read back armed"):
         switch_and_confirm(armed, False)
 
 

@@ -136,7 +136,7 @@ def test_the_event_log_is_read_at_the_schedules_cadence(mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", ["direct", "codec"])
-def test_relays_are_switched_through_switch_coil(mode: str) -> None:
+def test_relays_are_switched_through_switch_and_confirm(mode: str) -> None:
     bus, field, clock, events = _bus(mode, 60.0)
     assert bus.switch_relay("M1", False)
     bus.service()

@@ -1,7 +1,8 @@
-"""Modbus devices on a bus: an energy meter (by register map) and a coil relay module.
+"""Modbus energy meters on a bus, by register map, and the probe a scan sends.
 
-Both only build requests and interpret answers; the ``ModbusClient`` below
-them does the I/O, the bus scheduler above them decides when.
+They only build requests and interpret answers; the ``ModbusClient`` below them
+does the I/O, the bus scheduler above them decides when. A coil relay module is a
+``Relay`` backend: ``agent/relay/modbus_coil.py`` (it shares ``answer_timeout_s``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ RESPONSE_LATENCY_S: Final = 0.5
 SERIAL_REFRESH_READS: Final = 96
 
 
-def _timeout_s(client: ModbusClient, request: Request, *choices: float | None) -> float:
+def answer_timeout_s(client: ModbusClient, request: Request, *choices: float | None) -> float:
     """The first given allowance (else RESPONSE_LATENCY_S) plus the answer's line time."""
     latency_s = next((c for c in choices if c is not None), RESPONSE_LATENCY_S)
     return latency_s + frame_time_s(response_length(request), client.transport.baudrate)
@@ -71,7 +72,7 @@ class ModbusMeter:
     def _read_block(self, block: ReadBlock, timeout_s: float | None) -> dict[int, int]:
         request = Request(self._unit, block.function, block.address, block.count)
         response = self._client.execute(
-            request, _timeout_s(self._client, request, timeout_s, self._timeout_s)
+            request, answer_timeout_s(self._client, request, timeout_s, self._timeout_s)
         )
         addresses = range(block.address, block.address + block.count)
         return dict(zip(addresses, response.values, strict=True))
@@ -113,34 +114,6 @@ class ModbusMeter:
         return self._serial is None or self._reads_since_serial >= SERIAL_REFRESH_READS
 
 
-class ModbusCoilRelay:
-    """One coil of a Modbus relay module; coil ON means the supply is connected.
-
-    ``timeout_s`` as for ``ModbusMeter``: the answer's line time is added.
-    """
-
-    def __init__(
-        self, client: ModbusClient, unit: int, coil: int, *, timeout_s: float | None = None
-    ) -> None:
-        self._client = client
-        self._unit = unit
-        self._coil = coil
-        self._timeout_s = timeout_s
-
-    def set_connected(self, connected: bool, *, timeout_s: float | None = None) -> None:
-        """Switch the coil (fn 5); the device's echo is checked by the codec."""
-        request = Request(self._unit, 5, self._coil, values=(1 if connected else 0,))
-        self._client.execute(request, _timeout_s(self._client, request, timeout_s, self._timeout_s))
-
-    def read_connected(self, *, timeout_s: float | None = None) -> bool:
-        """Read the coil back (fn 1)."""
-        request = Request(self._unit, 1, self._coil, 1)
-        response = self._client.execute(
-            request, _timeout_s(self._client, request, timeout_s, self._timeout_s)
-        )
-        return response.values[0] == 1
-
-
 def probe(
     transport: Transport, unit: int, *, timeout_s: float, clock: Clock | None = None
 ) -> str | None:
@@ -155,7 +128,7 @@ def probe(
     for block in blocks:
         request = Request(unit, block.function, block.address, block.count)
         try:
-            response = client.execute(request, _timeout_s(client, request, timeout_s))
+            response = client.execute(request, answer_timeout_s(client, request, timeout_s))
         except TimeoutError_:
             return None
         except DeviceException:
