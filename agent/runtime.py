@@ -6,7 +6,8 @@ one bounded inbox. Every loop turn:
 
   1. handle up to ``MAX_EVENTS_PER_TURN`` inbox events (readings, relay
      results, PUBACKs, commands, head-end state, link up/down); consecutive
-     readings share one transaction;
+     readings share one transaction (a reading that wakes the loop waits up to
+     ``READINGS_GATHER_S`` for those polled after it);
   2. once a second: fixed charges and relay re-evaluation, message forming,
      the status file;
   3. make each relay match its durable intent (through its bus);
@@ -23,6 +24,7 @@ running it once.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.util
 import json
@@ -95,6 +97,10 @@ T = TypeVar("T")
 INBOX_MAX = 10_000
 MAX_EVENTS_PER_TURN = 500
 READINGS_PER_TX = 256  # consecutive readings charged in one transaction (one fsync)
+# A reading that wakes the loop waits at most this long for the readings polled after
+# it, so a poll cycle is charged a few transactions at a time, not one commit (and one
+# loop turn) a reading; any other event is handled at once.
+READINGS_GATHER_S = 0.1
 TICK_S = 1.0
 STATUS_EVERY_S = 1.0
 SEEN_CLEANUP_EVERY_S = 3600.0
@@ -245,6 +251,7 @@ class Runtime:
                                  boot=self.boot, status=self.health)
         # [mqtt] live_readings = "table": live readings go one message a poll cycle
         self._cycle_news = False  # a reading since the cycle was last looked at
+        self._carried: collections.deque[Any] = collections.deque()  # see _gather_readings
         self.cycle = (PollCycle(self._poll_intervals(provisioned), outbox.TABLE_LINGER_S)
                       if cfg.mqtt.live_readings == "table" else None)
         self.scans: dict[str, ControlRequest] = {}  # scan ref -> the CLI request waiting
@@ -356,7 +363,10 @@ class Runtime:
                     event = self.inbox.get(timeout=0.05)
                 except queue.Empty:
                     continue
-                self._handle_one(event)
+                if isinstance(event, ReadingTaken):
+                    self._gather_readings(event)
+                else:
+                    self._handle_one(event)
         finally:
             self._shutdown()
 
@@ -450,7 +460,27 @@ class Runtime:
             batch.append(event)
         self._handle_readings(batch)
 
+    def _gather_readings(self, first: ReadingTaken) -> None:
+        """``first`` woke the loop: wait up to READINGS_GATHER_S for the readings the buses
+        post after it (fewer if another kind of event or a full batch arrives), then
+        handle them all in order, a transaction for the readings."""
+        events: list[Any] = [first]
+        deadline = time.monotonic() + READINGS_GATHER_S
+        while len(events) < READINGS_PER_TX and isinstance(events[-1], ReadingTaken):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                events.append(self.inbox.get(timeout=left))
+            except queue.Empty:
+                break
+        self._carried.extend(events)
+        self._drain_inbox()
+
     def _inbox_events(self, limit: int) -> Iterator[Any]:
+        while self._carried and limit > 0:  # taken from the inbox by _gather_readings
+            limit -= 1
+            yield self._carried.popleft()
         for _ in range(limit):
             try:
                 yield self.inbox.get_nowait()

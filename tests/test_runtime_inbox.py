@@ -3,7 +3,10 @@ transaction, everything else is handled on its own, in arrival order, within the
 
 from __future__ import annotations
 
+import collections
 import queue
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
@@ -36,6 +39,8 @@ class _Turn:
     """Runtime's inbox methods over a queue and a store that counts transactions."""
 
     _inbox_events = Runtime._inbox_events
+    _gather_readings = Runtime._gather_readings
+    _drain_inbox = Runtime._drain_inbox
     _handle_readings = Runtime._handle_readings
     _handle_one = Runtime._handle_one
     _contained_tx = Runtime._contained_tx
@@ -43,6 +48,7 @@ class _Turn:
 
     def __init__(self) -> None:
         self.inbox: queue.Queue[Any] = queue.Queue()
+        self._carried: collections.deque[Any] = collections.deque()
         self.store = _Store()
         self.seen: list[tuple[str, int, int]] = []  # (what, in a transaction, which one)
 
@@ -85,3 +91,36 @@ def test_a_turn_takes_at_most_max_events_per_turn(monkeypatch: Any) -> None:
     monkeypatch.setattr(runtime, "MAX_EVENTS_PER_TURN", 4)
     turn = drained([reading(f"M{i}") for i in range(6)])
     assert len(turn.seen) == 4 and turn.inbox.qsize() == 2
+
+
+def test_a_reading_that_wakes_the_loop_waits_for_the_cycle_polled_after_it() -> None:
+    """The loop woken by a reading gathers what the buses post in the next
+    READINGS_GATHER_S (here readings 10 ms apart, as a bus polls them) and charges them
+    in one transaction, not a commit a reading; another kind of event ends the wait."""
+    turn = _Turn()
+
+    def bus() -> None:
+        for i in range(1, 6):
+            time.sleep(0.01)
+            turn.inbox.put(reading(f"M{i}"))
+        turn.inbox.put(MeterOffline("M9", ""))
+        turn.inbox.put(reading("M6"))
+
+    poster = threading.Thread(target=bus)
+    poster.start()
+    started = time.monotonic()
+    Runtime._gather_readings(cast(Runtime, turn), reading("M0"))
+    poster.join()
+    assert time.monotonic() - started < runtime.READINGS_GATHER_S + 0.5
+    readings = [(what, depth, tx) for what, depth, tx in turn.seen if what.startswith("M")]
+    assert readings[:6] == [(f"M{i}", 1, 1) for i in range(6)]  # one transaction
+    assert ("MeterOffline", 0, 1) in turn.seen
+
+
+def test_the_gathering_wait_is_bounded() -> None:
+    turn = _Turn()
+    started = time.monotonic()
+    Runtime._gather_readings(cast(Runtime, turn), reading("M0"))  # nothing follows
+    waited = time.monotonic() - started
+    assert runtime.READINGS_GATHER_S - 0.01 <= waited < runtime.READINGS_GATHER_S + 0.5
+    assert turn.seen == [("M0", 1, 1)]
