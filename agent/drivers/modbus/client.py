@@ -23,8 +23,9 @@ from agent.drivers.modbus.codec import (
     Request,
     Response,
     ResponseReader,
+    response_length,
 )
-from agent.drivers.transport import Transport, silent_interval_s
+from agent.drivers.transport import Transport, frame_time_s, silent_interval_s
 from agent.errors import DeviceException, TimeoutError_
 
 # Inside a frame, a gap this long means the sender stopped: RTU allows 1.5
@@ -66,6 +67,7 @@ class ModbusClient:
         if request.unit == 0:
             raise ValueError("broadcast (unit 0) gets no response; not supported here")
         reader = ResponseReader(request)
+        expected = response_length(request)
         # Bytes still buffered (a late answer to a request that timed out)
         # must not be taken for this request's answer.
         self._transport.reset_input()
@@ -81,6 +83,11 @@ class ModbusClient:
                 # empty read means the sender stopped: tell the reader (a frame
                 # never spans a silence; a bad CRC then is the answer's).
                 listening = reader.in_frame or reader.checksum_failures > 0
+                if reader.in_frame and 0 < expected - reader.bytes_received:
+                    # the rest of the answer cannot be here before its line time: wait
+                    # that long, then take it in one read (not a read a burst)
+                    self._clock.sleep(min(remaining_s, frame_time_s(
+                        expected - reader.bytes_received, self._transport.baudrate)))
                 wait_s = min(remaining_s, self._gap_s) if listening else remaining_s
                 reader.receive_data(self._transport.read(MAX_ADU_BYTES, wait_s))
                 event = reader.next_event()
