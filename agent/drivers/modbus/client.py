@@ -35,6 +35,9 @@ FRAME_GAP_S: Final = 0.05
 # Draining after a bad frame stops at the first quiet FRAME_GAP_S, or after
 # this long in all (a line that never goes quiet is reported by the next request).
 MAX_DRAIN_S: Final = 1.0
+# An answer begun is slept through but for this much of its remaining line time, then
+# read as it arrives (a sleep that wakes late would otherwise delay every answer).
+REST_MARGIN_S: Final = 0.002
 
 EXCEPTION_NAMES: Final = {
     1: "illegal function",
@@ -84,10 +87,13 @@ class ModbusClient:
                 # never spans a silence; a bad CRC then is the answer's).
                 listening = reader.in_frame or reader.checksum_failures > 0
                 if reader.in_frame and 0 < expected - reader.bytes_received:
-                    # the rest of the answer cannot be here before its line time: wait
-                    # that long, then take it in one read (not a read a burst)
-                    self._clock.sleep(min(remaining_s, frame_time_s(
-                        expected - reader.bytes_received, self._transport.baudrate)))
+                    # the rest of the answer cannot be here before its line time: sleep
+                    # most of it, then take the rest in a read or two, not a read a burst
+                    # (the margin keeps a late wake-up from delaying the answer)
+                    rest_s = frame_time_s(expected - reader.bytes_received,
+                                          self._transport.baudrate) - REST_MARGIN_S
+                    if rest_s > 0:
+                        self._clock.sleep(min(remaining_s, rest_s))
                 wait_s = min(remaining_s, self._gap_s) if listening else remaining_s
                 reader.receive_data(self._transport.read(MAX_ADU_BYTES, wait_s))
                 event = reader.next_event()
