@@ -40,7 +40,6 @@ from zoneinfo import ZoneInfo
 
 from agent import __version__
 from agent.alerting import BalanceAlerts
-from agent.buffer import outbox
 from agent.buffer.cycle import PollCycle
 from agent.buffer.disk import DEGRADED, DiskGuard, is_enospc
 from agent.buffer.journal import Journal
@@ -84,6 +83,7 @@ from agent.relay.disconnect import Disconnection, kernel_clock_synchronised
 from agent.sdnotify import Notifier
 from agent.supervisor import Subsystem, Supervisor, contain
 from agent.tariffs import Tariffs
+from agent.uplink import forming
 from agent.uplink.cose import read_hex_key
 from agent.uplink.delivery import Delivery
 from agent.uplink.mqtt import LinkEvent, MqttLink
@@ -218,10 +218,10 @@ class Runtime:
         self.command_key, self.token_key = read_keys(cfg)
         self.inbox: queue.Queue[Any] = queue.Queue(maxsize=INBOX_MAX)
         self.disk = DiskGuard(cfg.gateway.data_dir)
-        self.room = Room(self.disk, self.clock)
+        self.room = Room(self.disk, self.clock, forming.ITEMS)
         self.store, self.boot = self.room.open_store(cfg.gateway.data_dir, Store)
         self.started = int(self.clock.time_s())
-        self.journal = Journal(self.store)
+        self.journal = Journal(self.store, forming.entry_item)
         self.provisioning = Provisioning(self.store, cfg)
         self.meters = self.provisioning.registry  # read by all, replaced by provisioning
         provisioned = tuple(self.meters.values())
@@ -245,7 +245,7 @@ class Runtime:
         self.delivery = Delivery(self.store, self.link, self.clock, gw=cfg.gateway.id,
                                  boot=self.boot, status=self.health)
         # [mqtt] live_readings = "table": live readings go one message a poll cycle
-        self.cycle = (PollCycle(self._poll_intervals(provisioned), outbox.TABLE_LINGER_S)
+        self.cycle = (PollCycle(self._poll_intervals(provisioned), forming.TABLE_LINGER_S)
                       if cfg.mqtt.live_readings == "table" else None)
         # meter -> (when a switch was asked, the state asked: connected?)
         self.relay_pending: dict[str, tuple[float, bool]] = {}
@@ -666,7 +666,7 @@ class Runtime:
         self.ledger.charging.tick(now)
         if self.cycle is not None:
             self._watch_cycle(self.cycle, now)
-        outbox.form_messages(self.store, self.cfg.gateway.id, self.boot, now,
+        forming.form_messages(self.store, self.cfg.gateway.id, self.boot, now,
                              self.link.connected, limits=self.cfg.store, cycle=self.cycle)
         self.delivery.check_stuck()
 

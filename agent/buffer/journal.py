@@ -11,13 +11,12 @@ append-only too (evidence).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple, cast
 
 from agent.buffer.store import LANE_LEDGER, Store
 from agent.errors import LedgerError
-from agent.uplink import cbor
 from agent.vocab import ENTRY_KINDS
 
 SCHEMA = """
@@ -148,12 +147,6 @@ class Entry:
         return {"acct": self.acct, "n": self.n, "t": self.t, "kind": self.kind,
                 "amt": self.amt, "bal": self.bal, "ref": self.ref}
 
-    def item(self) -> bytes:
-        """``cbor.dumps(self.wire())``: the keys written in their RFC 8949 4.2.1 order
-        (shortest first, then bytewise), two a reading, so without the generic walk."""
-        return cbor.dumps_record({"n": self.n, "t": self.t, "amt": self.amt, "bal": self.bal,
-                                  "ref": self.ref, "acct": self.acct, "kind": self.kind})
-
 
 # Account and MeterState are NamedTuples, not frozen dataclasses: the writer's copy in
 # memory is replaced (``_replace``) several times a reading, which costs a frozen
@@ -250,8 +243,12 @@ class Journal:
     Journal (the CLI's, beside a running agent) always asks SQLite. Memory: one row per
     account and per meter, as many as the config has."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store,
+                 entry_item: Callable[[Entry], bytes] | None = None) -> None:
+        """``entry_item``: an entry's bytes in the store (uplink/forming.py's
+        ``entry_item``); a journal that posts needs it, a reader does not."""
         self.store = store
+        self._entry_item = entry_item
         self.conn = store.conn
         self._keep = not store.readonly
         self._accounts: dict[str, Account] | None = None
@@ -363,6 +360,8 @@ class Journal:
         them for the uplink, and set the account ``fields`` (as update_account) too: a
         reading's energy and duty with the month's accrual, in one change of the row."""
         assert self.store._depth, "post() must run inside store.tx()"
+        encode = self._entry_item
+        assert encode is not None, "a journal that posts is given entry_item"
         before = self.account(acct)
         balance, n = before.balance, before.n
         entries = []
@@ -377,7 +376,7 @@ class Journal:
             self.conn.execute(
                 "INSERT INTO journal (acct, n, t, kind, amt, bal, ref) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)", (acct, n, t, kind, amt, balance, ref))
-            self.store.add_pending(LANE_LEDGER, entry.item(), t)
+            self.store.add_pending(LANE_LEDGER, encode(entry), t)
             entries.append(entry)
         if fields:
             self._check_fields(fields)

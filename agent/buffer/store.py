@@ -12,7 +12,7 @@ Tables
   meta      boot counter, next uplink seq, schema version, drop counters
   pending   items (events, ledger entries) not yet in a message, and readings as
             runs: one row holds up to ``RUN_MAX`` consecutive readings of one meter
-            (a CBOR sequence, RFC 8742, of ``outbox.reading_item``s), appended to
+            (a CBOR sequence, RFC 8742, of ``forming.reading_item``s), appended to
             in place until the run is sealed; so a long outage costs one row per
             meter and day, not one per reading, and drains at a few bytes per reading.
             Events and entries added in one transaction are written at its commit as
@@ -41,6 +41,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
 
+from agent.buffer.sequence import meter_of, split_sequence
 from agent.errors import StoreError, StoreFullError
 
 SCHEMA_VERSION = 2
@@ -66,7 +67,7 @@ COUNTERS = ("stripped_readings", "dropped_readings", "dropped_messages")
 RUN_MAX = 96  # readings per run row: a day at 15-minute polls
 _CHUNK = 500  # keys per DELETE ... IN (...): under SQLite's parameter limit
 BATCH_MAX_ITEMS = 256  # events or entries per pending row
-BATCH_MAX_BYTES = 16 * 1024  # and their bytes (a row always fits one message: outbox.py)
+BATCH_MAX_BYTES = 16 * 1024  # and their bytes (a row always fits one message: forming.py)
 
 _TABLES = [
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
@@ -279,16 +280,6 @@ def _configure(path: Path, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
-def _meter_of(item: bytes) -> str:
-    """The meter of a reading item: ``[m, t, ...]`` (schema 1: ``{"m": ...}``)."""
-    import cbor2  # our own bytes; agent.uplink.cbor would import the wire module here
-
-    d = cbor2.loads(item)
-    meter = d["m"] if isinstance(d, dict) else d[0]
-    assert isinstance(meter, str), meter
-    return meter
-
-
 class Store:
     """The single writer. Not thread-safe by design: only the runtime thread uses it."""
 
@@ -342,7 +333,7 @@ class Store:
             self._meta_default("schema", SCHEMA_VERSION if fresh else 1)
             self._meta_default("boot", 0)
             self._meta_default("next_seq", 1)
-            self._meta_default("frozen_bytes", 0)  # outbox.store_cap: 0 = not frozen
+            self._meta_default("frozen_bytes", 0)  # bounds.store_cap: 0 = not frozen
             for key in COUNTERS:
                 self._meta_default(key, 0)
             version = self.meta("schema")
@@ -414,7 +405,7 @@ class Store:
         rows = self.conn.execute("SELECT id, item FROM pending WHERE lane = ?",
                                  (LANE_READINGS,)).fetchall()
         self.conn.executemany("UPDATE pending SET m = ? WHERE id = ?",
-                              [(_meter_of(bytes(item)), i) for i, item in rows])
+                              [(meter_of(bytes(item)), i) for i, item in rows])
         self.set_meta("schema", 2)
 
     @classmethod
@@ -557,7 +548,7 @@ class Store:
 
     # -- pending items ----------------------------------------------------
     def add_pending(self, lane: int, item: bytes, t: int, meter: str | None = None) -> None:
-        """Queue one item; a reading (``outbox.reading_item``; ``meter``: its meter, when
+        """Queue one item; a reading (``forming.reading_item``; ``meter``: its meter, when
         the caller knows it) joins its meter's open run; an event or entry joins the
         transaction's batch (written at its commit)."""
         if lane != LANE_READINGS:
@@ -567,7 +558,7 @@ class Store:
             else:
                 self._insert_items(lane, [(item, t)])
             return
-        meter = _meter_of(item) if meter is None else meter
+        meter = meter_of(item) if meter is None else meter
         runs = self._runs()
         run = runs.get(meter)
         if run is not None and run[1] < RUN_MAX:
@@ -840,23 +831,6 @@ class Store:
         with self.tx():
             cur = self.conn.execute("DELETE FROM seen WHERE exp < ?", (now_s,))
         return cur.rowcount
-
-
-def split_sequence(data: bytes) -> list[bytes]:
-    """The items of a CBOR sequence (RFC 8742), each as its own bytes."""
-    import io
-
-    import cbor2  # our own bytes (see _meter_of)
-
-    fp = io.BytesIO(data)
-    decoder = cbor2.CBORDecoder(fp)
-    out = []
-    start = 0
-    while start < len(data):
-        decoder.decode()
-        out.append(data[start:fp.tell()])
-        start = fp.tell()
-    return out
 
 
 def disk_free_bytes(path: Path) -> int:

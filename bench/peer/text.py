@@ -91,7 +91,7 @@ def _key_bytes() -> tuple[int, int]:
 
 def notes(r: Results) -> list[str]:
     """Where the agent spends more than the peer, with the figures of this run."""
-    from agent.buffer.outbox import LIVE_FLUSH_S
+    from agent.uplink.forming import LIVE_FLUSH_S
 
     la, lp = r.live["agent"], r.live["peer"]
     ga, gp = r.load["agent"], r.load["peer"]
@@ -124,7 +124,7 @@ def notes(r: Results) -> list[str]:
            "every meter of a message; delta encoding pays only within a meter's series "
            "(`--agent-live table` sends one table a poll cycle instead).",
            f"- **Start-up**: the agent's first readings wait LIVE_FLUSH_S = {LIVE_FLUSH_S} s "
-           "to share a message (outbox.py), so its first reading message comes about "
+           "to share a message (uplink/forming.py), so its first reading message comes about "
            f"{LIVE_FLUSH_S} s after its first poll; the peer sends a poll's values within "
            "about 0.1 s (its converter batches for 0.1 s, its sender waits "
            "`minPackSendDelayMS`, 50 ms)."] if r.args.get("agent_live", "series") == "series"
