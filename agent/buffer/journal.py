@@ -1,5 +1,6 @@
-"""The ledger's durable tables: accounts, the append-only journal, top-ups, meters,
-tariff versions, the policy overlay, token verifier state and tamper evidence.
+"""The ledger's durable tables (created by schema.py): accounts, the append-only
+journal, top-ups, meters, tariff versions, the policy overlay, token verifier state
+and tamper evidence.
 
 Every function here runs inside the caller's ``store.tx()`` so that an entry,
 the balance it produces and the outbox item that reports it commit together
@@ -15,120 +16,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple, cast
 
+from agent.buffer import schema
 from agent.buffer.store import LANE_LEDGER, Store
 from agent.errors import LedgerError
 from agent.vocab import ENTRY_KINDS
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS accounts (
-  id            TEXT PRIMARY KEY,
-  tariff        TEXT NOT NULL,
-  balance       INTEGER NOT NULL DEFAULT 0,
-  n             INTEGER NOT NULL DEFAULT 0,
-  reference     INTEGER NOT NULL DEFAULT 0,
-  alerts        TEXT NOT NULL DEFAULT '',
-  zero_alert_at INTEGER,
-  fixed_last    TEXT,
-  month         TEXT NOT NULL DEFAULT '',
-  consumed_wh   INTEGER NOT NULL DEFAULT 0,
-  energy_mp     INTEGER NOT NULL DEFAULT 0,
-  energy_posted INTEGER NOT NULL DEFAULT 0,
-  duty_posted   INTEGER NOT NULL DEFAULT 0,
-  duty_mp_bp    INTEGER NOT NULL DEFAULT 0,
-  deferred      TEXT NOT NULL DEFAULT ''
-);
-CREATE TABLE IF NOT EXISTS journal (
-  acct TEXT NOT NULL,
-  n    INTEGER NOT NULL,
-  t    INTEGER NOT NULL,
-  kind TEXT NOT NULL,
-  amt  INTEGER NOT NULL,
-  bal  INTEGER NOT NULL,
-  ref  TEXT NOT NULL,
-  PRIMARY KEY (acct, n)
-);
-CREATE TABLE IF NOT EXISTS topups (
-  txn    TEXT PRIMARY KEY,
-  acct   TEXT NOT NULL,
-  amount INTEGER NOT NULL,
-  n      INTEGER NOT NULL,
-  t      INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meters (
-  id            TEXT PRIMARY KEY,
-  serial        TEXT,
-  base_wh       INTEGER,
-  base_t        INTEGER,
-  relay_intent  TEXT NOT NULL DEFAULT 'closed',
-  relay_reason  TEXT NOT NULL DEFAULT '',
-  relay_actual  TEXT NOT NULL DEFAULT '',
-  override      TEXT NOT NULL DEFAULT '',
-  override_until INTEGER,
-  tamper_hold   INTEGER NOT NULL DEFAULT 0,
-  relay_attempts INTEGER NOT NULL DEFAULT 0,
-  relay_next_s  INTEGER NOT NULL DEFAULT 0,
-  reset_count   INTEGER NOT NULL DEFAULT 0,
-  reset_first_wh INTEGER NOT NULL DEFAULT 0,
-  reset_first_t INTEGER NOT NULL DEFAULT 0,
-  reset_last_wh INTEGER NOT NULL DEFAULT 0,
-  reset_last_t  INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS disconnects (
-  t INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS moratoria (
-  acct   TEXT PRIMARY KEY,
-  until  INTEGER NOT NULL,
-  reason TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS tariffs (
-  name        TEXT NOT NULL,
-  version     INTEGER NOT NULL,
-  body        TEXT NOT NULL,
-  effective_s INTEGER NOT NULL,
-  source      TEXT NOT NULL,
-  PRIMARY KEY (name, version)
-);
-CREATE TABLE IF NOT EXISTS policy (
-  key   TEXT PRIMARY KEY,
-  value TEXT NOT NULL,
-  t     INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS tokens (
-  acct           TEXT PRIMARY KEY,
-  max_counter    INTEGER NOT NULL,
-  used           TEXT NOT NULL,
-  wrong_in_row   INTEGER NOT NULL,
-  lockouts       INTEGER NOT NULL,
-  locked_from_s  INTEGER NOT NULL,
-  locked_until_s INTEGER NOT NULL,
-  last_wrong_s   INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS tamper (
-  id      INTEGER PRIMARY KEY AUTOINCREMENT,
-  meter   TEXT NOT NULL,
-  acct    TEXT,
-  t       INTEGER NOT NULL,
-  kind    TEXT NOT NULL,
-  code    INTEGER NOT NULL,
-  balance INTEGER,
-  relay   TEXT NOT NULL,
-  action  TEXT NOT NULL
-);
-"""
-
-# Columns added after the first schema, with their definitions: an older database
-# gets them by ALTER TABLE when a writer opens it (Journal.__init__).
-_ADDED_COLUMNS = {
-    "meters": (("tamper_hold", "INTEGER NOT NULL DEFAULT 0"),
-               ("relay_attempts", "INTEGER NOT NULL DEFAULT 0"),
-               ("relay_next_s", "INTEGER NOT NULL DEFAULT 0"),
-               ("reset_count", "INTEGER NOT NULL DEFAULT 0"),
-               ("reset_first_wh", "INTEGER NOT NULL DEFAULT 0"),
-               ("reset_first_t", "INTEGER NOT NULL DEFAULT 0"),
-               ("reset_last_wh", "INTEGER NOT NULL DEFAULT 0"),
-               ("reset_last_t", "INTEGER NOT NULL DEFAULT 0")),
-}
 
 SPEND_SCAN_ENTRIES = 50_000  # spend_since reads at most this many recent entries
 
@@ -301,11 +192,7 @@ class Journal:
 
     def _migrate(self) -> None:
         with self.store.tx():
-            for table, columns in _ADDED_COLUMNS.items():
-                have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
-                for name, definition in columns:
-                    if name not in have:
-                        self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
+            schema.add_columns(self.conn, schema.LEDGER_COLUMNS)
 
     # -- accounts -----------------------------------------------------------
     def ensure_account(self, acct: str, tariff: str) -> None:
@@ -334,7 +221,7 @@ class Journal:
         return [accounts[i] for i in sorted(accounts)]
 
     def update_account(self, acct: str, **fields: object) -> None:
-        assert self.store._depth, "update_account() must run inside store.tx()"
+        assert self.store.in_tx, "update_account() must run inside store.tx()"
         self._check_fields(fields)
         self._accounts_changed(self.account(acct), fields)
 
@@ -359,7 +246,7 @@ class Journal:
         """Append entries ``(kind, amt, ref)`` in order, each moving the balance, queue
         them for the uplink, and set the account ``fields`` (as update_account) too: a
         reading's energy and duty with the month's accrual, in one change of the row."""
-        assert self.store._depth, "post() must run inside store.tx()"
+        assert self.store.in_tx, "post() must run inside store.tx()"
         encode = self._entry_item
         assert encode is not None, "a journal that posts is given entry_item"
         before = self.account(acct)

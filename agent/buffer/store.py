@@ -23,11 +23,9 @@ Tables
   tally     per (table, lane): rows, bytes and items, kept by the methods below in
             the transaction of each change (and recounted at every open), so the
             byte cap and the health report cost no table scan
-  (ledger tables live in journal.py, same database)
+  (and the ledger's tables, journal.py's, in the same database)
 
-Schema 2 adds pending.m/n/sealed/stripped, outbox.items/t0 and tally to
-schema 1; a schema-1 file is migrated in place when opened (its pending readings
-become sealed runs of one).
+Every table and every migration of an older file are schema.py's (one version counter).
 """
 
 from __future__ import annotations
@@ -41,10 +39,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
 
+from agent.buffer import schema
 from agent.buffer.sequence import meter_of, split_sequence
 from agent.errors import StoreError, StoreFullError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = schema.VERSION
 DB_NAME = "agent.sqlite3"
 
 # Lanes, in delivery priority order (lower first). Pending items use 0-3; the outbox
@@ -68,38 +67,6 @@ RUN_MAX = 96  # readings per run row: a day at 15-minute polls
 _CHUNK = 500  # keys per DELETE ... IN (...): under SQLite's parameter limit
 BATCH_MAX_ITEMS = 256  # events or entries per pending row
 BATCH_MAX_BYTES = 16 * 1024  # and their bytes (a row always fits one message: forming.py)
-
-_TABLES = [
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS pending (
-         id INTEGER PRIMARY KEY AUTOINCREMENT, lane INTEGER NOT NULL, item BLOB NOT NULL,
-         size INTEGER NOT NULL, t INTEGER NOT NULL, m TEXT,
-         n INTEGER NOT NULL DEFAULT 1, sealed INTEGER NOT NULL DEFAULT 1,
-         stripped INTEGER NOT NULL DEFAULT 0)""",
-    """CREATE TABLE IF NOT EXISTS outbox (
-         seq INTEGER PRIMARY KEY, lane INTEGER NOT NULL, topic TEXT NOT NULL,
-         payload BLOB NOT NULL, created INTEGER NOT NULL,
-         items INTEGER NOT NULL DEFAULT 1, t0 INTEGER)""",
-    """CREATE TABLE IF NOT EXISTS seen (
-         id TEXT PRIMARY KEY, reply BLOB NOT NULL, exp INTEGER NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS tally (
-         tbl TEXT NOT NULL, lane INTEGER NOT NULL, rows INTEGER NOT NULL DEFAULT 0,
-         bytes INTEGER NOT NULL DEFAULT 0, items INTEGER NOT NULL DEFAULT 0,
-         PRIMARY KEY (tbl, lane))""",
-]
-_COLUMNS_V2 = {  # added to schema-1 tables by the migration
-    "pending": ("m TEXT", "n INTEGER NOT NULL DEFAULT 1", "sealed INTEGER NOT NULL DEFAULT 1",
-                "stripped INTEGER NOT NULL DEFAULT 0"),
-    "outbox": ("items INTEGER NOT NULL DEFAULT 1", "t0 INTEGER"),
-}
-_INDEXES = [
-    "CREATE INDEX IF NOT EXISTS pending_lane ON pending (lane, id)",
-    "CREATE INDEX IF NOT EXISTS pending_lane_t ON pending (lane, t)",
-    "CREATE INDEX IF NOT EXISTS pending_unstripped ON pending (lane, id) WHERE stripped = 0",
-    "CREATE INDEX IF NOT EXISTS pending_open ON pending (m) WHERE sealed = 0",
-    "CREATE INDEX IF NOT EXISTS outbox_lane ON outbox (lane, seq)",
-]
-
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
@@ -320,30 +287,22 @@ class Store:
                 raise _broken(self.path, f"cannot be opened ({exc})") from exc
 
     def _create(self) -> None:
-        from agent.buffer import journal  # the ledger tables share this database
-
         with self.tx():
             fresh = self.conn.execute(
                 "SELECT COUNT(*) FROM sqlite_master WHERE name = 'meta'").fetchone()[0] == 0
-            for statement in _TABLES:
-                self.conn.execute(statement)
-            for statement in journal.SCHEMA.split(";"):
-                if statement.strip():
-                    self.conn.execute(statement)
+            schema.create(self.conn)
             self._meta_default("schema", SCHEMA_VERSION if fresh else 1)
             self._meta_default("boot", 0)
             self._meta_default("next_seq", 1)
             self._meta_default("frozen_bytes", 0)  # bounds.store_cap: 0 = not frozen
             for key in COUNTERS:
                 self._meta_default(key, 0)
-            version = self.meta("schema")
-            if version == 1:
-                self._migrate_1_to_2()
-            elif version != SCHEMA_VERSION:
-                raise StoreError(f"{self.path}: schema {version}, this agent knows "
-                                 f"{SCHEMA_VERSION}")
-            for statement in _INDEXES:
-                self.conn.execute(statement)
+            try:
+                schema.migrate(self.conn, self.meta("schema"),
+                               lambda version: self.set_meta("schema", version))
+            except ValueError as exc:
+                raise StoreError(f"{self.path}: {exc}") from exc
+            schema.create_indexes(self.conn)
             self._recount()
 
     def _recount(self) -> None:
@@ -395,25 +354,17 @@ class Store:
                 self._tally(tbl, lane, -rows, -nbytes, -n)
             self.conn.execute(f"DELETE FROM {tbl} WHERE {key} IN ({marks})", chunk)
 
-    def _migrate_1_to_2(self) -> None:
-        for table, columns in _COLUMNS_V2.items():
-            have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
-            for column in columns:
-                if column.split()[0] not in have:
-                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
-        self.conn.execute("UPDATE outbox SET t0 = created WHERE t0 IS NULL")
-        rows = self.conn.execute("SELECT id, item FROM pending WHERE lane = ?",
-                                 (LANE_READINGS,)).fetchall()
-        self.conn.executemany("UPDATE pending SET m = ? WHERE id = ?",
-                              [(meter_of(bytes(item)), i) for i, item in rows])
-        self.set_meta("schema", 2)
-
     @classmethod
     def open_readonly(cls, data_dir: Path) -> Store:
         return cls(data_dir, readonly=True)
 
     def close(self) -> None:
         self.conn.close()
+
+    @property
+    def in_tx(self) -> bool:
+        """Inside ``tx()`` (an outer transaction or one joined)."""
+        return self._depth > 0
 
     def tx(self) -> _Tx:
         """One atomic transaction; nested use joins the outer one. A class, not a
