@@ -127,10 +127,10 @@ class Journal:
     """The agent is the store's only writer, so a writing Journal keeps the accounts and
     meters rows in memory as well (read on every reading and every tick). A meter's
     write goes to SQLite first and to memory after it succeeds. An account's changes
-    (a posting moves its balance, the month's accrual moves with it) stay in memory
-    and are written once, by the store's flush hook, before the transaction commits:
-    one UPDATE an account a transaction instead of three a reading. Any rollback
-    (Store.rollback_hooks) drops what memory holds, and it is read again. A read-only
+    (a posting moves its balance, the month's accrual moves with it) stay in memory,
+    in the transaction's unit of work (unit.py), which writes them once before the
+    COMMIT: one UPDATE an account a transaction instead of three a reading. When writes
+    are undone (``Store.undone`` moves) what memory holds is read again. A read-only
     Journal (the CLI's, beside a running agent) always asks SQLite. Memory: one row per
     account and per meter, as many as the config has."""
 
@@ -144,35 +144,19 @@ class Journal:
         self._keep = not store.readonly
         self._accounts: dict[str, Account] | None = None
         self._meters: dict[str, MeterState] | None = None
-        self._dirty: set[str] = set()  # accounts changed in memory, not yet in SQLite
+        self._undone = store.undone  # the store's undo count when memory was read
         if self._keep:
-            store.flush_hooks.append(self.flush)
-            store.rollback_hooks.append(self.forget)
             self._migrate()
 
-    def forget(self) -> None:
-        """Read accounts and meters from SQLite again at the next use."""
-        self._accounts = None
-        self._meters = None
-        self._dirty.clear()
-
-    def flush(self) -> None:
-        """The accounts changed in memory into SQLite (the store calls it before COMMIT)."""
-        if not self._dirty or self._accounts is None:
-            return
-        dirty, self._dirty = sorted(self._dirty), set()
-        for acct_id in dirty:
-            a = self._accounts[acct_id]
-            self.conn.execute(
-                "UPDATE accounts SET balance = ?, n = ?, reference = ?, alerts = ?, "
-                "zero_alert_at = ?, fixed_last = ?, month = ?, consumed_wh = ?, "
-                "energy_mp = ?, energy_posted = ?, duty_posted = ?, duty_mp_bp = ?, "
-                "deferred = ? WHERE id = ?",
-                (a.balance, a.n, a.reference, ",".join(str(x) for x in sorted(a.alerts)),
-                 a.zero_alert_at, a.fixed_last, a.month, a.consumed_wh, a.energy_mp,
-                 a.energy_posted, a.duty_posted, a.duty_mp_bp, a.deferred, acct_id))
+    def _current(self) -> None:
+        """Forget what memory holds if writes were undone since it was read."""
+        if self._undone != self.store.undone:
+            self._undone = self.store.undone
+            self._accounts = None
+            self._meters = None
 
     def _all_accounts(self) -> dict[str, Account]:
+        self._current()
         if self._accounts is None:
             rows = self.conn.execute(f"SELECT {_ACCOUNT_COLS} FROM accounts").fetchall()
             accounts = {row[0]: _account(row) for row in rows}
@@ -182,6 +166,7 @@ class Journal:
         return self._accounts
 
     def _all_meters(self) -> dict[str, MeterState]:
+        self._current()
         if self._meters is None:
             rows = self.conn.execute(f"SELECT {_METER_COLS} FROM meters").fetchall()
             meters = {row[0]: MeterState(*row) for row in rows}
@@ -196,7 +181,8 @@ class Journal:
 
     # -- accounts -----------------------------------------------------------
     def ensure_account(self, acct: str, tariff: str) -> None:
-        self.flush()  # what memory holds goes to SQLite before all is read again
+        if self.store.unit is not None:  # what memory holds goes to SQLite before all
+            self.store.unit.flush_accounts()  # is read again
         self.conn.execute(
             "INSERT INTO accounts (id, tariff) VALUES (?, ?) "
             "ON CONFLICT(id) DO UPDATE SET tariff = excluded.tariff",
@@ -232,9 +218,9 @@ class Journal:
             fields["alerts"] = frozenset(cast("Iterable[int]", fields["alerts"]))
 
     def _accounts_changed(self, before: Account, fields: dict[str, object]) -> None:
-        assert self._accounts is not None  # account() has read them
-        self._accounts[before.id] = before._replace(**fields)  # type: ignore[arg-type]
-        self._dirty.add(before.id)
+        assert self._accounts is not None and self.store.unit is not None  # in a tx
+        row = self._accounts[before.id] = before._replace(**fields)  # type: ignore[arg-type]
+        self.store.unit.account_changed(row)
 
     # -- the journal --------------------------------------------------------
     def post(self, acct: str, t: int, kind: str, amt: int, ref: str) -> Entry:

@@ -28,7 +28,16 @@ from typing import NamedTuple
 from agent.buffer.sequence import meter_of
 
 VERSION = 2
-READINGS_LANE = 3  # store.LANE_READINGS: where schema 1 kept its readings too
+
+# The values of the lane columns (pending.lane, outbox.lane, tally.lane), in delivery
+# priority order (lower first). Pending items use 0-3; the outbox splits readings into
+# live (3: formed as they come) and backlog (4: formed on demand from what piled up
+# while the link was down), so live data never waits behind a drain.
+LANE_REPLY = 0
+LANE_EVENTS = 1
+LANE_LEDGER = 2
+LANE_READINGS = 3
+LANE_BACKLOG = 4
 
 STORE_TABLES = [
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
@@ -196,7 +205,7 @@ def add_columns(conn: sqlite3.Connection,
 def _runs_of_one(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE outbox SET t0 = created WHERE t0 IS NULL")
     rows = conn.execute("SELECT id, item FROM pending WHERE lane = ?",
-                        (READINGS_LANE,)).fetchall()
+                        (LANE_READINGS,)).fetchall()
     conn.executemany("UPDATE pending SET m = ? WHERE id = ?",
                      [(meter_of(bytes(item)), i) for i, item in rows])
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,20 +40,20 @@ from types import TracebackType
 from typing import Any, NamedTuple
 
 from agent.buffer import schema
+from agent.buffer.schema import LANE_BACKLOG as LANE_BACKLOG
+from agent.buffer.schema import LANE_EVENTS as LANE_EVENTS
+from agent.buffer.schema import LANE_LEDGER as LANE_LEDGER
+from agent.buffer.schema import LANE_READINGS as LANE_READINGS
+from agent.buffer.schema import LANE_REPLY as LANE_REPLY
 from agent.buffer.sequence import meter_of, split_sequence
+from agent.buffer.unit import BATCH_MAX_BYTES as BATCH_MAX_BYTES
+from agent.buffer.unit import BATCH_MAX_ITEMS as BATCH_MAX_ITEMS
+from agent.buffer.unit import UnitOfWork, insert_items, write_tally
 from agent.errors import StoreError, StoreFullError
 
 SCHEMA_VERSION = schema.VERSION
 DB_NAME = "agent.sqlite3"
 
-# Lanes, in delivery priority order (lower first). Pending items use 0-3; the outbox
-# splits readings into live (3: formed as they come) and backlog (4: formed on demand
-# from what piled up while the link was down), so live data never waits behind a drain.
-LANE_REPLY = 0
-LANE_EVENTS = 1
-LANE_LEDGER = 2
-LANE_READINGS = 3
-LANE_BACKLOG = 4
 LANE_TOPICS = {
     LANE_REPLY: "up/reply",
     LANE_EVENTS: "up/events",
@@ -65,8 +65,7 @@ READING_LANES = (LANE_READINGS, LANE_BACKLOG)
 COUNTERS = ("stripped_readings", "dropped_readings", "dropped_messages")
 RUN_MAX = 96  # readings per run row: a day at 15-minute polls
 _CHUNK = 500  # keys per DELETE ... IN (...): under SQLite's parameter limit
-BATCH_MAX_ITEMS = 256  # events or entries per pending row
-BATCH_MAX_BYTES = 16 * 1024  # and their bytes (a row always fits one message: forming.py)
+
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
@@ -262,19 +261,12 @@ class Store:
             raise StoreError(f"no store at {self.path} (has the agent run with this config?)")
         self.conn = _connect(self.path, readonly)
         self._depth = 0
-        # (tbl, lane) -> [rows, bytes, items] not yet in the tally table: written once at
-        # the commit instead of an UPDATE per item (a poll cycle adds hundreds).
-        self._tally_delta: dict[tuple[str, int], list[int]] = {}
-        # Whoever keeps writes in memory until the commit (the journal's account rows,
-        # the tally) writes them out in a flush hook, called before COMMIT and
-        # before a SAVEPOINT; and forgets them in a rollback hook, called when writes
-        # are undone (a rollback, a savepoint rolled back, a failed commit).
-        self.flush_hooks: list[Callable[[], None]] = [self._flush_batch, self._flush_tally]
-        self.rollback_hooks: list[Callable[[], None]] = [self._forget_tally, self._forget_runs,
-                                                         self._forget_batch]
-        # lane -> [(item, t)]: the events and entries of this transaction, written at its
-        # commit (or before a savepoint or a read of the pending items) by _flush_batch
-        self._batch: dict[int, list[tuple[bytes, int]]] = {}
+        # The writes the transaction holds in memory until its commit (unit.py): made by
+        # tx() for the outermost transaction, None outside one.
+        self.unit: UnitOfWork | None = None
+        # Transactions (or savepoints) undone so far: a cache read from the database
+        # before the last of them (the open runs here, the journal's rows) is stale.
+        self.undone = 0
         self._open_runs: dict[str, tuple[int, int, int]] | None = None  # see _runs
         if not readonly:
             try:
@@ -321,27 +313,18 @@ class Store:
             self._tally("outbox", lane, rows, nbytes, items)
 
     def _tally(self, tbl: str, lane: int, rows: int, nbytes: int, items: int) -> None:
-        if not self._depth:
-            self.conn.execute("UPDATE tally SET rows = rows + ?, bytes = bytes + ?, "
-                              "items = items + ? WHERE tbl = ? AND lane = ?",
-                              (rows, nbytes, items, tbl, lane))
-            return
-        delta = self._tally_delta.setdefault((tbl, lane), [0, 0, 0])
-        delta[0] += rows
-        delta[1] += nbytes
-        delta[2] += items
-
-    def _forget_tally(self) -> None:
-        self._tally_delta = {}
+        """A change of the tally: kept by the unit of work inside a transaction (written
+        once at its commit instead of an UPDATE per item), written now outside one."""
+        if self.unit is None:
+            write_tally(self.conn, tbl, lane, rows, nbytes, items)
+        else:
+            self.unit.count(tbl, lane, rows, nbytes, items)
 
     def _flush_tally(self) -> None:
-        """The tally's changes of this transaction into its table: before a commit,
-        a savepoint and every read of the tally."""
-        deltas, self._tally_delta = self._tally_delta, {}
-        for (tbl, lane), (rows, nbytes, items) in deltas.items():
-            self.conn.execute("UPDATE tally SET rows = rows + ?, bytes = bytes + ?, "
-                              "items = items + ? WHERE tbl = ? AND lane = ?",
-                              (rows, nbytes, items, tbl, lane))
+        """The tally's changes of this transaction into its table: before every read of
+        the tally (and before a commit or a savepoint, with the rest of the unit)."""
+        if self.unit is not None:
+            self.unit.flush_tally()
 
     def _delete(self, tbl: str, key: str, size: str, items: str, keys: list[int]) -> None:
         """Delete rows by key, keeping the tally; chunks of ``_CHUNK`` keys."""
@@ -373,13 +356,16 @@ class Store:
 
     def _begin(self) -> None:
         self._depth = 1
+        self.unit = UnitOfWork(self.conn)
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             self._depth = 0
+            self.unit = None
             raise StoreError(f"store transaction failed: {exc}") from exc
         except StoreFullError:
             self._depth = 0
+            self.unit = None
             raise
 
     def _end(self, failed: BaseException | None) -> None:
@@ -409,6 +395,7 @@ class Store:
                 raise StoreError(f"store transaction failed: {failed}") from failed
         finally:
             self._depth = 0
+            self.unit = None
 
     def _undo(self) -> None:
         self._rolled_back()
@@ -419,12 +406,17 @@ class Store:
                 pass  # the error being raised is the one to report
 
     def _flush(self) -> None:
-        for hook in self.flush_hooks:
-            hook()
+        """Everything the unit of work holds, written: before COMMIT and SAVEPOINT."""
+        assert self.unit is not None
+        self.unit.flush()
 
     def _rolled_back(self) -> None:
-        for hook in self.rollback_hooks:
-            hook()
+        """Writes were undone: the unit of work forgets its own, and every cache read
+        from the database before now is stale (``undone``)."""
+        if self.unit is not None:
+            self.unit.forget()
+        self._open_runs = None
+        self.undone += 1
 
     @contextmanager
     def savepoint(self, name: str = "sp") -> Iterator[None]:
@@ -504,10 +496,10 @@ class Store:
         transaction's batch (written at its commit)."""
         if lane != LANE_READINGS:
             assert lane in (LANE_EVENTS, LANE_LEDGER), lane
-            if self._depth:
-                self._batch.setdefault(lane, []).append((item, t))
+            if self.unit is not None:
+                self.unit.add_item(lane, item, t)
             else:
-                self._insert_items(lane, [(item, t)])
+                insert_items(self.conn, lane, [(item, t)], self._tally)
             return
         meter = meter_of(item) if meter is None else meter
         runs = self._runs()
@@ -531,40 +523,10 @@ class Store:
         self._tally("pending", lane, 1, len(item), 1)
         runs[meter] = (int(cur.lastrowid or 0), 1, t)
 
-    def _insert_items(self, lane: int, items: list[tuple[bytes, int]]) -> None:
-        """Events or entries, in order, as rows of up to BATCH_MAX_ITEMS items and
-        BATCH_MAX_BYTES (at least one item a row)."""
-        rows: list[tuple[int, bytes, int, int, int]] = []
-        chunk: list[bytes] = []
-        size = 0
-        first_t = 0
-        for item, t in items:
-            if chunk and (len(chunk) >= BATCH_MAX_ITEMS or size + len(item) > BATCH_MAX_BYTES):
-                rows.append((lane, b"".join(chunk), size, first_t, len(chunk)))
-                chunk, size = [], 0
-            if not chunk or t < first_t:
-                first_t = t
-            chunk.append(item)
-            size += len(item)
-        if chunk:
-            rows.append((lane, b"".join(chunk), size, first_t, len(chunk)))
-        self.conn.executemany("INSERT INTO pending (lane, item, size, t, n) "
-                              "VALUES (?, ?, ?, ?, ?)", rows)
-        for _lane, _item, nbytes, _t, n in rows:
-            self._tally("pending", lane, 1, nbytes, n)
-
     def _flush_batch(self) -> None:
-        batch, self._batch = self._batch, {}
-        # Entries first, then events: forming reads each lane on its own, so the order
-        # only keeps the table in a fixed commit order for whoever reads it (tools, the
-        # simulation's observer).
-        for lane in (LANE_LEDGER, LANE_EVENTS):
-            items = batch.get(lane)
-            if items:
-                self._insert_items(lane, items)
-
-    def _forget_batch(self) -> None:
-        self._batch = {}
+        """The transaction's events and entries into ``pending``: before a read of it."""
+        if self.unit is not None:
+            self.unit.flush_items()
 
     def _runs(self) -> dict[str, tuple[int, int, int]]:
         """The open (unsealed) reading runs: meter -> (row id, readings, first t). Read
@@ -575,9 +537,6 @@ class Store:
                 "SELECT id, m, n, t FROM pending WHERE sealed = 0 AND lane = ? ORDER BY id",
                 (LANE_READINGS,))}
         return self._open_runs
-
-    def _forget_runs(self) -> None:
-        self._open_runs = None
 
     def seal_runs(self, before_t: int) -> None:
         """No more appends to runs that began before ``before_t`` (link up again: what
