@@ -47,3 +47,14 @@ def test_forming_is_the_one_module_that_imports_the_wire_format_for_uplink_bytes
 def test_cbor2_is_read_in_the_adapter_and_the_store_framing_only() -> None:
     users = {name for name, imported in modules().items() if "cbor2" in imported}
     assert users == {"uplink/cbor.py", "buffer/sequence.py"}
+
+
+def test_only_the_store_reads_its_private_fields() -> None:
+    """Store.in_tx, Store.unit and Store.undone are what others read; ``_depth`` and the
+    open runs are the store's own."""
+    readers = set()
+    for path in sorted(AGENT.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in ("_depth", "_open_runs"):
+                readers.add(str(path.relative_to(AGENT)))
+    assert readers == {"buffer/store.py"}
