@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.buffer.journal import Entry, Journal
+from agent.buffer.sequence import split_sequence
 from agent.buffer.store import (
     BATCH_MAX_BYTES,
     BATCH_MAX_ITEMS,
@@ -512,3 +513,16 @@ def test_a_read_only_data_dir_is_refused(tmp_path: Path) -> None:
             Store(tmp_path)
     finally:
         tmp_path.chmod(0o755)
+
+
+@given(st.lists(st.lists(st.one_of(st.none(), st.integers(-(2**62), 2**62)),
+                         min_size=7, max_size=7), min_size=1, max_size=20))
+def test_a_row_reads_back_item_by_item(values: list[list[int | None]]) -> None:
+    """A run row (a CBOR sequence) as forming reads it (cbor.loads_trusted_sequence) and
+    as the store splits it (sequence.split_sequence), item for item."""
+    rows: list[list[str | int | None]] = [["M1", T0 + i, *v] for i, v in enumerate(values)]
+    items = [cbor.dumps_reading_row(r) for r in rows]
+    assert items == [cbor.dumps(r) for r in rows]
+    assert cbor.loads_trusted_sequence(b"".join(items)) == rows
+    assert split_sequence(b"".join(items)) == items
+    assert [cbor.loads_trusted(i) for i in items] == rows
