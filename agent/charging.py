@@ -16,7 +16,6 @@ the same transaction. This module never talks to a bus or a broker.
 from __future__ import annotations
 
 from agent.alerting import BalanceAlerts
-from agent.buffer import outbox
 from agent.buffer.journal import Journal, MeterState
 from agent.buffer.store import LANE_READINGS, Store
 from agent.config import MeterConfig
@@ -29,6 +28,7 @@ from agent.localtime import LocalTime
 from agent.meters import MeterRegistry
 from agent.relay.disconnect import Disconnection
 from agent.tariffs import Tariffs
+from agent.uplink import forming
 
 
 class Charging:
@@ -52,7 +52,7 @@ class Charging:
     def on_reading(self, reading: Reading) -> None:
         meter = self.meters.get(reading.meter)
         with self.store.tx():
-            self.store.add_pending(LANE_READINGS, outbox.reading_item(reading), reading.t,
+            self.store.add_pending(LANE_READINGS, forming.reading_item(reading), reading.t,
                                    reading.meter)
             if meter is None or "import_wh" not in reading.values:
                 return
@@ -64,7 +64,7 @@ class Charging:
         meter's baseline stays where it was; the next reading is charged from there."""
         meter = self.meters.get(reading.meter)
         with self.store.tx():
-            self.store.add_pending(LANE_READINGS, outbox.reading_item(reading), reading.t,
+            self.store.add_pending(LANE_READINGS, forming.reading_item(reading), reading.t,
                                    reading.meter)
             self.events.emit(reading.t, "bad_reading", m=reading.meter,
                              acct=meter.account if meter else None,

@@ -72,7 +72,7 @@ class Credit:
     def enter_token(self, acct_id: str, digits: str, now_s: int) -> dict[str, Any]:
         """`meter-agent token enter`: the token's state, gate, entry and balance commit in
         one transaction, and only then is "accepted" returned (ledger invariant 4)."""
-        assert not self.store._depth, "enter_token commits itself: call it outside a tx"
+        assert not self.store.in_tx, "enter_token commits itself: call it outside a tx"
         if acct_id not in self.accounts:
             raise CommandError("unknown_account", f"no account {acct_id!r}")
         key = self._token_key_bytes()

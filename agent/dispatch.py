@@ -26,13 +26,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from agent.buffer import outbox
 from agent.buffer.store import Store
 from agent.errors import CommandError, StoreError
 from agent.ops import Ops
 from agent.relay.disconnect import Disconnection
 from agent.supervisor import contain
-from agent.uplink import cbor
+from agent.uplink import forming
 from agent.uplink.commands import Command, parse_command
 
 log = logging.getLogger("agent.commands")
@@ -57,7 +56,7 @@ class Dispatcher:
 
     def _reply(self, now_s: int, command_id: str | None, code: str, msg: str = "",
                result: dict[str, Any] | None = None, *, dup: bool = False) -> int:
-        return outbox.add_reply(self.store, self.gw, self.boot, now_s, command_id, code,
+        return forming.add_reply(self.store, self.gw, self.boot, now_s, command_id, code,
                                 msg[:MAX_MSG_CHARS], result, dup=dup)
 
     def handle(self, payload: bytes, now_s: int) -> int | None:
@@ -73,8 +72,7 @@ class Dispatcher:
         with self.store.tx():
             stored = self.store.seen_reply(cmd.id)
             if stored is not None:
-                body = cbor.loads(stored)
-                assert isinstance(body, dict)
+                body = forming.seen_reply_body(stored)
                 log.info("event=command_dup id=%s op=%s", cmd.id, cmd.op)
                 return self._reply(now_s, body["id"], body["code"], body["msg"],
                                    body["result"], dup=True)
@@ -94,7 +92,8 @@ class Dispatcher:
     def _finish(self, cmd: Command, code: str, msg: str, result: dict[str, Any],
                 now_s: int) -> int:
         body = {"id": cmd.id, "code": code, "msg": msg[:MAX_MSG_CHARS], "result": result}
-        self.store.remember(cmd.id, cbor.dumps(body), max(cmd.exp, now_s + SEEN_MIN_KEEP_S))
+        self.store.remember(cmd.id, forming.seen_reply_item(body),
+                            max(cmd.exp, now_s + SEEN_MIN_KEEP_S))
         return self._reply(now_s, cmd.id, code, msg, result)
 
     def _apply_contained(self, cmd: Command, now_s: int) -> dict[str, Any]:

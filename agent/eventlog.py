@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from agent.buffer import outbox
 from agent.buffer.store import LANE_EVENTS, Store
+from agent.uplink import forming
 
 log = logging.getLogger("agent.ledger")
 
@@ -22,6 +22,6 @@ class EventLog:
 
     def emit(self, t: int, type_: str, *, m: str | None = None, acct: str | None = None,
              detail: dict[str, Any] | None = None) -> None:
-        self.store.add_pending(LANE_EVENTS, outbox.event_item(t, type_, m=m, acct=acct,
+        self.store.add_pending(LANE_EVENTS, forming.event_item(t, type_, m=m, acct=acct,
                                                               detail=detail), t)
         log.info("event=%s t=%d meter=%s acct=%s detail=%s", type_, t, m, acct, detail or {})

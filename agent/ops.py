@@ -31,7 +31,7 @@ from agent.meters import MeterRegistry
 from agent.policy_overlay import PolicyOverlay
 from agent.relay.disconnect import Disconnection
 from agent.tariffs import Tariffs
-from agent.uplink import cbor
+from agent.uplink import forming
 from agent.uplink.commands import check_args
 
 log = logging.getLogger("agent.ops")
@@ -134,7 +134,7 @@ def _resync(ops: Ops, args: dict[str, Any], now_s: int, source: str) -> dict[str
     more = len(entries) > RESYNC_MAX_ENTRIES
     entries = entries[:RESYNC_MAX_ENTRIES]
     for entry in entries:
-        ops.store.add_pending(LANE_LEDGER, cbor.dumps(entry.wire()), now_s)
+        ops.store.add_pending(LANE_LEDGER, forming.entry_item(entry), now_s)
     result: dict[str, Any] = {"entries": len(entries), "more": more}
     if more:
         result["next_n"] = entries[-1].n + 1

@@ -42,7 +42,6 @@ from zoneinfo import ZoneInfo
 
 from agent import __version__
 from agent.alerting import BalanceAlerts
-from agent.buffer import outbox
 from agent.buffer.cycle import PollCycle
 from agent.buffer.disk import DEGRADED, DiskGuard, is_enospc
 from agent.buffer.journal import Journal
@@ -86,6 +85,7 @@ from agent.relay.disconnect import Disconnection, kernel_clock_synchronised
 from agent.sdnotify import Notifier
 from agent.supervisor import Subsystem, Supervisor, contain
 from agent.tariffs import Tariffs
+from agent.uplink import forming
 from agent.uplink.cose import read_hex_key
 from agent.uplink.delivery import Delivery
 from agent.uplink.mqtt import LinkEvent, MqttLink
@@ -223,10 +223,10 @@ class Runtime:
         self.command_key, self.token_key = read_keys(cfg)
         self.inbox: queue.Queue[Any] = queue.Queue(maxsize=INBOX_MAX)
         self.disk = DiskGuard(cfg.gateway.data_dir)
-        self.room = Room(self.disk, self.clock)
+        self.room = Room(self.disk, self.clock, forming.ITEMS)
         self.store, self.boot = self.room.open_store(cfg.gateway.data_dir, Store)
         self.started = int(self.clock.time_s())
-        self.journal = Journal(self.store)
+        self.journal = Journal(self.store, forming.entry_item)
         self.provisioning = Provisioning(self.store, cfg)
         self.meters = self.provisioning.registry  # read by all, replaced by provisioning
         provisioned = tuple(self.meters.values())
@@ -252,7 +252,7 @@ class Runtime:
         # [mqtt] live_readings = "table": live readings go one message a poll cycle
         self._cycle_news = False  # a reading since the cycle was last looked at
         self._carried: collections.deque[Any] = collections.deque()  # see _gather_readings
-        self.cycle = (PollCycle(self._poll_intervals(provisioned), outbox.TABLE_LINGER_S)
+        self.cycle = (PollCycle(self._poll_intervals(provisioned), forming.TABLE_LINGER_S)
                       if cfg.mqtt.live_readings == "table" else None)
         self.scans: dict[str, ControlRequest] = {}  # scan ref -> the CLI request waiting
         self._on_bus_event = self._bus_handlers()
@@ -688,7 +688,7 @@ class Runtime:
         log.info("event=headend_state online=%s payments=%s", online, payments)
 
     def _form_cycle(self) -> None:
-        outbox.form_messages(self.store, self.cfg.gateway.id, self.boot,
+        forming.form_messages(self.store, self.cfg.gateway.id, self.boot,
                              int(self.clock.time_s()), self.link.connected,
                              limits=self.cfg.store, cycle=self.cycle)
 
@@ -701,7 +701,7 @@ class Runtime:
         self.ledger.charging.tick(now)
         if self.cycle is not None:
             self._watch_cycle(self.cycle, now)
-        outbox.form_messages(self.store, self.cfg.gateway.id, self.boot, now,
+        forming.form_messages(self.store, self.cfg.gateway.id, self.boot, now,
                              self.link.connected, limits=self.cfg.store, cycle=self.cycle)
         self.delivery.check_stuck()
 

@@ -8,6 +8,9 @@ Order matters only where it is said: QUANTITIES is the wire order of a series
 # The quantities a reading may carry, in wire order (CONTRACT 4). A quantity the
 # meter does not measure is absent, never zero.
 QUANTITIES = ("import_wh", "export_wh", "p_w", "v_dv", "i_ma", "f_chz", "pf_milli")
+# the instantaneous ones, stripped first at the storage bound (data_dropped
+# detail.quantities, CONTRACT 5): the energy registers stay
+INSTANTANEOUS = ("p_w", "v_dv", "i_ma", "f_chz", "pf_milli")
 # tamper detail.kind (CONTRACT 5)
 TAMPER_KINDS = ("cover_open", "magnet", "neutral_missing", "reverse_current", "other")
 # relay detail.state (CONTRACT 5), also a relay's intent and its read-back state

@@ -26,6 +26,7 @@ from agent.buffer.journal import Journal
 from agent.buffer.store import Store
 from agent.drivers.reading import Reading
 from agent.ledger import billing
+from agent.uplink import forming
 from tests.ledger.helpers import up_tariff
 from tests.ledger.rig import UP_TABLE, Rig, unix
 
@@ -37,7 +38,7 @@ def postings_per_s(mode: str, n: int) -> float:
     with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
         store = Store(Path(tmp))
         store.conn.execute(f"PRAGMA synchronous = {mode}")
-        journal = Journal(store)
+        journal = Journal(store, forming.entry_item)
         with store.tx():
             journal.ensure_account("A1", "dom")
         start = time.perf_counter()

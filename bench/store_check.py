@@ -30,9 +30,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.buffer import outbox
 from agent.buffer.store import DB_NAME, LANE_READINGS, RUN_MAX, Store, _check
 from agent.drivers.reading import Reading
+from agent.uplink import forming
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1_000_000
@@ -44,7 +44,7 @@ ROWS_PER_TX = 50_000  # generation only: rows per INSERT transaction
 
 def _run_item(meter: str, start: int) -> bytes:
     """One sealed run of RUN_MAX readings of ``meter`` (a day at 15-minute polls)."""
-    return b"".join(outbox.reading_item(Reading(meter, start + 900 * i, {
+    return b"".join(forming.reading_item(Reading(meter, start + 900 * i, {
         "import_wh": 1_000_000 + 40 * i, "export_wh": 0, "p_w": 1500 + i % 7,
         "v_dv": 2300 + i % 11, "i_ma": 6500 + i % 13, "f_chz": 4998 + i % 3,
         "pf_milli": 950})) for i in range(RUN_MAX))

@@ -4,7 +4,7 @@
 
 The store is filled as an outage leaves it (the readings of ``--meters`` meters every
 15 minutes for ``--hours``, pending in their runs), then the agent's own uplink —
-outbox.form_messages once a second, Delivery.pump (which forms the backlog as the
+forming.form_messages once a second, Delivery.pump (which forms the backlog as the
 window asks), MqttLink — runs in this process the way the runtime's loop drives it,
 against a private mosquitto. Timed: from the CONNACK to the last PUBACK with the
 store empty (forming, encoding, publishing and deleting included).
@@ -28,9 +28,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.buffer import outbox
 from agent.buffer.store import LANE_READINGS, Store
 from agent.clock import SystemClock
+from agent.uplink import forming
 from agent.uplink.delivery import MAX_INFLIGHT, Delivery
 from agent.uplink.mqtt import MqttLink
 from bench.uplink_wire import make_readings
@@ -45,7 +45,7 @@ def fill(data_dir: Path, meters: int, hours: int) -> int:
     store = Store(data_dir)
     with store.tx():
         for r in readings:
-            store.add_pending(LANE_READINGS, outbox.reading_item(r), r.t)
+            store.add_pending(LANE_READINGS, forming.reading_item(r), r.t)
     store.close()
     return len(readings)
 
@@ -89,7 +89,7 @@ def drain(broker: Mosquitto, data_dir: Path) -> dict[str, Any]:
                 continue
             if time.perf_counter() >= next_tick:  # the runtime's once-a-second tick
                 next_tick = time.perf_counter() + 1.0
-                outbox.form_messages(store, cfg.gateway.id, boot, int(clock.time_s()), True)
+                forming.form_messages(store, cfg.gateway.id, boot, int(clock.time_s()), True)
             delivery.pump()
             if store.size_bytes() == 0 and not delivery.inflight:
                 break

@@ -4,7 +4,7 @@
 
 The same readings (``--meters`` meters polled every 15 minutes for ``--hours``, all
 seven quantities, realistic values) three ways:
-1. as the agent sends a backlog (the store's runs formed by outbox.form_backlog);
+1. as the agent sends a backlog (the store's runs formed by forming.form_backlog);
 2. as the agent sends live data (messages of what is polled within LIVE_FLUSH_S);
 3. the baseline: ThingsBoard gateway telemetry JSON (``v1/gateway/telemetry``:
    ``{"SDM-0001": [{"ts": ms, "values": {...}}]}``), compact separators, grouped
@@ -13,7 +13,7 @@ seven quantities, realistic values) three ways:
 Both with and without MQTT PUBLISH framing (fixed header, topic, packet id).
 
 Then live readings, series against the table form (``[mqtt] live_readings``, issue
-14), both formed by the real outbox (``outbox.form_messages`` once a second, a
+14), both formed by the real outbox (``forming.form_messages`` once a second, a
 ``PollCycle`` fed every reading for the table form) from the same readings of the
 first ``--live-hours``, at two timings: each meter at its own second of the interval
 (as above), and back to back, as the agent's bus schedulers poll (two buses, a meter
@@ -34,11 +34,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from agent.buffer import outbox
 from agent.buffer.cycle import PollCycle
 from agent.buffer.store import LANE_READINGS, Store
 from agent.drivers.reading import Reading
-from agent.uplink import cbor, wire
+from agent.uplink import cbor, forming, wire
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_767_225_600
@@ -99,8 +98,8 @@ def backlog(readings: list[Reading]) -> tuple[list[bytes], list[list[Reading]]]:
         store = Store(Path(tmp))
         with store.tx():
             for r in readings:
-                store.add_pending(LANE_READINGS, outbox.reading_item(r), r.t)
-        while outbox.form_backlog(store, "gw-demo-01", 1, readings[-1].t + 3600, 64):
+                store.add_pending(LANE_READINGS, forming.reading_item(r), r.t)
+        while forming.form_backlog(store, "gw-demo-01", 1, readings[-1].t + 3600, 64):
             pass
         payloads = [row.payload for row in store.outbox_next(set(), 1_000_000)]
         store.close()
@@ -112,10 +111,10 @@ def live(readings: list[Reading]) -> tuple[list[bytes], list[list[Reading]]]:
     """The agent's live messages: what is polled within one LIVE_FLUSH_S shares one."""
     windows: dict[int, list[Reading]] = defaultdict(list)
     for r in readings:
-        windows[r.t // outbox.LIVE_FLUSH_S].append(r)
+        windows[r.t // forming.LIVE_FLUSH_S].append(r)
     payloads, groups = [], []
     for seq, (_, group) in enumerate(sorted(windows.items()), start=1):
-        payloads.append(outbox.encode_readings("gw-demo-01", 1, seq, wire.readings_body(group)))
+        payloads.append(forming.encode_readings("gw-demo-01", 1, seq, wire.readings_body(group)))
         groups.append(group)
     return payloads, groups
 
@@ -142,7 +141,7 @@ def live_formed(readings: list[Reading], *, table_form: bool) -> tuple[list[byte
     """The live messages the outbox forms from ``readings`` (in time order), ticking once
     a second as the runtime does: (payloads, readings in them)."""
     meters = sorted({r.meter for r in readings})
-    cycle = PollCycle({m: float(STEP_S) for m in meters}, outbox.TABLE_LINGER_S) \
+    cycle = PollCycle({m: float(STEP_S) for m in meters}, forming.TABLE_LINGER_S) \
         if table_form else None
     payloads: list[bytes] = []
     with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
@@ -153,11 +152,11 @@ def live_formed(readings: list[Reading], *, table_form: bool) -> tuple[list[byte
             with store.tx():
                 while i < len(readings) and readings[i].t <= now:
                     r = readings[i]
-                    store.add_pending(LANE_READINGS, outbox.reading_item(r), r.t, r.meter)
+                    store.add_pending(LANE_READINGS, forming.reading_item(r), r.t, r.meter)
                     if cycle is not None:
                         cycle.reading(r.meter, r.t)
                     i += 1
-            outbox.form_messages(store, "gw-demo-01", 1, now, True, cycle=cycle)
+            forming.form_messages(store, "gw-demo-01", 1, now, True, cycle=cycle)
             rows = store.outbox_next(set(), 1_000_000)
             payloads += [row.payload for row in rows]
             store.ack_many([row.seq for row in rows])
@@ -213,9 +212,9 @@ def report_live(r: dict[str, Any]) -> str:
         f"{r['meters']} meters every 15 minutes for {r['hours']} hours "
         f"(`python -m bench.uplink_wire --live-hours {r['hours']}`), the same readings "
         "formed by the real outbox both ways: series (`live_readings = \"series\"`, what "
-        f"is polled within LIVE_FLUSH_S = {outbox.LIVE_FLUSH_S} s shares a message) and "
+        f"is polled within LIVE_FLUSH_S = {forming.LIVE_FLUSH_S} s shares a message) and "
         "the table form (`live_readings = \"table\"`, one message when a poll cycle is "
-        f"complete or TABLE_LINGER_S = {outbox.TABLE_LINGER_S} s after its first "
+        f"complete or TABLE_LINGER_S = {forming.TABLE_LINGER_S} s after its first "
         "reading). Timing \"back to back\": as the agent's bus schedulers poll (two "
         f"buses, a meter every {POLL_GAP_S * 1000:.0f} ms on each); \"spread\": each "
         "meter at its own second of the interval. B/reading with the topic is what "
@@ -274,7 +273,7 @@ def report(r: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, label in (("backlog", "backlog (after an outage)"),
-                        ("live", f"live ({outbox.LIVE_FLUSH_S} s batches)")):
+                        ("live", f"live ({forming.LIVE_FLUSH_S} s batches)")):
         x = r[name]
         lines.append(f"| {label} | {x['messages']:,} | {x['payload']:.1f} | "
                      f"{x['tb_payload']:.1f} | 1/{x['tb_payload'] / x['payload']:.1f} | "

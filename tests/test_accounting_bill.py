@@ -17,6 +17,7 @@ from agent.buffer.store import Store
 from agent.errors import CommandError
 from agent.meters import MeterRegistry
 from agent.runtime import wire_ledger
+from agent.uplink import forming
 from tests.ledger.helpers import UP_TOML
 from tests.ledger.rig import UP_TABLE, Rig, make_config, unix
 
@@ -164,7 +165,7 @@ def test_an_invalid_tariff_command_names_the_key_and_changes_nothing(
 def test_the_ledger_before_setup_prices_with_the_config_tariff(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
     store = Store(cfg.gateway.data_dir)
-    ledger = wire_ledger(cfg, store, Journal(store), MeterRegistry(cfg.meters),
+    ledger = wire_ledger(cfg, store, Journal(store, forming.entry_item), MeterRegistry(cfg.meters),
                          clock_synchronised=None)
     assert ledger.tariffs.tariff_at("dom", 0).version == 1 and not ledger.relays.clock_trusted
     store.close()

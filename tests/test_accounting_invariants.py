@@ -43,12 +43,12 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from agent.buffer import outbox
 from agent.buffer.store import LANE_EVENTS, LANE_LEDGER
 from agent.ledger.billing import month_parts
 from agent.ledger.policy import REASONS
 from agent.ledger.tariff import pro_rata
 from agent.ledger.tokens import issue_token
+from agent.uplink import forming
 from tests.ledger.rig import IST_S, TOKEN_KEY, UP_TABLE, Rig, decode, unix
 
 SOAK = bool(os.environ.get("SOAK"))
@@ -400,7 +400,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(ack=st.integers(0, 5))
     def deliver(self, ack: int) -> None:
-        outbox.form_messages(self.rig.store, "gw-test", 1, self.rig.now, True)
+        forming.form_messages(self.rig.store, "gw-test", 1, self.rig.now, True)
         for row in self.rig.store.outbox_next(set(), ack):
             message = decode(row.payload)
             self.delivered_entries += message.get("entries", [])

@@ -14,7 +14,7 @@ from typing import Any, cast
 import pytest
 
 from agent import runtime as runtime_module
-from agent.buffer import outbox, room
+from agent.buffer import bounds, room
 from agent.buffer.disk import DEGRADED, RESERVE_NAME, DiskGuard
 from agent.buffer.store import LANE_EVENTS, LANE_READINGS, Store
 from agent.config import BusConfig, MeterConfig
@@ -23,6 +23,7 @@ from agent.drivers.events import ReadingTaken
 from agent.drivers.reading import Reading
 from agent.errors import StoreFullError
 from agent.runtime import Runtime, start_ledger
+from agent.uplink import forming
 from agent.uplink.cbor import loads
 from tests.ledger.rig import decode
 from tests.test_supervisor import _config, _IdleBus, idle_bus
@@ -128,7 +129,7 @@ def test_a_status_file_that_finds_the_disk_full_releases_the_reserve(
     t = int(time.time())
     with rt.store.tx():
         for i in range(100):
-            rt.store.add_pending(LANE_READINGS, outbox.reading_item(
+            rt.store.add_pending(LANE_READINGS, forming.reading_item(
                 Reading("M1", t + i, {"import_wh": 1000 + i, **VALUES})), t + i)
     monkeypatch.setattr(Path, "write_text", no_space)
     rt._write_status()
@@ -209,7 +210,7 @@ def test_work_that_never_finds_room_is_logged_not_raised(
         rt._with_room(full, "test work")
     assert rt.room.lost == 6
     assert len([r for r in caplog.records if "event=store_full_lost" in r.getMessage()]) == 1
-    assert outbox.FULL_KEEP_SHARE == 2
+    assert bounds.FULL_KEEP_SHARE == 2
     rt.store.close()
 
 

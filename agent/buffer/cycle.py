@@ -17,9 +17,9 @@ or if its last report plus its bus's poll interval falls before the cycle's firs
 report plus the linger bound: a meter of a slow bus is not waited for by the cycles of
 a fast one. When the guess is wrong (a bus thread stalls, a meter answers late), the
 linger bound sends the message anyway: the outbox never waits longer than
-``linger_s`` after the oldest live reading (``outbox.form_messages``).
+``linger_s`` after the oldest live reading (``forming.form_messages``).
 
-Bound: ``linger_s`` is ``max_linger_s`` (outbox.TABLE_LINGER_S) or the shortest poll
+Bound: ``linger_s`` is ``max_linger_s`` (forming.TABLE_LINGER_S) or the shortest poll
 interval of the gateway, whichever is less, so a reading is on its way within one
 poll cycle whatever this guesses. Pure: no I/O, no clock (times are passed in).
 """

@@ -10,7 +10,7 @@ a ledger entry; readings are bulky and may go (they are reported when they do). 
 - When a write finds no room (SQLite's SQLITE_FULL, or ENOSPC: ``full()``), the
   reserve is cut to ``RESERVE_KEEP_BYTES``: the rest goes to the store at once, so the
   transaction that failed (a charge, a top-up) can be written again; the runtime then
-  drops the oldest buffered readings to make room inside the store (outbox.make_room,
+  drops the oldest buffered readings to make room inside the store (bounds.make_room,
   reported as ``data_dropped``) and runs the work again.
 - If the work fails again, or the store cannot even be opened at start-up on a full
   disk, the last ``RESERVE_KEEP_BYTES`` are released too (``full(release_all=True)``).

@@ -1,5 +1,6 @@
-"""The ledger's durable tables: accounts, the append-only journal, top-ups, meters,
-tariff versions, the policy overlay, token verifier state and tamper evidence.
+"""The ledger's durable tables (created by schema.py): accounts, the append-only
+journal, top-ups, meters, tariff versions, the policy overlay, token verifier state
+and tamper evidence.
 
 Every function here runs inside the caller's ``store.tx()`` so that an entry,
 the balance it produces and the outbox item that reports it commit together
@@ -11,125 +12,14 @@ append-only too (evidence).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple, cast
 
+from agent.buffer import schema
 from agent.buffer.store import LANE_LEDGER, Store
 from agent.errors import LedgerError
-from agent.uplink import cbor
 from agent.vocab import ENTRY_KINDS
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS accounts (
-  id            TEXT PRIMARY KEY,
-  tariff        TEXT NOT NULL,
-  balance       INTEGER NOT NULL DEFAULT 0,
-  n             INTEGER NOT NULL DEFAULT 0,
-  reference     INTEGER NOT NULL DEFAULT 0,
-  alerts        TEXT NOT NULL DEFAULT '',
-  zero_alert_at INTEGER,
-  fixed_last    TEXT,
-  month         TEXT NOT NULL DEFAULT '',
-  consumed_wh   INTEGER NOT NULL DEFAULT 0,
-  energy_mp     INTEGER NOT NULL DEFAULT 0,
-  energy_posted INTEGER NOT NULL DEFAULT 0,
-  duty_posted   INTEGER NOT NULL DEFAULT 0,
-  duty_mp_bp    INTEGER NOT NULL DEFAULT 0,
-  deferred      TEXT NOT NULL DEFAULT ''
-);
-CREATE TABLE IF NOT EXISTS journal (
-  acct TEXT NOT NULL,
-  n    INTEGER NOT NULL,
-  t    INTEGER NOT NULL,
-  kind TEXT NOT NULL,
-  amt  INTEGER NOT NULL,
-  bal  INTEGER NOT NULL,
-  ref  TEXT NOT NULL,
-  PRIMARY KEY (acct, n)
-);
-CREATE TABLE IF NOT EXISTS topups (
-  txn    TEXT PRIMARY KEY,
-  acct   TEXT NOT NULL,
-  amount INTEGER NOT NULL,
-  n      INTEGER NOT NULL,
-  t      INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meters (
-  id            TEXT PRIMARY KEY,
-  serial        TEXT,
-  base_wh       INTEGER,
-  base_t        INTEGER,
-  relay_intent  TEXT NOT NULL DEFAULT 'closed',
-  relay_reason  TEXT NOT NULL DEFAULT '',
-  relay_actual  TEXT NOT NULL DEFAULT '',
-  override      TEXT NOT NULL DEFAULT '',
-  override_until INTEGER,
-  tamper_hold   INTEGER NOT NULL DEFAULT 0,
-  relay_attempts INTEGER NOT NULL DEFAULT 0,
-  relay_next_s  INTEGER NOT NULL DEFAULT 0,
-  reset_count   INTEGER NOT NULL DEFAULT 0,
-  reset_first_wh INTEGER NOT NULL DEFAULT 0,
-  reset_first_t INTEGER NOT NULL DEFAULT 0,
-  reset_last_wh INTEGER NOT NULL DEFAULT 0,
-  reset_last_t  INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS disconnects (
-  t INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS moratoria (
-  acct   TEXT PRIMARY KEY,
-  until  INTEGER NOT NULL,
-  reason TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS tariffs (
-  name        TEXT NOT NULL,
-  version     INTEGER NOT NULL,
-  body        TEXT NOT NULL,
-  effective_s INTEGER NOT NULL,
-  source      TEXT NOT NULL,
-  PRIMARY KEY (name, version)
-);
-CREATE TABLE IF NOT EXISTS policy (
-  key   TEXT PRIMARY KEY,
-  value TEXT NOT NULL,
-  t     INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS tokens (
-  acct           TEXT PRIMARY KEY,
-  max_counter    INTEGER NOT NULL,
-  used           TEXT NOT NULL,
-  wrong_in_row   INTEGER NOT NULL,
-  lockouts       INTEGER NOT NULL,
-  locked_from_s  INTEGER NOT NULL,
-  locked_until_s INTEGER NOT NULL,
-  last_wrong_s   INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS tamper (
-  id      INTEGER PRIMARY KEY AUTOINCREMENT,
-  meter   TEXT NOT NULL,
-  acct    TEXT,
-  t       INTEGER NOT NULL,
-  kind    TEXT NOT NULL,
-  code    INTEGER NOT NULL,
-  balance INTEGER,
-  relay   TEXT NOT NULL,
-  action  TEXT NOT NULL
-);
-"""
-
-# Columns added after the first schema, with their definitions: an older database
-# gets them by ALTER TABLE when a writer opens it (Journal.__init__).
-_ADDED_COLUMNS = {
-    "meters": (("tamper_hold", "INTEGER NOT NULL DEFAULT 0"),
-               ("relay_attempts", "INTEGER NOT NULL DEFAULT 0"),
-               ("relay_next_s", "INTEGER NOT NULL DEFAULT 0"),
-               ("reset_count", "INTEGER NOT NULL DEFAULT 0"),
-               ("reset_first_wh", "INTEGER NOT NULL DEFAULT 0"),
-               ("reset_first_t", "INTEGER NOT NULL DEFAULT 0"),
-               ("reset_last_wh", "INTEGER NOT NULL DEFAULT 0"),
-               ("reset_last_t", "INTEGER NOT NULL DEFAULT 0")),
-}
 
 SPEND_SCAN_ENTRIES = 50_000  # spend_since reads at most this many recent entries
 
@@ -147,12 +37,6 @@ class Entry:
     def wire(self) -> dict[str, object]:
         return {"acct": self.acct, "n": self.n, "t": self.t, "kind": self.kind,
                 "amt": self.amt, "bal": self.bal, "ref": self.ref}
-
-    def item(self) -> bytes:
-        """``cbor.dumps(self.wire())``: the keys written in their RFC 8949 4.2.1 order
-        (shortest first, then bytewise), two a reading, so without the generic walk."""
-        return cbor.dumps_record({"n": self.n, "t": self.t, "amt": self.amt, "bal": self.bal,
-                                  "ref": self.ref, "acct": self.acct, "kind": self.kind})
 
 
 # Account and MeterState are NamedTuples, not frozen dataclasses: the writer's copy in
@@ -243,48 +127,36 @@ class Journal:
     """The agent is the store's only writer, so a writing Journal keeps the accounts and
     meters rows in memory as well (read on every reading and every tick). A meter's
     write goes to SQLite first and to memory after it succeeds. An account's changes
-    (a posting moves its balance, the month's accrual moves with it) stay in memory
-    and are written once, by the store's flush hook, before the transaction commits:
-    one UPDATE an account a transaction instead of three a reading. Any rollback
-    (Store.rollback_hooks) drops what memory holds, and it is read again. A read-only
+    (a posting moves its balance, the month's accrual moves with it) stay in memory,
+    in the transaction's unit of work (unit.py), which writes them once before the
+    COMMIT: one UPDATE an account a transaction instead of three a reading. When writes
+    are undone (``Store.undone`` moves) what memory holds is read again. A read-only
     Journal (the CLI's, beside a running agent) always asks SQLite. Memory: one row per
     account and per meter, as many as the config has."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store,
+                 entry_item: Callable[[Entry], bytes] | None = None) -> None:
+        """``entry_item``: an entry's bytes in the store (uplink/forming.py's
+        ``entry_item``); a journal that posts needs it, a reader does not."""
         self.store = store
+        self._entry_item = entry_item
         self.conn = store.conn
         self._keep = not store.readonly
         self._accounts: dict[str, Account] | None = None
         self._meters: dict[str, MeterState] | None = None
-        self._dirty: set[str] = set()  # accounts changed in memory, not yet in SQLite
+        self._undone = store.undone  # the store's undo count when memory was read
         if self._keep:
-            store.flush_hooks.append(self.flush)
-            store.rollback_hooks.append(self.forget)
             self._migrate()
 
-    def forget(self) -> None:
-        """Read accounts and meters from SQLite again at the next use."""
-        self._accounts = None
-        self._meters = None
-        self._dirty.clear()
-
-    def flush(self) -> None:
-        """The accounts changed in memory into SQLite (the store calls it before COMMIT)."""
-        if not self._dirty or self._accounts is None:
-            return
-        dirty, self._dirty = sorted(self._dirty), set()
-        for acct_id in dirty:
-            a = self._accounts[acct_id]
-            self.conn.execute(
-                "UPDATE accounts SET balance = ?, n = ?, reference = ?, alerts = ?, "
-                "zero_alert_at = ?, fixed_last = ?, month = ?, consumed_wh = ?, "
-                "energy_mp = ?, energy_posted = ?, duty_posted = ?, duty_mp_bp = ?, "
-                "deferred = ? WHERE id = ?",
-                (a.balance, a.n, a.reference, ",".join(str(x) for x in sorted(a.alerts)),
-                 a.zero_alert_at, a.fixed_last, a.month, a.consumed_wh, a.energy_mp,
-                 a.energy_posted, a.duty_posted, a.duty_mp_bp, a.deferred, acct_id))
+    def _current(self) -> None:
+        """Forget what memory holds if writes were undone since it was read."""
+        if self._undone != self.store.undone:
+            self._undone = self.store.undone
+            self._accounts = None
+            self._meters = None
 
     def _all_accounts(self) -> dict[str, Account]:
+        self._current()
         if self._accounts is None:
             rows = self.conn.execute(f"SELECT {_ACCOUNT_COLS} FROM accounts").fetchall()
             accounts = {row[0]: _account(row) for row in rows}
@@ -294,6 +166,7 @@ class Journal:
         return self._accounts
 
     def _all_meters(self) -> dict[str, MeterState]:
+        self._current()
         if self._meters is None:
             rows = self.conn.execute(f"SELECT {_METER_COLS} FROM meters").fetchall()
             meters = {row[0]: MeterState(*row) for row in rows}
@@ -304,15 +177,12 @@ class Journal:
 
     def _migrate(self) -> None:
         with self.store.tx():
-            for table, columns in _ADDED_COLUMNS.items():
-                have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
-                for name, definition in columns:
-                    if name not in have:
-                        self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
+            schema.add_columns(self.conn, schema.LEDGER_COLUMNS)
 
     # -- accounts -----------------------------------------------------------
     def ensure_account(self, acct: str, tariff: str) -> None:
-        self.flush()  # what memory holds goes to SQLite before all is read again
+        if self.store.unit is not None:  # what memory holds goes to SQLite before all
+            self.store.unit.flush_accounts()  # is read again
         self.conn.execute(
             "INSERT INTO accounts (id, tariff) VALUES (?, ?) "
             "ON CONFLICT(id) DO UPDATE SET tariff = excluded.tariff",
@@ -337,7 +207,7 @@ class Journal:
         return [accounts[i] for i in sorted(accounts)]
 
     def update_account(self, acct: str, **fields: object) -> None:
-        assert self.store._depth, "update_account() must run inside store.tx()"
+        assert self.store.in_tx, "update_account() must run inside store.tx()"
         self._check_fields(fields)
         self._accounts_changed(self.account(acct), fields)
 
@@ -348,9 +218,9 @@ class Journal:
             fields["alerts"] = frozenset(cast("Iterable[int]", fields["alerts"]))
 
     def _accounts_changed(self, before: Account, fields: dict[str, object]) -> None:
-        assert self._accounts is not None  # account() has read them
-        self._accounts[before.id] = before._replace(**fields)  # type: ignore[arg-type]
-        self._dirty.add(before.id)
+        assert self._accounts is not None and self.store.unit is not None  # in a tx
+        row = self._accounts[before.id] = before._replace(**fields)  # type: ignore[arg-type]
+        self.store.unit.account_changed(row)
 
     # -- the journal --------------------------------------------------------
     def post(self, acct: str, t: int, kind: str, amt: int, ref: str) -> Entry:
@@ -362,7 +232,9 @@ class Journal:
         """Append entries ``(kind, amt, ref)`` in order, each moving the balance, queue
         them for the uplink, and set the account ``fields`` (as update_account) too: a
         reading's energy and duty with the month's accrual, in one change of the row."""
-        assert self.store._depth, "post() must run inside store.tx()"
+        assert self.store.in_tx, "post() must run inside store.tx()"
+        encode = self._entry_item
+        assert encode is not None, "a journal that posts is given entry_item"
         before = self.account(acct)
         balance, n = before.balance, before.n
         entries = []
@@ -377,7 +249,7 @@ class Journal:
             self.conn.execute(
                 "INSERT INTO journal (acct, n, t, kind, amt, bal, ref) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)", (acct, n, t, kind, amt, balance, ref))
-            self.store.add_pending(LANE_LEDGER, entry.item(), t)
+            self.store.add_pending(LANE_LEDGER, encode(entry), t)
             entries.append(entry)
         if fields:
             self._check_fields(fields)

@@ -6,7 +6,7 @@ batch) whose write finds no room raises ``StoreFullError`` with its transaction 
 
   1. the reserve is released (disk.py: cut to what it keeps, or all of it on the
      last try), SQLite's WAL is held small (``store.WAL_PAGES_FULL``), and the oldest
-     buffered readings are dropped (``outbox.make_room``, reported as data_dropped);
+     buffered readings are dropped (``bounds.make_room``, reported as data_dropped);
   2. the work runs again, at most ``FULL_RETRIES`` times;
   3. work that never finds room is lost and counted (``lost``); logged at most once
      per ``LOST_LOG_EVERY_S`` (an SD card). A lost reading costs no money: its energy
@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final, TypeVar
 
-from agent.buffer import outbox
+from agent.buffer import bounds
 from agent.buffer.disk import DiskGuard
 from agent.buffer.store import WAL_PAGES_FULL, Store
 from agent.clock import Clock
@@ -42,9 +42,11 @@ T = TypeVar("T")
 class Room:
     """The runtime thread's: the store it makes room in is set once it is open."""
 
-    def __init__(self, guard: DiskGuard, clock: Clock) -> None:
+    def __init__(self, guard: DiskGuard, clock: Clock, items: bounds.Items) -> None:
+        """``items``: the forms of what the bound drops and reports (forming.ITEMS)."""
         self.guard = guard
         self.clock = clock
+        self.items = items
         self.store: Store | None = None
         self.lost = 0  # units of work that found no room even after room was made
         self._lost_logged_s: float | None = None
@@ -91,7 +93,7 @@ class Room:
             return
         try:
             self.store.wal_pages(WAL_PAGES_FULL)  # reuse the WAL rather than grow it
-            outbox.make_room(self.store, now)
+            bounds.make_room(self.store, now, self.items)
         except StoreFullError as exc:  # no room even to drop: the retry says what is lost
             log.debug("event=make_room_failed error=%s", exc)
 

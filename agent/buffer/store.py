@@ -12,7 +12,7 @@ Tables
   meta      boot counter, next uplink seq, schema version, drop counters
   pending   items (events, ledger entries) not yet in a message, and readings as
             runs: one row holds up to ``RUN_MAX`` consecutive readings of one meter
-            (a CBOR sequence, RFC 8742, of ``outbox.reading_item``s), appended to
+            (a CBOR sequence, RFC 8742, of ``forming.reading_item``s), appended to
             in place until the run is sealed; so a long outage costs one row per
             meter and day, not one per reading, and drains at a few bytes per reading.
             Events and entries added in one transaction are written at its commit as
@@ -23,37 +23,37 @@ Tables
   tally     per (table, lane): rows, bytes and items, kept by the methods below in
             the transaction of each change (and recounted at every open), so the
             byte cap and the health report cost no table scan
-  (ledger tables live in journal.py, same database)
+  (and the ledger's tables, journal.py's, in the same database)
 
-Schema 2 adds pending.m/n/sealed/stripped, outbox.items/t0 and tally to
-schema 1; a schema-1 file is migrated in place when opened (its pending readings
-become sealed runs of one).
+Every table and every migration of an older file are schema.py's (one version counter).
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
 
+from agent.buffer import schema
+from agent.buffer.schema import LANE_BACKLOG as LANE_BACKLOG
+from agent.buffer.schema import LANE_EVENTS as LANE_EVENTS
+from agent.buffer.schema import LANE_LEDGER as LANE_LEDGER
+from agent.buffer.schema import LANE_READINGS as LANE_READINGS
+from agent.buffer.schema import LANE_REPLY as LANE_REPLY
+from agent.buffer.sequence import meter_of, split_sequence
+from agent.buffer.unit import BATCH_MAX_BYTES as BATCH_MAX_BYTES
+from agent.buffer.unit import BATCH_MAX_ITEMS as BATCH_MAX_ITEMS
+from agent.buffer.unit import UnitOfWork, insert_items, write_tally
 from agent.errors import StoreError, StoreFullError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = schema.VERSION
 DB_NAME = "agent.sqlite3"
 
-# Lanes, in delivery priority order (lower first). Pending items use 0-3; the outbox
-# splits readings into live (3: formed as they come) and backlog (4: formed on demand
-# from what piled up while the link was down), so live data never waits behind a drain.
-LANE_REPLY = 0
-LANE_EVENTS = 1
-LANE_LEDGER = 2
-LANE_READINGS = 3
-LANE_BACKLOG = 4
 LANE_TOPICS = {
     LANE_REPLY: "up/reply",
     LANE_EVENTS: "up/events",
@@ -65,39 +65,6 @@ READING_LANES = (LANE_READINGS, LANE_BACKLOG)
 COUNTERS = ("stripped_readings", "dropped_readings", "dropped_messages")
 RUN_MAX = 96  # readings per run row: a day at 15-minute polls
 _CHUNK = 500  # keys per DELETE ... IN (...): under SQLite's parameter limit
-BATCH_MAX_ITEMS = 256  # events or entries per pending row
-BATCH_MAX_BYTES = 16 * 1024  # and their bytes (a row always fits one message: outbox.py)
-
-_TABLES = [
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS pending (
-         id INTEGER PRIMARY KEY AUTOINCREMENT, lane INTEGER NOT NULL, item BLOB NOT NULL,
-         size INTEGER NOT NULL, t INTEGER NOT NULL, m TEXT,
-         n INTEGER NOT NULL DEFAULT 1, sealed INTEGER NOT NULL DEFAULT 1,
-         stripped INTEGER NOT NULL DEFAULT 0)""",
-    """CREATE TABLE IF NOT EXISTS outbox (
-         seq INTEGER PRIMARY KEY, lane INTEGER NOT NULL, topic TEXT NOT NULL,
-         payload BLOB NOT NULL, created INTEGER NOT NULL,
-         items INTEGER NOT NULL DEFAULT 1, t0 INTEGER)""",
-    """CREATE TABLE IF NOT EXISTS seen (
-         id TEXT PRIMARY KEY, reply BLOB NOT NULL, exp INTEGER NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS tally (
-         tbl TEXT NOT NULL, lane INTEGER NOT NULL, rows INTEGER NOT NULL DEFAULT 0,
-         bytes INTEGER NOT NULL DEFAULT 0, items INTEGER NOT NULL DEFAULT 0,
-         PRIMARY KEY (tbl, lane))""",
-]
-_COLUMNS_V2 = {  # added to schema-1 tables by the migration
-    "pending": ("m TEXT", "n INTEGER NOT NULL DEFAULT 1", "sealed INTEGER NOT NULL DEFAULT 1",
-                "stripped INTEGER NOT NULL DEFAULT 0"),
-    "outbox": ("items INTEGER NOT NULL DEFAULT 1", "t0 INTEGER"),
-}
-_INDEXES = [
-    "CREATE INDEX IF NOT EXISTS pending_lane ON pending (lane, id)",
-    "CREATE INDEX IF NOT EXISTS pending_lane_t ON pending (lane, t)",
-    "CREATE INDEX IF NOT EXISTS pending_unstripped ON pending (lane, id) WHERE stripped = 0",
-    "CREATE INDEX IF NOT EXISTS pending_open ON pending (m) WHERE sealed = 0",
-    "CREATE INDEX IF NOT EXISTS outbox_lane ON outbox (lane, seq)",
-]
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,16 +246,6 @@ def _configure(path: Path, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
-def _meter_of(item: bytes) -> str:
-    """The meter of a reading item: ``[m, t, ...]`` (schema 1: ``{"m": ...}``)."""
-    import cbor2  # our own bytes; agent.uplink.cbor would import the wire module here
-
-    d = cbor2.loads(item)
-    meter = d["m"] if isinstance(d, dict) else d[0]
-    assert isinstance(meter, str), meter
-    return meter
-
-
 class Store:
     """The single writer. Not thread-safe by design: only the runtime thread uses it."""
 
@@ -304,19 +261,12 @@ class Store:
             raise StoreError(f"no store at {self.path} (has the agent run with this config?)")
         self.conn = _connect(self.path, readonly)
         self._depth = 0
-        # (tbl, lane) -> [rows, bytes, items] not yet in the tally table: written once at
-        # the commit instead of an UPDATE per item (a poll cycle adds hundreds).
-        self._tally_delta: dict[tuple[str, int], list[int]] = {}
-        # Whoever keeps writes in memory until the commit (the journal's account rows,
-        # the tally) writes them out in a flush hook, called before COMMIT and
-        # before a SAVEPOINT; and forgets them in a rollback hook, called when writes
-        # are undone (a rollback, a savepoint rolled back, a failed commit).
-        self.flush_hooks: list[Callable[[], None]] = [self._flush_batch, self._flush_tally]
-        self.rollback_hooks: list[Callable[[], None]] = [self._forget_tally, self._forget_runs,
-                                                         self._forget_batch]
-        # lane -> [(item, t)]: the events and entries of this transaction, written at its
-        # commit (or before a savepoint or a read of the pending items) by _flush_batch
-        self._batch: dict[int, list[tuple[bytes, int]]] = {}
+        # The writes the transaction holds in memory until its commit (unit.py): made by
+        # tx() for the outermost transaction, None outside one.
+        self.unit: UnitOfWork | None = None
+        # Transactions (or savepoints) undone so far: a cache read from the database
+        # before the last of them (the open runs here, the journal's rows) is stale.
+        self.undone = 0
         self._open_runs: dict[str, tuple[int, int, int]] | None = None  # see _runs
         if not readonly:
             try:
@@ -329,30 +279,22 @@ class Store:
                 raise _broken(self.path, f"cannot be opened ({exc})") from exc
 
     def _create(self) -> None:
-        from agent.buffer import journal  # the ledger tables share this database
-
         with self.tx():
             fresh = self.conn.execute(
                 "SELECT COUNT(*) FROM sqlite_master WHERE name = 'meta'").fetchone()[0] == 0
-            for statement in _TABLES:
-                self.conn.execute(statement)
-            for statement in journal.SCHEMA.split(";"):
-                if statement.strip():
-                    self.conn.execute(statement)
+            schema.create(self.conn)
             self._meta_default("schema", SCHEMA_VERSION if fresh else 1)
             self._meta_default("boot", 0)
             self._meta_default("next_seq", 1)
-            self._meta_default("frozen_bytes", 0)  # outbox.store_cap: 0 = not frozen
+            self._meta_default("frozen_bytes", 0)  # bounds.store_cap: 0 = not frozen
             for key in COUNTERS:
                 self._meta_default(key, 0)
-            version = self.meta("schema")
-            if version == 1:
-                self._migrate_1_to_2()
-            elif version != SCHEMA_VERSION:
-                raise StoreError(f"{self.path}: schema {version}, this agent knows "
-                                 f"{SCHEMA_VERSION}")
-            for statement in _INDEXES:
-                self.conn.execute(statement)
+            try:
+                schema.migrate(self.conn, self.meta("schema"),
+                               lambda version: self.set_meta("schema", version))
+            except ValueError as exc:
+                raise StoreError(f"{self.path}: {exc}") from exc
+            schema.create_indexes(self.conn)
             self._recount()
 
     def _recount(self) -> None:
@@ -371,27 +313,18 @@ class Store:
             self._tally("outbox", lane, rows, nbytes, items)
 
     def _tally(self, tbl: str, lane: int, rows: int, nbytes: int, items: int) -> None:
-        if not self._depth:
-            self.conn.execute("UPDATE tally SET rows = rows + ?, bytes = bytes + ?, "
-                              "items = items + ? WHERE tbl = ? AND lane = ?",
-                              (rows, nbytes, items, tbl, lane))
-            return
-        delta = self._tally_delta.setdefault((tbl, lane), [0, 0, 0])
-        delta[0] += rows
-        delta[1] += nbytes
-        delta[2] += items
-
-    def _forget_tally(self) -> None:
-        self._tally_delta = {}
+        """A change of the tally: kept by the unit of work inside a transaction (written
+        once at its commit instead of an UPDATE per item), written now outside one."""
+        if self.unit is None:
+            write_tally(self.conn, tbl, lane, rows, nbytes, items)
+        else:
+            self.unit.count(tbl, lane, rows, nbytes, items)
 
     def _flush_tally(self) -> None:
-        """The tally's changes of this transaction into its table: before a commit,
-        a savepoint and every read of the tally."""
-        deltas, self._tally_delta = self._tally_delta, {}
-        for (tbl, lane), (rows, nbytes, items) in deltas.items():
-            self.conn.execute("UPDATE tally SET rows = rows + ?, bytes = bytes + ?, "
-                              "items = items + ? WHERE tbl = ? AND lane = ?",
-                              (rows, nbytes, items, tbl, lane))
+        """The tally's changes of this transaction into its table: before every read of
+        the tally (and before a commit or a savepoint, with the rest of the unit)."""
+        if self.unit is not None:
+            self.unit.flush_tally()
 
     def _delete(self, tbl: str, key: str, size: str, items: str, keys: list[int]) -> None:
         """Delete rows by key, keeping the tally; chunks of ``_CHUNK`` keys."""
@@ -404,25 +337,17 @@ class Store:
                 self._tally(tbl, lane, -rows, -nbytes, -n)
             self.conn.execute(f"DELETE FROM {tbl} WHERE {key} IN ({marks})", chunk)
 
-    def _migrate_1_to_2(self) -> None:
-        for table, columns in _COLUMNS_V2.items():
-            have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
-            for column in columns:
-                if column.split()[0] not in have:
-                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
-        self.conn.execute("UPDATE outbox SET t0 = created WHERE t0 IS NULL")
-        rows = self.conn.execute("SELECT id, item FROM pending WHERE lane = ?",
-                                 (LANE_READINGS,)).fetchall()
-        self.conn.executemany("UPDATE pending SET m = ? WHERE id = ?",
-                              [(_meter_of(bytes(item)), i) for i, item in rows])
-        self.set_meta("schema", 2)
-
     @classmethod
     def open_readonly(cls, data_dir: Path) -> Store:
         return cls(data_dir, readonly=True)
 
     def close(self) -> None:
         self.conn.close()
+
+    @property
+    def in_tx(self) -> bool:
+        """Inside ``tx()`` (an outer transaction or one joined)."""
+        return self._depth > 0
 
     def tx(self) -> _Tx:
         """One atomic transaction; nested use joins the outer one. A class, not a
@@ -431,13 +356,16 @@ class Store:
 
     def _begin(self) -> None:
         self._depth = 1
+        self.unit = UnitOfWork(self.conn)
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             self._depth = 0
+            self.unit = None
             raise StoreError(f"store transaction failed: {exc}") from exc
         except StoreFullError:
             self._depth = 0
+            self.unit = None
             raise
 
     def _end(self, failed: BaseException | None) -> None:
@@ -467,6 +395,7 @@ class Store:
                 raise StoreError(f"store transaction failed: {failed}") from failed
         finally:
             self._depth = 0
+            self.unit = None
 
     def _undo(self) -> None:
         self._rolled_back()
@@ -477,12 +406,17 @@ class Store:
                 pass  # the error being raised is the one to report
 
     def _flush(self) -> None:
-        for hook in self.flush_hooks:
-            hook()
+        """Everything the unit of work holds, written: before COMMIT and SAVEPOINT."""
+        assert self.unit is not None
+        self.unit.flush()
 
     def _rolled_back(self) -> None:
-        for hook in self.rollback_hooks:
-            hook()
+        """Writes were undone: the unit of work forgets its own, and every cache read
+        from the database before now is stale (``undone``)."""
+        if self.unit is not None:
+            self.unit.forget()
+        self._open_runs = None
+        self.undone += 1
 
     @contextmanager
     def savepoint(self, name: str = "sp") -> Iterator[None]:
@@ -557,17 +491,17 @@ class Store:
 
     # -- pending items ----------------------------------------------------
     def add_pending(self, lane: int, item: bytes, t: int, meter: str | None = None) -> None:
-        """Queue one item; a reading (``outbox.reading_item``; ``meter``: its meter, when
+        """Queue one item; a reading (``forming.reading_item``; ``meter``: its meter, when
         the caller knows it) joins its meter's open run; an event or entry joins the
         transaction's batch (written at its commit)."""
         if lane != LANE_READINGS:
             assert lane in (LANE_EVENTS, LANE_LEDGER), lane
-            if self._depth:
-                self._batch.setdefault(lane, []).append((item, t))
+            if self.unit is not None:
+                self.unit.add_item(lane, item, t)
             else:
-                self._insert_items(lane, [(item, t)])
+                insert_items(self.conn, lane, [(item, t)], self._tally)
             return
-        meter = _meter_of(item) if meter is None else meter
+        meter = meter_of(item) if meter is None else meter
         runs = self._runs()
         run = runs.get(meter)
         if run is not None and run[1] < RUN_MAX:
@@ -589,40 +523,10 @@ class Store:
         self._tally("pending", lane, 1, len(item), 1)
         runs[meter] = (int(cur.lastrowid or 0), 1, t)
 
-    def _insert_items(self, lane: int, items: list[tuple[bytes, int]]) -> None:
-        """Events or entries, in order, as rows of up to BATCH_MAX_ITEMS items and
-        BATCH_MAX_BYTES (at least one item a row)."""
-        rows: list[tuple[int, bytes, int, int, int]] = []
-        chunk: list[bytes] = []
-        size = 0
-        first_t = 0
-        for item, t in items:
-            if chunk and (len(chunk) >= BATCH_MAX_ITEMS or size + len(item) > BATCH_MAX_BYTES):
-                rows.append((lane, b"".join(chunk), size, first_t, len(chunk)))
-                chunk, size = [], 0
-            if not chunk or t < first_t:
-                first_t = t
-            chunk.append(item)
-            size += len(item)
-        if chunk:
-            rows.append((lane, b"".join(chunk), size, first_t, len(chunk)))
-        self.conn.executemany("INSERT INTO pending (lane, item, size, t, n) "
-                              "VALUES (?, ?, ?, ?, ?)", rows)
-        for _lane, _item, nbytes, _t, n in rows:
-            self._tally("pending", lane, 1, nbytes, n)
-
     def _flush_batch(self) -> None:
-        batch, self._batch = self._batch, {}
-        # Entries first, then events: forming reads each lane on its own, so the order
-        # only keeps the table in a fixed commit order for whoever reads it (tools, the
-        # simulation's observer).
-        for lane in (LANE_LEDGER, LANE_EVENTS):
-            items = batch.get(lane)
-            if items:
-                self._insert_items(lane, items)
-
-    def _forget_batch(self) -> None:
-        self._batch = {}
+        """The transaction's events and entries into ``pending``: before a read of it."""
+        if self.unit is not None:
+            self.unit.flush_items()
 
     def _runs(self) -> dict[str, tuple[int, int, int]]:
         """The open (unsealed) reading runs: meter -> (row id, readings, first t). Read
@@ -633,9 +537,6 @@ class Store:
                 "SELECT id, m, n, t FROM pending WHERE sealed = 0 AND lane = ? ORDER BY id",
                 (LANE_READINGS,))}
         return self._open_runs
-
-    def _forget_runs(self) -> None:
-        self._open_runs = None
 
     def seal_runs(self, before_t: int) -> None:
         """No more appends to runs that began before ``before_t`` (link up again: what
@@ -840,23 +741,6 @@ class Store:
         with self.tx():
             cur = self.conn.execute("DELETE FROM seen WHERE exp < ?", (now_s,))
         return cur.rowcount
-
-
-def split_sequence(data: bytes) -> list[bytes]:
-    """The items of a CBOR sequence (RFC 8742), each as its own bytes."""
-    import io
-
-    import cbor2  # our own bytes (see _meter_of)
-
-    fp = io.BytesIO(data)
-    decoder = cbor2.CBORDecoder(fp)
-    out = []
-    start = 0
-    while start < len(data):
-        decoder.decode()
-        out.append(data[start:fp.tell()])
-        start = fp.tell()
-    return out
 
 
 def disk_free_bytes(path: Path) -> int:

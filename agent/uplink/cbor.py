@@ -74,6 +74,32 @@ def dumps_record(obj: dict[str, int | str]) -> bytes:
     return bytes(cbor2.dumps(obj, canonical=False))
 
 
+def dumps_reading_row(row: list[str | int | None]) -> bytes:
+    """``dumps(row)`` for a reading item: an array of a text, ints below 2**62 and
+    nulls has one encoding (no map to order), so cbor2 writes it directly, byte for
+    byte what ``dumps`` writes (a test checks)."""
+    return bytes(cbor2.dumps(row))
+
+
+def dumps_ordered(obj: dict[str, Any]) -> bytes:
+    """``dumps(obj)`` for a message whose maps the caller has put in core deterministic
+    key order already and whose arrays hold only int64s (wire.series checks them): cbor2
+    writes it as it is, without the walk over every integer (a test checks)."""
+    return bytes(cbor2.dumps(obj, canonical=False))
+
+
+def loads_trusted(data: bytes) -> Any:
+    """One item of the agent's OWN bytes (from its store), by cbor2's C decoder directly:
+    ``loads`` is the hardened reader for bytes from outside."""
+    return cbor2.loads(data)
+
+
+def loads_trusted_sequence(data: bytes) -> list[Any]:
+    """Every item of a CBOR sequence (RFC 8742) of the agent's own bytes, at once: read
+    as the items of one indefinite-length array."""
+    return cast("list[Any]", cbor2.loads(b"\x9f" + data + b"\xff"))
+
+
 def dumps_with_items(obj: dict[str, Any], key: str, items: list[bytes],
                      count: int | None = None) -> bytes:
     """``dumps({**obj, key: [the items]})``, byte for byte, where ``items`` are CBOR

@@ -9,7 +9,7 @@ again from the store (at-least-once; the head-end dedupes by ``(gw, seq)``).
 Order: rows go out by lane (replies, events, ledger, live readings, backlog
 readings) and by seq within a lane, so a live reading waits at most for one
 PUBACK of a backlog drain. While backlog readings are pending and the link is
-up, ``pump`` forms ``BACKLOG_AHEAD`` messages ahead of the window (outbox.py).
+up, ``pump`` forms ``BACKLOG_AHEAD`` messages ahead of the window (forming.py).
 
 Bounds: at most ``MAX_INFLIGHT`` publishes and ``MAX_INFLIGHT_BYTES`` of them
 unacknowledged (at least one is always allowed). A row in flight for
@@ -27,9 +27,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from agent import __version__
-from agent.buffer import outbox
 from agent.buffer.store import LANE_BACKLOG, Store
 from agent.clock import Clock
+from agent.uplink import forming
 from agent.uplink.mqtt import MqttLink
 
 log = logging.getLogger("agent.delivery")
@@ -97,13 +97,13 @@ def state_payload(status: Mapping[str, Any], *, backlog: Mapping[str, Any],
 
 class Delivery:
     def __init__(self, store: Store, link: MqttLink, clock: Clock, *,
-                 gw: str | None = None, boot: int | None = None,
+                 gw: str, boot: int,
                  status: Callable[[], Mapping[str, Any]] | None = None,
                  max_inflight: int = MAX_INFLIGHT,
                  max_inflight_bytes: int = MAX_INFLIGHT_BYTES,
                  puback_timeout_s: float = PUBACK_TIMEOUT_S) -> None:
-        """``gw``/``boot``: form backlog messages on demand (without them the runtime's
-        once-a-second form_messages does, more slowly). ``status``: the runtime's
+        """``gw``/``boot``: whose backlog messages are formed on demand (forming.py).
+        ``status``: the runtime's
         status(); with it the birth and the periodic state are published from here."""
         self.store = store
         self.link = link
@@ -155,10 +155,9 @@ class Delivery:
         room = self.max_inflight - len(self.inflight)
         if room <= 0:
             return
-        if self.gw is not None and self.boot is not None \
-                and self.store.outbox_rows(LANE_BACKLOG) < room + outbox.BACKLOG_AHEAD // 2:
-            outbox.form_backlog(self.store, self.gw, self.boot, int(self.clock.time_s()),
-                                outbox.BACKLOG_AHEAD)
+        if self.store.outbox_rows(LANE_BACKLOG) < room + forming.BACKLOG_AHEAD // 2:
+            forming.form_backlog(self.store, self.gw, self.boot, int(self.clock.time_s()),
+                                 forming.BACKLOG_AHEAD)
         busy = {seq for seq, _, _ in self.inflight.values()}
         in_bytes = sum(n for _, _, n in self.inflight.values())
         for row in self.store.outbox_next(busy, room):

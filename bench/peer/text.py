@@ -91,7 +91,7 @@ def _key_bytes() -> tuple[int, int]:
 
 def notes(r: Results) -> list[str]:
     """Where the agent spends more than the peer, with the figures of this run."""
-    from agent.buffer.outbox import LIVE_FLUSH_S
+    from agent.uplink.forming import LIVE_FLUSH_S
 
     la, lp = r.live["agent"], r.live["peer"]
     ga, gp = r.load["agent"], r.load["peer"]
@@ -103,6 +103,14 @@ def notes(r: Results) -> list[str]:
     ledger = med([x.by_topic.get(f"{agent_side.PREFIX}/{{gw}}/up/ledger", 0)
                    / max(1, x.readings) for x in la])
     keys, series = _key_bytes()
+    total15 = med([x.at_interval(meters, 900.0) for x in la])
+    live = med([x.per_reading for x in la])
+    driven = med([x.per_reading_driven for x in la])
+    peer_b = med([x.per_reading for x in lp])
+
+    def share(part: float, whole: float) -> str:
+        return "most" if part > whole / 2 else f"{100 * part / max(whole, 1e-9):.0f} %"
+
     return [
         "## Reading the figures: where the agent spends more",
         "",
@@ -110,21 +118,21 @@ def notes(r: Results) -> list[str]:
         f"{report_b:,.0f} B every {agent_side.PERIOD_S:g} s with {meters} meters (it "
         "names only meters offline or failing since the last report); at 15-minute "
         "polls that is "
-        f"{per15:,.0f} B per reading, most of the agent's "
-        f"{med([x.at_interval(meters, 900.0) for x in la]):,.0f} B. The peer's "
+        f"{per15:,.0f} B per reading, {share(per15, total15)} of the agent's "
+        f"{total15:,.0f} B. The peer's "
         f"statistics: {med([x.steady_report() for x in lp]):,.0f} B a minute (gateway, "
         "service and connector counters: nothing per device).",
         f"- **Ledger journal**: {ledger:.1f} B per reading on `up/ledger` (an `energy` "
-        "entry a reading), as much again as the reading itself; the peer keeps no "
-        "ledger, so readings + journal "
-        f"({med([x.per_reading_driven for x in la]):.1f} B) is more than the peer's "
-        f"{med([x.per_reading for x in lp]):.1f} B.",
+        f"entry a reading), {ledger / max(live, 1e-9):.1f}× the reading itself "
+        f"({live:.1f} B); the peer keeps no ledger, so readings + journal "
+        f"({driven:.1f} B) is {'more' if driven > peer_b else 'less'} than the peer's "
+        f"{peer_b:.1f} B.",
         *([f"- **Names in live series**: a live series of one reading is {series} B, "
            f"{keys} B of it map keys (`m`, `t` and the seven quantity names), repeated for "
            "every meter of a message; delta encoding pays only within a meter's series "
            "(`--agent-live table` sends one table a poll cycle instead).",
            f"- **Start-up**: the agent's first readings wait LIVE_FLUSH_S = {LIVE_FLUSH_S} s "
-           "to share a message (outbox.py), so its first reading message comes about "
+           "to share a message (uplink/forming.py), so its first reading message comes about "
            f"{LIVE_FLUSH_S} s after its first poll; the peer sends a poll's values within "
            "about 0.1 s (its converter batches for 0.1 s, its sender waits "
            "`minPackSendDelayMS`, 50 ms)."] if r.args.get("agent_live", "series") == "series"

@@ -25,7 +25,8 @@ from typing import Any
 
 import cbor2
 
-from agent.buffer.store import LANE_EVENTS, LANE_LEDGER, LANE_READINGS, LANE_REPLY, split_sequence
+from agent.buffer.sequence import split_sequence
+from agent.buffer.store import LANE_EVENTS, LANE_LEDGER, LANE_READINGS, LANE_REPLY
 from agent.uplink import cbor
 from sim.neighbourhood.headend import strict_loads
 

@@ -1,4 +1,4 @@
-"""The storage bound (outbox.enforce_bounds): the drop order, the data_dropped events
+"""The storage bound (bounds.enforce_bounds): the drop order, the data_dropped events
 that say what went (seqs included), the free-disk floor, and what is never dropped."""
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ import cbor2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.buffer import outbox
+from agent import vocab
+from agent.buffer import bounds
 from agent.buffer.journal import Journal
 from agent.buffer.store import LANE_EVENTS, LANE_LEDGER, LANE_READINGS, Store
 from agent.config import StoreConfig
 from agent.drivers.reading import Reading
-from agent.uplink import cbor, wire
+from agent.uplink import cbor, forming, wire
 
 T0 = 1_767_225_600
 FULL = {"import_wh": 1000, "export_wh": 3, "p_w": 1500, "v_dv": 2301, "i_ma": 6500,
@@ -23,12 +24,17 @@ FULL = {"import_wh": 1000, "export_wh": 3, "p_w": 1500, "v_dv": 2301, "i_ma": 65
 HUGE = 10**12
 
 
+
+def enforce(store: Store, limits: StoreConfig, now_s: int, *, free_bytes: int) -> bounds.Drops:
+    return bounds.enforce_bounds(store, limits, now_s, forming.ITEMS, free_bytes=free_bytes)
+
+
 def fill(store: Store, hours: int, meters: int = 4, start: int = T0) -> list[Reading]:
     readings = [Reading(f"M{m}", start + 900 * i, {**FULL, "import_wh": 1000 + i})
                 for i in range(hours * 4) for m in range(meters)]
     with store.tx():
         for r in readings:
-            store.add_pending(LANE_READINGS, outbox.reading_item(r), r.t)
+            store.add_pending(LANE_READINGS, forming.reading_item(r), r.t)
     return readings
 
 
@@ -49,15 +55,15 @@ def dropped_events(store: Store) -> list[dict[str, Any]]:
 def test_under_the_cap_nothing_happens(tmp_path: Path) -> None:
     store = Store(tmp_path)
     fill(store, 24)
-    drops = outbox.enforce_bounds(store, StoreConfig(HUGE, 0), T0, free_bytes=HUGE)
-    assert drops == outbox.Drops() and not dropped_events(store)
+    drops = enforce(store, StoreConfig(HUGE, 0), T0, free_bytes=HUGE)
+    assert drops == bounds.Drops() and not dropped_events(store)
 
 
 def test_instantaneous_values_go_first_oldest_first(tmp_path: Path) -> None:
     store = Store(tmp_path)
     fill(store, 24)
     size = store.size_bytes()
-    drops = outbox.enforce_bounds(store, StoreConfig(size - 1000, 0), T0, free_bytes=HUGE)
+    drops = enforce(store, StoreConfig(size - 1000, 0), T0, free_bytes=HUGE)
     assert drops.stripped > 0 and drops.readings == 0
     assert store.size_bytes() <= size - 1000 + 200  # + the data_dropped event
     items = pending_readings(store)
@@ -71,7 +77,7 @@ def test_instantaneous_values_go_first_oldest_first(tmp_path: Path) -> None:
     assert flags == sorted(flags, reverse=True) and 0 in flags
     [event] = dropped_events(store)
     assert event["what"] == "instantaneous" and event["count"] == drops.stripped
-    assert event["quantities"] == list(outbox.INSTANTANEOUS)
+    assert event["quantities"] == list(vocab.INSTANTANEOUS)
     assert store.counters()["stripped_readings"] == drops.stripped
 
 
@@ -80,21 +86,21 @@ def test_then_whole_readings_oldest_first_and_formed_messages_are_named(tmp_path
     store = Store(tmp_path)
     fill(store, 6)
     # The link was up for a moment: the first six hours became backlog messages.
-    outbox.form_backlog(store, "gw", 1, T0 + 7 * 3600, 100)
+    forming.form_backlog(store, "gw", 1, T0 + 7 * 3600, 100)
     formed = [r.seq for r in store.outbox_next(set(), 100)]
     assert formed
     fill(store, 6, start=T0 + 8 * 3600)
     with store.tx():
-        journal = Journal(store)
+        journal = Journal(store, forming.entry_item)
         journal.ensure_account("A", "domestic")
         journal.topup("A", 500, "t1", T0)
-        store.add_pending(LANE_EVENTS, outbox.event_item(T0, "meter_online", m="M1"), T0)
+        store.add_pending(LANE_EVENTS, forming.event_item(T0, "meter_online", m="M1"), T0)
     ledger_and_events = store.conn.execute(
         "SELECT SUM(n) FROM pending WHERE lane IN (?, ?)", (LANE_EVENTS, LANE_LEDGER)
     ).fetchone()[0]
-    drops = outbox.enforce_bounds(store, StoreConfig(1 << 20, 0), T0, free_bytes=HUGE)
-    assert drops == outbox.Drops()
-    drops = outbox.enforce_bounds(store, StoreConfig(1000, 0), T0 + 13 * 3600,
+    drops = enforce(store, StoreConfig(1 << 20, 0), T0, free_bytes=HUGE)
+    assert drops == bounds.Drops()
+    drops = enforce(store, StoreConfig(1000, 0), T0 + 13 * 3600,
                                   free_bytes=HUGE)
     assert set(drops.seqs) == set(formed)  # the oldest data first: the formed messages
     assert drops.readings == 24 * 4 * 2 - len(pending_readings(store))
@@ -118,15 +124,15 @@ def test_the_free_disk_floor_freezes_the_store_at_its_size(tmp_path: Path) -> No
     store = Store(tmp_path)
     fill(store, 240)  # 10 days of 4 meters: over FLOOR_ROOM_BYTES
     size = store.size_bytes()
-    assert size > outbox.FLOOR_ROOM_BYTES
+    assert size > bounds.FLOOR_ROOM_BYTES
     limits = StoreConfig(HUGE, min_free_bytes=1 << 30)
-    assert outbox.enforce_bounds(store, limits, T0, free_bytes=1 << 29) == outbox.Drops()
+    assert enforce(store, limits, T0, free_bytes=1 << 29) == bounds.Drops()
     assert store.meta("frozen_bytes") == size
     fill(store, 4, start=T0 + 240 * 3600)  # more readings: over the frozen size now
-    drops = outbox.enforce_bounds(store, limits, T0, free_bytes=1 << 29)
+    drops = enforce(store, limits, T0, free_bytes=1 << 29)
     assert drops.stripped > 0 and store.size_bytes() <= size + 200
     # The disk has room again (someone freed it): the cap is max_bytes once more.
-    outbox.enforce_bounds(store, limits, T0, free_bytes=1 << 31)
+    enforce(store, limits, T0, free_bytes=1 << 31)
     assert store.meta("frozen_bytes") == 0
 
 
@@ -137,25 +143,25 @@ def test_under_the_floor_a_small_store_still_has_room_for_live_readings(tmp_path
     before they could go."""
     store = Store(tmp_path)
     limits = StoreConfig(HUGE, min_free_bytes=1 << 30)
-    assert outbox.enforce_bounds(store, limits, T0, free_bytes=0) == outbox.Drops()
+    assert enforce(store, limits, T0, free_bytes=0) == bounds.Drops()
     assert store.meta("frozen_bytes") == 1
     fill(store, 2)  # a few minutes of readings at a short poll
-    assert store.size_bytes() < outbox.FLOOR_ROOM_BYTES
-    assert outbox.enforce_bounds(store, limits, T0, free_bytes=0) == outbox.Drops()
+    assert store.size_bytes() < bounds.FLOOR_ROOM_BYTES
+    assert enforce(store, limits, T0, free_bytes=0) == bounds.Drops()
     fill(store, 240, start=T0 + 2 * 3600)  # but not more than that
-    drops = outbox.enforce_bounds(store, limits, T0, free_bytes=0)
-    assert drops.stripped > 0 and store.size_bytes() <= outbox.FLOOR_ROOM_BYTES
+    drops = enforce(store, limits, T0, free_bytes=0)
+    assert drops.stripped > 0 and store.size_bytes() <= bounds.FLOOR_ROOM_BYTES
 
 
 def test_only_what_is_never_dropped_is_left_over_the_cap(tmp_path: Path) -> None:
     store = Store(tmp_path)
     with store.tx():
-        journal = Journal(store)
+        journal = Journal(store, forming.entry_item)
         journal.ensure_account("A", "domestic")
         for i in range(50):
             journal.topup("A", 100, f"t{i}", T0 + i)
-    drops = outbox.enforce_bounds(store, StoreConfig(10, 0), T0, free_bytes=HUGE)
-    assert drops == outbox.Drops()
+    drops = enforce(store, StoreConfig(10, 0), T0, free_bytes=HUGE)
+    assert drops == bounds.Drops()
     assert len(journal.entries("A")) == 50
 
 
@@ -174,8 +180,8 @@ def test_drop_order_holds_whatever_the_mix(tmp_path_factory: Any,
         total += len(fill(store, hours, meters=2, start=t))
         t += hours * 3600 + 3600
         if form:
-            outbox.form_backlog(store, "gw", 1, t, 100)
-    drops = outbox.enforce_bounds(store, StoreConfig(cap, 0), t, free_bytes=HUGE)
+            forming.form_backlog(store, "gw", 1, t, 100)
+    drops = enforce(store, StoreConfig(cap, 0), t, free_bytes=HUGE)
     events = store.conn.execute("SELECT COALESCE(SUM(size), 0) FROM pending WHERE lane = ?",
                                 (LANE_EVENTS,)).fetchone()[0]
     # over the cap by no more than the data_dropped events of this pass, or nothing but

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.buffer import outbox
 from agent.buffer.journal import Entry, Journal
+from agent.buffer.sequence import split_sequence
 from agent.buffer.store import (
     BATCH_MAX_BYTES,
     BATCH_MAX_ITEMS,
@@ -28,7 +28,7 @@ from agent.buffer.store import (
 )
 from agent.drivers.reading import Reading
 from agent.errors import StoreError
-from agent.uplink import cbor, wire
+from agent.uplink import cbor, forming, wire
 
 T0 = 1_767_225_600
 GW = "gw1"
@@ -41,7 +41,7 @@ def reading(meter: str, t: int, wh: int, **extra: int) -> Reading:
 def add(store: Store, readings: list[Reading]) -> None:
     with store.tx():
         for r in readings:
-            store.add_pending(LANE_READINGS, outbox.reading_item(r), r.t)
+            store.add_pending(LANE_READINGS, forming.reading_item(r), r.t)
 
 
 def delivered(store: Store) -> list[tuple[int, str, dict[str, Any]]]:
@@ -107,8 +107,8 @@ def test_nothing_is_formed_while_the_link_is_down(tmp_path: Path) -> None:
     store = Store(tmp_path)
     add(store, [reading("A", T0, 1)])
     with store.tx():
-        store.add_pending(LANE_EVENTS, outbox.event_item(T0, "meter_online", m="A"), T0)
-    assert outbox.form_messages(store, GW, 1, T0 + 3600, link_up=False) == 0
+        store.add_pending(LANE_EVENTS, forming.event_item(T0, "meter_online", m="A"), T0)
+    assert forming.form_messages(store, GW, 1, T0 + 3600, link_up=False) == 0
     assert store.backlog()[0] == 0 and store.meta("next_seq") == 1
 
 
@@ -116,9 +116,9 @@ def test_live_readings_wait_up_to_the_flush_time_events_do_not(tmp_path: Path) -
     store = Store(tmp_path)
     add(store, [reading("A", T0, 1)])
     with store.tx():
-        store.add_pending(LANE_EVENTS, outbox.event_item(T0, "meter_online", m="A"), T0)
-    assert outbox.form_messages(store, GW, 1, T0 + 1, link_up=True) == 1  # the event
-    assert outbox.form_messages(store, GW, 1, T0 + outbox.LIVE_FLUSH_S, link_up=True) == 1
+        store.add_pending(LANE_EVENTS, forming.event_item(T0, "meter_online", m="A"), T0)
+    assert forming.form_messages(store, GW, 1, T0 + 1, link_up=True) == 1  # the event
+    assert forming.form_messages(store, GW, 1, T0 + forming.LIVE_FLUSH_S, link_up=True) == 1
     assert [(topic, m.get("readings")) for _, topic, m in delivered(store)] == [
         ("up/events", None), ("up/readings", [{"m": "A", "t": [T0], "import_wh": [1]}])]
 
@@ -127,8 +127,8 @@ def test_rows_leave_only_on_ack_and_keep_their_bytes(tmp_path: Path) -> None:
     store = Store(tmp_path)
     add(store, [reading("M1", T0 + i, 1000 + i) for i in range(3)])
     with store.tx():
-        store.add_pending(LANE_EVENTS, outbox.event_item(T0, "meter_online", m="M1"), T0)
-    assert outbox.form_messages(store, GW, 1, T0 + 10, link_up=True) == 2
+        store.add_pending(LANE_EVENTS, forming.event_item(T0, "meter_online", m="M1"), T0)
+    assert forming.form_messages(store, GW, 1, T0 + 10, link_up=True) == 2
     rows = store.outbox_next(set(), 10)
     assert [r.topic for r in rows] == ["up/events", "up/readings"]  # events first
     assert [r.seq for r in rows] == [1, 2]
@@ -151,10 +151,10 @@ def test_a_backlog_goes_out_after_live_data_each_meter_in_time_order(tmp_path: P
     old = [reading(m, T0 + 60 * i, 10 * i, p_w=i) for i in range(180) for m in ("A", "B")]
     add(store, old)
     now = T0 + 3 * 3600 + 600
-    formed = outbox.form_messages(store, GW, 1, now, link_up=True)
+    formed = forming.form_messages(store, GW, 1, now, link_up=True)
     assert formed == store.outbox_rows(LANE_BACKLOG) >= 1
     add(store, [reading("A", now + 1, 99_999)])
-    assert outbox.form_messages(store, GW, 1, now + 1 + outbox.LIVE_FLUSH_S, True) == 1
+    assert forming.form_messages(store, GW, 1, now + 1 + forming.LIVE_FLUSH_S, True) == 1
     out = delivered(store)
     assert out[0][2]["readings"] == [{"m": "A", "t": [now + 1], "import_wh": [99_999]}]
     assert out[0][0] > out[1][0]  # a higher seq, yet first: a head-end orders by t
@@ -174,10 +174,10 @@ def test_backlog_messages_stay_under_the_byte_bound(tmp_path: Path) -> None:
     add(store, [Reading(f"M{m:03d}", T0 + i, {q: big if i % 2 else -big
                                               for q in wire.QUANTITIES})
                 for i in range(40) for m in range(200)])
-    formed = outbox.form_backlog(store, GW, 1, T0 + 7200, 1000)
+    formed = forming.form_backlog(store, GW, 1, T0 + 7200, 1000)
     rows = store.outbox_next(set(), 10_000)
     assert formed == len(rows) > 1
-    assert max(len(r.payload) for r in rows) <= outbox.MAX_MESSAGE_BYTES
+    assert max(len(r.payload) for r in rows) <= forming.MAX_MESSAGE_BYTES
     assert sum(len(wire.decode_readings(cbor.loads(r.payload, max_bytes=1 << 20)))
                for r in rows) == 8000
 
@@ -197,7 +197,7 @@ def test_encode_readings_is_cbor_dumps_byte_for_byte(body: list[Any], boot: int,
                                  {q: c[:n] for q, c in columns.items()}))
     message = wire.envelope(GW, boot, seq)
     message["readings"] = built
-    assert outbox.encode_readings(GW, boot, seq, built) == cbor.dumps(message)
+    assert forming.encode_readings(GW, boot, seq, built) == cbor.dumps(message)
 
 
 @given(st.lists(st.dictionaries(st.text(max_size=5), st.integers(-(2**63), 2**63 - 1) |
@@ -246,17 +246,17 @@ def test_the_tally_and_open_runs_always_match_the_table(tmp_path_factory: Any,
             add(store, [reading(meter, t, n)])
         elif op == "event":
             with store.tx():
-                store.add_pending(LANE_EVENTS, outbox.event_item(t, "x"), t)
+                store.add_pending(LANE_EVENTS, forming.event_item(t, "x"), t)
         elif op == "form":
-            outbox.form_messages(store, GW, 1, t, link_up=True)
+            forming.form_messages(store, GW, 1, t, link_up=True)
         elif op == "seal":
             with store.tx():
                 store.seal_runs(t - n)
         elif op == "rollback":  # a reading and an event undone with their transaction
             try:
                 with store.tx():
-                    store.add_pending(LANE_READINGS, outbox.reading_item(reading(meter, t, n)), t)
-                    store.add_pending(LANE_EVENTS, outbox.event_item(t, "x"), t)
+                    store.add_pending(LANE_READINGS, forming.reading_item(reading(meter, t, n)), t)
+                    store.add_pending(LANE_EVENTS, forming.event_item(t, "x"), t)
                     raise _Undo
             except _Undo:
                 pass
@@ -265,7 +265,7 @@ def test_the_tally_and_open_runs_always_match_the_table(tmp_path_factory: Any,
         recount(store)
         # the open runs kept in memory are the ones in the table
         kept = store._runs()
-        store._forget_runs()
+        store._open_runs = None  # read again from the table
         assert kept == store._runs()
     summary = store.backlog_summary()
     assert summary.bytes == store.size_bytes()
@@ -288,7 +288,7 @@ def test_a_schema_1_store_is_migrated(tmp_path: Path) -> None:
     assert store.meta("schema") == 2 and store.next_boot() == 5
     add(store, [reading("A", T0 + 1, 6)])  # a new run: the old row is sealed
     assert store.backlog_summary().items == 3
-    assert outbox.form_messages(store, GW, 5, T0 + 3600, link_up=True) == 1
+    assert forming.form_messages(store, GW, 5, T0 + 3600, link_up=True) == 1
     out = delivered(store)
     assert out[0][0] == 7 and out[1][0] == 8
     assert wire.decode_readings(out[1][2]) == [Reading("A", T0, {"import_wh": 5, "p_w": 7}),
@@ -325,8 +325,8 @@ def test_a_transactions_events_and_entries_share_bounded_rows(tmp_path: Path) ->
     as items of a row each would be; gone with a rollback."""
     store = Store(tmp_path)
     n = 2 * BATCH_MAX_ITEMS + 10
-    events = [outbox.event_item(T0 + i, "meter_online", m=f"M{i}") for i in range(n)]
-    big = [outbox.event_item(T0, "bad_reading", m="M1", detail={"why": "x" * 5000})
+    events = [forming.event_item(T0 + i, "meter_online", m=f"M{i}") for i in range(n)]
+    big = [forming.event_item(T0, "bad_reading", m="M1", detail={"why": "x" * 5000})
            for _ in range(7)]  # 3 fit under BATCH_MAX_BYTES, so 3 rows: 3 + 3 + 1
     with store.tx():
         for i, item in enumerate(events):
@@ -346,7 +346,7 @@ def test_a_transactions_events_and_entries_share_bounded_rows(tmp_path: Path) ->
         store.add_pending(LANE_EVENTS, events[0], T0)
         raise RuntimeError("crash before the commit")
     assert store.pending_stats(LANE_EVENTS)[0] == n  # the rolled-back one left no row
-    outbox.form_messages(store, GW, 1, T0, link_up=True)
+    forming.form_messages(store, GW, 1, T0, link_up=True)
     got = [e for _, topic, m in delivered(store) if topic == "up/events" for e in m["events"]]
     assert [cbor.dumps(e) for e in got] == events
     assert store.pending_stats(LANE_EVENTS) == (0, None)
@@ -355,7 +355,7 @@ def test_a_transactions_events_and_entries_share_bounded_rows(tmp_path: Path) ->
 
 def test_topup_once_per_txn_and_journal_sums(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    journal = Journal(store)
+    journal = Journal(store, forming.entry_item)
     with store.tx():
         journal.ensure_account("A", "domestic")
         assert journal.topup("A", 500, "txn-1", 10) is not None
@@ -373,7 +373,8 @@ import os, signal
 from pathlib import Path
 from agent.buffer.store import Store
 from agent.buffer.journal import Journal
-s = Store(Path({str(tmp_path)!r})); j = Journal(s)
+from agent.uplink import forming
+s = Store(Path({str(tmp_path)!r})); j = Journal(s, forming.entry_item)
 with s.tx():
     j.ensure_account("A", "t"); j.topup("A", 700, "x1", 1)
 with s.tx():
@@ -383,7 +384,7 @@ with s.tx():
     proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2])
     assert proc.returncode == -9
     store = Store(tmp_path)
-    journal = Journal(store)
+    journal = Journal(store, forming.entry_item)
     assert journal.account("A").balance == 700
     assert [e.ref for e in journal.entries("A")] == ["x1"]
     recount(store)
@@ -406,7 +407,7 @@ def test_journal_memory_follows_commits_and_rollbacks(tmp_path: Path) -> None:
     SQLite only at the commit): a savepoint or a transaction rolled back must leave
     memory and the database agreeing, and a reader sees exactly what was committed."""
     store = Store(tmp_path)
-    j = Journal(store)
+    j = Journal(store, forming.entry_item)
     with store.tx():
         j.ensure_account("A", "dom")
     with store.tx():
@@ -441,9 +442,9 @@ def test_journal_memory_follows_commits_and_rollbacks(tmp_path: Path) -> None:
        st.dictionaries(st.sampled_from(wire.QUANTITIES), st.integers(-(2**63), 2**63 - 1)))
 def test_reading_item_is_cbor_dumps_byte_for_byte(meter: str, t: int,
                                                   values: dict[str, int]) -> None:
-    kept = {q: v for q, v in values.items() if -outbox.MAX_VALUE < v < outbox.MAX_VALUE}
+    kept = {q: v for q, v in values.items() if -forming.MAX_VALUE < v < forming.MAX_VALUE}
     want = cbor.dumps([meter, t, *(kept.get(q) for q in wire.QUANTITIES)])
-    assert outbox.reading_item(Reading(meter, t, values)) == want
+    assert forming.reading_item(Reading(meter, t, values)) == want
 
 
 @given(st.text(min_size=1, max_size=20), st.integers(1, 2**62), st.integers(0, 2**40),
@@ -452,7 +453,7 @@ def test_reading_item_is_cbor_dumps_byte_for_byte(meter: str, t: int,
 def test_entry_item_is_cbor_dumps_byte_for_byte(acct: str, n: int, t: int, kind: str,
                                                 amt: int, bal: int, ref: str) -> None:
     entry = Entry(acct, n, t, kind, amt, bal, ref)
-    assert entry.item() == cbor.dumps(entry.wire())
+    assert forming.entry_item(entry) == cbor.dumps(entry.wire())
 
 
 def test_backlog_counts_readings_not_yet_formed(tmp_path: Path) -> None:
@@ -463,7 +464,7 @@ def test_backlog_counts_readings_not_yet_formed(tmp_path: Path) -> None:
     store = Store(tmp_path)
     with store.tx():
         for i in range(5):
-            store.add_pending(LANE_READINGS, outbox.reading_item(reading("A", T0 + i, i)), T0 + i)
+            store.add_pending(LANE_READINGS, forming.reading_item(reading("A", T0 + i, i)), T0 + i)
     assert store.backlog()[0] == 0  # no message formed yet
     summary = store.backlog_summary()
     assert summary.messages == 0 and summary.pending == 5 and summary.total == 5
@@ -512,3 +513,16 @@ def test_a_read_only_data_dir_is_refused(tmp_path: Path) -> None:
             Store(tmp_path)
     finally:
         tmp_path.chmod(0o755)
+
+
+@given(st.lists(st.lists(st.one_of(st.none(), st.integers(-(2**62), 2**62)),
+                         min_size=7, max_size=7), min_size=1, max_size=20))
+def test_a_row_reads_back_item_by_item(values: list[list[int | None]]) -> None:
+    """A run row (a CBOR sequence) as forming reads it (cbor.loads_trusted_sequence) and
+    as the store splits it (sequence.split_sequence), item for item."""
+    rows: list[list[str | int | None]] = [["M1", T0 + i, *v] for i, v in enumerate(values)]
+    items = [cbor.dumps_reading_row(r) for r in rows]
+    assert items == [cbor.dumps(r) for r in rows]
+    assert cbor.loads_trusted_sequence(b"".join(items)) == rows
+    assert split_sequence(b"".join(items)) == items
+    assert [cbor.loads_trusted(i) for i in items] == rows

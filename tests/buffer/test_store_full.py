@@ -1,6 +1,6 @@
 """A store that finds no room (SQLite's SQLITE_FULL, made deterministic with PRAGMA
 max_page_count on the writer's connection): the transaction raises StoreFullError and
-leaves nothing behind; outbox.make_room drops the oldest readings, reports them, and
+leaves nothing behind; bounds.make_room drops the oldest readings, reports them, and
 the ledger write that failed then succeeds."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from unittest.mock import patch
 
 import pytest
 
-from agent.buffer import outbox
+from agent.buffer import bounds
 from agent.buffer import store as store_module
 from agent.buffer.journal import Journal
 from agent.buffer.store import (
@@ -24,6 +24,7 @@ from agent.buffer.store import (
 )
 from agent.drivers.reading import Reading
 from agent.errors import StoreError, StoreFullError
+from agent.uplink import forming
 from tests.buffer.test_bounds import FULL, T0, dropped_events, fill, pending_readings
 
 
@@ -43,13 +44,13 @@ def readings_until_full(store: Store, start: int) -> int:
                 for i in range(4):
                     for m in range(4):
                         r = Reading(f"M{m}", t + 900 * i, {**FULL, "import_wh": t + i})
-                        store.add_pending(LANE_READINGS, outbox.reading_item(r), r.t)
+                        store.add_pending(LANE_READINGS, forming.reading_item(r), r.t)
             t += 3600
     return t
 
 
 def account(store: Store) -> Journal:
-    journal = Journal(store)
+    journal = Journal(store, forming.entry_item)
     with store.tx():
         journal.ensure_account("A", "domestic")
         journal.topup("A", 10_000, "first", T0)
@@ -92,8 +93,8 @@ def test_make_room_drops_the_oldest_readings_and_the_ledger_write_then_fits(
         with store.tx():
             journal.topup("A", 500, "second", T0 + 1)
             fill(store, 24, start=T0 + 10_000 * 3600)
-    drops = outbox.make_room(store, T0 + 2)
-    assert drops.readings > 0 and store.reading_bytes() <= held // outbox.FULL_KEEP_SHARE
+    drops = bounds.make_room(store, T0 + 2, forming.ITEMS)
+    assert drops.readings > 0 and store.reading_bytes() <= held // bounds.FULL_KEEP_SHARE
     after = pending_readings(store)
     assert after == before[len(before) - len(after):], "the oldest went, the newest stayed"
     assert len(before) - len(after) == drops.readings
@@ -115,7 +116,7 @@ def test_make_room_holds_a_frozen_store_at_its_new_size(tmp_path: Path) -> None:
     fill(store, 48)
     with store.tx():
         store.set_meta("frozen_bytes", store.size_bytes())  # under the free-disk floor
-    outbox.make_room(store, T0)
+    bounds.make_room(store, T0, forming.ITEMS)
     assert store.meta("frozen_bytes") == store.size_bytes()
     store.close()
 
@@ -124,7 +125,7 @@ def test_make_room_with_no_readings_drops_nothing_and_reports_nothing(tmp_path: 
                                                                       ) -> None:
     store = Store(tmp_path)
     account(store)
-    assert outbox.make_room(store, T0) == outbox.Drops()
+    assert bounds.make_room(store, T0, forming.ITEMS) == bounds.Drops()
     assert not dropped_events(store)
     store.close()
 

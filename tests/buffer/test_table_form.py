@@ -10,11 +10,10 @@ from typing import Any
 
 import pytest
 
-from agent.buffer import outbox
 from agent.buffer.cycle import PollCycle
 from agent.buffer.store import LANE_BACKLOG, LANE_READINGS, Store
 from agent.drivers.reading import Reading
-from agent.uplink import cbor, table, wire
+from agent.uplink import cbor, forming, table, wire
 
 T0 = 1_767_225_600
 GW = "gw1"
@@ -28,14 +27,14 @@ def reading(meter: str, t: int, wh: int) -> Reading:
 def add(store: Store, cycle: PollCycle | None, readings: list[Reading]) -> None:
     with store.tx():
         for r in readings:
-            store.add_pending(LANE_READINGS, outbox.reading_item(r), r.t, r.meter)
+            store.add_pending(LANE_READINGS, forming.reading_item(r), r.t, r.meter)
     if cycle is not None:
         for r in readings:
             cycle.reading(r.meter, r.t)
 
 
 def form(store: Store, now: int, cycle: PollCycle | None, *, link_up: bool = True) -> int:
-    return outbox.form_messages(store, GW, 1, now, link_up, cycle=cycle)
+    return forming.form_messages(store, GW, 1, now, link_up, cycle=cycle)
 
 
 def sent(store: Store) -> list[dict[str, Any]]:
@@ -60,7 +59,7 @@ def store(tmp_path: Path) -> Store:
 
 
 def cycle_of(*meters: str, interval_s: float = 900.0) -> PollCycle:
-    return PollCycle({m: interval_s for m in meters}, outbox.TABLE_LINGER_S)
+    return PollCycle({m: interval_s for m in meters}, forming.TABLE_LINGER_S)
 
 
 # -- the poll cycle ----------------------------------------------------------------------
@@ -98,8 +97,8 @@ def test_an_offline_meter_is_not_waited_for() -> None:
 
 
 def test_a_meter_of_a_slower_bus_is_waited_for_only_in_its_own_cycles() -> None:
-    cycle = PollCycle({"FAST": 60.0, "SLOW": 900.0}, outbox.TABLE_LINGER_S)
-    assert cycle.linger_s == outbox.TABLE_LINGER_S
+    cycle = PollCycle({"FAST": 60.0, "SLOW": 900.0}, forming.TABLE_LINGER_S)
+    assert cycle.linger_s == forming.TABLE_LINGER_S
     cycle.reading("FAST", T0)
     assert cycle.waiting_for() == ["SLOW"]  # never heard of since the start: due
     cycle.reading("SLOW", T0 + 1)
@@ -140,9 +139,9 @@ def test_an_incomplete_cycle_goes_when_the_linger_bound_expires(store: Store) ->
     cycle = cycle_of(*METERS)
     add(store, cycle, [reading("SDM-0001", T0, 1000)])
     add(store, cycle, [reading("SDM-0002", T0 + 3, 2000)])
-    for now in range(T0, T0 + outbox.TABLE_LINGER_S):
+    for now in range(T0, T0 + forming.TABLE_LINGER_S):
         assert form(store, now, cycle) == 0, now - T0
-    assert form(store, T0 + outbox.TABLE_LINGER_S, cycle) == 1
+    assert form(store, T0 + forming.TABLE_LINGER_S, cycle) == 1
     [message] = sent(store)
     assert [m for m, _, _ in rows_of(message)] == ["SDM-0001", "SDM-0002"]
     # the late meter's reading completes the cycle: the others are due again only at
@@ -161,7 +160,7 @@ def test_the_linger_bound_follows_a_short_poll_interval(store: Store) -> None:
 
 def test_a_full_batch_of_readings_goes_at_once(store: Store,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(outbox, "TABLE_MAX_READINGS", 10)
+    monkeypatch.setattr(forming, "TABLE_MAX_READINGS", 10)
     meters = [f"M{i:03d}" for i in range(25)]
     cycle = cycle_of(*meters)
     add(store, cycle, [reading(m, T0, 100 + i) for i, m in enumerate(meters[:24])])
@@ -174,8 +173,8 @@ def test_a_full_batch_of_readings_goes_at_once(store: Store,
 
 def test_a_full_batch_of_bytes_goes_at_once(store: Store,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    size = len(outbox.reading_item(reading("M000", T0, 100)))
-    monkeypatch.setattr(outbox, "TABLE_MAX_ITEM_BYTES", 5 * size)
+    size = len(forming.reading_item(reading("M000", T0, 100)))
+    monkeypatch.setattr(forming, "TABLE_MAX_ITEM_BYTES", 5 * size)
     meters = [f"M{i:03d}" for i in range(12)]
     cycle = cycle_of(*meters, "LATE")
     add(store, cycle, [reading(m, T0, 100 + i) for i, m in enumerate(meters)])
@@ -192,7 +191,7 @@ def test_a_table_over_the_message_bound_goes_as_two_at_once(store: Store,
     add(store, cycle, [reading(m, T0, 100 + i) for i, m in enumerate(meters)])
     whole = len(cbor.dumps(table.table_message(GW, 1, 1, [
         reading(m, T0, 100 + i) for i, m in enumerate(meters)])))
-    monkeypatch.setattr(outbox, "MAX_MESSAGE_BYTES", whole - 1)
+    monkeypatch.setattr(forming, "MAX_MESSAGE_BYTES", whole - 1)
     assert form(store, T0, cycle) == 2  # halved, and the other half at once
     assert [len(rows_of(m)) for m in sent(store)] == [20, 20]
     assert not cycle.complete()
@@ -232,7 +231,7 @@ def test_a_table_message_is_the_deterministic_cbor_of_its_map(store: Store) -> N
 
 def test_without_a_cycle_live_readings_stay_series(store: Store) -> None:
     add(store, None, [reading("A", T0, 1)])
-    assert form(store, T0 + outbox.LIVE_FLUSH_S, None) == 1
+    assert form(store, T0 + forming.LIVE_FLUSH_S, None) == 1
     [message] = sent(store)
     assert message["readings"] == [{"m": "A", "t": [T0], "import_wh": [1], "p_w": [301],
                                     "v_dv": [2299]}]

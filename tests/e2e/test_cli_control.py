@@ -91,11 +91,12 @@ def test_ledger_shows_local_times_and_json_keeps_unix_seconds(tmp_path: Path) ->
     from agent.config import load_config
     from agent.meters import MeterRegistry
     from agent.runtime import start_ledger, wire_ledger
+    from agent.uplink import forming
 
     config = make_config(tmp_path, 1883)
     cfg = load_config(config)
     store = Store(cfg.gateway.data_dir)
-    journal = Journal(store)
+    journal = Journal(store, forming.entry_item)
     ledger = wire_ledger(cfg, store, journal, MeterRegistry(cfg.meters), token_key=bytes(32))
     start_ledger(ledger, cfg, store, journal, 1_767_225_600)
     t = 1_767_268_800  # 2026-01-01 12:00 UTC = 17:30 in Asia/Kolkata

@@ -18,7 +18,7 @@ from agent.buffer.journal import Journal
 from agent.buffer.store import LANE_REPLY, Store
 from agent.meters import MeterRegistry
 from agent.runtime import start_ledger, wire_dispatcher, wire_ledger
-from agent.uplink import cbor, cose, wire
+from agent.uplink import cbor, cose, forming, wire
 from agent.uplink.commands import OPS, make_command
 from tests.e2e.uplink_helpers import GW, config_for
 
@@ -33,7 +33,7 @@ class Box:
     def __init__(self, data_dir: Path) -> None:
         cfg = config_for(1883, data_dir)
         self.store = Store(data_dir)
-        self.journal = Journal(self.store)
+        self.journal = Journal(self.store, forming.entry_item)
         meters = MeterRegistry(cfg.meters)
         ledger = wire_ledger(cfg, self.store, self.journal, meters)
         start_ledger(ledger, cfg, self.store, self.journal, NOW)

@@ -22,12 +22,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from agent.buffer import outbox
+from agent.buffer import bounds
 from agent.buffer.store import LANE_READINGS, Store
 from agent.clock import Clock, SystemClock
 from agent.config import Config, parse_config
 from agent.drivers.reading import Reading
 from agent.runtime import Runtime
+from agent.uplink import forming
 from agent.uplink.delivery import Delivery
 from agent.uplink.mqtt import LinkEvent, MqttLink
 from sim.broker import Mosquitto
@@ -53,13 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     # kills the agent every second or so; 5 s would leave every reading to the end).
     flush = os.environ.get("UPLINK_TEST_LIVE_FLUSH_S")
     if flush is not None:
-        outbox.LIVE_FLUSH_S = int(flush)
+        forming.LIVE_FLUSH_S = int(flush)
     # Test knob: the room a store under the free-disk floor keeps for live readings
     # (64 KiB: one gateway's readings would take minutes to fill it, so a drop test
     # sets it to 1 byte and drops start at the first tick).
     room = os.environ.get("UPLINK_TEST_FLOOR_ROOM_BYTES")
     if room is not None:
-        outbox.FLOOR_ROOM_BYTES = int(room)
+        bounds.FLOOR_ROOM_BYTES = int(room)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
     runtime = WiredRuntime(load_config(args.config))
     signal.signal(signal.SIGTERM, lambda *_: runtime.stop())
@@ -161,7 +162,7 @@ class Pipeline:
     def add(self, readings: list[Reading]) -> None:
         with self.store.tx():
             for r in readings:
-                self.store.add_pending(LANE_READINGS, outbox.reading_item(r), r.t)
+                self.store.add_pending(LANE_READINGS, forming.reading_item(r), r.t)
 
     def turn(self, wait_s: float = 0.02) -> None:
         try:
@@ -183,7 +184,7 @@ class Pipeline:
         mono = time.monotonic()
         if mono >= self.next_form:
             self.next_form = mono + 0.2
-            outbox.form_messages(self.store, self.cfg.gateway.id, self.boot,
+            forming.form_messages(self.store, self.cfg.gateway.id, self.boot,
                                  int(self.clock.time_s()), self.link.connected,
                                  limits=self.cfg.store)
             self.delivery.check_stuck()

@@ -15,7 +15,7 @@ from agent.drivers.reading import Reading
 from agent.ledger.calendar import days_from_civil
 from agent.meters import MeterRegistry
 from agent.runtime import start_ledger, wire_ledger
-from agent.uplink import cbor
+from agent.uplink import cbor, forming
 
 IST_S = 19_800  # Asia/Kolkata, UTC+05:30, no daylight saving
 TOKEN_KEY = bytes(range(32))  # the docs/tokens.md test key: never in the field
@@ -92,7 +92,7 @@ class Rig:
         self.store = Store(self.cfg.gateway.data_dir)
         if self.fast:  # arithmetic tests only: durability is proven elsewhere
             self.store.conn.execute("PRAGMA synchronous = OFF")
-        self.journal = Journal(self.store)
+        self.journal = Journal(self.store, forming.entry_item)
         self.meters = MeterRegistry(self.cfg.meters)
         self.ledger = wire_ledger(self.cfg, self.store, self.journal, self.meters,
                                   token_key=TOKEN_KEY, clock_synchronised=lambda: self.synced)

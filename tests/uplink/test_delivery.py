@@ -8,11 +8,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from agent.buffer import outbox
 from agent.buffer.store import LANE_BACKLOG, LANE_EVENTS, LANE_READINGS, Store
 from agent.clock import SimClock
 from agent.drivers.reading import Reading
-from agent.uplink import cbor
+from agent.uplink import cbor, forming
 from agent.uplink.delivery import MAX_INFLIGHT, MAX_METER_ERRORS, Delivery, state_payload
 
 T0 = 1_767_225_600
@@ -63,7 +62,7 @@ def setup(tmp_path: Path, **kw: Any) -> tuple[Store, FakeLink, SimClock, Deliver
 def events(store: Store, n: int, t: int = T0) -> None:
     for i in range(n):  # a row each (one transaction's events share rows)
         with store.tx():
-            store.add_pending(LANE_EVENTS, outbox.event_item(t, "meter_online", m=f"M{i}"), t)
+            store.add_pending(LANE_EVENTS, forming.event_item(t, "meter_online", m=f"M{i}"), t)
 
 
 def form(store: Store, clock: SimClock) -> None:
@@ -140,17 +139,17 @@ def test_live_readings_overtake_a_backlog_drain(tmp_path: Path) -> None:
         for i in range(360):
             for m in range(50):
                 r = Reading(f"M{m:02d}", T0 + 60 * i, {"import_wh": i, "p_w": 100 + m})
-                store.add_pending(LANE_READINGS, outbox.reading_item(r), r.t)
+                store.add_pending(LANE_READINGS, forming.reading_item(r), r.t)
     clock.advance(6 * 3600 + 120)
-    outbox.form_messages(store, GW, 1, int(clock.time_s()), True)
+    forming.form_messages(store, GW, 1, int(clock.time_s()), True)
     delivery.pump()
     assert len(delivery.inflight) == 2
     assert store.outbox_rows(LANE_BACKLOG) > 2
     live = Reading("M07", int(clock.time_s()), {"import_wh": 999, "p_w": 1})
     with store.tx():
-        store.add_pending(LANE_READINGS, outbox.reading_item(live), live.t)
-    clock.advance(outbox.LIVE_FLUSH_S)
-    outbox.form_messages(store, GW, 1, int(clock.time_s()), True)
+        store.add_pending(LANE_READINGS, forming.reading_item(live), live.t)
+    clock.advance(forming.LIVE_FLUSH_S)
+    forming.form_messages(store, GW, 1, int(clock.time_s()), True)
     delivery.on_puback(link.sent[0][0])
     delivery.pump()
     newest = decoded(link.sent[-1][2])
@@ -163,7 +162,7 @@ def test_pump_forms_the_backlog_on_demand(tmp_path: Path) -> None:
     with store.tx():
         for i in range(96 * 40):
             r = Reading(f"M{i % 40}", T0 + i, {"import_wh": i})
-            store.add_pending(LANE_READINGS, outbox.reading_item(r), r.t)
+            store.add_pending(LANE_READINGS, forming.reading_item(r), r.t)
     clock.advance(3600)
     delivery.pump()  # no form_messages: the pump formed the backlog itself
     assert link.sent and store.pending_stats(LANE_READINGS)[0] < 96 * 40

@@ -17,7 +17,7 @@ from agent.ops import RESYNC_MAX_ENTRIES
 from agent.policy_overlay import PolicyOverlay
 from agent.runtime import start_ledger, wire_dispatcher, wire_ledger
 from agent.tariffs import Tariffs
-from agent.uplink import cbor, wire
+from agent.uplink import cbor, forming, wire
 from agent.uplink.commands import make_command
 from tests.e2e.uplink_helpers import GW, config_for
 from tests.ledger.rig import decode
@@ -33,7 +33,7 @@ class Gateway:
         self.cfg = config_for(1883, data_dir)
         self.store = Store(data_dir)
         self.boot = self.store.next_boot()
-        self.journal = Journal(self.store)
+        self.journal = Journal(self.store, forming.entry_item)
         self.meters = MeterRegistry(self.cfg.meters)
         self.ledger = wire_ledger(self.cfg, self.store, self.journal, self.meters)
         start_ledger(self.ledger, self.cfg, self.store, self.journal, NOW)

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from agent.buffer import outbox
 from agent.buffer.store import LANE_EVENTS
 from agent.config import Config
+from agent.uplink import forming
 from agent.uplink.commands import make_command
 from agent.uplink.mqtt import (
     BACKOFF_MAX_S,
@@ -361,6 +361,6 @@ def emit(pipe: Pipeline, n: int) -> None:
     """``n`` events, one message each (so that several are in flight at once)."""
     for i in range(n):
         with pipe.store.tx():
-            pipe.store.add_pending(LANE_EVENTS, outbox.event_item(1, "meter_online",
+            pipe.store.add_pending(LANE_EVENTS, forming.event_item(1, "meter_online",
                                                                   m=f"M{i}"), 1)
-        outbox.form_messages(pipe.store, GW, pipe.boot, 1, True)
+        forming.form_messages(pipe.store, GW, pipe.boot, 1, True)

@@ -1,4 +1,6 @@
-"""Forming uplink messages from pending items (CONTRACT 4-7), and the storage bound.
+"""Forming uplink messages from pending items (CONTRACT 4-7): the one place that turns
+the store's rows into message bytes, and that gives the items it stores their bytes
+(a reading, an event, a ledger entry).
 
 A message is formed once: its ``seq`` is taken and its exact bytes stored in the
 same transaction that removes the items it carries, so a seq always names the
@@ -36,36 +38,18 @@ an encoded message over ``MAX_MESSAGE_BYTES`` is formed again from half of them.
 One call forms at most ``MAX_MESSAGES_PER_CALL`` messages, so it never holds the
 writer for long.
 
-The storage bound (``enforce_bounds``): the bytes held for the uplink may not
-exceed ``[store] max_bytes``, and while free disk is under ``min_free_bytes`` they
-may not grow past what they were when it got there (SQLite reuses freed pages,
-so a store that does not grow takes no more disk). Over the bound, in this order:
-  1. strip the instantaneous values (p_w, v_dv, i_ma, f_chz, pf_milli) from the
-     oldest pending readings, a run at a time: the energy registers stay;
-  2. drop the oldest readings whole: pending items, or formed readings messages
-     (oldest data first); a dropped message's seq becomes a gap that the event
-     names in ``detail.seqs``.
-Ledger entries, events and replies are never dropped. Each pass that drops
-reports it as ``data_dropped`` events ({what: instantaneous | readings, count}).
-Under the floor the store may still hold ``FLOOR_ROOM_BYTES`` whatever its size was:
-room for the live readings of a few minutes to be formed and sent (SQLite reuses
-their pages once they are acknowledged), so a full disk does not stop the readings.
-
-A full disk (a write found no room, disk.py): ``make_room`` drops the oldest readings
-whole, pending or formed, until the readings held are ``1/FULL_KEEP_SHARE`` of what
-they were, and holds the store at that size while the disk stays under its floor.
-Reported as ``data_dropped`` {what: readings, count, ..., reason: disk_full}.
+The storage bound (what may be held, and what goes first) is buffer/bounds.py's;
+``form_messages`` enforces it before it forms.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
-import cbor2
-
+from agent.buffer import bounds
 from agent.buffer.cycle import PollCycle
+from agent.buffer.journal import Entry
 from agent.buffer.store import (
     BATCH_MAX_BYTES,
     BATCH_MAX_ITEMS,
@@ -76,11 +60,11 @@ from agent.buffer.store import (
     LANE_REPLY,
     PendingRow,
     Store,
-    disk_free_bytes,
 )
 from agent.config import StoreConfig
 from agent.drivers.reading import Reading
 from agent.uplink import cbor, table, wire
+from agent.vocab import INSTANTANEOUS
 
 log = logging.getLogger("agent.outbox")
 
@@ -97,12 +81,7 @@ TABLE_MAX_ITEM_BYTES = 64 * 1024  # and their stored items' bytes (~21 B each on
 BACKLOG_AHEAD = 32  # backlog messages formed ahead of the in-flight window
 MAX_RUNS = 1024  # reading runs looked at per message (with the bytes: a memory bound)
 MAX_VALUE = 2**62  # |value| below this: every delta fits int64 (CONTRACT 1: signed 64-bit)
-INSTANTANEOUS = ("p_w", "v_dv", "i_ma", "f_chz", "pf_milli")
 _KEEP = tuple(q not in INSTANTANEOUS for q in wire.QUANTITIES)
-BOUND_CHUNK = 64  # runs (up to RUN_MAX readings each) stripped or dropped per round
-BOUND_ROUNDS = 64  # rounds per call; what is left over is done at the next call
-FLOOR_ROOM_BYTES = 64 * 1024  # under the free-disk floor the store may hold at least this
-FULL_KEEP_SHARE = 2  # a full disk: the readings held are cut to 1/this of their bytes
 assert BATCH_MAX_BYTES <= MAX_ITEM_BYTES and BATCH_MAX_ITEMS <= MAX_ITEMS  # a row fits
 assert TABLE_MAX_READINGS <= table.MAX_ROWS and TABLE_LINGER_S < LIVE_AGE_S
 
@@ -130,10 +109,8 @@ def reading_item(reading: Reading) -> bytes:
         else:
             log.warning("event=value_out_of_range meter=%s t=%d %s=%d", reading.meter,
                         reading.t, q, v)
-    # An array of a text, ints below 2**62 and nulls has one encoding (no map to order):
-    # cbor2 writes it directly, byte for byte what cbor.dumps writes (a test checks).
-    return bytes(cbor2.dumps([reading.meter, reading.t,
-                              *[values.get(q) for q in wire.QUANTITIES]]))
+    return cbor.dumps_reading_row([reading.meter, reading.t,
+                                   *[values.get(q) for q in wire.QUANTITIES]])
 
 
 def _readings(item: bytes) -> list[_R]:
@@ -142,7 +119,7 @@ def _readings(item: bytes) -> list[_R]:
     hardened cbor.loads is for bytes from outside). A schema-1 store holds
     {"m", "t", "v"} maps: read those too."""
     out = []
-    for d in cbor2.loads(b"\x9f" + item + b"\xff"):
+    for d in cbor.loads_trusted_sequence(item):
         if isinstance(d, dict):
             out.append(_R(d["m"], d["t"], dict(d["v"])))
         else:
@@ -151,7 +128,7 @@ def _readings(item: bytes) -> list[_R]:
     return out
 
 
-def _strip(run: bytes) -> bytes:
+def strip_run(run: bytes) -> bytes:
     """The run without its instantaneous values (the storage bound, step 1)."""
     return b"".join(cbor.dumps([r.meter, r.t, *(r.values.get(q) if keep else None for q, keep
                                                 in zip(wire.QUANTITIES, _KEEP, strict=True))])
@@ -168,6 +145,31 @@ def event_item(t: int, type_: str, *, m: str | None = None, acct: str | None = N
     return cbor.dumps(event)
 
 
+def entry_item(entry: Entry) -> bytes:
+    """``cbor.dumps(entry.wire())``: the keys written in their RFC 8949 4.2.1 order
+    (shortest first, then bytewise), two a reading, so without the generic walk."""
+    return cbor.dumps_record({"n": entry.n, "t": entry.t, "amt": entry.amt, "bal": entry.bal,
+                              "ref": entry.ref, "acct": entry.acct, "kind": entry.kind})
+
+
+class _Items:
+    """The item forms the storage bound needs (buffer/bounds.py's ``Items``)."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def strip_run(run: bytes) -> bytes:
+        return strip_run(run)
+
+    @staticmethod
+    def event_item(t: int, type_: str, *, m: str | None = None, acct: str | None = None,
+                   detail: dict[str, Any] | None = None) -> bytes:
+        return event_item(t, type_, m=m, acct=acct, detail=detail)
+
+
+ITEMS = _Items()
+
+
 # -- messages -------------------------------------------------------------------------
 def _deterministic(m: dict[str, Any]) -> dict[str, Any]:
     """``m`` with its keys in RFC 8949 4.2.1 order (bytewise by their encoding)."""
@@ -181,7 +183,7 @@ def encode_readings(gw: str, boot: int, seq: int, body: list[dict[str, Any]]) ->
     hold ints that wire.series has checked to be int64."""
     message = wire.envelope(gw, boot, seq)
     message["readings"] = [_deterministic(s) for s in body]
-    return bytes(cbor2.dumps(_deterministic(message), canonical=False))
+    return cbor.dumps_ordered(_deterministic(message))
 
 
 def _encode(lane: int, gw: str, boot: int, seq: int, rows: list[PendingRow],
@@ -221,7 +223,7 @@ def _run_series(item: bytes) -> list[dict[str, Any]]:
     """The series of one run. The common case (one meter, in time order, the same
     quantities throughout) is built from columns (C-level transposition); anything
     else goes through wire.readings_body one reading at a time."""
-    rows = cbor2.loads(b"\x9f" + item + b"\xff")
+    rows = cbor.loads_trusted_sequence(item)
     if len(rows) == 1:  # live data: a run of one reading, checked here without columns
         one = _one_series(rows[0])
         if one is not None:
@@ -266,7 +268,7 @@ def form_messages(store: Store, gw: str, boot: int, now_s: int, link_up: bool, *
     into messages while the link is up; returns how many messages were formed.
     ``cycle``: live readings go in the table form, sent as the cycle says (or bounds)."""
     if limits is not None:
-        enforce_bounds(store, limits, now_s, free_bytes=free_bytes)
+        bounds.enforce_bounds(store, limits, now_s, ITEMS, free_bytes=free_bytes)
     if not link_up:
         return 0
     # One transaction for the call (those of _form_live and form_backlog join it): one
@@ -379,141 +381,16 @@ def add_reply(store: Store, gw: str, boot: int, now_s: int, command_id: str | No
     return seq
 
 
-# -- the storage bound ----------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Drops:
-    """What one enforce_bounds call took away."""
-
-    stripped: int = 0  # readings that lost their instantaneous values
-    readings: int = 0  # readings dropped whole (pending or in dropped messages)
-    seqs: tuple[int, ...] = ()  # formed messages dropped
+def seen_reply_item(body: dict[str, Any]) -> bytes:
+    """A command's reply ``{id, code, msg, result}`` as the store keeps it (``seen``), to be
+    sent again as a ``dup`` when the command is replayed."""
+    return cbor.dumps(body)
 
 
-def store_cap(store: Store, limits: StoreConfig, free_bytes: int) -> int:
-    """The byte cap now: ``max_bytes``, or while the disk is under its free floor the
-    store's size when it got there (kept in meta so a restart keeps it)."""
-    frozen = store.meta("frozen_bytes")
-    if free_bytes < limits.min_free_bytes:
-        if not frozen:
-            frozen = max(1, store.size_bytes())
-            store.set_meta("frozen_bytes", frozen)
-            log.warning("event=disk_floor free=%d floor=%d frozen_bytes=%d", free_bytes,
-                        limits.min_free_bytes, frozen)
-        return min(limits.max_bytes, max(frozen, FLOOR_ROOM_BYTES))
-    if frozen:
-        store.set_meta("frozen_bytes", 0)
-    return limits.max_bytes
+def seen_reply_body(item: bytes) -> dict[str, Any]:
+    """The reply ``seen_reply_item`` stored (read back with the hardened reader)."""
+    body = cbor.loads(item)
+    assert isinstance(body, dict)
+    return body
 
 
-def enforce_bounds(store: Store, limits: StoreConfig, now_s: int, *,
-                   free_bytes: int | None = None) -> Drops:
-    """Bring the uplink's bytes under the cap (see the module docstring for the order);
-    the drops and their data_dropped events commit together."""
-    free = disk_free_bytes(store.path.parent) if free_bytes is None else free_bytes
-    stripped: list[PendingRow] = []
-    with store.tx():
-        cap = store_cap(store, limits, free)
-        size = store.size_bytes()
-        rounds = 0
-        while size > cap and rounds < BOUND_ROUNDS:
-            rounds += 1
-            rows = store.oldest_readings(BOUND_CHUNK, unstripped=True)
-            if not rows:
-                break
-            for row in rows:
-                new = _strip(row.item)
-                store.replace_item(row.id, new)
-                size += len(new) - row.size
-                stripped.append(row)
-                if size <= cap:
-                    break
-        dropped, size = _drop_oldest(store, size, cap, BOUND_ROUNDS - rounds)
-        if size > cap:
-            log.warning("event=store_over_cap bytes=%d cap=%d (only what is never dropped, "
-                        "or more next time)", size, cap)
-        drops = Drops(sum(r.n for r in stripped), dropped.readings, dropped.seqs)
-        if drops.stripped:
-            store.count("stripped_readings", drops.stripped)
-            ts = [r.t for r in stripped]
-            store.add_pending(LANE_EVENTS, event_item(now_s, "data_dropped", detail={
-                "what": "instantaneous", "count": drops.stripped,
-                "quantities": list(INSTANTANEOUS), "from": min(ts), "to": max(ts)}), now_s)
-        _report_dropped(store, dropped, now_s, {})
-    if drops.stripped or drops.readings:
-        log.warning("event=data_dropped stripped=%d readings=%d seqs=%s cap=%d",
-                    drops.stripped, drops.readings, list(drops.seqs), cap)
-    return drops
-
-
-@dataclass(frozen=True, slots=True)
-class _Dropped:
-    readings: int = 0  # readings dropped whole (pending or in dropped messages)
-    seqs: tuple[int, ...] = ()  # formed messages dropped
-    times: tuple[int, ...] = ()  # the first reading's time of each row or message dropped
-
-
-def _drop_oldest(store: Store, size: int, cap: int, rounds: int) -> tuple[_Dropped, int]:
-    """Whole readings, oldest first (pending runs, or formed readings messages: oldest
-    data first), until ``size`` is at most ``cap`` or ``rounds`` are done; what was
-    dropped and the size left. Inside the caller's transaction."""
-    dropped: list[PendingRow] = []
-    seqs: list[int] = []
-    in_messages = 0
-    times: list[int] = []
-    while size > cap and rounds > 0:
-        rounds -= 1
-        oldest_pending = store.oldest_readings(BOUND_CHUNK)
-        message = store.oldest_reading_message()
-        if message is not None and (not oldest_pending or message[2] <= oldest_pending[0].t):
-            seq, items, t0 = message
-            before = store.size_bytes()
-            store.drop_message(seq)
-            size -= before - store.size_bytes()
-            seqs.append(seq)
-            in_messages += items
-            times.append(t0)
-            continue
-        if not oldest_pending:
-            break
-        chosen: list[PendingRow] = []
-        for row in oldest_pending:
-            chosen.append(row)
-            size -= row.size
-            if size <= cap:
-                break
-        store.delete_pending([r.id for r in chosen])
-        dropped += chosen
-    return _Dropped(sum(r.n for r in dropped) + in_messages, tuple(seqs),
-                    tuple(times + [r.t for r in dropped])), size
-
-
-def _report_dropped(store: Store, dropped: _Dropped, now_s: int,
-                    extra: dict[str, Any]) -> None:
-    """The counters and the data_dropped event of readings dropped whole."""
-    if not dropped.readings:
-        return
-    store.count("dropped_readings", dropped.readings)
-    store.count("dropped_messages", len(dropped.seqs))
-    detail: dict[str, Any] = {"what": "readings", "count": dropped.readings,
-                              "from": min(dropped.times), "to": max(dropped.times), **extra}
-    if dropped.seqs:
-        detail["seqs"] = sorted(dropped.seqs)
-    store.add_pending(LANE_EVENTS, event_item(now_s, "data_dropped", detail=detail), now_s)
-
-
-def make_room(store: Store, now_s: int) -> Drops:
-    """A write found the disk full (disk.py): drop the oldest readings whole until those
-    held are 1/FULL_KEEP_SHARE of their bytes, and hold the store at the size left while
-    the disk is under its floor. The drops and their event commit together (in room the
-    reserve has just given); StoreFullError if even that found none."""
-    with store.tx():
-        size = store.size_bytes()
-        cap = size - store.reading_bytes() // FULL_KEEP_SHARE
-        dropped, size = _drop_oldest(store, size, cap, 1 << 30)
-        _report_dropped(store, dropped, now_s, {"reason": "disk_full"})
-        if store.meta("frozen_bytes"):  # its event included
-            store.set_meta("frozen_bytes", max(1, store.size_bytes()))
-    if dropped.readings:
-        log.warning("event=data_dropped reason=disk_full readings=%d seqs=%s bytes_left=%d",
-                    dropped.readings, list(dropped.seqs), size)
-    return Drops(0, dropped.readings, dropped.seqs)
