@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="monkeypatch a bug in on purpose: the run should fail")
     parser.add_argument("--mode", default="direct", choices=("direct", "codec"),
                         help="codec: the real Modbus client and CRCs over an in-memory line")
+    parser.add_argument("--protocols", default="modbus", choices=("modbus", "mixed"),
+                        help="mixed: each gateway's meters on a Modbus, an IEC 62056-21 and "
+                             "a DLMS bus")
     parser.add_argument("--poll-min", type=int, default=30, help="poll interval, minutes")
     parser.add_argument("--gateways", type=int, default=0,
                         help="concentrators (default: one per 50 meters)")
@@ -31,12 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.meters < 1 or args.days < 1 or args.poll_min < 1:
         parser.error("--meters, --days and --poll-min must be >= 1")
+    if args.protocols != "modbus" and args.mode == "codec":
+        parser.error("--mode codec simulates Modbus buses only (IEC and DLMS buses are direct)")
     from sim.neighbourhood import report
     from sim.neighbourhood.plot import render
 
     options = Options(seed=args.seed, meters=args.meters, days=args.days,
                       poll_min=args.poll_min, mode=args.mode, plant=args.plant_bug,
-                      gateways=args.gateways, jobs=args.jobs)
+                      gateways=args.gateways, jobs=args.jobs, protocols=args.protocols)
     result = run(options)
     data = report.build(result)
     text = report.to_text(data, result)

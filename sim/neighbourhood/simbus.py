@@ -24,7 +24,25 @@ Two ways to talk to the meters (``mode``):
           byte, at less cost (bench/results/simulation.md measures both).
 Every frame moves the clock by its line time at the bus's baud rate (request and
 answer bytes, turnaround, silent interval), a silent meter by the driver's
-timeout, so reading times spread over a poll cycle as on a wire. Buses are served
+timeout, so reading times spread over a poll cycle as on a wire.
+
+Protocols (``--protocols mixed``: a bus per protocol, docs/simulation.md). Modbus
+is the above, in both modes. An IEC 62056-21 or a DLMS bus runs in direct mode
+only: its readings come from the same household values (``simline.instant`` and
+the register), carrying the quantities its driver reads (``IEC_QUANTITIES``,
+``DLMS_QUANTITIES``) in that protocol's resolution (the register in exact Wh, not
+float32 kWh), with the line time of its session: an IEC mode C readout (sign-on and
+identification at 300 baud, the data message at the bus's speed, the serial in
+every readout); a DLMS poll on a kept association (SNRM and AARQ as the meter
+reader 0x20 when there is none, a GET-With-List of the registers, their
+scaler_units the first time, the serial every ``SERIAL_REFRESH_READS`` polls and
+after a timeout, as ``DlmsMeter`` does). IEC meters have no breaker: their relays
+are coils of the Modbus bus's modules (``relayed`` there). A DLMS meter's relay is
+its disconnect control, switched through the shipped ``switch_meter_relay`` on
+``_DlmsDirect``, which costs the change to the utility-settings client 0x30
+(release, SNRM, AARQ with HLS-GMAC, the HLS reply, then a ciphered ACTION and a
+GET of control_state) and back to the reader at the next poll; a silent meter
+cannot be switched (its breaker is inside it). Buses are served
 one after another on the one clock (docs/simulation.md). The simulated meters keep
 an event log (the world's tamper entries, ``Field.tamper_due``): reading it costs
 no line time; it is read when the schedule asks (``ReadEvents``).
@@ -32,6 +50,7 @@ no line time; it is read when the schedule asks (``ReadEvents``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -39,15 +58,25 @@ from typing import Any, Final
 from agent.clock import Clock
 from agent.config import BusConfig, MeterConfig
 from agent.drivers.actions import Action, NotAttempted, Poll, Read, ReadEvents, Switch
-from agent.drivers.driver import MeterEvent, switch_coil
+from agent.drivers.driver import MeterEvent, switch_coil, switch_meter_relay
 from agent.drivers.events import BusEvent
+from agent.drivers.iec62056.codec import (
+    DataSet,
+    Identification,
+    encode_ack,
+    encode_data_message,
+    encode_identification,
+    encode_request,
+)
+from agent.drivers.iec62056.obis import QUANTITIES as IEC_OBIS
 from agent.drivers.modbus.client import ModbusClient
 from agent.drivers.modbus.device import ModbusCoilRelay, ModbusMeter
 from agent.drivers.reading import Reading
 from agent.drivers.schedule import BusSchedule, MeterStats
+from agent.drivers.transport import frame_time_s
 from agent.errors import ChecksumError, DriverError, TimeoutError_
 from sim.neighbourhood.simline import CoilModule, Field, MemLine, SdmDevice, Timing, instant
-from sim.neighbourhood.world import register_wh
+from sim.neighbourhood.world import Household, register_wh
 
 MODEL: Final = "eastron-sdm120"
 SERIAL_REFRESH_READS: Final = 96  # the driver's (direct mode mirrors it)
@@ -61,6 +90,46 @@ _FRAME_KIND: Final = {_SERIAL_FRAME: _SERIAL, _DIRECT_FRAMES[0]: _INSTANT,
 # answer bytes of each.
 _COIL_WRITE: Final = (8, 8)
 _COIL_READ: Final = (8, 6)
+
+# -- IEC 62056-21 mode C, as agent.drivers.iec62056.device reads it -------------------
+IEC_QUANTITIES: Final = frozenset(q for q, _unit, _factors in IEC_OBIS.values())
+IEC_INITIAL_BAUD: Final = 300
+IEC_REACTION_S: Final = 0.2  # the standard's shortest reaction time t_r (200 ms)
+IEC_GAP_S: Final = 0.05  # the driver's SILENCE_GAP_S: a quiet line ends a bad answer
+
+
+def _iec_sizes() -> tuple[int, int, int, int]:
+    """(sign-on, identification, option select, data message) bytes of a readout as
+    sim/iec_line.py forms it, with a typical household's values: fixed-width fields,
+    so every readout of the month is this long."""
+    data = encode_data_message([
+        DataSet("0.0.0", (("12345678", ""),)), DataSet("C.1.0", (("12345678", ""),)),
+        DataSet("1.8.0", (("001234.567", "kWh"),)), DataSet("2.8.0", (("000000.000", "kWh"),)),
+        DataSet("1.7.0", (("00000.250", "kW"),)), DataSet("32.7.0", (("00230.0", "V"),)),
+        DataSet("31.7.0", (("0001.14", "A"),)), DataSet("14.7.0", (("0050.00", "Hz"),)),
+        DataSet("13.7.0", (("0.950", ""),)), DataSet("F.F", (("00000000", ""),))])
+    ident = encode_identification(Identification("SIM", "5", "IEC1PH-SIM"))
+    return len(encode_request("1")), len(ident), len(encode_ack("5")), len(data)
+
+
+IEC_SIGN_ON, IEC_IDENT, IEC_ACK, IEC_DATA = _iec_sizes()
+
+# -- DLMS/COSEM over HDLC (IS 15959), as agent.drivers.dlms.device reads it ------------
+DLMS_QUANTITIES: Final = frozenset(("import_wh", "export_wh", "p_w", "v_dv", "i_ma",
+                                    "f_chz", "pf_milli"))  # dlms.cosem.REGISTERS
+# (request, answer) bytes of each exchange, about what the driver's HDLC frames carry
+# for these APDUs (7 registers; ciphered APDUs are 5 + 12 bytes longer).
+_DLMS_SNRM: Final = (9, 32)  # SNRM / UA with the negotiated parameters
+_DLMS_AARQ_LLS: Final = (72, 55)  # AARQ with the LLS password / AARE
+_DLMS_AARQ_HLS: Final = (90, 72)  # AARQ for HLS-GMAC with the challenge / AARE
+_DLMS_HLS_REPLY: Final = (50, 45)  # ACTION reply_to_HLS_authentication (pass 3 and 4)
+_DLMS_RELEASE: Final = ((25, 25), (9, 9))  # RLRQ / RLRE, then DISC / UA
+_DLMS_GET_SERIAL: Final = (27, 30)
+_DLMS_GET_SCALERS: Final = (120, 100)  # GET-With-List of 7 scaler_units and 7 values
+_DLMS_GET_VALUES: Final = (78, 60)  # GET-With-List of 7 values
+_DLMS_ACTION: Final = (44, 36)  # ciphered ACTION on disconnect control
+_DLMS_GET_STATE: Final = (43, 35)  # ciphered GET of control_state
+_READER, _SETTINGS = "reader", "settings"  # the association a DLMS meter has open
 
 
 @dataclass
@@ -99,10 +168,62 @@ class _DirectCoil:
         return hh is not None and hh.connected
 
 
+@dataclass
+class _DlmsLink:
+    """What ``DlmsMeter`` keeps of a meter between calls, as direct mode keeps it."""
+
+    association: str = ""  # "", _READER or _SETTINGS
+    serial: int | None = None
+    reads_since_serial: int = 0
+    scalers: bool = False  # scaler_units learnt (again after the serial is read)
+
+
+class _DlmsDirect:
+    """A DLMS meter for direct mode, as ``DlmsMeter`` is a ``MeterDriver`` and a
+    ``RelayDriver``: readings through the reader's association (``SimBus._dlms_read``),
+    the disconnect control through the utility-settings one (opened if the reader's
+    is), each exchange moving the clock; the supply follows the ACTION."""
+
+    def __init__(self, bus: SimBus, meter_id: str) -> None:
+        self.bus, self.meter_id = bus, meter_id
+
+    def read(self, meter_id: str, now_s: int, *, timeout_s: float | None = None) -> Reading:
+        return self.bus._dlms_read(meter_id, self.bus.dlms_link(meter_id))
+
+    def read_serial(self, *, timeout_s: float | None = None) -> str:
+        return str(self.bus.dlms_link(self.meter_id).serial or "")
+
+    def _settings(self) -> None:
+        bus = self.bus
+        link = bus.dlms_link(self.meter_id)
+        if link.association == _SETTINGS:
+            return
+        if link.association:
+            for exchange in _DLMS_RELEASE:
+                bus.exchange(self.meter_id, exchange)
+            link.association = ""
+        bus.exchange(self.meter_id, _DLMS_SNRM)
+        bus.exchange(self.meter_id, _DLMS_AARQ_HLS)
+        bus.exchange(self.meter_id, _DLMS_HLS_REPLY)
+        link.association = _SETTINGS
+
+    def relay_set(self, connected: bool, *, timeout_s: float | None = None) -> None:
+        self._settings()
+        self.bus.exchange(self.meter_id, _DLMS_ACTION)
+        self.bus.field.coil_set(self.meter_id, connected)  # remote_(re|dis)connect
+
+    def relay_state(self, *, timeout_s: float | None = None) -> str:
+        self._settings()
+        self.bus.exchange(self.meter_id, _DLMS_GET_STATE)
+        hh = self.bus.field.household(self.meter_id)
+        return "closed" if hh is not None and hh.connected else "open"
+
+
 class SimBus:
     def __init__(self, bus: BusConfig, meters: list[MeterConfig],
                  post: Callable[[BusEvent], None], *, clock: Clock, field: Field,
-                 mode: str, on_switch: Callable[[str, bool], None]) -> None:
+                 mode: str, on_switch: Callable[[str, bool], None],
+                 relayed: Iterable[MeterConfig] = ()) -> None:
         self.bus = bus
         self.post = post
         self.clock = clock
@@ -110,6 +231,11 @@ class SimBus:
         self.mode = mode
         self.on_switch = on_switch  # the simulation records every switch the agent asks for
         self.timing = Timing(bus)
+        if bus.protocol != "modbus" and mode == "codec":
+            raise ValueError(f"bus {bus.name}: the {bus.protocol} bus is simulated in "
+                             "direct mode only")
+        self._dlms: dict[str, _DlmsLink] = {}
+        self._iec = self._iec_plan() if bus.protocol == "iec62056-21" else None
         self._frames = self._frame_plan(_DIRECT_FRAMES)
         self._frames_serial = self._frame_plan((_SERIAL_FRAME, *_DIRECT_FRAMES))
         self.port_error = ""
@@ -118,7 +244,7 @@ class SimBus:
         self.line: MemLine | None = None
         self.client: ModbusClient | None = None
         self._devices: dict[str, ModbusMeter] = {}
-        self.set_meters(meters)
+        self.set_meters(meters, relayed)
 
     # -- the BusScheduler surface ---------------------------------------------------
     @property
@@ -143,6 +269,7 @@ class SimBus:
         modules: dict[int, dict[int, str]] = {}
         for m in self.meters.values():
             devices[m.address] = SdmDevice(self.field, m.id, m.address)
+        for m in [*self.meters.values(), *self.relayed.values()]:
             spec = m.relay_spec
             if spec.kind == "modbus-coil" and spec.unit is not None and spec.coil is not None:
                 modules.setdefault(spec.unit, {})[spec.coil] = m.id
@@ -233,6 +360,10 @@ class SimBus:
                     self._devices[meter_id] = dev
                 reading = dev.read(meter_id, int(self.clock.time_s()),
                                    timeout_s=self.bus.timeout_s)
+            elif self._iec is not None:
+                reading = self._iec_read(meter_id)
+            elif self.bus.protocol == "dlms":
+                reading = self._dlms_read(meter_id, self.dlms_link(meter_id))
             else:
                 reading = self._direct_read(
                     meter_id, self._serials.setdefault(meter_id, _SerialCache()))
@@ -243,6 +374,9 @@ class SimBus:
         return reading
 
     def _switch(self, action: Switch) -> tuple[str, str]:
+        if action.meter is not None and action.kind == "meter" and self.bus.protocol == "dlms":
+            return switch_meter_relay(_DlmsDirect(self, action.meter_id),
+                                      action.connected, self.bus.timeout_s)
         spec = action.meter.relay_spec if action.meter is not None else None
         if spec is None or spec.kind != "modbus-coil" or spec.unit is None or spec.coil is None:
             return "", f"relay kind {action.kind!r} is not switchable on this bus"
@@ -296,3 +430,94 @@ class SimBus:
                       timing.request_us(request_bytes), timing.answer_us(answer_bytes),
                       timing.timeout_us(answer_bytes), answer_bytes)
                      for request_bytes, answer_bytes in frames)
+
+    # -- IEC 62056-21 and DLMS, direct ----------------------------------------------------
+    def _iec_plan(self) -> tuple[int, int, int, int, int]:
+        """(sign-on us, identification us, option select us, data us, silent us): the
+        sign-on's exchange at 300 baud, the data message at the bus's speed."""
+        def us(seconds: float) -> int:
+            return math.ceil(seconds * 1e6)
+
+        ident_s = frame_time_s(IEC_IDENT, IEC_INITIAL_BAUD)
+        return (us(frame_time_s(IEC_SIGN_ON, IEC_INITIAL_BAUD)), us(IEC_REACTION_S + ident_s),
+                us(frame_time_s(IEC_ACK, IEC_INITIAL_BAUD)),
+                us(IEC_REACTION_S + frame_time_s(IEC_DATA, self.bus.baudrate)),
+                us(self.bus.timeout_s + ident_s) + 1)
+
+    def _iec_read(self, meter_id: str) -> Reading:
+        """A mode C readout: the serial and every quantity in each one."""
+        assert self._iec is not None
+        sign_on_us, ident_us, ack_us, data_us, silent_us = self._iec
+        field = self.field
+        silent, corrupt_pct = field.fault(meter_id)
+        t = int(self.clock.time_s())
+        field.advance_us(sign_on_us)
+        hh = field.household(meter_id)
+        if silent or hh is None:
+            field.advance_us(silent_us)
+            raise TimeoutError_(f"{meter_id}: no identification")
+        field.advance_us(ident_us)
+        field.advance_us(ack_us)
+        hh = field.household(meter_id)  # the data message is formed now
+        assert hh is not None
+        values = self._values(hh, IEC_QUANTITIES)
+        values["i_ma"] = round(values["i_ma"], -1)  # a readout of A with 2 decimals
+        serial = hh.serial
+        field.advance_us(data_us)
+        if corrupt_pct and field.rng.randrange(100) < corrupt_pct:
+            field.advance_us(math.ceil(IEC_GAP_S * 1e6))
+            raise ChecksumError(f"{meter_id}: BCC mismatch")
+        return Reading(meter_id, t, values, serial=str(serial))
+
+    def dlms_link(self, meter_id: str) -> _DlmsLink:
+        link = self._dlms.get(meter_id)
+        if link is None:
+            link = self._dlms[meter_id] = _DlmsLink()
+        return link
+
+    def exchange(self, meter_id: str, sizes: tuple[int, int]) -> None:
+        """One request and its answer on a DLMS bus; a silent meter times out (and its
+        association is gone), a garbled answer fails its FCS."""
+        field, timing = self.field, self.timing
+        silent, corrupt_pct = field.fault(meter_id)
+        request_bytes, answer_bytes = sizes
+        field.advance_us(timing.request_us(request_bytes))
+        if silent or field.household(meter_id) is None:
+            field.advance_us(timing.timeout_us(answer_bytes))
+            self._dlms[meter_id] = _DlmsLink()  # the driver forgets the meter
+            raise TimeoutError_(f"{meter_id}: no answer")
+        field.advance_us(timing.answer_us(answer_bytes))
+        if corrupt_pct and field.rng.randrange(100) < corrupt_pct:
+            field.advance_us(timing.gap_us)
+            raise ChecksumError(f"{meter_id}: FCS mismatch")
+
+    def _dlms_read(self, meter_id: str, link: _DlmsLink) -> Reading:
+        """A poll on the reader's association: opened if there is none (or the settings
+        one is open: released first), the serial when due, then the registers."""
+        t = int(self.clock.time_s())
+        if link.association == _SETTINGS:
+            for exchange in _DLMS_RELEASE:
+                self.exchange(meter_id, exchange)
+            link.association = ""
+        if not link.association:
+            self.exchange(meter_id, _DLMS_SNRM)
+            self.exchange(meter_id, _DLMS_AARQ_LLS)
+            link.association = _READER
+        if link.serial is None or link.reads_since_serial >= SERIAL_REFRESH_READS:
+            self.exchange(meter_id, _DLMS_GET_SERIAL)
+            hh = self.field.household(meter_id)
+            assert hh is not None
+            link.serial, link.reads_since_serial, link.scalers = hh.serial, 0, False
+        self.exchange(meter_id, _DLMS_GET_VALUES if link.scalers else _DLMS_GET_SCALERS)
+        link.scalers = True
+        hh = self.field.household(meter_id)
+        assert hh is not None
+        link.reads_since_serial += 1
+        return Reading(meter_id, t, self._values(hh, DLMS_QUANTITIES), serial=str(link.serial))
+
+    @staticmethod
+    def _values(hh: Household, quantities: frozenset[str]) -> dict[str, int]:
+        """The household's values (as the Modbus direct path forms them), the register in
+        exact Wh, only the quantities the protocol's driver reads."""
+        values = {"export_wh": 0, **instant(hh), "import_wh": hh.wh}
+        return {q: v for q, v in values.items() if q in quantities}
