@@ -58,6 +58,7 @@ from typing import Any, Final
 from agent.clock import Clock
 from agent.config import BusConfig, MeterConfig
 from agent.drivers.actions import Action, NotAttempted, Poll, Read, ReadEvents, Switch
+from agent.drivers.dlms.cosem import REGISTERS as DLMS_REGISTERS
 from agent.drivers.driver import MeterEvent, switch_coil, switch_meter_relay
 from agent.drivers.events import BusEvent
 from agent.drivers.iec62056.codec import (
@@ -115,8 +116,7 @@ def _iec_sizes() -> tuple[int, int, int, int]:
 IEC_SIGN_ON, IEC_IDENT, IEC_ACK, IEC_DATA = _iec_sizes()
 
 # -- DLMS/COSEM over HDLC (IS 15959), as agent.drivers.dlms.device reads it ------------
-DLMS_QUANTITIES: Final = frozenset(("import_wh", "export_wh", "p_w", "v_dv", "i_ma",
-                                    "f_chz", "pf_milli"))  # dlms.cosem.REGISTERS
+DLMS_QUANTITIES: Final = frozenset(r.quantity for r in DLMS_REGISTERS)
 # (request, answer) bytes of each exchange, about what the driver's HDLC frames carry
 # for these APDUs (7 registers; ciphered APDUs are 5 + 12 bytes longer).
 _DLMS_SNRM: Final = (9, 32)  # SNRM / UA with the negotiated parameters
