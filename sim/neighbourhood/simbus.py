@@ -26,26 +26,30 @@ Every frame moves the clock by its line time at the bus's baud rate (request and
 answer bytes, turnaround, silent interval), a silent meter by the driver's
 timeout, so reading times spread over a poll cycle as on a wire.
 
-Protocols (``--protocols mixed``: a bus per protocol, docs/simulation.md). Modbus
-is the above, in both modes. An IEC 62056-21 or a DLMS bus runs in direct mode
-only: its readings come from the same household values (``simline.instant`` and
-the register), carrying the quantities its driver reads (``IEC_QUANTITIES``,
-``DLMS_QUANTITIES``) in that protocol's resolution (the register in exact Wh, not
-float32 kWh), with the line time of its session: an IEC mode C readout (sign-on and
-identification at 300 baud, the data message at the bus's speed, the serial in
-every readout); a DLMS poll on a kept association (SNRM and AARQ as the meter
-reader 0x20 when there is none, a GET-With-List of the registers, their
-scaler_units the first time, the serial every ``SERIAL_REFRESH_READS`` polls and
-after a timeout, as ``DlmsMeter`` does). IEC meters have no breaker: their relays
-are coils of the Modbus bus's modules (``relayed`` there). A DLMS meter's relay is
-its disconnect control, switched through the shipped ``switch_meter_relay`` on
-``_DlmsDirect``, which costs the change to the utility-settings client 0x30
-(release, SNRM, AARQ with HLS-GMAC, the HLS reply, then a ciphered ACTION and a
-GET of control_state) and back to the reader at the next poll; a silent meter
-cannot be switched (its breaker is inside it). Buses are served
-one after another on the one clock (docs/simulation.md). The simulated meters keep
-an event log (the world's tamper entries, ``Field.tamper_due``): reading it costs
-no line time; it is read when the schedule asks (``ReadEvents``).
+Protocols (``--protocols mixed``: a bus per protocol, docs/simulation.md). Modbus is
+the above, in both modes. An IEC 62056-21 bus in codec mode is the shipped
+``IecMeter`` (``make_driver``) over ``simline.IecMemLine`` (real sign-on, option
+select, baud switch, data message and BCC). A DLMS bus is direct in both modes, and
+so is an IEC bus in direct mode: its readings come from the same household values
+(``simline.instant`` and the register), carrying the quantities its driver reads
+(``IEC_QUANTITIES``, ``DLMS_QUANTITIES``) in that protocol's resolution (the
+register in exact Wh, not float32 kWh), with the line time of its session: an IEC
+mode C readout (sign-on and identification at 300 baud, the data message at the
+bus's speed, the serial in every readout); a DLMS poll on a kept association (SNRM
+and AARQ as the meter reader 0x20 when there is none, a GET-With-List of the
+registers, their scaler_units the first time, the serial every
+``SERIAL_REFRESH_READS`` polls and after a timeout, as ``DlmsMeter`` does). IEC
+meters have no breaker: their relays are coils of the Modbus bus's modules
+(``relayed`` there). A DLMS meter's relay is its disconnect control, switched
+through the shipped ``switch_meter_relay`` on ``_DlmsDirect``, which costs the
+change to the utility-settings client 0x30 (release, SNRM, AARQ with HLS-GMAC, the
+HLS reply, then a ciphered ACTION and a GET of control_state) and back to the reader
+at the next poll; a silent meter cannot be switched (its breaker is inside it).
+
+Buses are served one after another on the one clock (docs/simulation.md). The
+simulated meters keep an event log (the world's tamper entries,
+``Field.tamper_due``): reading it costs no line time; it is read when the schedule
+asks (``ReadEvents``).
 """
 
 from __future__ import annotations
@@ -59,11 +63,15 @@ from agent.clock import Clock
 from agent.config import BusConfig, MeterConfig
 from agent.drivers.actions import Action, NotAttempted, Poll, Read, ReadEvents, Switch
 from agent.drivers.dlms.cosem import REGISTERS as DLMS_REGISTERS
-from agent.drivers.driver import MeterEvent, switch_coil, switch_meter_relay
+from agent.drivers.driver import (
+    MeterDriver,
+    MeterEvent,
+    make_driver,
+    switch_coil,
+    switch_meter_relay,
+)
 from agent.drivers.events import BusEvent
 from agent.drivers.iec62056.codec import (
-    DataSet,
-    Identification,
     encode_ack,
     encode_data_message,
     encode_identification,
@@ -74,9 +82,21 @@ from agent.drivers.modbus.client import ModbusClient
 from agent.drivers.modbus.device import ModbusCoilRelay, ModbusMeter
 from agent.drivers.reading import Reading
 from agent.drivers.schedule import BusSchedule, MeterStats
-from agent.drivers.transport import frame_time_s
+from agent.drivers.transport import character_time_s, frame_time_s
 from agent.errors import ChecksumError, DriverError, TimeoutError_
-from sim.neighbourhood.simline import CoilModule, Field, MemLine, SdmDevice, Timing, instant
+from sim.neighbourhood.simline import (
+    IEC_GAP_S,
+    IEC_REACTION_S,
+    CoilModule,
+    Field,
+    IecMemLine,
+    MemLine,
+    SdmDevice,
+    Timing,
+    iec_readout,
+    instant,
+)
+from sim.neighbourhood.simline import IEC_IDENT as IEC_IDENTIFICATION
 from sim.neighbourhood.world import Household, register_wh
 
 MODEL: Final = "eastron-sdm120"
@@ -95,25 +115,10 @@ _COIL_READ: Final = (8, 6)
 # -- IEC 62056-21 mode C, as agent.drivers.iec62056.device reads it -------------------
 IEC_QUANTITIES: Final = frozenset(q for q, _unit, _factors in IEC_OBIS.values())
 IEC_INITIAL_BAUD: Final = 300
-IEC_REACTION_S: Final = 0.2  # the standard's shortest reaction time t_r (200 ms)
-IEC_GAP_S: Final = 0.05  # the driver's SILENCE_GAP_S: a quiet line ends a bad answer
 
 
-def _iec_sizes() -> tuple[int, int, int, int]:
-    """(sign-on, identification, option select, data message) bytes of a readout as
-    sim/iec_line.py forms it, with a typical household's values: fixed-width fields,
-    so every readout of the month is this long."""
-    data = encode_data_message([
-        DataSet("0.0.0", (("12345678", ""),)), DataSet("C.1.0", (("12345678", ""),)),
-        DataSet("1.8.0", (("001234.567", "kWh"),)), DataSet("2.8.0", (("000000.000", "kWh"),)),
-        DataSet("1.7.0", (("00000.250", "kW"),)), DataSet("32.7.0", (("00230.0", "V"),)),
-        DataSet("31.7.0", (("0001.14", "A"),)), DataSet("14.7.0", (("0050.00", "Hz"),)),
-        DataSet("13.7.0", (("0.950", ""),)), DataSet("F.F", (("00000000", ""),))])
-    ident = encode_identification(Identification("SIM", "5", "IEC1PH-SIM"))
-    return len(encode_request("1")), len(ident), len(encode_ack("5")), len(data)
-
-
-IEC_SIGN_ON, IEC_IDENT, IEC_ACK, IEC_DATA = _iec_sizes()
+IEC_IDENT: Final = len(encode_identification(IEC_IDENTIFICATION))
+IEC_ACK: Final = len(encode_ack("5"))
 
 # -- DLMS/COSEM over HDLC (IS 15959), as agent.drivers.dlms.device reads it ------------
 DLMS_QUANTITIES: Final = frozenset(r.quantity for r in DLMS_REGISTERS)
@@ -228,12 +233,10 @@ class SimBus:
         self.post = post
         self.clock = clock
         self.field = field
-        self.mode = mode
+        # A DLMS bus is direct in both modes (its codec is not run here: module doc).
+        self.mode = "direct" if bus.protocol == "dlms" else mode
         self.on_switch = on_switch  # the simulation records every switch the agent asks for
         self.timing = Timing(bus)
-        if bus.protocol != "modbus" and mode == "codec":
-            raise ValueError(f"bus {bus.name}: the {bus.protocol} bus is simulated in "
-                             "direct mode only")
         self._dlms: dict[str, _DlmsLink] = {}
         self._iec = self._iec_plan() if bus.protocol == "iec62056-21" else None
         self._frames = self._frame_plan(_DIRECT_FRAMES)
@@ -241,9 +244,9 @@ class SimBus:
         self.port_error = ""
         self.schedule = BusSchedule(bus, discover=False)
         self._serials: dict[str, _SerialCache] = {}
-        self.line: MemLine | None = None
+        self.line: MemLine | IecMemLine | None = None
         self.client: ModbusClient | None = None
-        self._devices: dict[str, ModbusMeter] = {}
+        self._devices: dict[str, MeterDriver] = {}
         self.set_meters(meters, relayed)
 
     # -- the BusScheduler surface ---------------------------------------------------
@@ -265,6 +268,11 @@ class SimBus:
             self._build_line()
 
     def _build_line(self) -> None:
+        self._devices = {}
+        if self.bus.protocol == "iec62056-21":
+            self.line = IecMemLine(self.field, self.bus.baudrate,
+                                   {str(m.address): m.id for m in self.meters.values()})
+            return
         devices: dict[int, Any] = {}
         modules: dict[int, dict[int, str]] = {}
         for m in self.meters.values():
@@ -355,13 +363,16 @@ class SimBus:
             if self.mode == "codec":
                 dev = self._devices.get(meter_id)
                 if dev is None:
-                    assert self.client is not None
-                    dev = ModbusMeter(self.client, cfg.address, MODEL)
+                    if self.client is not None:
+                        dev = ModbusMeter(self.client, cfg.address, MODEL)
+                    else:  # IEC 62056-21: the shipped factory's IecMeter on the line
+                        assert self.line is not None
+                        dev = make_driver(self.bus.protocol, self.line, cfg, clock=self.clock)
                     self._devices[meter_id] = dev
                 reading = dev.read(meter_id, int(self.clock.time_s()),
                                    timeout_s=self.bus.timeout_s)
             elif self._iec is not None:
-                reading = self._iec_read(meter_id)
+                reading = self._iec_read(meter_id, cfg.address)
             elif self.bus.protocol == "dlms":
                 reading = self._dlms_read(meter_id, self.dlms_link(meter_id))
             else:
@@ -432,22 +443,20 @@ class SimBus:
                      for request_bytes, answer_bytes in frames)
 
     # -- IEC 62056-21 and DLMS, direct ----------------------------------------------------
-    def _iec_plan(self) -> tuple[int, int, int, int, int]:
-        """(sign-on us, identification us, option select us, data us, silent us): the
-        sign-on's exchange at 300 baud, the data message at the bus's speed."""
-        def us(seconds: float) -> int:
-            return math.ceil(seconds * 1e6)
-
+    def _iec_plan(self) -> tuple[int, int]:
+        """(identification us, option select us): at 300 baud."""
         ident_s = frame_time_s(IEC_IDENT, IEC_INITIAL_BAUD)
-        return (us(frame_time_s(IEC_SIGN_ON, IEC_INITIAL_BAUD)), us(IEC_REACTION_S + ident_s),
-                us(frame_time_s(IEC_ACK, IEC_INITIAL_BAUD)),
-                us(IEC_REACTION_S + frame_time_s(IEC_DATA, self.bus.baudrate)),
-                us(self.bus.timeout_s + ident_s) + 1)
+        return (math.ceil((IEC_REACTION_S + ident_s) * 1e6),
+                math.ceil(frame_time_s(IEC_ACK, IEC_INITIAL_BAUD) * 1e6))
 
-    def _iec_read(self, meter_id: str) -> Reading:
-        """A mode C readout: the serial and every quantity in each one."""
+    def _iec_read(self, meter_id: str, address: int) -> Reading:
+        """A mode C readout: the serial and every quantity in each one. A silent meter
+        costs its sign-on and the driver's wait after it (the bus timeout)."""
         assert self._iec is not None
-        sign_on_us, ident_us, ack_us, data_us, silent_us = self._iec
+        ident_us, ack_us = self._iec
+        sign_on_s = frame_time_s(len(encode_request(str(address))), IEC_INITIAL_BAUD)
+        sign_on_us = math.ceil(sign_on_s * 1e6)
+        silent_us = math.ceil((self.bus.timeout_s + sign_on_s) * 1e6) + 1
         field = self.field
         silent, corrupt_pct = field.fault(meter_id)
         t = int(self.clock.time_s())
@@ -455,7 +464,7 @@ class SimBus:
         hh = field.household(meter_id)
         if silent or hh is None:
             field.advance_us(silent_us)
-            raise TimeoutError_(f"{meter_id}: no identification")
+            raise TimeoutError_(f"device '{address}': identification: no answer")  # its text
         field.advance_us(ident_us)
         field.advance_us(ack_us)
         hh = field.household(meter_id)  # the data message is formed now
@@ -463,10 +472,14 @@ class SimBus:
         values = self._values(hh, IEC_QUANTITIES)
         values["i_ma"] = round(values["i_ma"], -1)  # a readout of A with 2 decimals
         serial = hh.serial
-        field.advance_us(data_us)
+        data_bytes = len(encode_data_message(iec_readout(hh)))  # its fields' widths vary
+        field.advance_us(math.ceil((IEC_REACTION_S + frame_time_s(data_bytes, self.bus.baudrate))
+                                   * 1e6))
         if corrupt_pct and field.rng.randrange(100) < corrupt_pct:
-            field.advance_us(math.ceil(IEC_GAP_S * 1e6))
-            raise ChecksumError(f"{meter_id}: BCC mismatch")
+            # the driver waits for a quiet line after a bad BCC, then gives up
+            gap_s = IEC_GAP_S + 4 * character_time_s(self.bus.baudrate)
+            field.advance_us(math.ceil(gap_s * 1e6) + 1)
+            raise ChecksumError("data message: BCC mismatch (1 candidates)")  # the driver's
         return Reading(meter_id, t, values, serial=str(serial))
 
     def dlms_link(self, meter_id: str) -> _DlmsLink:

@@ -150,10 +150,13 @@ def _floats(value: object) -> list[object]:
     return []
 
 
-def test_the_real_codec_gives_the_same_world() -> None:
-    """The codec bus (real ModbusMeter, frames, CRCs) and the direct bus see one world:
-    the same readings, so the same messages byte for byte."""
-    direct, codec = _run(4, meters=10, days=3), _run(4, meters=10, days=3, mode="codec")
+@pytest.mark.parametrize("protocols", ["modbus", "mixed"])
+def test_the_real_codec_gives_the_same_world(protocols: str) -> None:
+    """The codec bus (real ModbusMeter, frames, CRCs; with mixed, the real IecMeter too)
+    and the direct bus see one world: the same readings, so the same messages byte for
+    byte."""
+    direct = _run(4, meters=10, days=3, protocols=protocols)
+    codec = _run(4, meters=10, days=3, mode="codec", protocols=protocols)
     assert not _unexpected(codec), codec.violations
     assert [g.message_sha256 for g in direct.gateways] == \
         [g.message_sha256 for g in codec.gateways]

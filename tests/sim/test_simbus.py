@@ -26,7 +26,7 @@ from agent.drivers.schedule import (
     RETRIES,
     BusSchedule,
 )
-from sim.neighbourhood import simbus
+from sim.neighbourhood import simbus, simline
 from sim.neighbourhood.simbus import SimBus
 from sim.neighbourhood.world import Household
 
@@ -39,6 +39,7 @@ class _Field:
     def __init__(self, clock: SimClock) -> None:
         self.clock = clock
         self.silent = False
+        self.corrupt_pct = 0
         self.tampers: list[dict[str, Any]] = []
         self.served: list[Reading] = []
         self.hh = Household(index=1, meter="M1", account="A1", address=1, coil_unit=101,
@@ -54,7 +55,7 @@ class _Field:
         self.clock.advance(micros / 1_000_000)
 
     def fault(self, meter_id: str) -> tuple[bool, int]:
-        return self.silent, 0
+        return self.silent, self.corrupt_pct
 
     def coil_set(self, meter_id: str, connected: bool) -> None:
         self.hh.connected = connected
@@ -186,7 +187,7 @@ def test_iec_and_dlms_readings_are_the_households_in_their_drivers_quantities(
     assert reading.serial == str(field.hh.serial)
     spent = clock.monotonic_s() - before
     if protocol == "iec62056-21":  # the sign-on and identification at 300 baud
-        assert spent > 0.5 + 2 * simbus.IEC_REACTION_S
+        assert spent > 0.5 + 2 * simline.IEC_REACTION_S
     else:  # SNRM, AARQ, the serial and the first GET-With-List (with scalers)
         assert 0.1 < spent < 1.0
         _serve_until_due(bus, clock)
@@ -240,6 +241,24 @@ def test_an_iec_meters_coil_is_switched_by_the_modbus_bus(mode: str) -> None:
     assert not field.hh.connected
 
 
-def test_iec_and_dlms_buses_are_direct_only() -> None:
-    with pytest.raises(ValueError, match="direct mode only"):
-        _mixed_bus("dlms", relay="meter", mode="codec")
+def test_a_dlms_bus_is_direct_in_both_modes() -> None:
+    assert _mixed_bus("dlms", relay="meter", mode="codec")[0].mode == "direct"
+
+
+def test_the_iec_codec_reads_what_direct_mode_builds() -> None:
+    """Codec mode: the shipped IecMeter over the in-memory IEC line (sign-on at 300 baud,
+    option select, the data message at 9600 with its BCC); the same values as direct
+    mode's, and a garbled data message is a checksum error the driver catches."""
+    direct, field_d, _clock, events_d = _mixed_bus("iec62056-21", relay="modbus-coil:b9:10:0")
+    codec, field_c, clock, events_c = _mixed_bus("iec62056-21", relay="modbus-coil:b9:10:0",
+                                                 mode="codec")
+    direct.service()
+    codec.service()
+    (a,), (b,) = ([e.reading for e in ev if isinstance(e, ReadingTaken)]
+                  for ev in (events_d, events_c))
+    assert a.values == b.values and a.serial == b.serial == str(field_c.hh.serial)
+    from agent.drivers.iec62056.device import IecMeter
+    assert isinstance(codec._devices["M1"], IecMeter)
+    field_c.corrupt_pct = 100
+    _serve_until_due(codec, clock)
+    assert codec.stats["M1"].crc_errors == RETRIES + 1
