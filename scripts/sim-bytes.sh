@@ -3,7 +3,9 @@
 # runs each seed and prints "sha256  seed N" of its report.json, the file that holds
 # every figure and the SHA-256 of every uplink message (no wall-clock times).
 #   scripts/sim-bytes.sh [OUTDIR] [SEED...]      default: a temp dir, seeds 1 3 6
-# Compare two builds by running it on each and diffing the output.
+# Compare two builds by running it on each and diffing the output. SIM_ARGS adds
+# options to every run, e.g. the mixed buses (Modbus, IEC 62056-21, DLMS):
+#   SIM_ARGS="--protocols mixed" scripts/sim-bytes.sh OUTDIR 1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-$(mktemp -d)}

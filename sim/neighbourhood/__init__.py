@@ -2,7 +2,7 @@
 
     python -m sim.neighbourhood --meters 200 --days 30 --seed N [--report DIR]
                                 [--plant-bug NAME] [--mode direct|codec] [--poll-min M]
-                                [--gateways G] [--jobs J]
+                                [--gateways G] [--jobs J] [--protocols modbus|mixed]
 
 The REAL ``agent.runtime.Runtime`` (real store, ledger, policy, outbox, delivery,
 dispatcher) runs on a ``SimClock`` with a simulated bus (``simbus``) and broker
@@ -46,6 +46,7 @@ class Options:
     plant: str = ""
     gateways: int = 0  # 0: one per METERS_PER_GATEWAY
     jobs: int = 0  # 0: min(gateways, CPUs, 2)
+    protocols: str = "modbus"  # mixed: Modbus, IEC 62056-21 and DLMS buses (plan.PROTOCOLS)
 
     def replay_command(self) -> str:
         cmd = (f"python -m sim.neighbourhood --meters {self.meters} --days {self.days} "
@@ -58,6 +59,8 @@ class Options:
             cmd += f" --gateways {self.gateways}"
         if self.plant:
             cmd += f" --plant-bug {self.plant}"
+        if self.protocols != "modbus":
+            cmd += f" --protocols {self.protocols}"
         return cmd
 
 
@@ -157,7 +160,8 @@ def _run_gateway(plan: WorldPlan, spec: GatewaySpec, workdir: str,
 def run(options: Options) -> RunResult:
     gateways = options.gateways or max(1, -(-options.meters // METERS_PER_GATEWAY))
     plan = make_world(options.seed, options.meters, options.days, gateways=gateways,
-                      poll_s=options.poll_min * 60, mode=options.mode, plant=options.plant)
+                      poll_s=options.poll_min * 60, mode=options.mode, plant=options.plant,
+                      protocols=options.protocols)
     jobs = options.jobs or min(len(plan.gateways), os.cpu_count() or 1, 2)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="neighbourhood-") as workdir:

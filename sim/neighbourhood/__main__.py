@@ -23,7 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plant-bug", default="", choices=("",) + BUGS,
                         help="monkeypatch a bug in on purpose: the run should fail")
     parser.add_argument("--mode", default="direct", choices=("direct", "codec"),
-                        help="codec: the real Modbus client and CRCs over an in-memory line")
+                        help="codec: the real Modbus client and CRCs (and IEC 62056-21 "
+                             "driver) over an in-memory line; DLMS buses are direct")
+    parser.add_argument("--protocols", default="modbus", choices=("modbus", "mixed"),
+                        help="mixed: each gateway's meters on a Modbus, an IEC 62056-21 and "
+                             "a DLMS bus")
     parser.add_argument("--poll-min", type=int, default=30, help="poll interval, minutes")
     parser.add_argument("--gateways", type=int, default=0,
                         help="concentrators (default: one per 50 meters)")
@@ -36,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     options = Options(seed=args.seed, meters=args.meters, days=args.days,
                       poll_min=args.poll_min, mode=args.mode, plant=args.plant_bug,
-                      gateways=args.gateways, jobs=args.jobs)
+                      gateways=args.gateways, jobs=args.jobs, protocols=args.protocols)
     result = run(options)
     data = report.build(result)
     text = report.to_text(data, result)

@@ -4,6 +4,14 @@ Keys are derived from the gateway's seed (a run must not depend on ``secrets``).
 ``[store] min_free_bytes = 0`` because the real free space of the host's disk
 would otherwise decide when readings are dropped; the byte cap (``max_bytes``,
 1 MiB in some seeds) is what fills.
+
+With ``--protocols mixed`` the board is board_configs/sim-mixed.toml's at scale: one
+bus per protocol (each only if it has meters), Modbus meters switched by their coil,
+IEC 62056-21 meters by a coil of the relay modules on the Modbus bus
+(``modbus-coil:<bus>:<unit>:<coil>``), DLMS meters by their own disconnect control
+(``relay = "meter"``), read as the IS 15959 meter reader (client 0x20, LLS) and
+switched through the utility-settings client (0x30, HLS-GMAC) with per-meter key
+files (mode 0600, derived from the seed like the other keys).
 """
 
 from __future__ import annotations
@@ -29,6 +37,11 @@ POLICY_PROTECTED_HOURS = "18:00-08:00"
 ALERT_LEVELS = (30, 10, 0)
 PAYMENT_OUTAGE_H = 6
 MIN_NOTICE_H = 24
+# The bus of each protocol: name, serial settings (IEC 62056-21 lines are 7E1; 9600 is
+# the readout's speed after the sign-on at 300 baud).
+BUSES = {"modbus": ("rs485-0", "N"), "iec62056-21": ("rs485-1", "E"), "dlms": ("rs485-2", "N")}
+MODELS = {"modbus": "eastron-sdm120", "iec62056-21": "iec62056-21", "dlms": "dlms-is15959"}
+READER_CLIENT = 0x20  # IS 15959's meter reader (LLS); the relay goes through 0x30 (HLS)
 
 
 def derive_key(seed: int, what: str) -> bytes:
@@ -48,11 +61,9 @@ def write_config(plan: WorldPlan, spec: GatewaySpec, households: list[Household]
         "mqtt": {"host": "sim.invalid", "port": 1883, "prefix": "gw"},
         "security": {"command_key_file": str(keys / "cmd.key"),
                      "token_key_file": str(keys / "token.key")},
-        "bus": [{"name": "rs485-0", "port": "sim://rs485-0", "baudrate": 9600,
-                 "protocol": "modbus", "poll_interval_s": plan.poll_s}],
-        "meter": [{"id": hh.meter, "bus": "rs485-0", "address": hh.address,
-                   "model": "eastron-sdm120", "account": hh.account,
-                   "relay": f"modbus-coil:{hh.coil_unit}:{hh.coil}"} for hh in households],
+        "bus": [_bus(protocol, plan.poll_s) for protocol in BUSES
+                if any(hh.protocol == protocol for hh in households)],
+        "meter": [_meter(hh, spec.seed, keys) for hh in households],
         "tariff": {TARIFF_NAME: {
             "fixed_per_day": FIXED_PER_DAY, "duty_bp": DUTY_BP, "billing_day": BILLING_DAY,
             "slabs": [{"upto_kwh": upto, "rate": rate} if upto is not None else {"rate": rate}
@@ -71,3 +82,32 @@ def write_config(plan: WorldPlan, spec: GatewaySpec, households: list[Household]
     if plan.store_max_bytes:
         raw["store"]["max_bytes"] = plan.store_max_bytes
     return parse_config(raw), cmd_key, token_key
+
+
+def _bus(protocol: str, poll_s: int) -> dict[str, Any]:
+    name, parity = BUSES[protocol]
+    bus: dict[str, Any] = {"name": name, "port": f"sim://{name}", "baudrate": 9600,
+                           "protocol": protocol, "poll_interval_s": poll_s}
+    if parity != "N":
+        bus["parity"] = parity
+    return bus
+
+
+def _meter(hh: Household, seed: int, keys: Path) -> dict[str, Any]:
+    """A household's ``[[meter]]`` (the Modbus one as it always was)."""
+    bus = BUSES[hh.protocol][0]
+    meter: dict[str, Any] = {"id": hh.meter, "bus": bus, "address": hh.address,
+                             "model": MODELS[hh.protocol], "account": hh.account}
+    if hh.protocol == "modbus":
+        meter["relay"] = f"modbus-coil:{hh.coil_unit}:{hh.coil}"
+    elif hh.protocol == "iec62056-21":  # no breaker of its own: a coil on the Modbus bus
+        meter["relay"] = f"modbus-coil:{BUSES['modbus'][0]}:{hh.coil_unit}:{hh.coil}"
+    else:
+        meter["relay"] = "meter"  # its disconnect control (class 70)
+        meter["client"] = READER_CLIENT
+        for name in ("ek", "ak"):
+            path = keys / f"{hh.meter}.{name}"
+            path.write_text(derive_key(seed, f"{hh.meter}:{name}")[:16].hex() + "\n")
+            path.chmod(0o600)
+            meter[f"{name}_file"] = str(path)
+    return meter

@@ -22,6 +22,7 @@ from sim.neighbourhood.world import (
     HOUR_S,
     NEW_METER_MAX_WH,
     REGISTER_MOD_WH,
+    REGISTER_MODS,
     TIMEZONE,
     WS_PER_WH,
     Household,
@@ -30,6 +31,10 @@ from sim.neighbourhood.world import (
 METERS_PER_BUS = 50  # RS-485 with 1/8-unit-load transceivers; addresses 1..50
 COILS_PER_MODULE = 8
 COIL_UNIT_BASE = 200  # relay modules at units 201, 202, ...
+# --protocols mixed: each gateway's households in turn on a Modbus RTU, an IEC 62056-21
+# and a DLMS/COSEM bus (a real mixed board's three RS-485 ports, board_configs/sim-mixed.toml)
+PROTOCOLS = {"modbus": ("modbus",), "mixed": ("modbus", "iec62056-21", "dlms")}
+METER_PREFIX = {"modbus": "SDM", "iec62056-21": "IEC", "dlms": "DLMS"}
 SETTLE_S = 12 * HOUR_S  # after the last day: no new faults, the link up, all delivered
 # Many prepaid households top up only once cut off ("disconnect to recharge").
 HABITS = (("planner", 30), ("last_minute", 30), ("struggler", 25), ("token_user", 15))
@@ -78,6 +83,7 @@ class WorldPlan:
     store_max_bytes: int  # 0: the agent's default
     gateways: tuple[GatewaySpec, ...]
     headend: tuple[Fault, ...]
+    protocols: str = "modbus"  # modbus | mixed (PROTOCOLS)
 
     @property
     def end_s(self) -> int:
@@ -110,7 +116,7 @@ def _windows(rng: random.Random, start: int, end: int, n: int, lo: float, hi: fl
 
 
 def make_world(seed: int, meters: int, days: int, *, gateways: int, poll_s: int, mode: str,
-               plant: str) -> WorldPlan:
+               plant: str, protocols: str = "modbus") -> WorldPlan:
     rng = random.Random(seed)
     tz = ZoneInfo(TIMEZONE)
     if rng.random() < 0.5:  # edges are where bugs live: half the runs reach a holiday
@@ -146,13 +152,26 @@ def make_world(seed: int, meters: int, days: int, *, gateways: int, poll_s: int,
         emergency_credit=rng.choice((5_000, 10_000, 20_000)),
         max_disconnects_per_hour=rng.choice((3, 6, 60)),
         store_max_bytes=(1 << 20) if rng.random() < 0.25 else 0,
-        gateways=specs, headend=tuple(head))
+        gateways=specs, headend=tuple(head), protocols=protocols)
 
 
-def make_households(spec: GatewaySpec, rng: random.Random, start_s: int) -> list[Household]:
+def make_households(spec: GatewaySpec, rng: random.Random, start_s: int,
+                    protocols: str = "modbus") -> list[Household]:
+    """The gateway's households, drawn alike whatever their meters speak. With several
+    protocols the i-th household's meter is on bus ``i % len(protocols)``, numbered on
+    that bus from address 1; a meter with a coil relay (Modbus, and IEC meters, which
+    have no breaker) takes the next coil of the relay modules on the Modbus bus."""
     households = []
+    kinds = PROTOCOLS[protocols]
+    on_bus = dict.fromkeys(kinds, 0)
+    coils = 0
     for i in range(spec.count):
         n = spec.first + i + 1
+        protocol = kinds[i % len(kinds)]
+        on_bus[protocol] += 1
+        address, coil_index = on_bus[protocol], coils
+        if protocol != "dlms":  # a DLMS meter switches itself (its disconnect control)
+            coils += 1
         habit = rng.choices([h for h, _ in HABITS], [w for _, w in HABITS])[0]
         rollover = rng.random() < 0.03
         start_wh = REGISTER_MOD_WH - rng.randrange(500, 6000) if rollover \
@@ -160,12 +179,13 @@ def make_households(spec: GatewaySpec, rng: random.Random, start_s: int) -> list
         balance = rng.randrange(1, 9) * 5_000 if habit == "struggler" \
             else rng.randrange(2, 16) * 10_000
         households.append(Household(
-            index=n, meter=f"SDM-{n:04d}", account=f"ACC-{n:04d}", address=i + 1,
-            coil_unit=COIL_UNIT_BASE + 1 + i // COILS_PER_MODULE, coil=i % COILS_PER_MODULE,
+            index=n, meter=f"{METER_PREFIX[protocol]}-{n:04d}", account=f"ACC-{n:04d}",
+            address=address, coil_unit=COIL_UNIT_BASE + 1 + coil_index // COILS_PER_MODULE,
+            coil=coil_index % COILS_PER_MODULE,
             seed=rng.getrandbits(63), size_pct=rng.randrange(20, 70),
             daytime=rng.random() < 0.2, habit=habit, start_balance=balance,
             reg_ws=start_wh * WS_PER_WH, serial=10_000_000 + rng.randrange(90_000_000),
-            last_t=start_s))
+            last_t=start_s, protocol=protocol, register_mod_wh=REGISTER_MODS[protocol]))
     return households
 
 

@@ -11,6 +11,7 @@ import json
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from sim.neighbourhood.plan import PROTOCOLS
 from sim.neighbourhood.world import DAY_S, HOUR_S, WS_PER_WH
 
 if TYPE_CHECKING:
@@ -138,7 +139,7 @@ def build(result: RunResult) -> dict[str, Any]:
     merged = {k: [v for g in result.gateways for v in g.samples[k]] for k in SAMPLES}
     totals["disconnections"]["reconnections"] = _spread(merged["reconnect_s"])
     totals["delivery"]["reading_latency_s"] = _spread(merged["latency_s"])
-    return {
+    report: dict[str, Any] = {
         "seed": o.seed, "meters": o.meters, "days": o.days, "poll_s": plan.poll_s,
         "mode": o.mode, "plant": o.plant, "start_s": plan.start_s,
         "policy": {"emergency_credit": plan.emergency_credit,
@@ -155,6 +156,9 @@ def build(result: RunResult) -> dict[str, Any]:
         "violations": result.violations,
         "replay": o.replay_command(),
     }
+    if o.protocols != "modbus":  # a key of its own only then: the Modbus report is unchanged
+        report["protocols"] = list(PROTOCOLS[o.protocols])
+    return report
 
 
 def _add(into: dict[str, Any], facts: dict[str, Any]) -> None:
@@ -182,7 +186,8 @@ def to_text(report: dict[str, Any], result: RunResult) -> str:
     d, o = t["disconnections"], t["outages"]
     lines = [
         f"neighbourhood seed {report['seed']}: {report['meters']} meters, {report['days']} days "
-        f"from {_date(result)}, poll {report['poll_s'] // 60} min, {report['mode']} bus"
+        f"from {_date(result)}, poll {report['poll_s'] // 60} min, {report['mode']} "
+        + (f"buses ({', '.join(report['protocols'])})" if "protocols" in report else "bus")
         + (f", planted bug {report['plant']!r}" if report["plant"] else ""),
         f"  energy   drawn {e['drawn'] // 1000} kWh, charged {e['charged'] // 1000} kWh, "
         f"unbilled {sum(e['unbilled'].values())} Wh {e['unbilled']}",

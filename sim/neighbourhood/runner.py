@@ -70,7 +70,7 @@ class GatewaySim:
         self.rng = random.Random(spec.seed)
         self.cal = Calendar(HOLIDAYS)
         self.season = season_pct(plan.start_s, self.cal)
-        self.households = make_households(spec, self.rng, plan.start_s)
+        self.households = make_households(spec, self.rng, plan.start_s, plan.protocols)
         self.by_meter = {hh.meter: hh for hh in self.households}
         self.account_of = {hh.meter: hh.account for hh in self.households}
         self.faults = make_faults(plan, spec, self.rng, self.households)
@@ -240,7 +240,6 @@ class GatewaySim:
                  post: Callable[[BusEvent], None], *, clock: Any = None,
                  relayed: Any = (), **_dlms: Any) -> SimBus:
         assert self.clock is not None
-        assert not relayed, "the simulated neighbourhood's coil modules share their bus"
         def posted(event: BusEvent) -> None:
             post(event)
             if isinstance(event, ReadingTaken):
@@ -248,7 +247,7 @@ class GatewaySim:
                 self._batch += 1
 
         sim_bus = SimBus(bus, meters, posted, clock=self.clock, field=self,
-                         mode=self.plan.mode, on_switch=self._on_switch)
+                         mode=self.plan.mode, on_switch=self._on_switch, relayed=relayed)
         self.buses[bus.name] = sim_bus
         return sim_bus
 

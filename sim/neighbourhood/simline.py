@@ -12,9 +12,23 @@ from __future__ import annotations
 import math
 import random
 import struct
+from decimal import Decimal
 from typing import Any, Final, Protocol
 
 from agent.config import BusConfig
+from agent.drivers.iec62056.codec import (
+    BAUD_RATES,
+    INITIAL_BAUD,
+    Break,
+    DataSet,
+    Identification,
+    IecProtocolError,
+    OptionSelect,
+    SignOn,
+    encode_data_message,
+    encode_identification,
+)
+from agent.drivers.iec62056.codec import RequestReader as IecRequestReader
 from agent.drivers.modbus.client import FRAME_GAP_S
 from agent.drivers.modbus.codec import Request, RequestReader, Response, response_length
 from agent.drivers.reading import Reading
@@ -175,3 +189,108 @@ class MemLine:
         pass
 
 
+
+
+# -- IEC 62056-21 mode C (codec mode) --------------------------------------------------------
+IEC_IDENT: Final = Identification("SIM", "5", "IEC1PH-SIM")  # offers 9600 baud, as sim/iec_line
+IEC_REACTION_S: Final = 0.2  # the standard's shortest reaction time t_r (200 ms)
+IEC_GAP_S: Final = 0.05  # the driver's SILENCE_GAP_S: a quiet line ends a bad answer
+
+
+def iec_readout(hh: Household) -> list[DataSet]:
+    """A mode C data message's data sets over a household, as sim/iec_line.py forms them
+    (kWh with three decimals: the register's Wh are exact)."""
+    values = instant(hh)
+
+    def ds(code: str, value: str, unit: str = "") -> DataSet:
+        return DataSet(code, ((value, unit),))
+
+    def fixed(value: Decimal, places: int) -> str:
+        return f"{value:0{places + 5}.{places}f}"
+
+    return [ds("0.0.0", str(hh.serial)), ds("C.1.0", str(hh.serial)),
+            ds("1.8.0", fixed(Decimal(hh.wh) / 1000, 3), "kWh"),
+            ds("2.8.0", fixed(Decimal(0), 3), "kWh"),
+            ds("1.7.0", fixed(Decimal(values["p_w"]) / 1000, 3), "kW"),
+            ds("32.7.0", fixed(Decimal(values["v_dv"]) / 10, 1), "V"),
+            ds("31.7.0", fixed(Decimal(values["i_ma"]) / 1000, 2), "A"),
+            ds("14.7.0", fixed(Decimal(values["f_chz"]) / 100, 2), "Hz"),
+            ds("13.7.0", f"{Decimal(values['pf_milli']) / 1000:.3f}"),
+            ds("F.F", "00000000")]
+
+
+class IecMemLine:
+    """An IEC 62056-21 line in memory (a ``BaudSwitchable`` transport): a sign-on for a
+    meter's address is answered with its identification at 300 baud, the option select
+    with its data message at the chosen speed; each frame moves the clock by its line
+    time at the speed it travels at, a silent meter by the driver's wait."""
+
+    def __init__(self, field: Field, baudrate: int, meters: dict[str, str]) -> None:
+        self.field = field
+        self.meters = meters  # device address -> meter id
+        self._baud = baudrate
+        self._reader = IecRequestReader()
+        self._session: str | None = None  # the meter signed on
+        self._out = b""
+        self._out_baud = INITIAL_BAUD
+        self._corrupt = False
+
+    @property
+    def baudrate(self) -> int:
+        return self._baud
+
+    def set_baudrate(self, baudrate: int) -> None:
+        self._baud = baudrate
+
+    def _us(self, seconds: float) -> None:
+        self.field.advance_us(math.ceil(seconds * 1e6))
+
+    def write(self, data: bytes) -> None:
+        self._us(frame_time_s(len(data), self._baud))
+        self._reader.receive_data(data)
+        while True:
+            try:
+                event = self._reader.next_event()
+            except IecProtocolError:
+                continue
+            if isinstance(event, SignOn):
+                meter_id = self.meters.get(event.address)
+                silent = meter_id is None or self.field.fault(meter_id)[0]
+                self._session = None if silent else meter_id
+                if self._session is not None:
+                    self._answer(encode_identification(IEC_IDENT), INITIAL_BAUD, False)
+            elif isinstance(event, OptionSelect):
+                meter_id, self._session = self._session, None
+                hh = self.field.household(meter_id) if meter_id is not None else None
+                if hh is None or event.mode != "0" or event.baud not in BAUD_RATES:
+                    continue
+                assert meter_id is not None
+                corrupt_pct = self.field.fault(meter_id)[1]
+                corrupt = bool(corrupt_pct) and self.field.rng.randrange(100) < corrupt_pct
+                self._answer(encode_data_message(iec_readout(hh)), BAUD_RATES[event.baud],
+                             corrupt)
+            elif isinstance(event, Break):
+                self._session = None
+            else:
+                return
+
+    def _answer(self, frame: bytes, baud: int, corrupt: bool) -> None:
+        self._out, self._out_baud, self._corrupt = frame, baud, corrupt
+
+    def read(self, max_bytes: int, timeout_s: float) -> bytes:
+        if not self._out:
+            self._us(timeout_s)
+            self.field.advance_us(1)  # past the driver's deadline
+            return b""
+        self._us(IEC_REACTION_S + frame_time_s(len(self._out), self._out_baud))
+        frame = bytearray(self._out)
+        if self._corrupt:
+            frame[len(frame) // 2] ^= 0x01  # a data byte: the BCC no longer matches
+        self._out = b""
+        return bytes(frame[:max_bytes])
+
+    def reset_input(self) -> None:
+        self._out = b""
+
+    def close(self) -> None:
+        pass

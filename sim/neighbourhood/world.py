@@ -32,6 +32,13 @@ WS_PER_WH: Final = 3600
 # Eastron SDM120: the register map's register_max_wh; the agent treats it as the
 # register's modulus, so the simulated register wraps there.
 REGISTER_MOD_WH: Final = 99_999_990
+# Where each protocol's simulated register wraps: the SDM120's float32 kWh register
+# at its map's register_max_wh; an IEC 62056-21 readout of kWh with six integer digits
+# (999999.999 kWh); a DLMS double-long-unsigned of Wh (2**32 Wh). Only the SDM120's is
+# reached in a month: a household that starts near REGISTER_MOD_WH on an IEC or DLMS
+# meter just counts on past it.
+REGISTER_MODS: Final = {"modbus": REGISTER_MOD_WH, "iec62056-21": 1_000_000_000,
+                        "dlms": 2**32}
 NEW_METER_MAX_WH: Final = 50  # a replacement arrives with a few Wh from its factory test
 
 # Uttar Pradesh domestic urban (LMV-1), ../shared/data/tariffs/up-lmv1-urban.toml:
@@ -180,6 +187,8 @@ class Household:
     serial: int
     last_t: int  # integrated up to this true time
     connected: bool = True
+    protocol: str = "modbus"  # its meter's protocol: modbus | iec62056-21 | dlms (plan.py)
+    register_mod_wh: int = REGISTER_MOD_WH  # where its register wraps (REGISTER_MODS)
     magnet: bool = False  # tamper: the meter registers MAGNET_PCT of what is drawn
     used_ws: int = 0  # everything drawn (truth, whatever the meter registers)
     registered_ws: int = 0  # everything the meter registered (across resets/swaps)
@@ -227,7 +236,7 @@ class Household:
                 self.used_ws += ws
                 reg = ws * self.MAGNET_PCT // 100 if self.magnet else ws
                 self.registered_ws += reg
-                self.reg_ws = (self.reg_ws + reg) % (REGISTER_MOD_WH * WS_PER_WH)
+                self.reg_ws = (self.reg_ws + reg) % (self.register_mod_wh * WS_PER_WH)
             else:
                 self.open_ws += ws
             s = end

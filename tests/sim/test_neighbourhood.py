@@ -117,19 +117,22 @@ def test_ci_seeds_pass_every_check() -> None:
         assert not unexpected, f"seed {seed} failed; replay: {replay}\n" + "\n".join(unexpected)
 
 
-def test_same_seed_same_bytes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocols", ["modbus", "mixed"])
+def test_same_seed_same_bytes(tmp_path: Path, protocols: str) -> None:
     """Two runs of a seed: the same report JSON and the same uplink bytes; in another
-    process, with another hash seed and the gateways in parallel workers, too."""
-    first = _run(5, meters=10, days=3, gateways=2)
-    second = _run(5, meters=10, days=3, gateways=2)
+    process, with another hash seed and the gateways in parallel workers, too; with
+    the Modbus buses and with the mixed ones (Modbus, IEC 62056-21, DLMS)."""
+    first = _run(5, meters=10, days=3, gateways=2, protocols=protocols)
+    second = _run(5, meters=10, days=3, gateways=2, protocols=protocols)
     a, b = report_mod.build(first), report_mod.build(second)
     assert report_mod.to_json(a) == report_mod.to_json(b)
     assert len(a["message_sha256"]) == 2 and a["message_sha256"] == b["message_sha256"]
     out = tmp_path / "rep"
     env = dict(os.environ, PYTHONHASHSEED="12345", PYTHONPATH=str(ROOT))
+    extra = ["--protocols", protocols] if protocols != "modbus" else []
     subprocess.run([sys.executable, "-m", "sim.neighbourhood", "--meters", "10", "--days", "3",
-                    "--seed", "5", "--gateways", "2", "--jobs", "2", "--report", str(out)],
-                   cwd=ROOT, env=env, capture_output=True, timeout=120, check=False)
+                    "--seed", "5", "--gateways", "2", "--jobs", "2", "--report", str(out),
+                    *extra], cwd=ROOT, env=env, capture_output=True, timeout=120, check=False)
     assert (out / "report.json").read_text() == report_mod.to_json(a)
     best = min(first.gateways, key=lambda g: (-int(g.plot["opens"]), g.id))
     assert (out / "household.png").read_bytes() == render(best.plot, first.plan.emergency_credit)
@@ -147,13 +150,65 @@ def _floats(value: object) -> list[object]:
     return []
 
 
-def test_the_real_codec_gives_the_same_world() -> None:
-    """The codec bus (real ModbusMeter, frames, CRCs) and the direct bus see one world:
-    the same readings, so the same messages byte for byte."""
-    direct, codec = _run(4, meters=10, days=3), _run(4, meters=10, days=3, mode="codec")
+@pytest.mark.parametrize("protocols", ["modbus", "mixed"])
+def test_the_real_codec_gives_the_same_world(protocols: str) -> None:
+    """The codec bus (real ModbusMeter, frames, CRCs; with mixed, the real IecMeter too)
+    and the direct bus see one world: the same readings, so the same messages byte for
+    byte."""
+    direct = _run(4, meters=10, days=3, protocols=protocols)
+    codec = _run(4, meters=10, days=3, mode="codec", protocols=protocols)
     assert not _unexpected(codec), codec.violations
     assert [g.message_sha256 for g in direct.gateways] == \
         [g.message_sha256 for g in codec.gateways]
+
+
+def test_mixed_protocols_pass_every_check() -> None:
+    """--protocols mixed: each gateway's meters on a Modbus, an IEC 62056-21 and a DLMS
+    bus, every one read and switched (DLMS meters by their disconnect control, IEC
+    meters by a coil on the Modbus bus), and the checks unchanged all pass."""
+    result = _run(2, meters=30, days=7, protocols="mixed")
+    assert not _unexpected(result), result.violations
+    assert "--protocols mixed" in result.options.replay_command()
+    data = report_mod.build(result)
+    assert data["protocols"] == ["modbus", "iec62056-21", "dlms"]
+    assert "protocols" not in report_mod.build(_run(2, meters=3, days=1))  # modbus: as before
+
+
+def test_mixed_households_and_board() -> None:
+    """The mixed plan: households drawn as for Modbus, their meters split over three
+    buses as a real mixed board's (board_configs/sim-mixed.toml), each relay of its kind."""
+    import random
+    import tempfile
+
+    from sim.neighbourhood.agentcfg import write_config
+    from sim.neighbourhood.plan import make_households, make_world
+
+    plan = make_world(7, 12, 3, gateways=1, poll_s=1800, mode="direct", plant="",
+                      protocols="mixed")
+    spec = plan.gateways[0]
+    modbus = make_households(spec, random.Random(spec.seed), plan.start_s)
+    mixed = make_households(spec, random.Random(spec.seed), plan.start_s, "mixed")
+    assert [(h.account, h.seed, h.reg_ws, h.serial) for h in modbus] == \
+        [(h.account, h.seed, h.reg_ws, h.serial) for h in mixed]
+    assert [h.protocol for h in mixed[:3]] == ["modbus", "iec62056-21", "dlms"]
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, _cmd, _token = write_config(plan, spec, mixed, Path(tmp))
+    assert [(b.name, b.protocol, b.parity) for b in cfg.buses] == [
+        ("rs485-0", "modbus", "N"), ("rs485-1", "iec62056-21", "E"), ("rs485-2", "dlms", "N")]
+    by_protocol = {b.name: b.protocol for b in cfg.buses}
+    for m in cfg.meters:
+        protocol = by_protocol[m.bus]
+        spec_ = m.relay_spec
+        if protocol == "dlms":
+            assert (m.model, spec_.kind, m.client) == ("dlms-is15959", "meter", 0x20)
+            assert m.ek_file is not None and m.ak_file is not None
+        elif protocol == "iec62056-21":
+            assert (m.model, spec_.kind, spec_.bus) == ("iec62056-21", "modbus-coil", "rs485-0")
+        else:
+            assert (m.model, spec_.kind, spec_.bus) == ("eastron-sdm120", "modbus-coil", None)
+    coils = [(m.relay_spec.unit, m.relay_spec.coil) for m in cfg.meters
+             if m.relay_spec.kind == "modbus-coil"]
+    assert len(coils) == len(set(coils)) == 8
 
 
 @pytest.mark.parametrize("bug", sorted(PLANTED))
