@@ -71,6 +71,7 @@ class ModbusClient:
             raise ValueError("broadcast (unit 0) gets no response; not supported here")
         reader = ResponseReader(request)
         expected = response_length(request)
+        slept = False  # through the answer's line time, once (see below)
         # Bytes still buffered (a late answer to a request that timed out)
         # must not be taken for this request's answer.
         self._transport.reset_input()
@@ -86,10 +87,12 @@ class ModbusClient:
                 # empty read means the sender stopped: tell the reader (a frame
                 # never spans a silence; a bad CRC then is the answer's).
                 listening = reader.in_frame or reader.checksum_failures > 0
-                if reader.in_frame and 0 < expected - reader.bytes_received:
+                if reader.in_frame and not slept and 0 < expected - reader.bytes_received:
+                    slept = True
                     # the rest of the answer cannot be here before its line time: sleep
-                    # most of it, then take the rest in a read or two, not a read a burst
-                    # (the margin keeps a late wake-up from delaying the answer)
+                    # most of it once, at its first bytes, then take the rest as it
+                    # comes, not a read a burst (the margin keeps a late wake-up from
+                    # delaying the answer)
                     rest_s = frame_time_s(expected - reader.bytes_received,
                                           self._transport.baudrate) - REST_MARGIN_S
                     if rest_s > 0:
