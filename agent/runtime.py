@@ -194,6 +194,18 @@ def wire_dispatcher(*, gw: str, boot: int, key: bytes, store: Store, journal: Jo
                       read_meter=read_meter)
 
 
+_EVENT_NAMES: dict[type, str] = {}  # one entry per inbox event class
+
+
+def _event_name(kind: type) -> str:
+    """An inbox event's kind in words, for a log line: ReadingTaken -> reading_taken
+    (worked out once per class: every PUBACK goes through here)."""
+    name = _EVENT_NAMES.get(kind)
+    if name is None:
+        name = _EVENT_NAMES[kind] = re.sub(r"(?<!^)(?=[A-Z])", "_", kind.__name__).lower()
+    return name
+
+
 def _on_bus(name: str, meters: tuple[MeterConfig, ...]
             ) -> tuple[list[MeterConfig], list[MeterConfig]]:
     """(the meters on bus ``name``, the other buses' meters whose relay is on it)."""
@@ -327,7 +339,7 @@ class Runtime:
         if self._cycle_news and self.cycle is not None:
             self._cycle_news = False
             if self.cycle.complete():  # the table form: a whole poll cycle goes at once
-                self._with_room(self._form_cycle, "table")
+                self._with_room(self._form, "table")
         mono = self.clock.monotonic_s()
         if mono >= self._next_tick:
             self._next_tick = mono + TICK_S
@@ -488,8 +500,7 @@ class Runtime:
                 return
 
     def _handle_one(self, event: Any) -> None:
-        what = re.sub(r"(?<!^)(?=[A-Z])", "_", type(event).__name__).lower()  # reading_taken
-        done, _ = self._with_room(lambda: self._handle(event), what)
+        done, _ = self._with_room(lambda: self._handle(event), _event_name(type(event)))
         if not done and isinstance(event, ControlRequest):  # the CLI waits for an answer
             event.reply(error="no room to write: the disk is full (docs/technician.md, "
                               "'A full disk')")
@@ -687,10 +698,11 @@ class Runtime:
         self.headend_this_connection = True
         log.info("event=headend_state online=%s payments=%s", online, payments)
 
-    def _form_cycle(self) -> None:
+    def _form(self, now: int | None = None) -> None:
+        """Pending items into messages (forming.form_messages), as far as they are due."""
         forming.form_messages(self.store, self.cfg.gateway.id, self.boot,
-                             int(self.clock.time_s()), self.link.connected,
-                             limits=self.cfg.store, cycle=self.cycle)
+                             int(self.clock.time_s()) if now is None else now,
+                             self.link.connected, limits=self.cfg.store, cycle=self.cycle)
 
     def _tick(self) -> None:
         now = int(self.clock.time_s())
@@ -701,8 +713,7 @@ class Runtime:
         self.ledger.charging.tick(now)
         if self.cycle is not None:
             self._watch_cycle(self.cycle, now)
-        forming.form_messages(self.store, self.cfg.gateway.id, self.boot, now,
-                             self.link.connected, limits=self.cfg.store, cycle=self.cycle)
+        self._form(now)
         self.delivery.check_stuck()
 
     def _open_gpio_relays(self, meters: tuple[MeterConfig, ...]) -> dict[str, Relay]:
