@@ -26,7 +26,7 @@ poll cycle whatever this guesses. Pure: no I/O, no clock (times are passed in).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 
 class PollCycle:
@@ -82,21 +82,24 @@ class PollCycle:
 
     def waiting_for(self) -> list[str]:
         """The meters due in this cycle that have not reported yet (sorted)."""
+        return sorted(self._missing())
+
+    def _missing(self) -> Iterator[str]:
         if self._opened is None:
-            return sorted(m for m in self._intervals if m not in self._offline)
+            yield from (m for m in self._intervals if m not in self._offline)
+            return
         horizon = self._opened + self.linger_s
-        out = []
         for meter, interval in self._intervals.items():
             if meter in self._reported or meter in self._offline:
                 continue
             last = self._last.get(meter)
             if last is None or last + interval <= horizon:
-                out.append(meter)
-        return sorted(out)
+                yield meter
 
     def complete(self) -> bool:
-        """Something has reported since the last message, and nothing due is missing."""
-        return self._opened is not None and not self.waiting_for()
+        """Something has reported since the last message, and nothing due is missing
+        (asked after every batch of readings: stops at the first meter missing)."""
+        return self._opened is not None and next(self._missing(), None) is None
 
     def sent(self) -> None:
         """A live message went: a new cycle starts with the next report."""

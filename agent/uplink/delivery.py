@@ -103,8 +103,8 @@ class Delivery:
                  max_inflight_bytes: int = MAX_INFLIGHT_BYTES,
                  puback_timeout_s: float = PUBACK_TIMEOUT_S) -> None:
         """``gw``/``boot``: whose backlog messages are formed on demand (forming.py).
-        ``status``: the runtime's
-        status(); with it the birth and the periodic state are published from here."""
+        ``status``: the runtime's status(); with it the birth and the periodic state
+        are published from here."""
         self.store = store
         self.link = link
         self.clock = clock
