@@ -54,7 +54,7 @@ from agent.drivers.scan import SCAN_TIMEOUT_S, probe_once
 from agent.drivers.schedule import BusSchedule, MeterStats
 from agent.drivers.transport import SerialTransport, Transport
 from agent.errors import DriverError, PortError, RelayError
-from agent.relay.base import Relay, switch_and_confirm
+from agent.relay.base import Relay, switch_outcome
 from agent.relay.meter import meter_relay
 from agent.relay.modbus_coil import ModbusCoilRelay
 from agent.supervisor import guarded
@@ -308,10 +308,7 @@ class BusScheduler(threading.Thread):
     def _switch(self, action: Switch) -> tuple[str, str]:
         """(state, "") or ("", error); raises a DriverError the schedule must know of (the
         port, a meter's security, no driver for it)."""
-        try:
-            return switch_and_confirm(self._relay(action), action.connected), ""
-        except RelayError as exc:
-            return "", str(exc)
+        return switch_outcome(lambda: self._relay(action), action.connected)
 
     def _relay(self, action: Switch) -> Relay:
         """The backend of the relay ``action`` switches; RelayError if it has none here."""

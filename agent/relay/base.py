@@ -81,6 +81,16 @@ def switch_and_confirm(relay: Relay, connect: bool) -> str:
     raise RelayError(error)
 
 
+def switch_outcome(relay: Callable[[], Relay], connect: bool) -> tuple[str, str]:
+    """A bus's switch (the thread's and the simulation's): (the confirming state, "") or
+    ("", why not) when ``relay()`` has no backend for it here (RelayError) or no attempt
+    confirmed; ``PortError``, ``SecurityError`` and a driver that cannot be made raise."""
+    try:
+        return switch_and_confirm(relay(), connect), ""
+    except RelayError as exc:
+        return "", str(exc)
+
+
 # (meter, connected, error, state) -> None: Actuation.relay_result without now_s
 Report = Callable[[str, bool | None, str, str | None], None]
 

@@ -79,7 +79,7 @@ from agent.drivers.reading import Reading
 from agent.drivers.schedule import BusSchedule, MeterStats
 from agent.drivers.transport import character_time_s, frame_time_s
 from agent.errors import ChecksumError, DriverError, RelayError, TimeoutError_
-from agent.relay.base import Relay, switch_and_confirm
+from agent.relay.base import Relay, switch_outcome
 from agent.relay.meter import meter_relay
 from agent.relay.modbus_coil import ModbusCoilRelay
 from sim.neighbourhood.simline import (
@@ -392,27 +392,21 @@ class SimBus:
     def _switch(self, action: Switch) -> tuple[str, str]:
         """As ``bus.BusScheduler._switch``: the relay's backend through
         ``switch_and_confirm``: a DLMS meter's own breaker, or a coil module."""
+        return switch_outcome(lambda: self._relay(action), action.connected)
+
+    def _relay(self, action: Switch) -> Relay:
+        """As ``bus.BusScheduler._relay``, with the simulated line's backends."""
         if action.meter is not None and action.kind == "meter" and self.bus.protocol == "dlms":
-            try:
-                return switch_and_confirm(meter_relay(
-                    _DlmsDirect(self, action.meter_id), action.meter_id,
-                    timeout_s=self.bus.timeout_s), action.connected), ""
-            except RelayError as exc:
-                return "", str(exc)
+            return meter_relay(_DlmsDirect(self, action.meter_id), action.meter_id,
+                               timeout_s=self.bus.timeout_s)
         spec = action.meter.relay_spec if action.meter is not None else None
         if spec is None or spec.kind != "modbus-coil" or spec.unit is None or spec.coil is None:
-            return "", f"relay kind {action.kind!r} is not switchable on this bus"
-        relay: Relay
+            raise RelayError(f"relay kind {action.kind!r} is not switchable on this bus")
         if self.mode == "codec":
             assert self.client is not None
-            relay = ModbusCoilRelay(self.client, spec.unit, spec.coil,
-                                    timeout_s=self.bus.timeout_s)
-        else:
-            relay = _DirectCoil(self, action.meter_id)
-        try:
-            return switch_and_confirm(relay, action.connected), ""
-        except RelayError as exc:
-            return "", str(exc)
+            return ModbusCoilRelay(self.client, spec.unit, spec.coil,
+                                   timeout_s=self.bus.timeout_s)
+        return _DirectCoil(self, action.meter_id)
 
     def _direct_read(self, meter_id: str, st: _SerialCache) -> Reading:
         """What the codec path does, frame by frame, with the same clock moves; each
