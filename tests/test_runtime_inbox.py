@@ -93,15 +93,18 @@ def test_a_turn_takes_at_most_max_events_per_turn(monkeypatch: Any) -> None:
     assert len(turn.seen) == 4 and turn.inbox.qsize() == 2
 
 
-def test_a_reading_that_wakes_the_loop_waits_for_the_cycle_polled_after_it() -> None:
+def test_a_reading_that_wakes_the_loop_waits_for_the_cycle_polled_after_it(
+        monkeypatch: Any) -> None:
     """The loop woken by a reading gathers what the buses post in the next
-    READINGS_GATHER_S (here readings 10 ms apart, as a bus polls them) and charges them
-    in one transaction, not a commit a reading; another kind of event ends the wait."""
+    READINGS_GATHER_S (here readings 5 ms apart, as a bus polls them back to back, within
+    READINGS_GAP_S of each other) and charges them in one transaction, not a commit a
+    reading; another kind of event ends the wait."""
+    monkeypatch.setattr(runtime, "READINGS_GAP_S", 1.0)  # a busy test machine's gaps
     turn = _Turn()
 
     def bus() -> None:
         for i in range(1, 6):
-            time.sleep(0.01)
+            time.sleep(0.005)
             turn.inbox.put(reading(f"M{i}"))
         turn.inbox.put(MeterOffline("M9", ""))
         turn.inbox.put(reading("M6"))
@@ -117,10 +120,34 @@ def test_a_reading_that_wakes_the_loop_waits_for_the_cycle_polled_after_it() -> 
     assert ("MeterOffline", 0, 1) in turn.seen
 
 
-def test_the_gathering_wait_is_bounded() -> None:
+def test_the_gathering_wait_is_bounded(monkeypatch: Any) -> None:
+    """A reading that comes alone waits READINGS_GAP_S for a next one, no longer; readings
+    that keep coming are gathered READINGS_GATHER_S at the most."""
     turn = _Turn()
     started = time.monotonic()
     Runtime._gather_readings(cast(Runtime, turn), reading("M0"))  # nothing follows
     waited = time.monotonic() - started
-    assert runtime.READINGS_GATHER_S - 0.01 <= waited < runtime.READINGS_GATHER_S + 0.5
+    assert runtime.READINGS_GAP_S - 0.01 <= waited < runtime.READINGS_GAP_S + 0.5
     assert turn.seen == [("M0", 1, 1)]
+
+    monkeypatch.setattr(runtime, "READINGS_GAP_S", 1.0)  # a busy test machine's gaps
+    turn = _Turn()
+    stop = threading.Event()
+
+    def bus() -> None:  # a reading every 5 ms, for longer than the gathering lasts
+        i = 0
+        while not stop.is_set():
+            i += 1
+            turn.inbox.put(reading(f"N{i}"))
+            time.sleep(0.005)
+
+    poster = threading.Thread(target=bus)
+    poster.start()
+    started = time.monotonic()
+    try:
+        Runtime._gather_readings(cast(Runtime, turn), reading("M0"))
+        waited = time.monotonic() - started
+    finally:
+        stop.set()
+        poster.join()
+    assert runtime.READINGS_GATHER_S - 0.01 <= waited < runtime.READINGS_GATHER_S + 0.5
