@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from agent.buffer.journal import Account, Journal
 from agent.eventlog import EventLog
+from agent.events import CreditExhausted, LowBalance
 from agent.ledger import alerts, calendar
 from agent.policy_overlay import PolicyOverlay
 
@@ -43,9 +44,7 @@ class BalanceAlerts:
             zero_at = acct.zero_alert_at
             days = self.days_left(acct_id, acct.balance, now_s)
             for level in crossed:
-                self.events.emit(now_s, "low_balance", acct=acct_id,
-                                 detail={"level_pct": level, "balance": acct.balance,
-                                         "days_left": days})
+                self.events.emit(now_s, LowBalance(acct_id, level, acct.balance, days))
                 if level == 0:
                     zero_at = now_s
             acct = acct._replace(alerts=acct.alerts | frozenset(crossed),
@@ -53,6 +52,5 @@ class BalanceAlerts:
             self.journal.update_account(acct_id, alerts=acct.alerts, zero_alert_at=zero_at)
         floor = -policy.emergency_credit
         if before >= floor > acct.balance:
-            self.events.emit(now_s, "credit_exhausted", acct=acct_id,
-                             detail={"balance": acct.balance})
+            self.events.emit(now_s, CreditExhausted(acct_id, acct.balance))
         return acct

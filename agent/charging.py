@@ -22,6 +22,7 @@ from agent.config import MeterConfig
 from agent.drivers import models
 from agent.drivers.reading import Reading
 from agent.eventlog import EventLog
+from agent.events import BadReading
 from agent.ledger import billing, calendar
 from agent.ledger.tariff import pro_rata, version_parts
 from agent.localtime import LocalTime
@@ -66,11 +67,10 @@ class Charging:
         with self.store.tx():
             self.store.add_pending(LANE_READINGS, forming.reading_item(reading), reading.t,
                                    reading.meter)
-            self.events.emit(reading.t, "bad_reading", m=reading.meter,
-                             acct=meter.account if meter else None,
-                             detail={"why": "charge_error",
-                                     "error": f"{type(error).__name__}: {error}"[:200],
-                                     "import_wh": reading.values.get("import_wh")})
+            self.events.emit(reading.t, BadReading(
+                meter=reading.meter, acct=meter.account if meter else None, why="charge_error",
+                error=f"{type(error).__name__}: {error}"[:200],
+                import_wh=reading.values.get("import_wh")))
 
     def _charge_reading(self, meter: MeterConfig, reading: Reading) -> None:
         state = self.journal.meter(meter.id)
@@ -99,10 +99,10 @@ class Charging:
             self._post_energy(meter, check.delta_wh, state.base_t, reading.t)
 
     def _bad_reading(self, meter: MeterConfig, t: int, why: str, reason: str, rebased: bool,
-                     baseline_wh: int, import_wh: int, **extra: int) -> None:
-        self.events.emit(t, "bad_reading", m=meter.id, acct=meter.account,
-                         detail={"why": why, "reason": reason, "rebased": rebased,
-                                 "baseline_wh": baseline_wh, "import_wh": import_wh, **extra})
+                     baseline_wh: int, import_wh: int, reset_wh: int | None = None) -> None:
+        self.events.emit(t, BadReading(meter=meter.id, acct=meter.account, why=why,
+                                       reason=reason, rebased=rebased, baseline_wh=baseline_wh,
+                                       import_wh=import_wh, reset_wh=reset_wh))
 
     def _below_baseline(self, meter: MeterConfig, state: MeterState, reading: Reading,
                         max_power_w: int) -> None:

@@ -19,6 +19,7 @@ from agent.buffer.journal import Journal, TokenRow
 from agent.buffer.store import Store
 from agent.errors import CommandError
 from agent.eventlog import EventLog
+from agent.events import TokenRejected
 from agent.ledger import tokens
 from agent.ledger.alerts import rearmed_levels
 from agent.relay.disconnect import Disconnection
@@ -95,12 +96,9 @@ class Credit:
                 state.max_counter, state.used, gate.wrong_in_row, gate.lockouts,
                 gate.locked_from_s, gate.locked_until_s, gate.last_wrong_s))
             if reason != "ok":
-                detail: dict[str, Any] = {"why": reason}
-                if check.counter is not None:
-                    detail["counter"] = check.counter
-                if tokens.gate_locked(gate, now_s):
-                    detail["locked_until"] = gate.locked_until_s
-                self.events.emit(now_s, "token_rejected", acct=acct_id, detail=detail)
+                locked_until_s = gate.locked_until_s if tokens.gate_locked(gate, now_s) else None
+                self.events.emit(now_s, TokenRejected(acct_id, reason, check.counter,
+                                                      locked_until_s))
         log.info("event=token acct=%s result=%s counter=%s", acct_id, reason, check.counter)
         if reason != "ok":
             out: dict[str, Any] = {"ok": False, "reason": reason}

@@ -27,6 +27,7 @@ from agent.buffer.store import LANE_LEDGER, Store
 from agent.credit import Credit
 from agent.errors import CommandError, LedgerError
 from agent.eventlog import EventLog
+from agent.events import RelayOverride
 from agent.meters import MeterRegistry
 from agent.policy_overlay import PolicyOverlay
 from agent.relay.disconnect import Disconnection
@@ -113,8 +114,8 @@ def _relay(ops: Ops, args: dict[str, Any], now_s: int, source: str) -> dict[str,
     meter_id = ops.meter(args["meter"])
     action, until = args["action"], args.get("until")
     state = ops.relays.set_override(meter_id, action, until, now_s)
-    ops.events.emit(now_s, "relay_override", m=meter_id, acct=ops.meters[meter_id].account,
-                    detail={"action": action, "until": until, "source": source})
+    ops.events.emit(now_s, RelayOverride(meter_id, ops.meters[meter_id].account, action, until,
+                                         source))
     return {"state": state}
 
 

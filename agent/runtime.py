@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from agent import __version__
+from agent import events as uplink_events
 from agent.alerting import BalanceAlerts
 from agent.buffer.cycle import PollCycle
 from agent.buffer.disk import DEGRADED, DiskGuard, is_enospc
@@ -419,8 +420,8 @@ class Runtime:
             offline = [m for m in self.buses[name].meters.values()
                        if self.meter_online.get(m.id) is not False]  # else reported already
             for meter in offline:
-                self.ledger.events.emit(now, "meter_offline", m=meter.id, acct=meter.account,
-                                        detail={"error": f"bus {name}: its thread ended"})
+                self.ledger.events.emit(now, uplink_events.MeterOffline(
+                    meter.id, meter.account, f"bus {name}: its thread ended"))
         for meter in offline:
             self.meter_online[meter.id] = False
 
@@ -574,9 +575,9 @@ class Runtime:
         self.meter_online[meter_id] = online
         meter = self.meters.get(meter_id)
         with self.store.tx():
-            self.ledger.events.emit(now, "meter_online" if online else "meter_offline",
-                                    m=meter_id, acct=meter.account if meter else None,
-                                    detail={"error": error} if error else {})
+            acct = meter.account if meter else None
+            self.ledger.events.emit(now, uplink_events.MeterOnline(meter_id, acct) if online
+                                    else uplink_events.MeterOffline(meter_id, acct, error))
 
     def _on_relay_switched(self, event: RelaySwitched, now: int) -> None:
         self.ledger.actuation.relay_result(event.meter, event.connected, event.error, now,
@@ -589,13 +590,13 @@ class Runtime:
         """A wrong key, a replayed counter, a swapped meter."""
         meter = self.meters.get(event.meter)
         with self.store.tx():
-            self.ledger.events.emit(now, "meter_security", m=event.meter,
-                                    acct=meter.account if meter else None,
-                                    detail={"why": event.why, "error": event.error[:200]})
+            self.ledger.events.emit(now, uplink_events.MeterSecurity(
+                event.meter, meter.account if meter else None, event.why, event.error[:200]))
 
     def _on_meter_discovered(self, event: MeterDiscovered, now: int) -> None:
         with self.store.tx():
-            self.ledger.events.emit(now, "meter_discovered", detail=event.detail())
+            self.ledger.events.emit(now, uplink_events.MeterDiscovered(
+                event.bus, event.address, event.serial, event.protocol))
 
     def _on_scan_done(self, event: ScanDone, now: int) -> None:
         req = self.scans.pop(event.ref, None)

@@ -22,18 +22,20 @@ they were, and holds the store at that size while the disk stays under its floor
 Reported as ``data_dropped`` {what: readings, count, ..., reason: disk_full}.
 
 The bound is store policy, so it lives here; the forms of the items it thins or adds
-(a run without its instantaneous values, the ``data_dropped`` event) are uplink/
-forming.py's, handed in as ``Items``: buffer/ does not know the wire format.
+(a run without its instantaneous values, the bytes of a ``data_dropped`` record of
+agent/events.py) are uplink/forming.py's, handed in as ``Items``: buffer/ does not
+know the wire format.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from agent.buffer.store import LANE_EVENTS, PendingRow, Store, disk_free_bytes
 from agent.config import StoreConfig
+from agent.events import DataDropped
 from agent.vocab import INSTANTANEOUS
 
 log = logging.getLogger("agent.outbox")
@@ -51,8 +53,7 @@ class Items(Protocol):
         """The run without its instantaneous values (``INSTANTANEOUS``)."""
         ...
 
-    def event_item(self, t: int, type_: str, *, m: str | None = None,
-                   acct: str | None = None, detail: dict[str, Any] | None = None) -> bytes:
+    def event_item(self, t: int, event: DataDropped) -> bytes:
         """An event item (CONTRACT 5)."""
         ...
 
@@ -112,10 +113,10 @@ def enforce_bounds(store: Store, limits: StoreConfig, now_s: int, items: Items, 
         if drops.stripped:
             store.count("stripped_readings", drops.stripped)
             ts = [r.t for r in stripped]
-            store.add_pending(LANE_EVENTS, items.event_item(now_s, "data_dropped", detail={
-                "what": "instantaneous", "count": drops.stripped,
-                "quantities": list(INSTANTANEOUS), "from": min(ts), "to": max(ts)}), now_s)
-        _report_dropped(store, items, dropped, now_s, {})
+            store.add_pending(LANE_EVENTS, items.event_item(now_s, DataDropped(
+                what="instantaneous", count=drops.stripped, quantities=INSTANTANEOUS,
+                from_s=min(ts), to_s=max(ts))), now_s)
+        _report_dropped(store, items, dropped, now_s)
     if drops.stripped or drops.readings:
         log.warning("event=data_dropped stripped=%d readings=%d seqs=%s cap=%d",
                     drops.stripped, drops.readings, list(drops.seqs), cap)
@@ -165,18 +166,15 @@ def _drop_oldest(store: Store, size: int, cap: int, rounds: int) -> tuple[_Dropp
 
 
 def _report_dropped(store: Store, items: Items, dropped: _Dropped, now_s: int,
-                    extra: dict[str, Any]) -> None:
+                    reason: str | None = None) -> None:
     """The counters and the data_dropped event of readings dropped whole."""
     if not dropped.readings:
         return
     store.count("dropped_readings", dropped.readings)
     store.count("dropped_messages", len(dropped.seqs))
-    detail: dict[str, Any] = {"what": "readings", "count": dropped.readings,
-                              "from": min(dropped.times), "to": max(dropped.times), **extra}
-    if dropped.seqs:
-        detail["seqs"] = sorted(dropped.seqs)
-    store.add_pending(LANE_EVENTS, items.event_item(now_s, "data_dropped", detail=detail),
-                      now_s)
+    store.add_pending(LANE_EVENTS, items.event_item(now_s, DataDropped(
+        what="readings", count=dropped.readings, from_s=min(dropped.times),
+        to_s=max(dropped.times), reason=reason, seqs=tuple(sorted(dropped.seqs)))), now_s)
 
 
 def make_room(store: Store, now_s: int, items: Items) -> Drops:
@@ -188,7 +186,7 @@ def make_room(store: Store, now_s: int, items: Items) -> Drops:
         size = store.size_bytes()
         cap = size - store.reading_bytes() // FULL_KEEP_SHARE
         dropped, size = _drop_oldest(store, size, cap, 1 << 30)
-        _report_dropped(store, items, dropped, now_s, {"reason": "disk_full"})
+        _report_dropped(store, items, dropped, now_s, "disk_full")
         if store.meta("frozen_bytes"):  # its event included
             store.set_meta("frozen_bytes", max(1, store.size_bytes()))
     if dropped.readings:

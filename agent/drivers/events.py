@@ -81,11 +81,6 @@ class MeterDiscovered:
     serial: str
     protocol: str
 
-    def detail(self) -> dict[str, Any]:
-        """The CONTRACT 5 ``meter_discovered`` event's detail, keys in this order."""
-        return {"bus": self.bus, "address": self.address, "serial": self.serial,
-                "protocol": self.protocol}
-
 
 @dataclass(frozen=True, slots=True)
 class ScanDone:

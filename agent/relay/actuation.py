@@ -16,12 +16,12 @@ satisfies a ``closed`` intent: the agent has done all it can, so it stops asking
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from agent.buffer.journal import Journal
 from agent.buffer.store import Store
 from agent.errors import LedgerError
 from agent.eventlog import EventLog
+from agent.events import Relay, RelayFailed
 from agent.meters import MeterRegistry
 from agent.vocab import RELAY_STATES
 
@@ -81,8 +81,8 @@ class Actuation:
             st = self.journal.meter(meter_id)
             if actual is not None and actual != st.relay_actual:
                 self.journal.update_meter(meter_id, relay_actual=actual)
-                self.events.emit(now_s, "relay", m=meter_id, acct=acct,
-                          detail={"state": actual, "reason": st.relay_reason or "startup"})
+                self.events.emit(now_s, Relay(meter_id, acct, actual,
+                                              st.relay_reason or "startup"))
             if actual is not None and matches(st.relay_intent, actual):
                 if st.relay_attempts:
                     self.journal.update_meter(meter_id, relay_attempts=0, relay_next_s=0)
@@ -93,10 +93,9 @@ class Actuation:
             log.warning("event=relay_mismatch meter=%s want=%s actual=%s error=%s attempt=%d",
                         meter_id, st.relay_intent, actual, error, attempts)
             if attempts == REPORT_AFTER:
-                detail: dict[str, Any] = {"want": st.relay_intent,
-                                          "actual": actual or st.relay_actual or "unknown",
-                                          "error": error, "attempts": attempts}
-                self.events.emit(now_s, "relay_failed", m=meter_id, acct=acct, detail=detail)
+                self.events.emit(now_s, RelayFailed(meter_id, acct, st.relay_intent,
+                                                    actual or st.relay_actual or "unknown",
+                                                    error, attempts))
 
     def jobs(self, now_s: int | None = None) -> list[tuple[str, bool]]:
         """(meter, connect) for each relay that differs from its intent. With ``now_s``,

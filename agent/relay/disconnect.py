@@ -29,6 +29,7 @@ from agent.buffer.journal import Account, Journal
 from agent.buffer.store import Store
 from agent.config import MeterConfig
 from agent.eventlog import EventLog
+from agent.events import DisconnectDeferred, Tamper
 from agent.ledger.policy import PolicyInputs, decide_disconnect
 from agent.localtime import LocalTime
 from agent.meters import MeterRegistry
@@ -219,9 +220,8 @@ class Disconnection:
         key = ",".join(decision.reasons)
         if key != acct.deferred:  # acct was read after the balance change that led here
             # once per episode: an episode is a run of decisions with the same reasons
-            self.events.emit(now_s, "disconnect_deferred", m=meter.id, acct=acct.id,
-                      detail={"reasons": list(decision.reasons), "reason": decision.reason,
-                              "balance": acct.balance})
+            self.events.emit(now_s, DisconnectDeferred(meter.id, acct.id, decision.reasons,
+                                                       acct.balance))
             self.journal.update_account(acct.id, deferred=key)
 
     def _set_intent(self, meter: MeterConfig, want: str, reason: str, now_s: int) -> None:
@@ -248,8 +248,7 @@ class Disconnection:
                 self.journal.record_disconnect(t)
             self.journal.record_tamper(meter_id, acct_id, t, kind, code, balance,
                                        state.relay_actual or "unknown", action)
-            self.events.emit(t, "tamper", m=meter_id, acct=acct_id,
-                      detail={"kind": kind, "code": code, "action": action})
+            self.events.emit(t, Tamper(meter_id, acct_id, kind, code, action))
             if action == "open" and acct_id is not None:
                 self.evaluate(acct_id, t)
 

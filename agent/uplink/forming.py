@@ -63,6 +63,7 @@ from agent.buffer.store import (
 )
 from agent.config import StoreConfig
 from agent.drivers.reading import Reading
+from agent.events import Event
 from agent.uplink import cbor, table, wire
 from agent.vocab import INSTANTANEOUS
 
@@ -135,14 +136,15 @@ def strip_run(run: bytes) -> bytes:
                     for r in _readings(run))
 
 
-def event_item(t: int, type_: str, *, m: str | None = None, acct: str | None = None,
-               detail: dict[str, Any] | None = None) -> bytes:
-    event: dict[str, Any] = {"t": t, "type": type_, "detail": detail or {}}
-    if m is not None:
-        event["m"] = m
-    if acct is not None:
-        event["acct"] = acct
-    return cbor.dumps(event)
+def event_item(t: int, event: Event) -> bytes:
+    """An event's item (CONTRACT 5): ``{t, type, m?, acct?, detail}``, ``m`` and ``acct``
+    left out when the record has none (absent, not null)."""
+    item: dict[str, Any] = {"t": t, "type": event.TYPE, "detail": event.detail()}
+    if event.meter is not None:
+        item["m"] = event.meter
+    if event.acct is not None:
+        item["acct"] = event.acct
+    return cbor.dumps(item)
 
 
 def entry_item(entry: Entry) -> bytes:
@@ -162,9 +164,8 @@ class _Items:
         return strip_run(run)
 
     @staticmethod
-    def event_item(t: int, type_: str, *, m: str | None = None, acct: str | None = None,
-                   detail: dict[str, Any] | None = None) -> bytes:
-        return event_item(t, type_, m=m, acct=acct, detail=detail)
+    def event_item(t: int, event: Event) -> bytes:
+        return event_item(t, event)
 
 
 ITEMS = _Items()

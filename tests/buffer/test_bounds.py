@@ -16,6 +16,7 @@ from agent.buffer.journal import Journal
 from agent.buffer.store import LANE_EVENTS, LANE_LEDGER, LANE_READINGS, Store
 from agent.config import StoreConfig
 from agent.drivers.reading import Reading
+from agent.events import MeterOnline
 from agent.uplink import cbor, forming, wire
 
 T0 = 1_767_225_600
@@ -94,7 +95,7 @@ def test_then_whole_readings_oldest_first_and_formed_messages_are_named(tmp_path
         journal = Journal(store, forming.entry_item)
         journal.ensure_account("A", "domestic")
         journal.topup("A", 500, "t1", T0)
-        store.add_pending(LANE_EVENTS, forming.event_item(T0, "meter_online", m="M1"), T0)
+        store.add_pending(LANE_EVENTS, forming.event_item(T0, MeterOnline("M1", None)), T0)
     ledger_and_events = store.conn.execute(
         "SELECT SUM(n) FROM pending WHERE lane IN (?, ?)", (LANE_EVENTS, LANE_LEDGER)
     ).fetchone()[0]

@@ -28,6 +28,7 @@ from agent.buffer.store import (
 )
 from agent.drivers.reading import Reading
 from agent.errors import StoreError
+from agent.events import BadReading, MeterOnline
 from agent.uplink import cbor, forming, wire
 
 T0 = 1_767_225_600
@@ -107,7 +108,7 @@ def test_nothing_is_formed_while_the_link_is_down(tmp_path: Path) -> None:
     store = Store(tmp_path)
     add(store, [reading("A", T0, 1)])
     with store.tx():
-        store.add_pending(LANE_EVENTS, forming.event_item(T0, "meter_online", m="A"), T0)
+        store.add_pending(LANE_EVENTS, forming.event_item(T0, MeterOnline("A", None)), T0)
     assert forming.form_messages(store, GW, 1, T0 + 3600, link_up=False) == 0
     assert store.backlog()[0] == 0 and store.meta("next_seq") == 1
 
@@ -116,7 +117,7 @@ def test_live_readings_wait_up_to_the_flush_time_events_do_not(tmp_path: Path) -
     store = Store(tmp_path)
     add(store, [reading("A", T0, 1)])
     with store.tx():
-        store.add_pending(LANE_EVENTS, forming.event_item(T0, "meter_online", m="A"), T0)
+        store.add_pending(LANE_EVENTS, forming.event_item(T0, MeterOnline("A", None)), T0)
     assert forming.form_messages(store, GW, 1, T0 + 1, link_up=True) == 1  # the event
     assert forming.form_messages(store, GW, 1, T0 + forming.LIVE_FLUSH_S, link_up=True) == 1
     assert [(topic, m.get("readings")) for _, topic, m in delivered(store)] == [
@@ -127,7 +128,7 @@ def test_rows_leave_only_on_ack_and_keep_their_bytes(tmp_path: Path) -> None:
     store = Store(tmp_path)
     add(store, [reading("M1", T0 + i, 1000 + i) for i in range(3)])
     with store.tx():
-        store.add_pending(LANE_EVENTS, forming.event_item(T0, "meter_online", m="M1"), T0)
+        store.add_pending(LANE_EVENTS, forming.event_item(T0, MeterOnline("M1", None)), T0)
     assert forming.form_messages(store, GW, 1, T0 + 10, link_up=True) == 2
     rows = store.outbox_next(set(), 10)
     assert [r.topic for r in rows] == ["up/events", "up/readings"]  # events first
@@ -246,7 +247,7 @@ def test_the_tally_and_open_runs_always_match_the_table(tmp_path_factory: Any,
             add(store, [reading(meter, t, n)])
         elif op == "event":
             with store.tx():
-                store.add_pending(LANE_EVENTS, forming.event_item(t, "x"), t)
+                store.add_pending(LANE_EVENTS, forming.event_item(t, MeterOnline("M1", None)), t)
         elif op == "form":
             forming.form_messages(store, GW, 1, t, link_up=True)
         elif op == "seal":
@@ -256,7 +257,8 @@ def test_the_tally_and_open_runs_always_match_the_table(tmp_path_factory: Any,
             try:
                 with store.tx():
                     store.add_pending(LANE_READINGS, forming.reading_item(reading(meter, t, n)), t)
-                    store.add_pending(LANE_EVENTS, forming.event_item(t, "x"), t)
+                    store.add_pending(LANE_EVENTS, forming.event_item(t, MeterOnline("M1", None)),
+                                      t)
                     raise _Undo
             except _Undo:
                 pass
@@ -325,8 +327,9 @@ def test_a_transactions_events_and_entries_share_bounded_rows(tmp_path: Path) ->
     as items of a row each would be; gone with a rollback."""
     store = Store(tmp_path)
     n = 2 * BATCH_MAX_ITEMS + 10
-    events = [forming.event_item(T0 + i, "meter_online", m=f"M{i}") for i in range(n)]
-    big = [forming.event_item(T0, "bad_reading", m="M1", detail={"why": "x" * 5000})
+    events = [forming.event_item(T0 + i, MeterOnline(f"M{i}", None)) for i in range(n)]
+    big = [forming.event_item(T0, BadReading(meter="M1", acct=None, why="charge_error",
+                                              error="x" * 5000, import_wh=None))
            for _ in range(7)]  # 3 fit under BATCH_MAX_BYTES, so 3 rows: 3 + 3 + 1
     with store.tx():
         for i, item in enumerate(events):

@@ -14,6 +14,7 @@ from agent.buffer import unit
 from agent.buffer.journal import Journal
 from agent.buffer.store import LANE_EVENTS, LANE_LEDGER, Store
 from agent.errors import StoreError
+from agent.events import MeterOnline
 from agent.uplink import forming
 
 T0 = 1_767_225_600
@@ -50,7 +51,7 @@ def outside(store: Store) -> bool:
 
 
 def event(i: int) -> bytes:
-    return forming.event_item(T0 + i, "meter_online", m=f"M{i}")
+    return forming.event_item(T0 + i, MeterOnline(f"M{i}", None))
 
 
 def test_the_writes_reach_sqlite_at_the_commit_as_a_few_rows(tmp_path: Path) -> None:

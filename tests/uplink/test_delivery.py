@@ -11,6 +11,7 @@ from typing import Any
 from agent.buffer.store import LANE_BACKLOG, LANE_EVENTS, LANE_READINGS, Store
 from agent.clock import SimClock
 from agent.drivers.reading import Reading
+from agent.events import MeterOnline
 from agent.uplink import cbor, forming
 from agent.uplink.delivery import MAX_INFLIGHT, MAX_METER_ERRORS, Delivery, state_payload
 
@@ -62,7 +63,7 @@ def setup(tmp_path: Path, **kw: Any) -> tuple[Store, FakeLink, SimClock, Deliver
 def events(store: Store, n: int, t: int = T0) -> None:
     for i in range(n):  # a row each (one transaction's events share rows)
         with store.tx():
-            store.add_pending(LANE_EVENTS, forming.event_item(t, "meter_online", m=f"M{i}"), t)
+            store.add_pending(LANE_EVENTS, forming.event_item(t, MeterOnline(f"M{i}", None)), t)
 
 
 def form(store: Store, clock: SimClock) -> None:

@@ -22,6 +22,7 @@ import pytest
 
 from agent.buffer.store import LANE_EVENTS
 from agent.config import Config
+from agent.events import MeterOnline
 from agent.uplink import forming
 from agent.uplink.commands import make_command
 from agent.uplink.mqtt import (
@@ -361,6 +362,6 @@ def emit(pipe: Pipeline, n: int) -> None:
     """``n`` events, one message each (so that several are in flight at once)."""
     for i in range(n):
         with pipe.store.tx():
-            pipe.store.add_pending(LANE_EVENTS, forming.event_item(1, "meter_online",
-                                                                  m=f"M{i}"), 1)
+            pipe.store.add_pending(LANE_EVENTS, forming.event_item(1, MeterOnline(f"M{i}", None)),
+                                  1)
         forming.form_messages(pipe.store, GW, pipe.boot, 1, True)
