@@ -166,10 +166,18 @@ class Charging:
     def tick(self, now_s: int) -> None:
         """Each account's fixed charges due by today (only on a trusted clock); an account
         with none posted has its relays decided again (the hour, the head-end and the
-        clock's trust move on without a balance change)."""
-        trusted = self.relays.refresh_clock_trust()
+        clock's trust move on without a balance change), unless its last decision still
+        holds (``Disconnection.redecide``)."""
+        trusted = self.relays.refresh_clock_trust(now_s)
         local_now = self.local.local_s(now_s)
         today = calendar.local_date(local_now)
+        try:
+            self._tick(now_s, trusted, local_now, today)
+        except BaseException:  # rolled back: what the tick decided was not kept
+            self.relays.forget_steady()
+            raise
+
+    def _tick(self, now_s: int, trusted: bool, local_now: int, today: str) -> None:
         with self.store.tx():
             for acct in self.journal.accounts():
                 if acct.tariff not in self.tariffs.versions:
@@ -191,4 +199,4 @@ class Charging:
                 if posted:  # alerts fire on a debit only, never on nothing
                     self._balance_changed(acct.id, acct.balance, now_s)
                 else:
-                    self.relays.evaluate(acct.id, now_s)
+                    self.relays.redecide(acct.id, now_s)

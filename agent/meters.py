@@ -19,11 +19,13 @@ class MeterRegistry(Mapping[str, MeterConfig]):
     def __init__(self, meters: Iterable[MeterConfig] = ()) -> None:
         self._meters: dict[str, MeterConfig] = {m.id: m for m in meters}
         self._by_account: dict[str, list[MeterConfig]] | None = None
+        self.version = 0  # moved by each replace(): a memo of the meters knows it is old
 
     def replace(self, meters: Iterable[MeterConfig]) -> None:
         """The meters in service now (provisioning, after meter_add or meter_remove)."""
         self._meters = {m.id: m for m in meters}
         self._by_account = None
+        self.version += 1
 
     def of_account(self, acct_id: str) -> list[MeterConfig]:
         """The account's meters, in order. Asked on every reading: indexed once."""

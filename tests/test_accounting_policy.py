@@ -448,3 +448,109 @@ def test_a_disconnect_decision_is_logged_once_until_it_changes(
     h.rig.tick()
     assert len(decisions()) == 3 and "allowed=True" in decisions()[2]
     h.rig.close()
+
+
+# -- the tick's memo: a steady decision is not made again for nothing -----------------
+def _queries(h: House) -> list[str]:
+    """The statements the store runs from now on (the policy's two queries among them)."""
+    seen: list[str] = []
+    h.rig.store.conn.set_trace_callback(seen.append)
+    return seen
+
+
+def _policy_queries(seen: list[str]) -> int:
+    return sum(1 for s in seen if "FROM moratoria" in s or "FROM disconnects" in s)
+
+
+def test_a_steady_deferral_is_decided_again_only_at_the_next_minute(tmp_path: Path) -> None:
+    h = House(tmp_path, now_s=unix(2026, 3, 2, 20, 0, 10),
+              policy={"protected_hours": "18:00-08:00"})
+    h.spend(2 * EC)  # 20:05:10: deferred, protected hours
+    assert h.rig.account().deferred == "protected_hours"
+    h.rig.advance(1)
+    h.rig.tick()  # the tick's first decision since the reading's: kept (it wrote nothing)
+    seen = _queries(h)
+    for _ in range(48):  # 20:05:12 .. 20:05:59: nothing the answer depends on moves
+        h.rig.advance(1)
+        h.rig.tick()
+    assert _policy_queries(seen) == 0
+    h.rig.advance(1)  # 20:06:00: a new minute, decided again (still protected)
+    h.rig.tick()
+    assert _policy_queries(seen) == 2
+    assert h.intent() == "closed" and len(h.rig.events("disconnect_deferred")) == 1
+    h.rig.close()
+
+
+@pytest.mark.parametrize("change", ["headend", "moratorium", "policy", "meters", "trust",
+                                    "clock_back", "override"])
+def test_whatever_moves_an_input_has_the_next_tick_decide_again(
+        tmp_path: Path, change: str) -> None:
+    start = unix(2026, 3, 2, 18, 0, 10)
+    policy = {"protected_hours": "18:00-08:00"}
+    h = House(tmp_path, now_s=start, trusted=change != "trust", policy=policy)
+    h.spend(2 * EC)  # 18:05:10
+    h.rig.tick()  # steady from here to 18:06:00
+    relays = h.rig.ledger.relays
+    seen = _queries(h)
+    h.rig.advance(1)
+    h.rig.tick()
+    assert _policy_queries(seen) == 0
+    if change == "headend":
+        relays.headend_state(True, False, h.rig.now)
+    elif change == "moratorium":
+        relays.set_moratorium("A1", h.rig.now + 3600, "upgrade", h.rig.now)
+    elif change == "policy":
+        h.rig.ledger.policies.apply({"protected_hours": ""}, h.rig.now)
+    elif change == "meters":
+        h.rig.meters.replace(list(h.rig.meters.values()))
+    elif change == "trust":
+        relays.confirm_clock(h.rig.now, h.rig.now)
+    elif change == "clock_back":
+        h.rig.now = start - 20  # 17:59:50: before the protected hours
+    elif change == "override":
+        relays.set_override("M1", "auto", None, h.rig.now)
+        seen.clear()
+    h.rig.tick()
+    if change == "override":  # decided by set_override itself; the tick's next one runs
+        assert _policy_queries(seen) == 2
+    else:
+        assert _policy_queries(seen) >= 2, change
+    assert h.intent() == ("open" if change == "policy" else "closed"), change
+    if change == "clock_back":  # out of the protected hours, but before the 0 % alert
+        assert h.rig.account().deferred == "notice"
+    h.rig.close()
+
+
+def test_a_rate_limited_account_is_decided_again_every_second(tmp_path: Path) -> None:
+    h = House(tmp_path, meters=2, policy={"max_disconnects_per_hour": 1})
+    h.spend(2 * EC, "M1")
+    h.spend(2 * EC, "M2", after_s=60)
+    assert h.rig.account("A2").deferred == "rate_limit"
+    seen = _queries(h)
+    for _ in range(3):
+        h.rig.advance(1)
+        h.rig.tick()
+    assert _policy_queries(seen) == 6  # the hour slides over every second
+    h.rig.close()
+
+
+def test_a_tick_that_rolls_back_forgets_what_it_decided(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    h = House(tmp_path, now_s=unix(2026, 3, 2, 20, 0, 10),
+              policy={"protected_hours": "18:00-08:00"})
+    h.spend(2 * EC)
+    h.rig.tick()
+    seen = _queries(h)
+
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("disk gone")
+
+    monkeypatch.setattr(h.rig.journal, "accounts", broken)
+    h.rig.advance(1)
+    with pytest.raises(RuntimeError):
+        h.rig.tick()
+    monkeypatch.undo()
+    h.rig.advance(1)
+    h.rig.tick()
+    assert _policy_queries(seen) == 2
+    h.rig.close()

@@ -229,6 +229,40 @@ def decide_disconnect(inputs: PolicyInputs) -> Decision:
     return Decision(allowed=not reasons, reasons=reasons)
 
 
+# steady_until never looks further than this: protected hours and days are decided per
+# local minute, so a decision is known to hold at most to the next minute.
+STEADY_MAX_S = 60
+
+
+def steady_until(inputs: PolicyInputs, decision: Decision) -> int | None:
+    """The first unix second after ``inputs.now_s`` at which time passing alone could
+    change ``decide_disconnect``'s answer (allowed and every reason) for these inputs,
+    with ``local_s`` moving with ``now_s``; at most STEADY_MAX_S ahead. None when the
+    answer may change at the next second: the rate limit holds it back, and its hour
+    slides over disconnections the inputs only count. The caller watches every other
+    input (balance, alerts, head-end state, trust, moratoria, the policy, the count)."""
+    if "rate_limit" in decision.reasons:
+        return None
+    now = inputs.now_s
+    policy = inputs.policy
+    # the next local minute (protected hours, weekdays and holidays) and the next unix
+    # minute (a zone's offset changes on one), whichever comes first
+    until = now + min(60 - inputs.local_s % 60, 60 - now % 60)
+    if payments_possible(inputs):  # stale at the first second with now - heard > outage
+        heard, outage_s = inputs.headend_heard_s, policy.payment_outage_h * 3600
+        assert heard is not None
+        stale = int(heard + outage_s) + 1
+        if stale - 1 - heard > outage_s:  # heard + outage_s rounded up to a whole second
+            stale -= 1
+        until = min(until, stale)
+    if inputs.moratorium_until is not None and now < inputs.moratorium_until:
+        until = min(until, inputs.moratorium_until)
+    notice_s = policy.min_notice_h * 3600
+    if inputs.zero_alert_at_s is not None and now - inputs.zero_alert_at_s < notice_s:
+        until = min(until, inputs.zero_alert_at_s + notice_s)
+    return until
+
+
 def _protected_range_end(policy: Policy, local_s: int) -> int | None:
     """If ``local_s`` is in a protected range, the local second that range ends."""
     minute = minute_of_day(local_s)

@@ -13,6 +13,17 @@ transaction (``Actuation.set_intent``), before anything is switched:
 It also keeps what the policy needs that is not in the store: the head-end's
 retained state and whether the clock is trusted (NTP since boot, or a verified
 command's ``iat`` within 5 minutes).
+
+Once a second the tick decides every account again (``redecide``: the hour, the
+head-end and the clock's trust move on without a balance change). An account whose
+last such decision wrote nothing is not decided again before the first second at which
+time alone could change the answer (``policy.steady_until``: the next minute, an
+override's or a moratorium's end, the notice running out, payments turning stale), as
+long as nothing else it depends on moved: every other ``evaluate`` of the account (a
+balance, an alert, an override, a tamper) forgets its memo, and a change of the
+head-end's state, the clock's trust, the policy, the meters, a moratorium or a recorded
+disconnection forgets them all (``_epoch``). The answer is the same; the queries are not
+run again for nothing.
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ from agent.buffer.store import Store
 from agent.config import MeterConfig
 from agent.eventlog import EventLog
 from agent.events import DisconnectDeferred, Tamper
-from agent.ledger.policy import PolicyInputs, decide_disconnect
+from agent.ledger.policy import STEADY_MAX_S, Policy, PolicyInputs, decide_disconnect, steady_until
 from agent.localtime import LocalTime
 from agent.meters import MeterRegistry
 from agent.policy_overlay import PolicyOverlay
@@ -43,6 +54,21 @@ CLOCK_CONFIRM_WINDOW_S = 300  # DOMAIN: a verified command's iat within 5 minute
 # IS 15959 pairs occurrence/restoration codes (201/202 magnet, 203/204 neutral): a
 # restoration is kept as evidence but never opens a relay.
 RESTORATION_CODES = frozenset({202, 204})
+# the head-end heard again after this long: payments may have turned possible again
+# (payment_outage_h is at least an hour), so every account's steady decision is forgotten
+HEARD_AGAIN_S = 60
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Steady:
+    """An account's last tick decision, which wrote nothing: it holds for ``now_s`` in
+    [since_s, until_s) while the inputs outside the account are the ones it saw."""
+    since_s: int
+    until_s: int
+    epoch: int
+    trusted: bool
+    policy: Policy
+    meters: int  # MeterRegistry.version
 
 
 @dataclasses.dataclass
@@ -109,6 +135,10 @@ class Disconnection:
         # the decision last logged per account, (allowed, reasons): logged only when it
         # changes, not on every poll (SD-card wear); one entry an account
         self._logged: dict[str, tuple[bool, tuple[str, ...]]] = {}
+        # the tick's memo (module docstring): one entry an account at most
+        self._steady: dict[str, Steady] = {}
+        self._epoch = 0  # moved by any change outside the account an answer depends on
+        self._writes = 0  # counts what evaluation writes: a decision that wrote is not steady
 
     def redecide_after_restart(self, meters: Iterable[MeterConfig]) -> None:
         """A credit disconnection decided but not yet carried out when the agent stopped
@@ -123,6 +153,10 @@ class Disconnection:
                 log.info("event=relay_redecide meter=%s reason=restart", meter.id)
 
     # -- the clock ------------------------------------------------------------
+    def forget_steady(self) -> None:
+        """Every account is decided again at the next tick (after a rolled-back tick)."""
+        self._epoch += 1
+
     def confirm_clock(self, iat_s: int, now_s: int) -> None:
         if abs(iat_s - now_s) <= CLOCK_CONFIRM_WINDOW_S:
             self.clock_confirmed = self.clock_trusted = True
@@ -142,11 +176,14 @@ class Disconnection:
         self.headend.online = online
         self.headend.payments = payments
         self.headend.heard_s = now_s
+        self._epoch += 1
 
     def headend_still_heard(self, now_s: float) -> None:
         """While the broker connection that delivered the retained state stays up, any
         change would reach us at once: the last state is still what the head-end says."""
         if self.headend.heard_s is not None:
+            if now_s - self.headend.heard_s > HEARD_AGAIN_S:
+                self._epoch += 1
             self.headend.heard_s = now_s
 
     # -- decisions -----------------------------------------------------------------
@@ -154,8 +191,30 @@ class Disconnection:
         """Make each of the account's relay intents what the rules say, in order:
         a live override, a tamper hold, credit (reconnect at any hour), the policy.
         ``acct``: the account as just written by the caller (saves reading it again)."""
+        self._steady.pop(acct_id, None)
+        self._decide(acct_id, now_s, acct)
+
+    def redecide(self, acct_id: str, now_s: int) -> None:
+        """The tick's evaluate: skipped while the account's last one holds (``Steady``)."""
+        steady = self._steady.get(acct_id)
+        if (steady is not None and steady.since_s <= now_s < steady.until_s
+                and steady.epoch == self._epoch and steady.trusted == self.clock_trusted
+                and steady.policy is self.policies.policy
+                and steady.meters == self.meters.version):
+            return
+        until = self._decide(acct_id, now_s)
+        if until is None:
+            self._steady.pop(acct_id, None)
+        else:
+            self._steady[acct_id] = Steady(now_s, until, self._epoch, self.clock_trusted,
+                                           self.policies.policy, self.meters.version)
+
+    def _decide(self, acct_id: str, now_s: int, acct: Account | None = None) -> int | None:
+        """evaluate(); returns until when the answer holds if it wrote nothing, else None."""
         if acct is None:
             acct = self.journal.account(acct_id)
+        writes = self._writes
+        until: int | None = now_s + STEADY_MAX_S
         for meter in self.meters.of_account(acct_id):
             state = self.journal.meter(meter.id)
             if state.override:
@@ -163,7 +222,10 @@ class Disconnection:
                     want = "closed" if state.override == "connect" else "open"
                     if state.relay_intent != want:
                         self._set_intent(meter, want, f"override_{state.override}", now_s)
+                    if state.override_until is not None and until is not None:
+                        until = min(until, state.override_until)
                     continue
+                self._writes += 1
                 self.journal.update_meter(meter.id, override="", override_until=None)
                 if state.relay_intent == "open" and state.relay_reason.startswith("override"):
                     self._set_intent(meter, "closed", "override_end", now_s)
@@ -179,13 +241,17 @@ class Disconnection:
                 continue
             if acct.balance >= 0 or state.relay_intent == "open":
                 continue
-            self._consider(acct, meter, now_s)
+            steady = self._consider(acct, meter, now_s)
+            until = None if steady is None or until is None else min(until, steady)
+        return until if self._writes == writes else None
 
     def _end_deferral(self, acct: Account) -> None:
         if acct.deferred:
+            self._writes += 1
             self.journal.update_account(acct.id, deferred="")
 
-    def _consider(self, acct: Account, meter: MeterConfig, now_s: int) -> None:
+    def _consider(self, acct: Account, meter: MeterConfig, now_s: int) -> int | None:
+        """The policy's decision for one meter; returns ``steady_until``."""
         inputs = PolicyInputs(
             balance=acct.balance,
             local_s=self.local.local_s(now_s),
@@ -213,19 +279,28 @@ class Disconnection:
                      inputs.moratorium_until, sorted(acct.alerts), acct.zero_alert_at,
                      inputs.disconnects_last_hour)
         if decision.allowed:
-            self.journal.record_disconnect(now_s)
+            self._record_disconnect(now_s)
             self._set_intent(meter, "open", "credit", now_s)
             self._end_deferral(acct)
-            return
+            return None
         key = ",".join(decision.reasons)
         if key != acct.deferred:  # acct was read after the balance change that led here
             # once per episode: an episode is a run of decisions with the same reasons
             self.events.emit(now_s, DisconnectDeferred(meter.id, acct.id, decision.reasons,
                                                        acct.balance))
+            self._writes += 1
             self.journal.update_account(acct.id, deferred=key)
+            return None
+        return steady_until(inputs, decision)
 
     def _set_intent(self, meter: MeterConfig, want: str, reason: str, now_s: int) -> None:
+        self._writes += 1
         self.actuation.set_intent(meter.id, want, reason, now_s)
+
+    def _record_disconnect(self, t: int) -> None:
+        """One more disconnection in the rate limit's hour: every answer may move."""
+        self._epoch += 1
+        self.journal.record_disconnect(t)
 
     # -- tamper ------------------------------------------------------------------
     def on_tamper(self, meter_id: str, kind: str, code: int, t: int) -> None:
@@ -245,7 +320,7 @@ class Disconnection:
                     and code not in RESTORATION_CODES and meter.relay_spec.kind != "none"):
                 action = "open"
                 self.journal.update_meter(meter_id, tamper_hold=t)
-                self.journal.record_disconnect(t)
+                self._record_disconnect(t)
             self.journal.record_tamper(meter_id, acct_id, t, kind, code, balance,
                                        state.relay_actual or "unknown", action)
             self.events.emit(t, Tamper(meter_id, acct_id, kind, code, action))
@@ -275,4 +350,5 @@ class Disconnection:
         """Joins the caller's transaction; ``acct`` '*' covers every account."""
         with self.store.tx():
             self.journal.set_moratorium(acct, until, reason)
+            self._epoch += 1
         log.info("event=moratorium acct=%s until=%d reason=%s t=%d", acct, until, reason, now_s)

@@ -23,6 +23,7 @@ from agent.ledger.policy import (
     parse_weekdays,
     policy_problems,
     should_reconnect,
+    steady_until,
 )
 from tests.ledger.helpers import local_s
 
@@ -224,3 +225,39 @@ def test_parse_weekdays_and_problems() -> None:
 
 def test_reconnect_any_time_once_positive() -> None:
     assert should_reconnect(1) and not should_reconnect(0) and not should_reconnect(-5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(hour_ranges, st.sets(st.integers(0, 6), max_size=3),
+       st.integers(1_700_000_000, 1_900_000_000), st.sampled_from([IST, 0, -12_600, 20_700]),
+       st.integers(-200, 200), st.booleans(), st.booleans(), st.booleans(),
+       st.one_of(st.none(), st.floats(-30_000, 30)), st.one_of(st.none(), st.integers(-90, 90)),
+       st.one_of(st.none(), st.integers(-100_000, 100)), st.integers(0, 3), st.data())
+def test_a_steady_answer_holds_every_second_until_steady_until(
+    ranges: list[tuple[int, int]], weekdays: set[int], now: int, offset: int, balance: int,
+    trusted: bool, online: bool, payments: bool, heard_ago: float | None,
+    moratorium_in: int | None, zero_ago: int | None, disconnects: int, data: st.DataObject
+) -> None:
+    policy = Policy(protected_hours=tuple(ranges), protected_weekdays=tuple(weekdays),
+                    emergency_credit=100, payment_outage_h=1, min_notice_h=1,
+                    max_disconnects_per_hour=2)
+    base = PolicyInputs(
+        balance=balance, local_s=now + offset, clock_trusted=trusted,
+        moratorium_until=None if moratorium_in is None else now + moratorium_in,
+        now_s=now, headend_online=online, payments_ok=payments,
+        headend_heard_s=None if heard_ago is None else now - 3600 + heard_ago,
+        alerts_raised=frozenset({30, 10, 0}),
+        zero_alert_at_s=None if zero_ago is None else now - 3600 + zero_ago,
+        disconnects_last_hour=disconnects, policy=policy)
+    decision = decide_disconnect(base)
+    until = steady_until(base, decision)
+    if until is None:
+        assert "rate_limit" in decision.reasons
+        return
+    assert now < until <= now + 60
+    for t in (until - 1, data.draw(st.integers(now, until - 1))):
+        later = dataclasses.replace(base, now_s=t, local_s=t + offset)
+        assert decide_disconnect(later) == decision, (t, until)
+    # and it does not claim too little: at `until` itself something may change, never
+    # later than the next minute
+    assert until - now <= 60
