@@ -106,7 +106,10 @@ READINGS_PER_TX = 256  # consecutive readings charged in one transaction (one fs
 READINGS_GATHER_S = 0.1
 READINGS_GAP_S = 0.03
 TICK_S = 1.0
-STATUS_EVERY_S = 1.0
+# status.json and the page's snapshot: every meter's state, built and written as JSON
+# (with 250 meters it was a tenth of the agent's CPU at one a second); the page itself
+# refreshes every 5 s
+STATUS_EVERY_S = 5.0
 SEEN_CLEANUP_EVERY_S = 3600.0
 
 

@@ -2,9 +2,9 @@
 into the functions that hold the time, for bench/results/*.md.
 
     collapse(path) -> Counter of stacks        py-spy's ``--format raw`` (collapsed) file
-    summary(stacks, top) -> markdown            the agent's own functions by total share
-                                                (a function's samples anywhere on a stack),
-                                                and by self share (at the top of a stack)
+    summary(stacks, top) -> markdown            the functions by total share (a
+                                                function's samples anywhere on a stack),
+                                                then by self share (at the top of a stack)
 
 ``record(pid, seconds, out)`` runs ``py-spy record --gil`` on the process: only the
 thread holding the GIL is sampled, so a thread blocked in a system call (fsync at a
@@ -70,6 +70,9 @@ def summary(stacks: Counter[tuple[str, ...]], top: int = 25) -> str:
     rows = ["| share of CPU work (total) | self | function |", "|---:|---:|---|"]
     for name, n in inclusive.most_common(top):
         rows.append(f"| {100 * n / total:.1f} % | {100 * own[name] / total:.1f} % | `{name}` |")
+    rows += ["", "| share of CPU work (self) | function |", "|---:|---|"]
+    for name, n in own.most_common(top):
+        rows.append(f"| {100 * n / total:.1f} % | `{name}` |")
     idle = sum(stacks.values()) - sum(busy.values())
     rows.append(f"\n{sum(busy.values()):,} busy samples (and {idle:,} of threads waiting, "
                 "left out).")

@@ -182,6 +182,8 @@ class BusSchedule:
         meters = list(meters)
         self.meters = {m.id: m for m in meters}
         self.relayed = {m.id: m for m in relayed}
+        # meters without a due time yet: given one (now) by the next _next_poll
+        self._unseen = [m.id for m in meters if m.id not in self._due]
         for m in meters:
             self.stats.setdefault(m.id, MeterStats())
 
@@ -292,15 +294,18 @@ class BusSchedule:
 
     def _next_poll(self, now_s: float) -> tuple[str | None, float]:
         """(the meter due first, 0) or (None, seconds until one is due; 1 with none)."""
-        best: str | None = None
-        best_due = float("inf")
-        for meter_id in self.meters:
-            due = self._due.setdefault(meter_id, now_s)  # a meter never seen is due now
-            if due < best_due:
-                best, best_due = meter_id, due
-        if best is not None and best_due <= now_s:
+        if not self.meters:
+            return None, 1.0
+        due = self._due
+        if self._unseen:
+            for meter_id in self._unseen:  # a meter never seen is due now
+                due.setdefault(meter_id, now_s)
+            self._unseen = []
+        best = min(self.meters, key=due.__getitem__)  # the first of the earliest: in C
+        best_due = due[best]
+        if best_due <= now_s:
             return best, 0.0
-        return None, (best_due - now_s) if best is not None else 1.0
+        return None, best_due - now_s
 
     def due_meters(self, now_s: float) -> list[str]:
         """Every meter due at ``now_s``, in the order ``next_action`` takes them (due

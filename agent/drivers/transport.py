@@ -38,6 +38,9 @@ POLL_S: Final = 0.01
 PARITIES: Final = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
 # Everything opening or using a serial port may raise (termios.error is not an OSError).
 PORT_ERRORS: Final = (serial.SerialException, OSError, termios.error)
+# A write the UART takes no byte of for this long: the port is stuck (a wedged USB
+# adapter); it is closed and opened again like any other port failure.
+WRITE_STALL_S: Final = 2.0
 
 
 def is_pty(port: str) -> bool:
@@ -130,7 +133,8 @@ class SerialTransport:
             raise PortError(f"{port}: cannot open: {exc}") from exc
         # A POSIX device (a UART, a USB adapter, a pty) is read with select() and read()
         # on its descriptor: two system calls a burst instead of pyserial's four and its
-        # timeout objects (the bus thread's largest cost per reading). URLs
+        # timeout objects (the bus thread's largest cost per reading); written with
+        # write() and tcdrain(), and flushed with tcflush(), on it too. URLs
         # (socket://, loop://) go through pyserial.
         fd = getattr(self._serial, "fd", None)
         self._fd: int | None = fd if isinstance(fd, int) and fd >= 0 else None
@@ -159,9 +163,12 @@ class SerialTransport:
         self._clock.sleep(wait_s)  # t3.5 since the last byte either way: a new frame
         started_s = self._clock.monotonic_s()
         try:
-            self._serial.write(data)
-            self._serial.flush()  # tcdrain: returns once the UART has the bytes
-        except PORT_ERRORS as exc:
+            if self._fd is not None:
+                self._write_fd(self._fd, data)
+            else:
+                self._serial.write(data)
+                self._serial.flush()  # tcdrain: returns once the UART has the bytes
+        except (*PORT_ERRORS, ValueError) as exc:  # ValueError: the descriptor was closed
             raise PortError(f"{self._port_name}: write failed: {exc}") from exc
         # USB adapters may still be shifting bits out after flush(): count the
         # frame's own line time as well.
@@ -191,6 +198,19 @@ class SerialTransport:
         except PORT_ERRORS as exc:
             raise PortError(f"{self._port_name}: read failed: {exc}") from exc
 
+    @staticmethod
+    def _write_fd(fd: int, data: bytes) -> None:
+        """All of ``data`` on the (non-blocking) descriptor, then tcdrain: returns once
+        the UART has the bytes. Waits for room at most WRITE_STALL_S at a time."""
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                if not select.select([], [fd], [], WRITE_STALL_S)[1]:
+                    raise OSError(f"write stalled: no room for {WRITE_STALL_S:g} s") from None
+        termios.tcdrain(fd)
+
     def _read_fd(self, fd: int, max_bytes: int, timeout_s: float) -> bytes:
         """``read`` on the descriptor: whatever has arrived, or what arrives first
         within ``timeout_s``, up to ``max_bytes``."""
@@ -212,11 +232,15 @@ class SerialTransport:
 
     def reset_input(self) -> None:
         try:
-            self._serial.reset_input_buffer()
-        except PORT_ERRORS as exc:
+            if self._fd is not None:
+                termios.tcflush(self._fd, termios.TCIFLUSH)
+            else:
+                self._serial.reset_input_buffer()
+        except (*PORT_ERRORS, ValueError) as exc:
             raise PortError(f"{self._port_name}: reset failed: {exc}") from exc
 
     def close(self) -> None:
+        self._fd = None  # its number may be given to another file once closed
         try:
             self._serial.close()
         except PORT_ERRORS as exc:

@@ -9,7 +9,7 @@ import time
 from html import escape
 from typing import Any
 
-STALE_S = 30  # the runtime refreshes its status every second; older than this: a warning
+STALE_S = 30  # the runtime refreshes its status every 5 s; older than this: a warning
 EVENTS_SHOWN = 50  # newest first; older ones are in `journalctl` and on the head-end
 
 # -- the page ----------------------------------------------------------------------

@@ -452,3 +452,37 @@ def test_serial_transport_reads_a_pty_on_its_descriptor() -> None:
         os.close(slave)
         if master >= 0:
             os.close(master)
+
+
+def test_serial_transport_writes_and_flushes_a_pty_on_its_descriptor(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device path is written with write/tcdrain and flushed with tcflush on its
+    descriptor; a line that takes no byte for WRITE_STALL_S is a PortError; a closed
+    transport never writes to a descriptor number another file may hold by then."""
+    from agent.drivers import transport as transport_mod
+    from agent.errors import PortError
+
+    master, slave = os.openpty()
+    path = os.ttyname(slave)
+    transport = SerialTransport(path, 115200)
+    try:
+        os.write(master, b"stale")  # a late answer waiting in the input
+        time.sleep(0.05)
+        transport.reset_input()
+        assert transport.read(64, 0.05) == b""  # flushed, not taken for an answer
+        transport.write(b"\x01\x03\x00\x00\x00\x02\xc4\x0b")
+        assert os.read(master, 64) == b"\x01\x03\x00\x00\x00\x02\xc4\x0b"
+        # nobody reads the other end: the pty's buffer fills and the write stalls
+        monkeypatch.setattr(transport_mod, "WRITE_STALL_S", 0.2)
+        started = time.monotonic()
+        with pytest.raises(PortError, match="stalled"):
+            for _ in range(1000):
+                transport.write(bytes(4096))
+        assert time.monotonic() - started < 30
+    finally:
+        transport.close()
+        os.close(master)
+        os.close(slave)
+    assert transport._fd is None
+    with pytest.raises(PortError, match=path):
+        transport.write(b"\x01")
