@@ -32,11 +32,15 @@ from agent.errors import ConfigError
 from agent.ledger.policy import Policy, parse_protected_hours
 from agent.ledger.tariff import Slab, Tariff, TodWindow
 
+# a meter's relay text is parsed in agent.relay_spec (the meter_add command checks it there
+# too); config.X stays its name here
+from agent.relay_spec import RelaySpec as RelaySpec
+from agent.relay_spec import parse_relay as parse_relay
+
 DEFAULT_CONFIG = "board_configs/sim.toml"
 
 _HHMM_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-RELAY_KINDS = ("meter", "modbus-coil", "gpio", "none")
 LIVE_READINGS = ("series", "table")  # [mqtt] live_readings
 
 
@@ -88,15 +92,6 @@ class BusConfig:
     protocol: str = "modbus"
     poll_interval_s: float = 15.0
     timeout_s: float = 0.5  # per request, on top of the frame time
-
-
-@dataclass(frozen=True, slots=True)
-class RelaySpec:
-    kind: str  # meter | modbus-coil | gpio | none
-    unit: int | None = None
-    coil: int | None = None
-    line: int | None = None
-    bus: str | None = None  # modbus-coil: the module's bus, when not the meter's own
 
 
 def relay_bus(meter: MeterConfig) -> str:
@@ -205,35 +200,6 @@ def _one_of(options: tuple[str, ...]) -> Callable[[Any], str | None]:
 def _hhmm(text: str) -> int | None:
     m = _HHMM_RE.match(text)
     return int(m.group(1)) * 60 + int(m.group(2)) if m else None
-
-
-def parse_relay(text: str) -> RelaySpec:
-    """``meter | modbus-coil:[<bus>:]<unit>:<coil> | gpio:<line> | none``; ValueError with a
-    reason. ``<bus>`` names the Modbus bus of the coil module when it is not the meter's
-    own (an IEC 62056-21 meter switched by a relay module on a Modbus bus)."""
-    parts = text.split(":")
-    kind = parts[0]
-    if kind in ("meter", "none") and len(parts) == 1:
-        return RelaySpec(kind)
-    try:
-        if kind == "modbus-coil" and len(parts) in (3, 4):
-            bus = parts[1] if len(parts) == 4 else None
-            unit, coil = int(parts[-2]), int(parts[-1])
-            if not 1 <= unit <= 247 or not 0 <= coil <= 65535 or (
-                    bus is not None and not ID_RE.match(bus)):
-                raise ValueError
-            return RelaySpec(kind, unit=unit, coil=coil, bus=bus)
-        if kind == "gpio" and len(parts) == 2:
-            line = int(parts[1])
-            if not 0 <= line <= 1023:
-                raise ValueError
-            return RelaySpec(kind, line=line)
-    except ValueError:
-        pass
-    raise ValueError(
-        "must be meter | modbus-coil:[<bus>:]<unit 1..247>:<coil 0..65535> | gpio:<line> "
-        "| none"
-    )
 
 
 def _optional_path(value: str | None) -> Path | None:

@@ -12,13 +12,18 @@ speed above the offer get no answer; so does a meter set silent.
 
 The readout carries the quantities of ``agent.drivers.iec62056.obis``, in
 the units meters use (kWh with 3 decimals, so Wh are exact).
+
+``IecLineServer`` is that session, sans-IO: requests in, (frame, speed) replies out,
+over any ``LineMeter``. ``sim.meters`` drives it on a pty (the meters here); the
+neighbourhood simulation drives it in memory (``simline.IecMemLine``, its households).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from decimal import Decimal
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from agent.drivers.iec62056.codec import (
     BAUD_RATES,
@@ -61,6 +66,9 @@ class SimIecMeter(LoadModel):
     def identification(self) -> Identification:
         return Identification(MANUFACTURER, self.baud, IDENT)
 
+    def data_message(self) -> bytes:
+        return encode_data_message(self.readout())
+
     def readout(self) -> list[DataSet]:
         self.advance()
         volts, amps, watts, pf = self.measurements()
@@ -85,13 +93,27 @@ class SimIecMeter(LoadModel):
         ]
 
 
-class IecLineServer:
-    """Sign-ons and option selects in; identification and data messages out."""
+class LineMeter(Protocol):
+    """A meter as the line sees it (``SimIecMeter``; ``simline.IecHousehold``)."""
 
-    def __init__(self, meters: dict[str, SimIecMeter]) -> None:
+    @property
+    def baud(self) -> str: ...  # Z of its identification: the most it offers
+    @property
+    def silent(self) -> bool: ...  # answers no sign-on now
+    def identification(self) -> Identification: ...
+    def data_message(self) -> bytes | None: ...  # the readout's frame; None: no answer
+
+
+class IecLineServer:
+    """The meters' side of one line (6.4.3, mode C), sans-IO: sign-ons and option
+    selects in (``receive_data``); identification and data messages out, each with the
+    speed it goes at (``next_reply``). One session at a time: a sign-on opens it, the
+    option select or a break ends it."""
+
+    def __init__(self, meters: Mapping[str, LineMeter]) -> None:
         self.meters = meters
         self._reader = RequestReader()
-        self._session: SimIecMeter | None = None
+        self._session: LineMeter | None = None
         self._replies: list[tuple[bytes, int]] = []
         self.rx_baudrate = INITIAL_BAUD  # the speed requests arrive at (sim.meters' timing)
 
@@ -135,7 +157,9 @@ class IecLineServer:
         meter, self._session = self._session, None
         if meter is None or select.mode != "0" or select.baud > meter.baud:
             return  # programming mode is not simulated; a speed above the offer is refused
-        self._replies.append((encode_data_message(meter.readout()), BAUD_RATES[select.baud]))
+        frame = meter.data_message()
+        if frame is not None:
+            self._replies.append((frame, BAUD_RATES[select.baud]))
 
 
 def build_bus(bus: BusConfig, meters: list[MeterConfig], env: SimEnv) -> BusBuild:

@@ -26,6 +26,7 @@ from typing import Any
 
 from agent.errors import CommandError
 from agent.ledger.policy import WEEKDAY_NAMES, parse_protected_hours
+from agent.relay_spec import parse_relay
 from agent.uplink import cbor, cose
 from agent.uplink.wire import is_ident
 
@@ -231,14 +232,13 @@ def _levels(v: Any, path: str) -> list[str]:
 
 
 def _relay(v: Any, path: str) -> list[str]:
-    if isinstance(v, str):
-        parts = v.split(":")
-        nums = all(_digits(p) and len(p) <= 5 for p in parts[1:])
-        if (parts[0] in ("meter", "none") and len(parts) == 1) or (nums and (
-                (parts[0] == "modbus-coil" and len(parts) == 3
-                 and 1 <= int(parts[1]) <= 247 and int(parts[2]) <= 65535)
-                or (parts[0] == "gpio" and len(parts) == 2 and int(parts[1]) <= 1023))):
+    """The config's parser decides; the command takes CONTRACT 2's spellings only (a
+    coil module on the meter's own bus: no ``<bus>:``, docs/mqtt-api.md meter-add-args)."""
+    try:
+        if isinstance(v, str) and parse_relay(v).bus is None:
             return []
+    except ValueError:
+        pass
     return [f"{path} must be meter | modbus-coil:<unit 1..247>:<coil 0..65535> | "
             "gpio:<line 0..1023> | none"]
 

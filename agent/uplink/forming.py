@@ -45,7 +45,8 @@ The storage bound (what may be held, and what goes first) is buffer/bounds.py's;
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from agent.buffer import bounds
 from agent.buffer.cycle import PollCycle
@@ -154,21 +155,21 @@ def entry_item(entry: Entry) -> bytes:
                               "ref": entry.ref, "acct": entry.acct, "kind": entry.kind})
 
 
-class _Items:
-    """The item forms the storage bound needs (buffer/bounds.py's ``Items``)."""
-
-    __slots__ = ()
-
-    @staticmethod
-    def strip_run(run: bytes) -> bytes:
-        return strip_run(run)
-
-    @staticmethod
-    def event_item(t: int, event: Event) -> bytes:
-        return event_item(t, event)
+_S = TypeVar("_S")
+_E = TypeVar("_E")
 
 
-ITEMS = _Items()
+@dataclass(frozen=True, slots=True)
+class ItemForms(Generic[_S, _E]):
+    """The item forms the storage bound needs (buffer/bounds.py's ``Items``): this
+    module's own functions, held as they are. Generic so that mypy checks each one's
+    own signature against ``Items``."""
+
+    strip_run: _S
+    event_item: _E
+
+
+ITEMS: bounds.Items = ItemForms(strip_run, event_item)
 
 
 # -- messages -------------------------------------------------------------------------

@@ -17,22 +17,16 @@ from typing import Any, Final, Protocol
 
 from agent.config import BusConfig
 from agent.drivers.iec62056.codec import (
-    BAUD_RATES,
     INITIAL_BAUD,
-    Break,
     DataSet,
     Identification,
-    IecProtocolError,
-    OptionSelect,
-    SignOn,
     encode_data_message,
-    encode_identification,
 )
-from agent.drivers.iec62056.codec import RequestReader as IecRequestReader
 from agent.drivers.modbus.client import FRAME_GAP_S
 from agent.drivers.modbus.codec import Request, RequestReader, Response, response_length
 from agent.drivers.reading import Reading
 from agent.drivers.transport import frame_time_s, silent_interval_s
+from sim.iec_line import IDENT, MANUFACTURER, IecLineServer
 from sim.neighbourhood.world import Household
 
 TURNAROUND_S: Final = 0.03  # an SDM120 typically starts answering within 30 ms
@@ -189,10 +183,8 @@ class MemLine:
         pass
 
 
-
-
 # -- IEC 62056-21 mode C (codec mode) --------------------------------------------------------
-IEC_IDENT: Final = Identification("SIM", "5", "IEC1PH-SIM")  # offers 9600 baud, as sim/iec_line
+IEC_IDENT: Final = Identification(MANUFACTURER, "5", IDENT)  # offers 9600 baud
 IEC_REACTION_S: Final = 0.2  # the standard's shortest reaction time t_r (200 ms)
 IEC_GAP_S: Final = 0.05  # the driver's SILENCE_GAP_S: a quiet line ends a bad answer
 
@@ -219,21 +211,50 @@ def iec_readout(hh: Household) -> list[DataSet]:
             ds("F.F", "00000000")]
 
 
+class IecHousehold:
+    """A household's meter as the IEC line sees it (``iec_line.LineMeter``, codec mode):
+    it offers 9600 baud, is silent while its fault says so, and a corrupt fault flips a
+    data byte of a data message (the BCC no longer matches)."""
+
+    baud: Final = IEC_IDENT.baud
+
+    def __init__(self, field: Field, meter_id: str) -> None:
+        self.field = field
+        self.meter_id = meter_id
+
+    @property
+    def silent(self) -> bool:
+        return self.field.fault(self.meter_id)[0]
+
+    def identification(self) -> Identification:
+        return IEC_IDENT
+
+    def data_message(self) -> bytes | None:
+        hh = self.field.household(self.meter_id)
+        if hh is None:
+            return None
+        corrupt_pct = self.field.fault(self.meter_id)[1]
+        corrupt = bool(corrupt_pct) and self.field.rng.randrange(100) < corrupt_pct
+        frame = bytearray(encode_data_message(iec_readout(hh)))
+        if corrupt:
+            frame[len(frame) // 2] ^= 0x01
+        return bytes(frame)
+
+
 class IecMemLine:
-    """An IEC 62056-21 line in memory (a ``BaudSwitchable`` transport): a sign-on for a
-    meter's address is answered with its identification at 300 baud, the option select
-    with its data message at the chosen speed; each frame moves the clock by its line
-    time at the speed it travels at, a silent meter by the driver's wait."""
+    """An IEC 62056-21 line in memory (a ``BaudSwitchable`` transport) over the session
+    of ``sim.iec_line.IecLineServer``, the pty simulator's own: a sign-on for a meter's
+    address is answered with its identification at 300 baud, the option select with its
+    data message at the chosen speed; each frame moves the clock by its line time at the
+    speed it travels at, a silent meter by the driver's wait."""
 
     def __init__(self, field: Field, baudrate: int, meters: dict[str, str]) -> None:
         self.field = field
-        self.meters = meters  # device address -> meter id
         self._baud = baudrate
-        self._reader = IecRequestReader()
-        self._session: str | None = None  # the meter signed on
+        self._server = IecLineServer({address: IecHousehold(field, meter_id)
+                                      for address, meter_id in meters.items()})
         self._out = b""
         self._out_baud = INITIAL_BAUD
-        self._corrupt = False
 
     @property
     def baudrate(self) -> int:
@@ -247,35 +268,9 @@ class IecMemLine:
 
     def write(self, data: bytes) -> None:
         self._us(frame_time_s(len(data), self._baud))
-        self._reader.receive_data(data)
-        while True:
-            try:
-                event = self._reader.next_event()
-            except IecProtocolError:
-                continue
-            if isinstance(event, SignOn):
-                meter_id = self.meters.get(event.address)
-                silent = meter_id is None or self.field.fault(meter_id)[0]
-                self._session = None if silent else meter_id
-                if self._session is not None:
-                    self._answer(encode_identification(IEC_IDENT), INITIAL_BAUD, False)
-            elif isinstance(event, OptionSelect):
-                meter_id, self._session = self._session, None
-                hh = self.field.household(meter_id) if meter_id is not None else None
-                if hh is None or event.mode != "0" or event.baud not in BAUD_RATES:
-                    continue
-                assert meter_id is not None
-                corrupt_pct = self.field.fault(meter_id)[1]
-                corrupt = bool(corrupt_pct) and self.field.rng.randrange(100) < corrupt_pct
-                self._answer(encode_data_message(iec_readout(hh)), BAUD_RATES[event.baud],
-                             corrupt)
-            elif isinstance(event, Break):
-                self._session = None
-            else:
-                return
-
-    def _answer(self, frame: bytes, baud: int, corrupt: bool) -> None:
-        self._out, self._out_baud, self._corrupt = frame, baud, corrupt
+        self._server.receive_data(data)
+        while (reply := self._server.next_reply()) is not None:
+            self._out, self._out_baud = reply  # a later answer replaces one not read
 
     def read(self, max_bytes: int, timeout_s: float) -> bytes:
         if not self._out:
@@ -283,11 +278,8 @@ class IecMemLine:
             self.field.advance_us(1)  # past the driver's deadline
             return b""
         self._us(IEC_REACTION_S + frame_time_s(len(self._out), self._out_baud))
-        frame = bytearray(self._out)
-        if self._corrupt:
-            frame[len(frame) // 2] ^= 0x01  # a data byte: the BCC no longer matches
-        self._out = b""
-        return bytes(frame[:max_bytes])
+        data, self._out = self._out[:max_bytes], b""
+        return data
 
     def reset_input(self) -> None:
         self._out = b""
