@@ -150,8 +150,13 @@ def is_full(exc: sqlite3.Error, data_dir: Path) -> bool:
     return False
 
 
-def full_error(path: Path, exc: BaseException) -> StoreFullError:
-    return StoreFullError(f"store {path}: no room to write, the disk is full ({exc}): {FULL_HELP}")
+def raise_if_full(exc: sqlite3.Error, data_dir: Path) -> None:
+    """The one translation of a full disk: StoreFullError (from ``exc``) when ``exc``
+    means that there was no room to write in ``data_dir``; the caller re-raises ``exc``
+    otherwise."""
+    if is_full(exc, data_dir):
+        raise StoreFullError(f"store {data_dir / DB_NAME}: no room to write, the disk is "
+                             f"full ({exc}): {FULL_HELP}") from exc
 
 
 class _Connection(sqlite3.Connection):
@@ -165,16 +170,14 @@ class _Connection(sqlite3.Connection):
         try:
             return super().execute(sql, parameters)
         except sqlite3.OperationalError as exc:
-            if is_full(exc, self.data_dir):
-                raise full_error(self.data_dir / DB_NAME, exc) from exc
+            raise_if_full(exc, self.data_dir)
             raise
 
     def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
         try:
             return super().executemany(sql, parameters)
         except sqlite3.OperationalError as exc:
-            if is_full(exc, self.data_dir):
-                raise full_error(self.data_dir / DB_NAME, exc) from exc
+            raise_if_full(exc, self.data_dir)
             raise
 
 
@@ -215,8 +218,8 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     try:
         return _configure(path, readonly)
     except sqlite3.Error as exc:
-        if not readonly and is_full(exc, path.parent):
-            raise full_error(path, exc) from exc
+        if not readonly:
+            raise_if_full(exc, path.parent)
         raise _broken(path, f"cannot be opened ({exc})") from exc
 
 
