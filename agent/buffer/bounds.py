@@ -32,7 +32,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from agent.buffer.store import LANE_EVENTS, PendingRow, Store, disk_free_bytes
+from agent.buffer.connection import disk_free_bytes
+from agent.buffer.store import LANE_EVENTS, PendingRow, Store
 from agent.config import StoreConfig
 from agent.vocab import INSTANTANEOUS
 
