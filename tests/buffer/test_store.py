@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.buffer import schema
 from agent.buffer.journal import Entry, Journal
 from agent.buffer.sequence import split_sequence
 from agent.buffer.store import (
@@ -285,7 +286,7 @@ def test_a_schema_1_store_is_migrated(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     store = Store(tmp_path)
-    assert store.meta("schema") == 2 and store.next_boot() == 5
+    assert store.meta("schema") == schema.VERSION and store.next_boot() == 5
     add(store, [reading("A", T0 + 1, 6)])  # a new run: the old row is sealed
     assert store.backlog_summary().items == 3
     assert forming.form_messages(store, GW, 5, T0 + 3600, link_up=True) == 1
