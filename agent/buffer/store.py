@@ -48,7 +48,6 @@ from agent.buffer.schema import LANE_LEDGER as LANE_LEDGER
 from agent.buffer.schema import LANE_READINGS as LANE_READINGS
 from agent.buffer.schema import LANE_REPLY as LANE_REPLY
 from agent.buffer.schema import READING_LANES
-from agent.buffer.sequence import meter_of
 from agent.buffer.unit import BATCH_MAX_BYTES as BATCH_MAX_BYTES
 from agent.buffer.unit import BATCH_MAX_ITEMS as BATCH_MAX_ITEMS
 from agent.buffer.unit import insert_items, write_tally
@@ -198,9 +197,9 @@ class Store(Reads):
 
     # -- pending items ----------------------------------------------------
     def add_pending(self, lane: int, item: bytes, t: int, meter: str | None = None) -> None:
-        """Queue one item; a reading (``forming.reading_item``; ``meter``: its meter, when
-        the caller knows it) joins its meter's open run; an event or entry joins the
-        transaction's batch (written at its commit)."""
+        """Queue one item (opaque bytes: forming.py's); a reading joins the open run of
+        ``meter`` (its run key, given by the caller: the store does not read the item);
+        an event or entry joins the transaction's batch (written at its commit)."""
         if lane != LANE_READINGS:
             assert lane in (LANE_EVENTS, LANE_LEDGER), lane
             if self.unit is not None:
@@ -208,7 +207,7 @@ class Store(Reads):
             else:
                 insert_items(self.conn, lane, [(item, t)], self._tally)
             return
-        meter = meter_of(item) if meter is None else meter
+        assert meter is not None, "a reading is queued with its meter"
         runs = self._runs()
         run = runs.get(meter)
         if run is not None and run[1] < RUN_MAX:

@@ -37,7 +37,7 @@ def readings_until_full(store: Store, start: int) -> int:
                 for i in range(4):
                     for m in range(4):
                         r = Reading(f"M{m}", t + 900 * i, {**FULL, "import_wh": t + i})
-                        store.add_pending(LANE_READINGS, forming.reading_item(r), r.t)
+                        store.add_pending(LANE_READINGS, forming.reading_item(r), r.t, r.meter)
             t += 3600
     return t
 
