@@ -3,7 +3,7 @@
   python -m bench.store_check [--sizes-mb 10,100,500] [--repeat 3] [--out FILE]
 
 Before the agent opens its store for writing it reads it once, read-only
-(``store._check``: ``PRAGMA quick_check`` on an immutable connection), so that a
+(``connection.check``: ``PRAGMA quick_check`` on an immutable connection), so that a
 truncated or garbled file is refused before anything is written. That is paid at
 every start; this measures it for synthetic stores of about 10, 100 and 500 MB:
 
@@ -30,7 +30,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.buffer.store import DB_NAME, LANE_READINGS, RUN_MAX, Store, _check
+from agent.buffer.connection import check
+from agent.buffer.store import DB_NAME, LANE_READINGS, RUN_MAX, Store
 from agent.drivers.reading import Reading
 from agent.uplink import forming
 
@@ -135,9 +136,9 @@ def measure(size_mb: int, repeat: int) -> dict[str, list[float] | int]:
         db = data_dir / DB_NAME
         out: dict[str, list[float] | int] = {"bytes": size, "entries": entries,
                                              "journal_bytes": journal_bytes}
-        out["quick_cold"] = [_timed(lambda: _check(db), lambda: _evict(db))
+        out["quick_cold"] = [_timed(lambda: check(db), lambda: _evict(db))
                              for _ in range(repeat)]
-        out["quick_warm"] = [_timed(lambda: _check(db)) for _ in range(repeat)]
+        out["quick_warm"] = [_timed(lambda: check(db)) for _ in range(repeat)]
         out["open_cold"] = [_timed(lambda: _open_close(data_dir), lambda: _evict(db))
                             for _ in range(repeat)]
         out["integrity_cold"] = [_timed(lambda: _integrity(db), lambda: _evict(db))

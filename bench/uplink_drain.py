@@ -45,7 +45,7 @@ def fill(data_dir: Path, meters: int, hours: int) -> int:
     store = Store(data_dir)
     with store.tx():
         for r in readings:
-            store.add_pending(LANE_READINGS, forming.reading_item(r), r.t)
+            store.add_pending(LANE_READINGS, forming.reading_item(r), r.t, r.meter)
     store.close()
     return len(readings)
 

@@ -98,7 +98,7 @@ def backlog(readings: list[Reading]) -> tuple[list[bytes], list[list[Reading]]]:
         store = Store(Path(tmp))
         with store.tx():
             for r in readings:
-                store.add_pending(LANE_READINGS, forming.reading_item(r), r.t)
+                store.add_pending(LANE_READINGS, forming.reading_item(r), r.t, r.meter)
         while forming.form_backlog(store, "gw-demo-01", 1, readings[-1].t + 3600, 64):
             pass
         payloads = [row.payload for row in store.outbox_next(set(), 1_000_000)]

@@ -130,7 +130,7 @@ def test_a_status_file_that_finds_the_disk_full_releases_the_reserve(
     with rt.store.tx():
         for i in range(100):
             rt.store.add_pending(LANE_READINGS, forming.reading_item(
-                Reading("M1", t + i, {"import_wh": 1000 + i, **VALUES})), t + i)
+                Reading("M1", t + i, {"import_wh": 1000 + i, **VALUES})), t + i, "M1")
     monkeypatch.setattr(Path, "write_text", no_space)
     rt._write_status()
     assert guard.state == DEGRADED and guard.held_bytes() == 16 * KIB

@@ -33,7 +33,8 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.buffer.store import LANE_EVENTS, PendingRow, Store, disk_free_bytes
+from agent.buffer.connection import disk_free_bytes
+from agent.buffer.store import LANE_EVENTS, PendingRow, Store
 from agent.config import StoreConfig
 from agent.events import DataDropped
 from agent.vocab import INSTANTANEOUS

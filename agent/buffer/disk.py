@@ -41,7 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from agent.buffer.store import disk_free_bytes
+from agent.buffer.connection import disk_free_bytes
 
 log = logging.getLogger("agent.disk")
 

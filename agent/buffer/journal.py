@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple, cast
 
-from agent.buffer import schema
 from agent.buffer.store import LANE_LEDGER, Store
 from agent.errors import LedgerError
 from agent.vocab import ENTRY_KINDS
@@ -145,8 +144,6 @@ class Journal:
         self._accounts: dict[str, Account] | None = None
         self._meters: dict[str, MeterState] | None = None
         self._undone = store.undone  # the store's undo count when memory was read
-        if self._keep:
-            self._migrate()
 
     def _current(self) -> None:
         """Forget what memory holds if writes were undone since it was read."""
@@ -174,10 +171,6 @@ class Journal:
                 return meters
             self._meters = meters
         return self._meters
-
-    def _migrate(self) -> None:
-        with self.store.tx():
-            schema.add_columns(self.conn, schema.LEDGER_COLUMNS)
 
     # -- accounts -----------------------------------------------------------
     def ensure_account(self, acct: str, tariff: str) -> None:

@@ -11,12 +11,13 @@ meaning) and may then rewrite rows.
 
   1 -> 2  pending.m/n/sealed/stripped, outbox.items/t0, tally: schema-1 readings become
           sealed runs of one (their meter read from the item), t0 is the creation time
+  2 -> 3  meters.tamper_hold, relay back-off (relay_attempts, relay_next_s) and the
+          register-reset watch (reset_*). These came before the counter covered the
+          ledger tables (a writing Journal added them by name at every open), so a
+          file at 2 may have none, some or all of them: ``add_columns`` adds only
+          those missing, as for every migration.
 
-The ledger's later columns (``LEDGER_COLUMNS``: the meters' tamper hold, relay back-off
-and register-reset watch) came before the counter covered the ledger tables, so a file
-at version 2 may or may not have them: they are added by the same ``add_columns``, by
-name, each time a writing Journal opens (its own transaction, as it always was). A
-column added from now on is a numbered migration.
+A column added from now on is a migration of its own, at the end of the list.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import NamedTuple
 
 from agent.buffer.sequence import meter_of
 
-VERSION = 2
+VERSION = 3
 
 # The values of the lane columns (pending.lane, outbox.lane, tally.lane), in delivery
 # priority order (lower first). Pending items use 0-3; the outbox splits readings into
@@ -38,6 +39,7 @@ LANE_EVENTS = 1
 LANE_LEDGER = 2
 LANE_READINGS = 3
 LANE_BACKLOG = 4
+READING_LANES = (LANE_READINGS, LANE_BACKLOG)
 
 STORE_TABLES = [
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
@@ -157,17 +159,6 @@ CREATE TABLE IF NOT EXISTS tamper (
 """
 
 
-LEDGER_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
-    "meters": (("tamper_hold", "INTEGER NOT NULL DEFAULT 0"),
-               ("relay_attempts", "INTEGER NOT NULL DEFAULT 0"),
-               ("relay_next_s", "INTEGER NOT NULL DEFAULT 0"),
-               ("reset_count", "INTEGER NOT NULL DEFAULT 0"),
-               ("reset_first_wh", "INTEGER NOT NULL DEFAULT 0"),
-               ("reset_first_t", "INTEGER NOT NULL DEFAULT 0"),
-               ("reset_last_wh", "INTEGER NOT NULL DEFAULT 0"),
-               ("reset_last_t", "INTEGER NOT NULL DEFAULT 0")),
-}
-
 INDEXES = [
     "CREATE INDEX IF NOT EXISTS pending_lane ON pending (lane, id)",
     "CREATE INDEX IF NOT EXISTS pending_lane_t ON pending (lane, t)",
@@ -222,6 +213,15 @@ MIGRATIONS: tuple[Migration, ...] = (
                               ("stripped", "INTEGER NOT NULL DEFAULT 0")),
                   "outbox": (("items", "INTEGER NOT NULL DEFAULT 1"), ("t0", "INTEGER"))},
               _runs_of_one),
+    Migration(3, {"meters": (("tamper_hold", "INTEGER NOT NULL DEFAULT 0"),
+                             ("relay_attempts", "INTEGER NOT NULL DEFAULT 0"),
+                             ("relay_next_s", "INTEGER NOT NULL DEFAULT 0"),
+                             ("reset_count", "INTEGER NOT NULL DEFAULT 0"),
+                             ("reset_first_wh", "INTEGER NOT NULL DEFAULT 0"),
+                             ("reset_first_t", "INTEGER NOT NULL DEFAULT 0"),
+                             ("reset_last_wh", "INTEGER NOT NULL DEFAULT 0"),
+                             ("reset_last_t", "INTEGER NOT NULL DEFAULT 0"))},
+              None),
 )
 assert [m.version for m in MIGRATIONS] == list(range(2, VERSION + 1))  # one step each
 

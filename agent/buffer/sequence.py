@@ -1,10 +1,16 @@
 """The framing of the store's rows: a row is a CBOR sequence (RFC 8742) of items.
 
-The store keeps items as opaque bytes (their forms are uplink/forming.py's); only two
-facts of the framing are its own: where one item of a row ends (``split_sequence``,
-for tools and the simulation's observer) and the meter a reading item belongs to (its
-run key, ``meter_of``: the first field of ``[m, t, ...]``, or ``m`` of a schema-1
-``{"m", "t", "v"}`` map). This is the one module of buffer/ that reads CBOR.
+The store keeps items as opaque bytes (their forms are uplink/forming.py's; a reading
+is queued with its meter, its run key, so writing never reads an item). Reading one
+back takes two facts of the framing, named here, the one module of buffer/ that reads
+CBOR (cbor2 directly: these are the store's own bytes, and buffer/ does not import
+uplink/, whose hardened reader is for bytes from outside):
+
+  split_sequence  where each item of a row ends: ``Store.pending_items`` (tools and
+                  tests) and the simulation's observer; forming reads whole rows
+  meter_of        the meter of a reading item (``[m, t, ...]``, or schema 1's
+                  ``{"m", "t", "v"}`` map): only the schema-1 migration, whose rows
+                  had no meter column
 """
 
 from __future__ import annotations

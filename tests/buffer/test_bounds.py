@@ -35,7 +35,7 @@ def fill(store: Store, hours: int, meters: int = 4, start: int = T0) -> list[Rea
                 for i in range(hours * 4) for m in range(meters)]
     with store.tx():
         for r in readings:
-            store.add_pending(LANE_READINGS, forming.reading_item(r), r.t)
+            store.add_pending(LANE_READINGS, forming.reading_item(r), r.t, r.meter)
     return readings
 
 

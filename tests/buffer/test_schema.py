@@ -23,6 +23,10 @@ CREATE TABLE meters (id TEXT PRIMARY KEY, serial TEXT, base_wh INTEGER, base_t I
   relay_actual TEXT NOT NULL DEFAULT '', override TEXT NOT NULL DEFAULT '',
   override_until INTEGER);
 """
+# the columns added to it since (migration 3), in order; a file at version 2 may have
+# none of them, the tamper hold and relay back-off, or every one, by the build it had
+LATER_METERS = ["tamper_hold", "relay_attempts", "relay_next_s", "reset_count",
+                "reset_first_wh", "reset_first_t", "reset_last_wh", "reset_last_t"]
 
 
 def tables(conn: sqlite3.Connection) -> set[str]:
@@ -51,10 +55,11 @@ def test_the_migrations_are_one_ordered_list_up_to_the_version() -> None:
 
 def test_migrate_records_each_step_and_refuses_what_it_does_not_know() -> None:
     conn = sqlite3.connect(":memory:")
-    conn.executescript(SCHEMA_1)
+    conn.executescript(SCHEMA_1 + METERS_FIRST)
     steps: list[int] = []
     schema.migrate(conn, 1, steps.append)
-    assert steps == [2] and "stripped" in columns(conn, "pending")
+    assert steps == [2, 3] and "stripped" in columns(conn, "pending")
+    assert "reset_last_t" in columns(conn, "meters")
     steps.clear()
     schema.migrate(conn, schema.VERSION, steps.append)
     assert steps == []  # nothing to do at the current version
@@ -86,10 +91,40 @@ def test_a_schema_1_file_with_the_first_ledger_tables_gets_every_later_column(
     conn.commit()
     conn.close()
     store = Store(tmp_path)
-    assert store.meta("schema") == 2
+    assert store.meta("schema") == schema.VERSION
     assert store.conn.execute("SELECT m, n, sealed FROM pending").fetchall() == [("M1", 1, 1)]
-    journal = Journal(store, forming.entry_item)
-    have = columns(store.conn, "meters")
-    assert all(name in have for name, _ in schema.LEDGER_COLUMNS["meters"])
-    state = journal.meter("M1")
+    # the store's open migrates (not the journal's): every later meters column is there
+    assert columns(store.conn, "meters")[-len(LATER_METERS):] == LATER_METERS
+    state = Journal(store, forming.entry_item).meter("M1")
     assert (state.base_wh, state.reset_count, state.relay_next_s) == (100, 0, 0)
+
+
+@pytest.mark.parametrize("had", [0, 3, len(LATER_METERS)])
+def test_a_schema_2_file_gets_the_meters_columns_it_lacks_and_keeps_its_rows(
+        tmp_path: Path, had: int) -> None:
+    """A file written at version 2, whose meters table a writing Journal had brought up
+    to date by name as far as its build knew: migration 3 adds the rest and keeps the
+    values of the columns it had."""
+    store = Store(tmp_path)
+    store.close()
+    conn = sqlite3.connect(tmp_path / "agent.sqlite3")
+    conn.execute("DROP TABLE meters")
+    conn.executescript(METERS_FIRST)
+    for name in LATER_METERS[:had]:
+        conn.execute(f"ALTER TABLE meters ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0")
+    conn.execute("INSERT INTO meters (id, base_wh, base_t, relay_intent) "
+                 "VALUES ('M1', 100, ?, 'open')", (T0,))
+    if had:
+        conn.execute("UPDATE meters SET tamper_hold = ?", (T0 - 60,))
+    conn.execute("UPDATE meta SET value = 2 WHERE key = 'schema'")
+    conn.commit()
+    conn.close()
+    store = Store(tmp_path)
+    assert store.meta("schema") == 3 == schema.VERSION
+    assert columns(store.conn, "meters")[-len(LATER_METERS):] == LATER_METERS
+    state = Journal(store, forming.entry_item).meter("M1")
+    assert (state.base_wh, state.base_t, state.relay_intent) == (100, T0, "open")
+    assert state.tamper_hold == (T0 - 60 if had else 0)
+    assert (state.relay_attempts, state.reset_count, state.reset_last_t) == (0, 0, 0)
+    store.close()
+    assert Store(tmp_path).meta("schema") == schema.VERSION  # a reopen changes nothing

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.buffer import schema
 from agent.buffer.journal import Entry, Journal
 from agent.buffer.sequence import split_sequence
 from agent.buffer.store import (
@@ -42,7 +43,7 @@ def reading(meter: str, t: int, wh: int, **extra: int) -> Reading:
 def add(store: Store, readings: list[Reading]) -> None:
     with store.tx():
         for r in readings:
-            store.add_pending(LANE_READINGS, forming.reading_item(r), r.t)
+            store.add_pending(LANE_READINGS, forming.reading_item(r), r.t, r.meter)
 
 
 def delivered(store: Store) -> list[tuple[int, str, dict[str, Any]]]:
@@ -89,6 +90,19 @@ def test_seq_gapless_and_rolled_back_with_its_transaction(tmp_path: Path) -> Non
         pass
     with store.tx():
         assert store.take_seq() == 2
+
+
+def test_a_reading_is_opaque_bytes_queued_with_its_meter(tmp_path: Path) -> None:
+    """Writing never reads an item: the caller names the reading's meter (its run key)."""
+    store = Store(tmp_path)
+    with store.tx():
+        store.add_pending(LANE_READINGS, b"not cbor", T0, "A")
+        store.add_pending(LANE_READINGS, b"!", T0 + 1, "A")
+    [run] = store.oldest_readings(10)
+    assert (run.item, run.n, run.t) == (b"not cbor!", 2, T0)
+    with pytest.raises(AssertionError, match="with its meter"), store.tx():
+        store.add_pending(LANE_READINGS, b"x", T0 + 2)
+    assert store.oldest_readings(10) == [run]  # undone with its transaction
 
 
 def test_readings_of_a_meter_share_a_run_until_it_is_full(tmp_path: Path) -> None:
@@ -256,7 +270,8 @@ def test_the_tally_and_open_runs_always_match_the_table(tmp_path_factory: Any,
         elif op == "rollback":  # a reading and an event undone with their transaction
             try:
                 with store.tx():
-                    store.add_pending(LANE_READINGS, forming.reading_item(reading(meter, t, n)), t)
+                    store.add_pending(LANE_READINGS, forming.reading_item(reading(meter, t, n)),
+                                      t, meter)
                     store.add_pending(LANE_EVENTS, forming.event_item(t, MeterOnline("M1", None)),
                                       t)
                     raise _Undo
@@ -287,7 +302,7 @@ def test_a_schema_1_store_is_migrated(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     store = Store(tmp_path)
-    assert store.meta("schema") == 2 and store.next_boot() == 5
+    assert store.meta("schema") == schema.VERSION and store.next_boot() == 5
     add(store, [reading("A", T0 + 1, 6)])  # a new run: the old row is sealed
     assert store.backlog_summary().items == 3
     assert forming.form_messages(store, GW, 5, T0 + 3600, link_up=True) == 1
@@ -467,7 +482,8 @@ def test_backlog_counts_readings_not_yet_formed(tmp_path: Path) -> None:
     store = Store(tmp_path)
     with store.tx():
         for i in range(5):
-            store.add_pending(LANE_READINGS, forming.reading_item(reading("A", T0 + i, i)), T0 + i)
+            store.add_pending(LANE_READINGS, forming.reading_item(reading("A", T0 + i, i)),
+                              T0 + i, "A")
     assert store.backlog()[0] == 0  # no message formed yet
     summary = store.backlog_summary()
     assert summary.messages == 0 and summary.pending == 5 and summary.total == 5

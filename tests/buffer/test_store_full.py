@@ -11,17 +11,10 @@ from unittest.mock import patch
 
 import pytest
 
-from agent.buffer import bounds
-from agent.buffer import store as store_module
+from agent.buffer import bounds, connection
+from agent.buffer.connection import FULL_FREE_BYTES, is_full
 from agent.buffer.journal import Journal
-from agent.buffer.store import (
-    FULL_FREE_BYTES,
-    LANE_READINGS,
-    WAL_PAGES,
-    WAL_PAGES_FULL,
-    Store,
-    is_full,
-)
+from agent.buffer.store import LANE_READINGS, WAL_PAGES, WAL_PAGES_FULL, Store
 from agent.drivers.reading import Reading
 from agent.errors import StoreError, StoreFullError
 from agent.uplink import forming
@@ -44,7 +37,7 @@ def readings_until_full(store: Store, start: int) -> int:
                 for i in range(4):
                     for m in range(4):
                         r = Reading(f"M{m}", t + 900 * i, {**FULL, "import_wh": t + i})
-                        store.add_pending(LANE_READINGS, forming.reading_item(r), r.t)
+                        store.add_pending(LANE_READINGS, forming.reading_item(r), r.t, r.meter)
             t += 3600
     return t
 
@@ -161,8 +154,8 @@ def test_an_io_error_is_a_full_disk_only_when_the_disk_has_no_room(tmp_path: Pat
     shm.sqlite_errorname = "SQLITE_IOERR_SHMSIZE"
     other = sqlite3.OperationalError("no such table: x")
     other.sqlite_errorname = "SQLITE_ERROR"
-    with patch.object(store_module, "disk_free_bytes", lambda _p: FULL_FREE_BYTES - 1):
+    with patch.object(connection, "disk_free_bytes", lambda _p: FULL_FREE_BYTES - 1):
         assert is_full(full, tmp_path) and is_full(shm, tmp_path)
         assert not is_full(other, tmp_path)
-    with patch.object(store_module, "disk_free_bytes", lambda _p: FULL_FREE_BYTES):
+    with patch.object(connection, "disk_free_bytes", lambda _p: FULL_FREE_BYTES):
         assert is_full(full, tmp_path) and not is_full(shm, tmp_path)

@@ -162,7 +162,7 @@ class Pipeline:
     def add(self, readings: list[Reading]) -> None:
         with self.store.tx():
             for r in readings:
-                self.store.add_pending(LANE_READINGS, forming.reading_item(r), r.t)
+                self.store.add_pending(LANE_READINGS, forming.reading_item(r), r.t, r.meter)
 
     def turn(self, wait_s: float = 0.02) -> None:
         try:

@@ -140,7 +140,7 @@ def test_live_readings_overtake_a_backlog_drain(tmp_path: Path) -> None:
         for i in range(360):
             for m in range(50):
                 r = Reading(f"M{m:02d}", T0 + 60 * i, {"import_wh": i, "p_w": 100 + m})
-                store.add_pending(LANE_READINGS, forming.reading_item(r), r.t)
+                store.add_pending(LANE_READINGS, forming.reading_item(r), r.t, r.meter)
     clock.advance(6 * 3600 + 120)
     forming.form_messages(store, GW, 1, int(clock.time_s()), True)
     delivery.pump()
@@ -148,7 +148,7 @@ def test_live_readings_overtake_a_backlog_drain(tmp_path: Path) -> None:
     assert store.outbox_rows(LANE_BACKLOG) > 2
     live = Reading("M07", int(clock.time_s()), {"import_wh": 999, "p_w": 1})
     with store.tx():
-        store.add_pending(LANE_READINGS, forming.reading_item(live), live.t)
+        store.add_pending(LANE_READINGS, forming.reading_item(live), live.t, live.meter)
     clock.advance(forming.LIVE_FLUSH_S)
     forming.form_messages(store, GW, 1, int(clock.time_s()), True)
     delivery.on_puback(link.sent[0][0])
@@ -163,7 +163,7 @@ def test_pump_forms_the_backlog_on_demand(tmp_path: Path) -> None:
     with store.tx():
         for i in range(96 * 40):
             r = Reading(f"M{i % 40}", T0 + i, {"import_wh": i})
-            store.add_pending(LANE_READINGS, forming.reading_item(r), r.t)
+            store.add_pending(LANE_READINGS, forming.reading_item(r), r.t, r.meter)
     clock.advance(3600)
     delivery.pump()  # no form_messages: the pump formed the backlog itself
     assert link.sent and store.pending_stats(LANE_READINGS)[0] < 96 * 40
