@@ -8,14 +8,19 @@ a head-end that counts the readings it receives. After ``--warmup`` s: the agent
 resident memory (VmRSS, highest of 1 s samples, and VmHWM) and its CPU time (user +
 system, /proc) over ``--window`` s, divided by the readings the head-end received in
 that window: the agent's CPU per reading end to end (bus frames, the ledger's
-transaction, forming, CBOR, TLS-less MQTT). Baseline in the same run: the RSS of a bare
-interpreter that imported what the agent imports, and of one that imported nothing.
+transaction, forming, CBOR, TLS-less MQTT). Baselines in the same run: the RSS of a bare
+interpreter that imported what the agent imports, and of one that imported nothing; and
+the bus side alone (``bus_alone``): one meter of the same simulator at the same speed
+read by the agent's own Modbus client (SerialTransport, ModbusClient, ModbusMeter) in one
+thread of this process, nothing else running: the CPU a reading costs before the ledger,
+the uplink and the threads' hand-offs add theirs.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import select
 import subprocess
 import sys
 import tempfile
@@ -23,6 +28,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.drivers.modbus.client import ModbusClient
+from agent.drivers.modbus.codec import Request, response_length
+from agent.drivers.modbus.device import ModbusMeter
+from agent.drivers.modbus.maps import load_map, plan_reads
+from agent.drivers.transport import SerialTransport
 from bench import profile
 from sim.broker import Mosquitto
 from sim.headend import HeadEnd
@@ -82,6 +92,54 @@ def bare_rss_kb(code: str) -> int:
         proc.wait()
 
 
+def bus_alone(readings: int) -> tuple[float, float]:
+    """CPU µs of this thread a reading: (``readings`` polls of one simulated SDM120 at
+    115,200 baud through the agent's Modbus client, after one that reads its serial;
+    the same requests written and their answers read with bare write/select/read on the
+    descriptor, no codec, no pacing: the system calls and wake-ups a reading needs)."""
+    with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
+        work = Path(tmp)
+        cfg = config(work, 1883, 1, 5.0)  # the broker's port is never used here
+        log = open(work / "meters.log", "wb")
+        sim = subprocess.Popen([sys.executable, "-m", "sim.meters", "-c", str(cfg)], cwd=ROOT,
+                               stdout=log, stderr=subprocess.STDOUT)
+        try:
+            port = work / "tty" / "rs485-0"
+            deadline = time.monotonic() + 10
+            while not port.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            transport = SerialTransport(str(port), 115200)
+            try:
+                meter = ModbusMeter(ModbusClient(transport), 1, "eastron-sdm120")
+                meter.read("SDM-0000", 0)
+                started = time.thread_time()
+                for i in range(readings):
+                    meter.read("SDM-0000", i)
+                client_s = time.thread_time() - started
+                frames = [(Request(1, b.function, b.address, b.count).to_bytes(),
+                           response_length(Request(1, b.function, b.address, b.count)))
+                          for b in plan_reads(load_map("eastron-sdm120"))]
+                fd = transport._fd
+                assert fd is not None
+                started = time.thread_time()
+                for _ in range(readings):
+                    for frame, length in frames:
+                        os.write(fd, frame)
+                        got = 0
+                        while got < length:
+                            select.select([fd], [], [], 1.0)
+                            got += len(os.read(fd, 256))
+                        time.sleep(0.002)  # the line's silence before the next request
+                bare_s = time.thread_time() - started
+                return client_s / readings * 1e6, bare_s / readings * 1e6
+            finally:
+                transport.close()
+        finally:
+            sim.terminate()
+            sim.wait(10)
+            log.close()
+
+
 def measure(meters: int, poll_s: float, warmup_s: float, window_s: float,
             profile_out: Path | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
@@ -128,7 +186,9 @@ def measure(meters: int, poll_s: float, warmup_s: float, window_s: float,
                 he.stop()
             broker.stop()
     imports = ("import paho.mqtt.client, cbor2, sqlite3, zoneinfo, serial, agent.runtime")
+    alone_us, bare_us = bus_alone(300)
     return {"meters": meters, "poll": poll_s, "window": window_s, "rss_kb": rss,
+            "alone_us": alone_us, "bare_us": bare_us,
             "hwm_kb": hwm, "readings": n1 - n0, "cpu_s": sum(c1) - sum(c0), "sys_s": sys_s,
             "bare_kb": bare_rss_kb("pass"), "imports_kb": bare_rss_kb(imports)}
 
@@ -153,6 +213,12 @@ def report(r: dict[str, Any]) -> str:
         f"| agent CPU (user + system) in the window | {r['cpu_s']:.2f} s |",
         f"| of it in the kernel (system) | {r['sys_s']:.2f} s |",
         f"| **agent CPU per reading, end to end** | **{per:.2f} ms** |",
+        f"| baseline: the bus side alone (one meter, the agent's Modbus client in one "
+        f"thread, same simulator and speed) | {r['alone_us']:.0f} µs a reading |",
+        f"| baseline: the same frames with bare write/select/read, no codec | "
+        f"{r['bare_us']:.0f} µs a reading |",
+        f"| end to end / the bus side alone / bare frames | {per * 1000 / r['alone_us']:.2f}"
+        f" / {per * 1000 / r['bare_us']:.2f} |",
     ])
 
 
