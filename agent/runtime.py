@@ -8,7 +8,8 @@ one bounded inbox. Every loop turn:
      results, PUBACKs, commands, head-end state, link up/down); consecutive
      readings share one transaction (a reading that wakes the loop waits up to
      ``READINGS_GATHER_S`` for those polled after it);
-  2. once a second: fixed charges and relay re-evaluation, message forming,
+  2. once a second: fixed charges and relay re-evaluation, message forming
+     (``Delivery.tick``; a completed poll cycle at once, ``Delivery.cycle_complete``),
      the status file;
   3. make each relay match its durable intent (through its bus);
   4. publish outbox rows (``Delivery``: a bounded in-flight window).
@@ -262,13 +263,14 @@ class Runtime:
                                           on_meter_change=self.on_meter_change)
         self.link = (link_factory or MqttLink)(cfg, self.boot, self.inbox, manual_ack=True)
         self.control = ControlServer(cfg.gateway.data_dir, self.inbox.put) if control else None
-        self.delivery = Delivery(self.store, self.link, self.clock, gw=cfg.gateway.id,
-                                 boot=self.boot, status=self.health)
         # [mqtt] live_readings = "table": live readings go one message a poll cycle
         self._cycle_news = False  # a reading since the cycle was last looked at
         self._carried: collections.deque[Any] = collections.deque()  # see _gather_readings
         self.cycle = (PollCycle(self._poll_intervals(provisioned), forming.TABLE_LINGER_S)
                       if cfg.mqtt.live_readings == "table" else None)
+        self.delivery = Delivery(self.store, self.link, self.clock, gw=cfg.gateway.id,
+                                 boot=self.boot, limits=cfg.store, cycle=self.cycle,
+                                 status=self.health)
         self.scans: dict[str, ControlRequest] = {}  # scan ref -> the CLI request waiting
         self._on_bus_event = self._bus_handlers()
         self._control_ops: dict[str, Callable[[ControlRequest, int], None]] = {
@@ -342,7 +344,7 @@ class Runtime:
         if self._cycle_news and self.cycle is not None:
             self._cycle_news = False
             if self.cycle.complete():  # the table form: a whole poll cycle goes at once
-                self._with_room(self._form, "table")
+                self._with_room(self.delivery.cycle_complete, "table")
         mono = self.clock.monotonic_s()
         if mono >= self._next_tick:
             self._next_tick = mono + TICK_S
@@ -702,12 +704,6 @@ class Runtime:
         self.headend_this_connection = True
         log.info("event=headend_state online=%s payments=%s", online, payments)
 
-    def _form(self, now: int | None = None) -> None:
-        """Pending items into messages (forming.form_messages), as far as they are due."""
-        forming.form_messages(self.store, self.cfg.gateway.id, self.boot,
-                             int(self.clock.time_s()) if now is None else now,
-                             self.link.connected, limits=self.cfg.store, cycle=self.cycle)
-
     def _tick(self) -> None:
         now = int(self.clock.time_s())
         if self.disk.check(self.clock.monotonic_s(), now):
@@ -717,8 +713,7 @@ class Runtime:
         self.ledger.charging.tick(now)
         if self.cycle is not None:
             self._watch_cycle(self.cycle, now)
-        self._form(now)
-        self.delivery.check_stuck()
+        self.delivery.tick(now)  # forms what is due, sees whether the link is stuck
 
     def _open_gpio_relays(self, meters: tuple[MeterConfig, ...]) -> dict[str, Relay]:
         """GPIO relays are switched here, not on a bus; a missing libgpiod is a config error."""
