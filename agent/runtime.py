@@ -26,34 +26,24 @@ running it once.
 from __future__ import annotations
 
 import collections
-import contextlib
-import importlib.util
 import json
 import logging
-import os
 import queue
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
-from zoneinfo import ZoneInfo
 
 from agent import __version__
-from agent.alerting import BalanceAlerts
 from agent.buffer.cycle import PollCycle
-from agent.buffer.disk import DEGRADED, DiskGuard, is_enospc
+from agent.buffer.disk import DEGRADED, DiskGuard
 from agent.buffer.journal import Journal
 from agent.buffer.room import Room
 from agent.buffer.store import WAL_PAGES, WAL_PAGES_FULL, Store
-from agent.charging import Charging
 from agent.clock import Clock, SystemClock
 from agent.config import Config, MeterConfig, relay_bus
 from agent.control import ControlRequest, ControlServer
-from agent.credit import Credit
-from agent.dispatch import Dispatcher
 from agent.drivers.bus import BusScheduler
 from agent.drivers.events import (
     MeterDiscovered,
@@ -69,28 +59,23 @@ from agent.drivers.events import (
 from agent.errors import (
     AgentError,
     CommandError,
-    ConfigError,
-    RelayError,
     StoreError,
     StoreFullError,
 )
-from agent.eventlog import EventLog
-from agent.localtime import LocalTime
-from agent.meters import MeterRegistry
-from agent.ops import LOCAL_OPS, MeterChange, Ops
-from agent.policy_overlay import PolicyOverlay
+from agent.ops import LOCAL_OPS
+from agent.preflight import check_installed, read_keys
 from agent.provisioning import Provisioning
-from agent.relay.actuation import Actuation
-from agent.relay.base import Relay, sync
-from agent.relay.disconnect import Disconnection, kernel_clock_synchronised
+from agent.relay.base import sync
+from agent.relay.disconnect import kernel_clock_synchronised
+from agent.relay.gpio import open_relays
 from agent.sdnotify import Notifier
+from agent.status import Status
 from agent.supervisor import Subsystem, Supervisor, contain
-from agent.tariffs import Tariffs
 from agent.uplink import forming
-from agent.uplink.cose import read_hex_key
 from agent.uplink.delivery import Delivery
 from agent.uplink.mqtt import LinkEvent, MqttLink
 from agent.web import StatusServer
+from agent.wiring import start_ledger, wire_dispatcher, wire_ledger
 
 log = logging.getLogger("agent.runtime")
 T = TypeVar("T")
@@ -108,94 +93,6 @@ READINGS_GAP_S = 0.03
 TICK_S = 1.0
 STATUS_EVERY_S = 1.0
 SEEN_CLEANUP_EVERY_S = 3600.0
-
-
-def read_keys(cfg: Config) -> tuple[bytes, bytes]:
-    errors = []
-    keys = []
-    for name, path in (("security.command_key_file", cfg.security.command_key_file),
-                       ("security.token_key_file", cfg.security.token_key_file)):
-        try:
-            keys.append(read_hex_key(path))
-        except AgentError as exc:
-            errors.append((name, str(exc)))
-    if errors:
-        raise ConfigError(errors)
-    return keys[0], keys[1]
-
-
-def check_installed(cfg: Config) -> None:
-    """What the config needs that the installation may lack; ConfigError naming the key.
-    (Not in check-config: flash.sh runs that on the technician's machine, before the
-    board's own packages are installed.) pyca/cryptography has no PyPI wheel for 32-bit
-    ARM, where it is the dlms-security extra: there a board may be without it."""
-    if importlib.util.find_spec("cryptography") is not None:
-        return
-    missing = [(f"meter[{i}].ek_file", "DLMS security needs the cryptography package, which "
-                "is not installed (on 32-bit ARM: pip install 'meter-agent[dlms-security]')")
-               for i, m in enumerate(cfg.meters) if m.ek_file is not None]
-    if missing:
-        raise ConfigError(missing)
-
-
-@dataclass(frozen=True, slots=True)
-class Ledger:
-    """The prepaid ledger's parts, one job each, wired by ``wire_ledger`` alone. A caller
-    calls the part that owns the job; no part forwards to another."""
-
-    events: EventLog  # CONTRACT 5 events into the store
-    tariffs: Tariffs  # tariff versions, the `tariff` command
-    policies: PolicyOverlay  # the policy in force, the `policy` command
-    actuation: Actuation  # durable relay intent against what the relays report
-    relays: Disconnection  # relay decisions: overrides, tamper, credit, the policy
-    alerts: BalanceAlerts  # low_balance, credit_exhausted
-    charging: Charging  # readings and fixed charges -> ledger entries
-    credit: Credit  # top-ups and tokens
-
-
-def wire_ledger(cfg: Config, store: Store, journal: Journal, meters: MeterRegistry, *,
-                token_key: bytes | None = None,
-                clock_synchronised: Callable[[], bool] | None = kernel_clock_synchronised,
-                ) -> Ledger:
-    """The ledger's parts over one store, journal and meter registry (the runtime's,
-    or a test's). ``token_key`` None: read from the config's file at the first token."""
-    events = EventLog(store)
-    local = LocalTime(ZoneInfo(cfg.gateway.timezone))
-    tariffs = Tariffs(cfg, store, journal)
-    policies = PolicyOverlay(cfg, store, journal)
-    actuation = Actuation(store, journal, meters, events)
-    relays = Disconnection(store, journal, meters, events, local, policies, actuation,
-                           clock_synchronised)
-    alerts = BalanceAlerts(journal, events, policies)
-    charging = Charging(store, journal, meters, tariffs, local, events, alerts, relays)
-    credit = Credit((a.id for a in cfg.accounts), store, journal, events, alerts, relays,
-                    token_key_file=cfg.security.token_key_file, token_key=token_key)
-    return Ledger(events, tariffs, policies, actuation, relays, alerts, charging, credit)
-
-
-def start_ledger(ledger: Ledger, cfg: Config, store: Store, journal: Journal,
-                 now_s: int) -> None:
-    """At start: the config's accounts exist, a credit disconnection not yet carried out
-    is decided again, the config's tariffs are stored as versions; then the first tick."""
-    with store.tx():
-        for acct in cfg.accounts:
-            journal.ensure_account(acct.id, acct.tariff)
-        ledger.relays.redecide_after_restart(cfg.meters)
-        ledger.tariffs.sync_config(now_s)
-    ledger.tariffs.reload()
-    ledger.charging.tick(now_s)
-
-
-def wire_dispatcher(*, gw: str, boot: int, key: bytes, store: Store, journal: Journal,
-                    ledger: Ledger, meters: MeterRegistry,
-                    read_meter: Callable[[str, str], bool],
-                    on_meter_change: MeterChange | None = None) -> Dispatcher:
-    """The head-end's commands: the ops over the ledger's parts, and their dispatcher."""
-    ops = Ops(boot=boot, store=store, journal=journal, meters=meters, events=ledger.events,
-              credit=ledger.credit, relays=ledger.relays, tariffs=ledger.tariffs,
-              policies=ledger.policies, on_meter_change=on_meter_change)
-    return Dispatcher(gw=gw, boot=boot, key=key, store=store, ops=ops, relays=ledger.relays,
-                      read_meter=read_meter)
 
 
 _EVENT_NAMES: dict[type, str] = {}  # one entry per inbox event class
@@ -249,7 +146,7 @@ class Runtime:
         self.ledger = wire_ledger(cfg, self.store, self.journal, self.meters,
                                   token_key=self.token_key,
                                   clock_synchronised=clock_synchronised)
-        self.gpio_relays = self._open_gpio_relays(provisioned)
+        self.gpio_relays = open_relays(provisioned, lambda m: self.journal.meter(m).relay_intent)
         self._make_bus = bus_factory or BusScheduler
         self.buses: dict[str, BusScheduler] = {}
         for bus in cfg.buses:
@@ -270,25 +167,26 @@ class Runtime:
                       if cfg.mqtt.live_readings == "table" else None)
         self.delivery = Delivery(self.store, self.link, self.clock, gw=cfg.gateway.id,
                                  boot=self.boot, limits=cfg.store, cycle=self.cycle,
-                                 status=self.health)
+                                 status=lambda: self.status.health())  # made next
+        self.meter_online: dict[str, bool] = {}
+        self.status = Status(cfg, boot=self.boot, started=self.started, clock=self.clock,
+                             store=self.store, journal=self.journal, meters=self.meters,
+                             buses=self.buses, meter_online=self.meter_online,
+                             link=self.link, delivery=self.delivery,
+                             relays=self.ledger.relays, disk=self.disk, room=self.room)
         self.scans: dict[str, ControlRequest] = {}  # scan ref -> the CLI request waiting
         self._on_bus_event = self._bus_handlers()
         self._control_ops: dict[str, Callable[[ControlRequest, int], None]] = {
             "status": self._control_status, "scan": self._control_scan,
             "token_enter": self._control_token_enter}
-        self.last_readings: dict[str, dict[str, Any]] = {}
-        self.charge_errors: dict[str, int] = {}  # meter -> readings whose charge raised
         self.supervisor = Supervisor()
-        self.meter_online: dict[str, bool] = {}
         self.headend_this_connection = False
         self.stop_event = threading.Event()
         self._next_tick = self._next_status = self._next_relay_check = 0.0
         self._relays_dirty = True  # any handled event may change a relay's intent
         self.notifier = Notifier()
-        # The page's threads read this snapshot (replaced whole each second), never SQLite.
-        self.status_snapshot: dict[str, Any] = {}
-        self._status_error: str | None = None  # why status.json could not be written
-        self.web = (StatusServer(lambda: {**self.status_snapshot, "running": True}, cfg.local)
+        # The page's threads read the status snapshot (replaced whole each second).
+        self.web = (StatusServer(lambda: {**self.status.snapshot, "running": True}, cfg.local)
                     if cfg.local.http_port and control else None)
         self._next_cleanup = self.clock.monotonic_s() + 60
 
@@ -351,7 +249,7 @@ class Runtime:
             self._with_room(self._tick, "tick")
         if status_file and mono >= self._next_status:
             self._next_status = mono + STATUS_EVERY_S
-            self._write_status()
+            self.status.write()
         if mono >= self._next_cleanup:
             self._next_cleanup = mono + SEEN_CLEANUP_EVERY_S
             self._with_room(lambda: self.store.forget_expired(int(self.clock.time_s())),
@@ -366,7 +264,7 @@ class Runtime:
         self.start()
         self._supervise()
         # Started: a board with no network must still count as started (no MQTT wait).
-        self._write_status()
+        self.status.write()
         self.notifier.ready(f"gateway {self.cfg.gateway.id}, "
                             f"{len(self.meters)} meter(s)")
         try:
@@ -525,7 +423,7 @@ class Runtime:
                 lambda: self._contained_tx([event], what), what)  # noqa: B023 - called now
             if failed is not None:
                 self.ledger.charging.reading_not_charged(event.reading, failed)
-                self.charge_errors[event.meter] = self.charge_errors.get(event.meter, 0) + 1
+                self.status.charge_failed(event.meter)
 
     def _contained_tx(self, batch: list[ReadingTaken], what: str) -> Exception | None:
         """The readings' transaction; the exception of a charge that raised (a bug),
@@ -559,7 +457,7 @@ class Runtime:
                 ReadDone: self._on_read_done}
 
     def _on_reading(self, event: ReadingTaken, now: int) -> None:
-        self.last_readings[event.meter] = {"t": event.reading.t, **event.reading.values}
+        self.status.reading(event.meter, event.reading.t, event.reading.values)
         self.meter_online[event.meter] = True
         if self.cycle is not None:  # first: a reading whose charge raises is still sent
             self.cycle.reading(event.meter, now)
@@ -649,7 +547,7 @@ class Runtime:
             req.reply(error=str(exc))
 
     def _control_status(self, req: ControlRequest, now: int) -> None:
-        req.reply(self.status())
+        req.reply(self.status.report())
 
     def _control_scan(self, req: ControlRequest, now: int) -> None:
         bus = self.buses.get(str(req.args.get("bus")))
@@ -715,22 +613,6 @@ class Runtime:
             self._watch_cycle(self.cycle, now)
         self.delivery.tick(now)  # forms what is due, sees whether the link is stuck
 
-    def _open_gpio_relays(self, meters: tuple[MeterConfig, ...]) -> dict[str, Relay]:
-        """GPIO relays are switched here, not on a bus; a missing libgpiod is a config error."""
-        relays: dict[str, Relay] = {}
-        for i, m in enumerate(meters):
-            if m.relay_spec.kind != "gpio" or m.relay_spec.line is None:
-                continue
-            from agent.relay.gpio import GpioRelay
-
-            intent = self.journal.meter(m.id).relay_intent
-            try:
-                relays[m.id] = GpioRelay(m.relay_spec.line,
-                                         connected_at_start=intent == "closed")
-            except RelayError as exc:
-                raise ConfigError([(f"meter[{i}].relay", str(exc))]) from exc
-        return relays
-
     def _sync_relays(self) -> None:
         """Each relay that differs from its intent, past its back-off (``actuation``: the
         only retry across time), is switched: a GPIO line here, any other by its bus.
@@ -745,87 +627,3 @@ class Runtime:
         for meter_id, connected in jobs:
             if meter_id not in self.gpio_relays:
                 self.buses[relay_bus(self.meters[meter_id])].switch_relay(meter_id, connected)
-
-    # -- status for the CLI, the demo and the local page -------------------------
-    def health(self) -> dict[str, Any]:
-        """What the retained health report takes from status() (delivery.state_payload),
-        without the balances, relays and backlog it does not use: it goes out every
-        minute."""
-        meters = []
-        for m in self.meters.values():
-            stats = self.buses[m.bus].stats
-            meters.append({"id": m.id, "online": self.meter_online.get(m.id),
-                           "errors": stats[m.id].as_dict() if m.id in stats else {}})
-        return {"version": __version__, "boot": self.boot, "started": self.started,
-                "meters": meters, "disk_mode": self.disk.state}
-
-    def status(self) -> dict[str, Any]:
-        summary = self.store.backlog_summary()
-        now = int(self.clock.time_s())
-        balances = {a.id: a.balance for a in self.journal.accounts()}
-        meters = []
-        states = {m.id: m for m in self.journal.meters()}
-        for m in self.meters.values():
-            st = states.get(m.id)
-            bus = self.buses[m.bus]
-            meters.append({
-                "id": m.id, "bus": m.bus, "address": m.address, "model": m.model,
-                "account": m.account, "balance": balances.get(m.account),
-                "online": self.meter_online.get(m.id),
-                "reading": self.last_readings.get(m.id),
-                "relay": {"intent": st.relay_intent if st else None,
-                          "actual": st.relay_actual if st else None,
-                          "reason": st.relay_reason if st else None},
-                "errors": {**(bus.stats[m.id].as_dict() if m.id in bus.stats else {}),
-                           "charge_errors": self.charge_errors.get(m.id, 0)},
-            })
-        return {
-            "gateway": self.cfg.gateway.id, "version": __version__, "boot": self.boot,
-            "pid": os.getpid(), "time": now, "started": self.started,
-            "link": {"connected": self.link.connected, "reconnects": self.link.reconnects,
-                     "inflight": len(self.delivery.inflight), "host": self.cfg.mqtt.host,
-                     "port": self.cfg.mqtt.port},
-            "headend": {"online": self.ledger.relays.headend.online,
-                        "payments": self.ledger.relays.headend.payments,
-                        "heard": self.ledger.relays.headend.heard_s},
-            "clock_trusted": self.ledger.relays.clock_trusted,
-            # mode "degraded": the disk was found full (docs/technician.md 'A full disk')
-            "disk": {**self.disk.status(), "lost_writes": self.room.lost},
-            "buses": [{"name": b.bus.name, "port": b.bus.port, "protocol": b.bus.protocol,
-                       "error": b.port_error} for b in self.buses.values()],
-            "meters": meters,
-            "accounts": [{"id": k, "balance": v} for k, v in sorted(balances.items())],
-            # pending: items stored but not yet formed into messages (the link is down)
-            "backlog": {"messages": summary.messages, "pending": summary.pending,
-                        "total": summary.total, "oldest_age_s": None
-                        if summary.oldest_t is None else max(0, now - summary.oldest_t),
-                        "bytes": summary.bytes},
-        }
-
-    def _write_status(self) -> None:
-        """The status for the page (memory) and for readers of ``status.json``. A file that
-        cannot be written (the disk is full, the card is read-only) is logged when the
-        reason changes and skipped: metering, billing and relays do not depend on it."""
-        status = self.status()
-        self.status_snapshot = status
-        path = Path(self.cfg.gateway.data_dir) / "status.json"
-        tmp = path.with_suffix(".tmp")
-        try:
-            tmp.write_text(json.dumps(status, separators=(",", ":")))
-            os.replace(tmp, path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):  # a part written holds blocks a full disk needs
-                tmp.unlink(missing_ok=True)
-            changed = exc.strerror != self._status_error
-            if changed:
-                log.warning("event=status_file_failed path=%s error=%s", path, exc.strerror)
-            self._status_error = exc.strerror
-            if changed and is_enospc(exc):
-                # The disk is full, found here before the store found it: the same as
-                # when the store does (the reserve released, the oldest readings
-                # dropped), so that the ledger has room inside the store.
-                self.room.make("status.json", release_all=False)
-            return
-        if self._status_error:
-            log.info("event=status_file_ok path=%s", path)
-            self._status_error = None

@@ -48,7 +48,7 @@ MAX_METER_ERRORS = 32  # meters listed by name in one health report (the rest co
 
 
 def meter_health(status: Mapping[str, Any]) -> dict[str, tuple[int, int, Any]]:
-    """Each meter's (polls, failed polls, online) since this boot, from status()."""
+    """Each meter's (polls, failed polls, online) since this boot, from a status map."""
     health: dict[str, tuple[int, int, Any]] = {}
     for meter in status.get("meters", []):
         errors = meter.get("errors") or {}
@@ -62,7 +62,8 @@ def state_payload(status: Mapping[str, Any], *, backlog: Mapping[str, Any],
                   drops: Mapping[str, int], link: Mapping[str, Any],
                   reported: Mapping[str, int] | None = None) -> bytes:
     """The retained ``state`` JSON (birth and health), docs/mqtt-api.md. ``status`` is
-    the runtime's status() map; the rest comes from the store and the link.
+    the runtime's status map (agent/status.py: health() or report()); the rest comes
+    from the store and the link.
 
     ``meter_errors`` lists only the meters worth a look: offline, or with failed polls
     since the last report (``reported``: each meter's failed count then; none at the
@@ -214,7 +215,8 @@ class Delivery:
 
     # -- health ----------------------------------------------------------------------
     def state_payload(self, status: Mapping[str, Any]) -> bytes:
-        """The birth / periodic ``state`` for ``status`` (the runtime's status())."""
+        """The birth / periodic ``state`` for ``status`` (agent/status.py's health() or
+        report())."""
         summary = self.store.backlog_summary()
         now = int(self.clock.time_s())
         backlog = {"total": summary.total, "items": summary.items, "bytes": summary.bytes,
