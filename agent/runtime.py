@@ -45,24 +45,10 @@ from agent.clock import Clock, SystemClock
 from agent.config import Config, MeterConfig, relay_bus
 from agent.control import ControlRequest, ControlServer
 from agent.drivers.bus import BusScheduler
-from agent.drivers.events import (
-    MeterDiscovered,
-    MeterOffline,
-    MeterOnline,
-    MeterSecurity,
-    ReadDone,
-    ReadingTaken,
-    RelaySwitched,
-    ScanDone,
-    TamperSeen,
-)
-from agent.errors import (
-    AgentError,
-    CommandError,
-    StoreError,
-    StoreFullError,
-)
-from agent.ops import LOCAL_OPS
+from agent.drivers.events import ReadingTaken
+from agent.errors import StoreError, StoreFullError
+from agent.handlers import BusEvents, LinkEvents
+from agent.local_control import LocalControl
 from agent.preflight import check_installed, read_keys
 from agent.provisioning import Provisioning
 from agent.relay.base import sync
@@ -161,26 +147,28 @@ class Runtime:
         self.link = (link_factory or MqttLink)(cfg, self.boot, self.inbox, manual_ack=True)
         self.control = ControlServer(cfg.gateway.data_dir, self.inbox.put) if control else None
         # [mqtt] live_readings = "table": live readings go one message a poll cycle
-        self._cycle_news = False  # a reading since the cycle was last looked at
         self._carried: collections.deque[Any] = collections.deque()  # see _gather_readings
         self.cycle = (PollCycle(self._poll_intervals(provisioned), forming.TABLE_LINGER_S)
                       if cfg.mqtt.live_readings == "table" else None)
         self.delivery = Delivery(self.store, self.link, self.clock, gw=cfg.gateway.id,
                                  boot=self.boot, limits=cfg.store, cycle=self.cycle,
                                  status=lambda: self.status.health())  # made next
-        self.meter_online: dict[str, bool] = {}
+        self.meter_online: dict[str, bool] = {}  # what the buses last said (BusEvents)
         self.status = Status(cfg, boot=self.boot, started=self.started, clock=self.clock,
                              store=self.store, journal=self.journal, meters=self.meters,
                              buses=self.buses, meter_online=self.meter_online,
                              link=self.link, delivery=self.delivery,
                              relays=self.ledger.relays, disk=self.disk, room=self.room)
-        self.scans: dict[str, ControlRequest] = {}  # scan ref -> the CLI request waiting
-        self._on_bus_event = self._bus_handlers()
-        self._control_ops: dict[str, Callable[[ControlRequest, int], None]] = {
-            "status": self._control_status, "scan": self._control_scan,
-            "token_enter": self._control_token_enter}
+        self.local_control = LocalControl(store=self.store, ops=self.dispatcher.ops,
+                                          credit=self.ledger.credit, buses=self.buses,
+                                          status=self.status.report)
+        self.bus_events = BusEvents(store=self.store, meters=self.meters, ledger=self.ledger,
+                                    buses=self.buses, dispatcher=self.dispatcher,
+                                    control=self.local_control, status=self.status,
+                                    cycle=self.cycle, online=self.meter_online)
+        self.link_events = LinkEvents(link=self.link, delivery=self.delivery,
+                                      dispatcher=self.dispatcher, relays=self.ledger.relays)
         self.supervisor = Supervisor()
-        self.headend_this_connection = False
         self.stop_event = threading.Event()
         self._next_tick = self._next_status = self._next_relay_check = 0.0
         self._relays_dirty = True  # any handled event may change a relay's intent
@@ -203,14 +191,6 @@ class Runtime:
 
     def _poll_intervals(self, meters: tuple[MeterConfig, ...]) -> dict[str, float]:
         return {m.id: self.cfg.bus(m.bus).poll_interval_s for m in meters}
-
-    def _watch_cycle(self, cycle: PollCycle, now: int) -> None:
-        """What the poll cycle learns besides readings: failed polls (the buses' counters)
-        and the meters offline."""
-        for bus in self.buses.values():
-            for meter_id, stats in list(bus.stats.items()):
-                cycle.watch(meter_id, stats.consecutive_failures, now)
-        cycle.set_offline(m for m, online in self.meter_online.items() if online is False)
 
     def _read_meter(self, meter_id: str, ref: str) -> bool:
         meter = self.meters[meter_id]
@@ -239,10 +219,8 @@ class Runtime:
     def step(self, *, status_file: bool = True) -> None:
         """One loop turn: inbox events, the periodic work that is due, relays, publish."""
         self._drain_inbox()
-        if self._cycle_news and self.cycle is not None:
-            self._cycle_news = False
-            if self.cycle.complete():  # the table form: a whole poll cycle goes at once
-                self._with_room(self.delivery.cycle_complete, "table")
+        if self.bus_events.cycle_complete():  # the table form: a whole cycle goes at once
+            self._with_room(self.delivery.cycle_complete, "table")
         mono = self.clock.monotonic_s()
         if mono >= self._next_tick:
             self._next_tick = mono + TICK_S
@@ -312,17 +290,7 @@ class Runtime:
         """A bus thread ended without being asked to: its meters are offline until a new
         one reads them (the supervisor starts it after its back-off)."""
         now = int(self.clock.time_s())
-        self._with_room(lambda: self._offline_tx(name, now), f"bus {name} offline")
-
-    def _offline_tx(self, name: str, now: int) -> None:
-        with self.store.tx():
-            offline = [m for m in self.buses[name].meters.values()
-                       if self.meter_online.get(m.id) is not False]  # else reported already
-            for meter in offline:
-                self.ledger.events.emit(now, "meter_offline", m=meter.id, acct=meter.account,
-                                        detail={"error": f"bus {name}: its thread ended"})
-        for meter in offline:
-            self.meter_online[meter.id] = False
+        self._with_room(lambda: self.bus_events.bus_died(name, now), f"bus {name} offline")
 
     def _restart_bus(self, name: str) -> None:
         old = self.buses[name]
@@ -438,137 +406,15 @@ class Runtime:
     def _handle(self, event: Any) -> None:
         now = int(self.clock.time_s())
         self._relays_dirty = True
-        bus_handler = self._on_bus_event.get(type(event))
+        bus_handler = self.bus_events.table.get(type(event))
         if bus_handler is not None:
             bus_handler(event, now)
         elif isinstance(event, LinkEvent):
-            self._link_event(event, now)
+            self.link_events.handle(event, now)
         elif isinstance(event, ControlRequest):
-            self._control(event, now)
+            self.local_control.handle(event, now)
         else:
             raise AssertionError(f"unknown inbox event {event!r}")
-
-    def _bus_handlers(self) -> dict[type, Callable[[Any, int], None]]:
-        """What the runtime does with each kind of bus event (``drivers/events.py``)."""
-        return {ReadingTaken: self._on_reading, MeterOffline: self._on_meter_offline,
-                MeterOnline: self._on_meter_online, RelaySwitched: self._on_relay_switched,
-                TamperSeen: self._on_tamper, MeterSecurity: self._on_meter_security,
-                MeterDiscovered: self._on_meter_discovered, ScanDone: self._on_scan_done,
-                ReadDone: self._on_read_done}
-
-    def _on_reading(self, event: ReadingTaken, now: int) -> None:
-        self.status.reading(event.meter, event.reading.t, event.reading.values)
-        self.meter_online[event.meter] = True
-        if self.cycle is not None:  # first: a reading whose charge raises is still sent
-            self.cycle.reading(event.meter, now)
-            self._cycle_news = True
-        self.ledger.charging.on_reading(event.reading)
-
-    def _on_meter_offline(self, event: MeterOffline, now: int) -> None:
-        self._meter_health(event.meter, False, event.error, now)
-
-    def _on_meter_online(self, event: MeterOnline, now: int) -> None:
-        self._meter_health(event.meter, True, "", now)
-
-    def _meter_health(self, meter_id: str, online: bool, error: str, now: int) -> None:
-        self.meter_online[meter_id] = online
-        meter = self.meters.get(meter_id)
-        with self.store.tx():
-            self.ledger.events.emit(now, "meter_online" if online else "meter_offline",
-                                    m=meter_id, acct=meter.account if meter else None,
-                                    detail={"error": error} if error else {})
-
-    def _on_relay_switched(self, event: RelaySwitched, now: int) -> None:
-        self.ledger.actuation.relay_result(event.meter, event.connected, event.error, now,
-                                           state=event.state or None)
-
-    def _on_tamper(self, event: TamperSeen, now: int) -> None:
-        self.ledger.relays.on_tamper(event.meter, event.kind, event.code, event.t)
-
-    def _on_meter_security(self, event: MeterSecurity, now: int) -> None:
-        """A wrong key, a replayed counter, a swapped meter."""
-        meter = self.meters.get(event.meter)
-        with self.store.tx():
-            self.ledger.events.emit(now, "meter_security", m=event.meter,
-                                    acct=meter.account if meter else None,
-                                    detail={"why": event.why, "error": event.error[:200]})
-
-    def _on_meter_discovered(self, event: MeterDiscovered, now: int) -> None:
-        with self.store.tx():
-            self.ledger.events.emit(now, "meter_discovered", detail=event.detail())
-
-    def _on_scan_done(self, event: ScanDone, now: int) -> None:
-        req = self.scans.pop(event.ref, None)
-        if req is not None:
-            req.reply(event.reply())
-
-    def _on_read_done(self, event: ReadDone, now: int) -> None:
-        result = None
-        if event.reading is not None:
-            result = {"m": event.reading.meter, "t": event.reading.t, **event.reading.values}
-        self.dispatcher.read_done(event.ref, result, event.error, now)
-
-    def _link_event(self, event: LinkEvent, now: int) -> None:
-        if event.kind == "puback":
-            self.delivery.on_puback(event.mid)
-        elif event.kind == "connected":
-            log.info("event=mqtt_connected session_present=%s",
-                     event.extra.get("session_present"))
-            self.delivery.on_connected()  # the birth (with health) goes out from pump()
-            self.headend_this_connection = False
-        elif event.kind == "disconnected":
-            log.warning("event=mqtt_disconnected reason=%s", event.reason)
-            self.delivery.on_disconnected()
-            self.headend_this_connection = False
-        elif event.kind == "message":
-            if event.topic == self.link.cmd_topic:
-                self.dispatcher.handle(event.payload, now)
-            elif event.topic == self.link.headend_topic:
-                self._headend_message(event.payload, now)
-            self.link.ack(event)  # only now: the reply is committed (manual_ack=True)
-
-    # -- the local control socket (CLI through the running agent) -------------------
-    def _control(self, req: ControlRequest, now: int) -> None:
-        """One request of the local socket: the socket's own ops (a table), or one of the
-        head-end's ops (``agent.ops``: one validator and one implementation for both)."""
-        own = self._control_ops.get(req.op)
-        try:
-            if own is not None:
-                own(req, now)
-            elif req.op in LOCAL_OPS:
-                args = {k: v for k, v in req.args.items() if v is not None}
-                with self.store.tx():
-                    req.reply(self.dispatcher.ops.run(req.op, args, now, "local"))
-            else:
-                req.reply(error=f"unknown control op {req.op!r}")
-        except StoreFullError:
-            raise  # room is made and the request handled again (buffer/room.py)
-        except AgentError as exc:
-            req.reply(error=str(exc))
-
-    def _control_status(self, req: ControlRequest, now: int) -> None:
-        req.reply(self.status.report())
-
-    def _control_scan(self, req: ControlRequest, now: int) -> None:
-        bus = self.buses.get(str(req.args.get("bus")))
-        if bus is None:
-            raise CommandError("invalid_args", f"no bus {req.args.get('bus')!r}")
-        addresses = req.args.get("addresses", list(range(1, 248)))
-        if not isinstance(addresses, list) or not all(
-                isinstance(a, int) and 1 <= a <= 247 for a in addresses):
-            raise CommandError("invalid_args", "addresses must be integers 1..247")
-        ref = f"scan-{id(req)}"
-        if not bus.scan(addresses, ref):
-            raise CommandError("failed", "a scan is already running on this bus")
-        self.scans[ref] = req  # answered by the bus's ScanDone event
-
-    def _control_token_enter(self, req: ControlRequest, now: int) -> None:
-        account, digits = req.args.get("account"), req.args.get("digits")
-        if account not in self.ledger.credit.accounts:
-            raise CommandError("unknown_account", f"no account {account!r}")
-        if not isinstance(digits, str):
-            raise CommandError("invalid_args", "digits must be a string")
-        req.reply(self.ledger.credit.enter_token(str(account), digits, now))
 
     def on_meter_change(self, op: str, args: dict[str, Any], now: int) -> dict[str, Any]:
         """``meter_add`` / ``meter_remove`` (inside the command's transaction)."""
@@ -587,30 +433,13 @@ class Runtime:
         if self.cycle is not None:
             self.cycle.set_meters(self._poll_intervals(meters))
 
-    def _headend_message(self, payload: bytes, now: int) -> None:
-        try:
-            state = json.loads(payload)
-            if not isinstance(state, dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
-            log.warning("event=headend_state_bad error=%s", exc)
-            return
-        online = state.get("online")
-        payments = state.get("payments")
-        self.ledger.relays.headend_state(online if isinstance(online, bool) else None,
-                                         payments if isinstance(payments, bool) else None, now)
-        self.headend_this_connection = True
-        log.info("event=headend_state online=%s payments=%s", online, payments)
-
     def _tick(self) -> None:
         now = int(self.clock.time_s())
         if self.disk.check(self.clock.monotonic_s(), now):
             self.store.wal_pages(WAL_PAGES)  # room again
-        if self.link.connected and self.headend_this_connection:
-            self.ledger.relays.headend_still_heard(now)
+        self.link_events.tick(now)  # the head-end still heard on this connection
         self.ledger.charging.tick(now)
-        if self.cycle is not None:
-            self._watch_cycle(self.cycle, now)
+        self.bus_events.watch_cycle(now)
         self.delivery.tick(now)  # forms what is due, sees whether the link is stuck
 
     def _sync_relays(self) -> None:
