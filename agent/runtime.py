@@ -1,4 +1,7 @@
-"""The imperative shell: the only place that wires the parts together and loops.
+"""The imperative shell: the only place that wires the parts together and loops. The
+ledger's and the commands' parts are made by its wiring (wiring.py); what it does with
+each inbox event is handlers.py's (a bus's, the link's) and local_control.py's (the
+CLI's); the status is status.py's, the buses buses.py's.
 
 Threads: one per bus (``BusScheduler``), paho's network thread, and this one.
 This thread alone owns the writable store; the others only post events into
@@ -41,8 +44,9 @@ from agent.buffer.disk import DEGRADED, DiskGuard
 from agent.buffer.journal import Journal
 from agent.buffer.room import Room
 from agent.buffer.store import WAL_PAGES, WAL_PAGES_FULL, Store
+from agent.buses import Buses
 from agent.clock import Clock, SystemClock
-from agent.config import Config, MeterConfig, relay_bus
+from agent.config import Config, MeterConfig
 from agent.control import ControlRequest, ControlServer
 from agent.drivers.bus import BusScheduler
 from agent.drivers.events import ReadingTaken
@@ -93,13 +97,6 @@ def _event_name(kind: type) -> str:
     return name
 
 
-def _on_bus(name: str, meters: tuple[MeterConfig, ...]
-            ) -> tuple[list[MeterConfig], list[MeterConfig]]:
-    """(the meters on bus ``name``, the other buses' meters whose relay is on it)."""
-    return ([m for m in meters if m.bus == name],
-            [m for m in meters if m.bus != name and relay_bus(m) == name])
-
-
 class Runtime:
     """The agent. ``run()`` starts the threads and loops; a simulation instead injects a
     clock, a link and bus schedulers that need no threads, and calls ``step()``."""
@@ -133,12 +130,8 @@ class Runtime:
                                   token_key=self.token_key,
                                   clock_synchronised=clock_synchronised)
         self.gpio_relays = open_relays(provisioned, lambda m: self.journal.meter(m).relay_intent)
-        self._make_bus = bus_factory or BusScheduler
-        self.buses: dict[str, BusScheduler] = {}
-        for bus in cfg.buses:
-            meters, relayed = _on_bus(bus.name, provisioned)
-            self.buses[bus.name] = self._make_bus(bus, meters, self.inbox.put,
-                                                  **self._bus_options(relayed))
+        self.buses = Buses(cfg, provisioned, self.inbox.put, self.clock,
+                           bus_factory or BusScheduler)
         self.dispatcher = wire_dispatcher(gw=cfg.gateway.id, boot=self.boot,
                                           key=self.command_key, store=self.store,
                                           journal=self.journal, ledger=self.ledger,
@@ -146,8 +139,8 @@ class Runtime:
                                           on_meter_change=self.on_meter_change)
         self.link = (link_factory or MqttLink)(cfg, self.boot, self.inbox, manual_ack=True)
         self.control = ControlServer(cfg.gateway.data_dir, self.inbox.put) if control else None
-        # [mqtt] live_readings = "table": live readings go one message a poll cycle
         self._carried: collections.deque[Any] = collections.deque()  # see _gather_readings
+        # [mqtt] live_readings = "table": live readings go one message a poll cycle
         self.cycle = (PollCycle(self._poll_intervals(provisioned), forming.TABLE_LINGER_S)
                       if cfg.mqtt.live_readings == "table" else None)
         self.delivery = Delivery(self.store, self.link, self.clock, gw=cfg.gateway.id,
@@ -183,18 +176,11 @@ class Runtime:
         (buffer/room.py); (done, what it returned)."""
         return self.room.run(call, what)
 
-    def _bus_options(self, relayed: list[MeterConfig]) -> dict[str, Any]:
-        """What every bus is made with: DLMS invocation counters live under the data dir
-        (durable across power loss), meters see the gateway's own system title."""
-        return {"clock": self.clock, "relayed": relayed, "data_dir": self.cfg.gateway.data_dir,
-                "system_title": self.cfg.gateway.system_title}
-
     def _poll_intervals(self, meters: tuple[MeterConfig, ...]) -> dict[str, float]:
         return {m.id: self.cfg.bus(m.bus).poll_interval_s for m in meters}
 
     def _read_meter(self, meter_id: str, ref: str) -> bool:
-        meter = self.meters[meter_id]
-        return self.buses[meter.bus].read_now(meter_id, ref)
+        return self.buses.read_now(self.meters[meter_id], ref)
 
     # -- main loop ---------------------------------------------------------------
     def start(self) -> None:
@@ -282,7 +268,7 @@ class Runtime:
 
     def _bus_subsystem(self, name: str) -> Subsystem:
         return Subsystem(f"bus {name}", alive=lambda: self.buses[name].is_alive(),
-                         restart=lambda: self._restart_bus(name),
+                         restart=lambda: self.buses.restart(name),
                          on_dead=lambda: self._bus_died(name),
                          heartbeat_s=lambda: self.buses[name].beat_s)
 
@@ -291,14 +277,6 @@ class Runtime:
         one reads them (the supervisor starts it after its back-off)."""
         now = int(self.clock.time_s())
         self._with_room(lambda: self.bus_events.bus_died(name, now), f"bus {name} offline")
-
-    def _restart_bus(self, name: str) -> None:
-        old = self.buses[name]
-        meters, relayed = list(old.meters.values()), list(old.relayed.values())
-        bus = self._make_bus(old.bus, meters, self.inbox.put, **self._bus_options(relayed))
-        bus.mark_offline(m.id for m in meters)
-        self.buses[name] = bus
-        bus.start()
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
@@ -428,8 +406,7 @@ class Runtime:
         return {"meters": len(meters)}
 
     def _apply_meters(self, meters: tuple[MeterConfig, ...]) -> None:
-        for name, bus in self.buses.items():
-            bus.set_meters(*_on_bus(name, meters))
+        self.buses.set_meters(meters)
         if self.cycle is not None:
             self.cycle.set_meters(self._poll_intervals(meters))
 
@@ -455,4 +432,4 @@ class Runtime:
                 m, c, e, now, state=st))
         for meter_id, connected in jobs:
             if meter_id not in self.gpio_relays:
-                self.buses[relay_bus(self.meters[meter_id])].switch_relay(meter_id, connected)
+                self.buses.switch_relay(self.meters[meter_id], connected)
