@@ -1,4 +1,7 @@
-"""The imperative shell: the only place that wires the parts together and loops.
+"""The imperative shell: the only place that wires the parts together and loops. The
+ledger's and the commands' parts are made by its wiring (wiring.py); what it does with
+each inbox event is handlers.py's (a bus's, the link's) and local_control.py's (the
+CLI's); the status is status.py's, the buses buses.py's.
 
 Threads: one per bus (``BusScheduler``), paho's network thread, and this one.
 This thread alone owns the writable store; the others only post events into
@@ -8,7 +11,8 @@ one bounded inbox. Every loop turn:
      results, PUBACKs, commands, head-end state, link up/down); consecutive
      readings share one transaction (a reading that wakes the loop waits up to
      ``READINGS_GATHER_S`` for those polled after it);
-  2. once a second: fixed charges and relay re-evaluation, message forming,
+  2. once a second: fixed charges and relay re-evaluation, message forming
+     (``Delivery.tick``; a completed poll cycle at once, ``Delivery.cycle_complete``),
      the status file;
   3. make each relay match its durable intent (through its bus);
   4. publish outbox rows (``Delivery``: a bounded in-flight window).
@@ -25,72 +29,43 @@ running it once.
 from __future__ import annotations
 
 import collections
-import contextlib
-import importlib.util
 import json
 import logging
-import os
 import queue
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
-from zoneinfo import ZoneInfo
 
 from agent import __version__
-from agent import events as uplink_events
-from agent.alerting import BalanceAlerts
 from agent.buffer.cycle import PollCycle
-from agent.buffer.disk import DEGRADED, DiskGuard, is_enospc
+from agent.buffer.disk import DEGRADED, DiskGuard
 from agent.buffer.journal import Journal
 from agent.buffer.room import Room
 from agent.buffer.store import WAL_PAGES, WAL_PAGES_FULL, Store
-from agent.charging import Charging
+from agent.buses import Buses
 from agent.clock import Clock, SystemClock
-from agent.config import Config, MeterConfig, relay_bus
+from agent.config import Config, MeterConfig
 from agent.control import ControlRequest, ControlServer
-from agent.credit import Credit
-from agent.dispatch import Dispatcher
 from agent.drivers.bus import BusScheduler
-from agent.drivers.events import (
-    MeterDiscovered,
-    MeterOffline,
-    MeterOnline,
-    MeterSecurity,
-    ReadDone,
-    ReadingTaken,
-    RelaySwitched,
-    ScanDone,
-    TamperSeen,
-)
-from agent.errors import (
-    AgentError,
-    CommandError,
-    ConfigError,
-    RelayError,
-    StoreError,
-    StoreFullError,
-)
-from agent.eventlog import EventLog
-from agent.localtime import LocalTime
-from agent.meters import MeterRegistry
-from agent.ops import LOCAL_OPS, MeterChange, Ops
-from agent.policy_overlay import PolicyOverlay
+from agent.drivers.events import ReadingTaken
+from agent.errors import StoreError, StoreFullError
+from agent.handlers import BusEvents, LinkEvents
+from agent.local_control import LocalControl
+from agent.preflight import check_installed, read_keys
 from agent.provisioning import Provisioning
-from agent.relay.actuation import Actuation
-from agent.relay.base import Relay, sync
-from agent.relay.disconnect import Disconnection, kernel_clock_synchronised
+from agent.relay.base import sync
+from agent.relay.disconnect import kernel_clock_synchronised
+from agent.relay.gpio import open_relays
 from agent.sdnotify import Notifier
+from agent.status import Status
 from agent.supervisor import Subsystem, Supervisor, contain
-from agent.tariffs import Tariffs
 from agent.uplink import forming
-from agent.uplink.cose import read_hex_key
 from agent.uplink.delivery import Delivery
 from agent.uplink.mqtt import LinkEvent, MqttLink
 from agent.web import StatusServer
+from agent.wiring import start_ledger, wire_dispatcher, wire_ledger
 
 log = logging.getLogger("agent.runtime")
 T = TypeVar("T")
@@ -113,94 +88,6 @@ STATUS_EVERY_S = 5.0
 SEEN_CLEANUP_EVERY_S = 3600.0
 
 
-def read_keys(cfg: Config) -> tuple[bytes, bytes]:
-    errors = []
-    keys = []
-    for name, path in (("security.command_key_file", cfg.security.command_key_file),
-                       ("security.token_key_file", cfg.security.token_key_file)):
-        try:
-            keys.append(read_hex_key(path))
-        except AgentError as exc:
-            errors.append((name, str(exc)))
-    if errors:
-        raise ConfigError(errors)
-    return keys[0], keys[1]
-
-
-def check_installed(cfg: Config) -> None:
-    """What the config needs that the installation may lack; ConfigError naming the key.
-    (Not in check-config: flash.sh runs that on the technician's machine, before the
-    board's own packages are installed.) pyca/cryptography has no PyPI wheel for 32-bit
-    ARM, where it is the dlms-security extra: there a board may be without it."""
-    if importlib.util.find_spec("cryptography") is not None:
-        return
-    missing = [(f"meter[{i}].ek_file", "DLMS security needs the cryptography package, which "
-                "is not installed (on 32-bit ARM: pip install 'meter-agent[dlms-security]')")
-               for i, m in enumerate(cfg.meters) if m.ek_file is not None]
-    if missing:
-        raise ConfigError(missing)
-
-
-@dataclass(frozen=True, slots=True)
-class Ledger:
-    """The prepaid ledger's parts, one job each, wired by ``wire_ledger`` alone. A caller
-    calls the part that owns the job; no part forwards to another."""
-
-    events: EventLog  # CONTRACT 5 events into the store
-    tariffs: Tariffs  # tariff versions, the `tariff` command
-    policies: PolicyOverlay  # the policy in force, the `policy` command
-    actuation: Actuation  # durable relay intent against what the relays report
-    relays: Disconnection  # relay decisions: overrides, tamper, credit, the policy
-    alerts: BalanceAlerts  # low_balance, credit_exhausted
-    charging: Charging  # readings and fixed charges -> ledger entries
-    credit: Credit  # top-ups and tokens
-
-
-def wire_ledger(cfg: Config, store: Store, journal: Journal, meters: MeterRegistry, *,
-                token_key: bytes | None = None,
-                clock_synchronised: Callable[[], bool] | None = kernel_clock_synchronised,
-                ) -> Ledger:
-    """The ledger's parts over one store, journal and meter registry (the runtime's,
-    or a test's). ``token_key`` None: read from the config's file at the first token."""
-    events = EventLog(store)
-    local = LocalTime(ZoneInfo(cfg.gateway.timezone))
-    tariffs = Tariffs(cfg, store, journal)
-    policies = PolicyOverlay(cfg, store, journal)
-    actuation = Actuation(store, journal, meters, events)
-    relays = Disconnection(store, journal, meters, events, local, policies, actuation,
-                           clock_synchronised)
-    alerts = BalanceAlerts(journal, events, policies)
-    charging = Charging(store, journal, meters, tariffs, local, events, alerts, relays)
-    credit = Credit((a.id for a in cfg.accounts), store, journal, events, alerts, relays,
-                    token_key_file=cfg.security.token_key_file, token_key=token_key)
-    return Ledger(events, tariffs, policies, actuation, relays, alerts, charging, credit)
-
-
-def start_ledger(ledger: Ledger, cfg: Config, store: Store, journal: Journal,
-                 now_s: int) -> None:
-    """At start: the config's accounts exist, a credit disconnection not yet carried out
-    is decided again, the config's tariffs are stored as versions; then the first tick."""
-    with store.tx():
-        for acct in cfg.accounts:
-            journal.ensure_account(acct.id, acct.tariff)
-        ledger.relays.redecide_after_restart(cfg.meters)
-        ledger.tariffs.sync_config(now_s)
-    ledger.tariffs.reload()
-    ledger.charging.tick(now_s)
-
-
-def wire_dispatcher(*, gw: str, boot: int, key: bytes, store: Store, journal: Journal,
-                    ledger: Ledger, meters: MeterRegistry,
-                    read_meter: Callable[[str, str], bool],
-                    on_meter_change: MeterChange | None = None) -> Dispatcher:
-    """The head-end's commands: the ops over the ledger's parts, and their dispatcher."""
-    ops = Ops(boot=boot, store=store, journal=journal, meters=meters, events=ledger.events,
-              credit=ledger.credit, relays=ledger.relays, tariffs=ledger.tariffs,
-              policies=ledger.policies, on_meter_change=on_meter_change)
-    return Dispatcher(gw=gw, boot=boot, key=key, store=store, ops=ops, relays=ledger.relays,
-                      read_meter=read_meter)
-
-
 _EVENT_NAMES: dict[type, str] = {}  # one entry per inbox event class
 
 
@@ -211,13 +98,6 @@ def _event_name(kind: type) -> str:
     if name is None:
         name = _EVENT_NAMES[kind] = re.sub(r"(?<!^)(?=[A-Z])", "_", kind.__name__).lower()
     return name
-
-
-def _on_bus(name: str, meters: tuple[MeterConfig, ...]
-            ) -> tuple[list[MeterConfig], list[MeterConfig]]:
-    """(the meters on bus ``name``, the other buses' meters whose relay is on it)."""
-    return ([m for m in meters if m.bus == name],
-            [m for m in meters if m.bus != name and relay_bus(m) == name])
 
 
 class Runtime:
@@ -252,13 +132,9 @@ class Runtime:
         self.ledger = wire_ledger(cfg, self.store, self.journal, self.meters,
                                   token_key=self.token_key,
                                   clock_synchronised=clock_synchronised)
-        self.gpio_relays = self._open_gpio_relays(provisioned)
-        self._make_bus = bus_factory or BusScheduler
-        self.buses: dict[str, BusScheduler] = {}
-        for bus in cfg.buses:
-            meters, relayed = _on_bus(bus.name, provisioned)
-            self.buses[bus.name] = self._make_bus(bus, meters, self.inbox.put,
-                                                  **self._bus_options(relayed))
+        self.gpio_relays = open_relays(provisioned, lambda m: self.journal.meter(m).relay_intent)
+        self.buses = Buses(cfg, provisioned, self.inbox.put, self.clock,
+                           bus_factory or BusScheduler)
         self.dispatcher = wire_dispatcher(gw=cfg.gateway.id, boot=self.boot,
                                           key=self.command_key, store=self.store,
                                           journal=self.journal, ledger=self.ledger,
@@ -266,31 +142,35 @@ class Runtime:
                                           on_meter_change=self.on_meter_change)
         self.link = (link_factory or MqttLink)(cfg, self.boot, self.inbox, manual_ack=True)
         self.control = ControlServer(cfg.gateway.data_dir, self.inbox.put) if control else None
-        self.delivery = Delivery(self.store, self.link, self.clock, gw=cfg.gateway.id,
-                                 boot=self.boot, status=self.health)
-        # [mqtt] live_readings = "table": live readings go one message a poll cycle
-        self._cycle_news = False  # a reading since the cycle was last looked at
         self._carried: collections.deque[Any] = collections.deque()  # see _gather_readings
+        # [mqtt] live_readings = "table": live readings go one message a poll cycle
         self.cycle = (PollCycle(self._poll_intervals(provisioned), forming.TABLE_LINGER_S)
                       if cfg.mqtt.live_readings == "table" else None)
-        self.scans: dict[str, ControlRequest] = {}  # scan ref -> the CLI request waiting
-        self._on_bus_event = self._bus_handlers()
-        self._control_ops: dict[str, Callable[[ControlRequest, int], None]] = {
-            "status": self._control_status, "scan": self._control_scan,
-            "token_enter": self._control_token_enter}
-        self.last_readings: dict[str, dict[str, Any]] = {}
-        self.charge_errors: dict[str, int] = {}  # meter -> readings whose charge raised
+        self.delivery = Delivery(self.store, self.link, self.clock, gw=cfg.gateway.id,
+                                 boot=self.boot, limits=cfg.store, cycle=self.cycle,
+                                 status=lambda: self.status.health())  # made next
+        self.meter_online: dict[str, bool] = {}  # what the buses last said (BusEvents)
+        self.status = Status(cfg, boot=self.boot, started=self.started, clock=self.clock,
+                             store=self.store, journal=self.journal, meters=self.meters,
+                             buses=self.buses, meter_online=self.meter_online,
+                             link=self.link, delivery=self.delivery,
+                             relays=self.ledger.relays, disk=self.disk, room=self.room)
+        self.local_control = LocalControl(store=self.store, ops=self.dispatcher.ops,
+                                          credit=self.ledger.credit, buses=self.buses,
+                                          status=self.status.report)
+        self.bus_events = BusEvents(store=self.store, meters=self.meters, ledger=self.ledger,
+                                    buses=self.buses, dispatcher=self.dispatcher,
+                                    control=self.local_control, status=self.status,
+                                    cycle=self.cycle, online=self.meter_online)
+        self.link_events = LinkEvents(link=self.link, delivery=self.delivery,
+                                      dispatcher=self.dispatcher, relays=self.ledger.relays)
         self.supervisor = Supervisor()
-        self.meter_online: dict[str, bool] = {}
-        self.headend_this_connection = False
         self.stop_event = threading.Event()
         self._next_tick = self._next_status = self._next_relay_check = 0.0
         self._relays_dirty = True  # any handled event may change a relay's intent
         self.notifier = Notifier()
-        # The page's threads read this snapshot (replaced whole each second), never SQLite.
-        self.status_snapshot: dict[str, Any] = {}
-        self._status_error: str | None = None  # why status.json could not be written
-        self.web = (StatusServer(lambda: {**self.status_snapshot, "running": True}, cfg.local)
+        # The page's threads read the status snapshot (replaced whole every STATUS_EVERY_S).
+        self.web = (StatusServer(lambda: {**self.status.snapshot, "running": True}, cfg.local)
                     if cfg.local.http_port and control else None)
         self._next_cleanup = self.clock.monotonic_s() + 60
 
@@ -299,26 +179,11 @@ class Runtime:
         (buffer/room.py); (done, what it returned)."""
         return self.room.run(call, what)
 
-    def _bus_options(self, relayed: list[MeterConfig]) -> dict[str, Any]:
-        """What every bus is made with: DLMS invocation counters live under the data dir
-        (durable across power loss), meters see the gateway's own system title."""
-        return {"clock": self.clock, "relayed": relayed, "data_dir": self.cfg.gateway.data_dir,
-                "system_title": self.cfg.gateway.system_title}
-
     def _poll_intervals(self, meters: tuple[MeterConfig, ...]) -> dict[str, float]:
         return {m.id: self.cfg.bus(m.bus).poll_interval_s for m in meters}
 
-    def _watch_cycle(self, cycle: PollCycle, now: int) -> None:
-        """What the poll cycle learns besides readings: failed polls (the buses' counters)
-        and the meters offline."""
-        for bus in self.buses.values():
-            for meter_id, stats in list(bus.stats.items()):
-                cycle.watch(meter_id, stats.consecutive_failures, now)
-        cycle.set_offline(m for m, online in self.meter_online.items() if online is False)
-
     def _read_meter(self, meter_id: str, ref: str) -> bool:
-        meter = self.meters[meter_id]
-        return self.buses[meter.bus].read_now(meter_id, ref)
+        return self.buses.read_now(self.meters[meter_id], ref)
 
     # -- main loop ---------------------------------------------------------------
     def start(self) -> None:
@@ -343,17 +208,15 @@ class Runtime:
     def step(self, *, status_file: bool = True) -> None:
         """One loop turn: inbox events, the periodic work that is due, relays, publish."""
         self._drain_inbox()
-        if self._cycle_news and self.cycle is not None:
-            self._cycle_news = False
-            if self.cycle.complete():  # the table form: a whole poll cycle goes at once
-                self._with_room(self._form, "table")
+        if self.bus_events.cycle_complete():  # the table form: a whole cycle goes at once
+            self._with_room(self.delivery.cycle_complete, "table")
         mono = self.clock.monotonic_s()
         if mono >= self._next_tick:
             self._next_tick = mono + TICK_S
             self._with_room(self._tick, "tick")
         if status_file and mono >= self._next_status:
             self._next_status = mono + STATUS_EVERY_S
-            self._write_status()
+            self.status.write()
         if mono >= self._next_cleanup:
             self._next_cleanup = mono + SEEN_CLEANUP_EVERY_S
             self._with_room(lambda: self.store.forget_expired(int(self.clock.time_s())),
@@ -368,7 +231,7 @@ class Runtime:
         self.start()
         self._supervise()
         # Started: a board with no network must still count as started (no MQTT wait).
-        self._write_status()
+        self.status.write()
         self.notifier.ready(f"gateway {self.cfg.gateway.id}, "
                             f"{len(self.meters)} meter(s)")
         try:
@@ -408,7 +271,7 @@ class Runtime:
 
     def _bus_subsystem(self, name: str) -> Subsystem:
         return Subsystem(f"bus {name}", alive=lambda: self.buses[name].is_alive(),
-                         restart=lambda: self._restart_bus(name),
+                         restart=lambda: self.buses.restart(name),
                          on_dead=lambda: self._bus_died(name),
                          heartbeat_s=lambda: self.buses[name].beat_s)
 
@@ -416,25 +279,7 @@ class Runtime:
         """A bus thread ended without being asked to: its meters are offline until a new
         one reads them (the supervisor starts it after its back-off)."""
         now = int(self.clock.time_s())
-        self._with_room(lambda: self._offline_tx(name, now), f"bus {name} offline")
-
-    def _offline_tx(self, name: str, now: int) -> None:
-        with self.store.tx():
-            offline = [m for m in self.buses[name].meters.values()
-                       if self.meter_online.get(m.id) is not False]  # else reported already
-            for meter in offline:
-                self.ledger.events.emit(now, uplink_events.MeterOffline(
-                    meter.id, meter.account, f"bus {name}: its thread ended"))
-        for meter in offline:
-            self.meter_online[meter.id] = False
-
-    def _restart_bus(self, name: str) -> None:
-        old = self.buses[name]
-        meters, relayed = list(old.meters.values()), list(old.relayed.values())
-        bus = self._make_bus(old.bus, meters, self.inbox.put, **self._bus_options(relayed))
-        bus.mark_offline(m.id for m in meters)
-        self.buses[name] = bus
-        bus.start()
+        self._with_room(lambda: self.bus_events.bus_died(name, now), f"bus {name} offline")
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
@@ -527,7 +372,7 @@ class Runtime:
                 lambda: self._contained_tx([event], what), what)  # noqa: B023 - called now
             if failed is not None:
                 self.ledger.charging.reading_not_charged(event.reading, failed)
-                self.charge_errors[event.meter] = self.charge_errors.get(event.meter, 0) + 1
+                self.status.charge_failed(event.meter)
 
     def _contained_tx(self, batch: list[ReadingTaken], what: str) -> Exception | None:
         """The readings' transaction; the exception of a charge that raised (a bug),
@@ -542,137 +387,15 @@ class Runtime:
     def _handle(self, event: Any) -> None:
         now = int(self.clock.time_s())
         self._relays_dirty = True
-        bus_handler = self._on_bus_event.get(type(event))
+        bus_handler = self.bus_events.table.get(type(event))
         if bus_handler is not None:
             bus_handler(event, now)
         elif isinstance(event, LinkEvent):
-            self._link_event(event, now)
+            self.link_events.handle(event, now)
         elif isinstance(event, ControlRequest):
-            self._control(event, now)
+            self.local_control.handle(event, now)
         else:
             raise AssertionError(f"unknown inbox event {event!r}")
-
-    def _bus_handlers(self) -> dict[type, Callable[[Any, int], None]]:
-        """What the runtime does with each kind of bus event (``drivers/events.py``)."""
-        return {ReadingTaken: self._on_reading, MeterOffline: self._on_meter_offline,
-                MeterOnline: self._on_meter_online, RelaySwitched: self._on_relay_switched,
-                TamperSeen: self._on_tamper, MeterSecurity: self._on_meter_security,
-                MeterDiscovered: self._on_meter_discovered, ScanDone: self._on_scan_done,
-                ReadDone: self._on_read_done}
-
-    def _on_reading(self, event: ReadingTaken, now: int) -> None:
-        self.last_readings[event.meter] = {"t": event.reading.t, **event.reading.values}
-        self.meter_online[event.meter] = True
-        if self.cycle is not None:  # first: a reading whose charge raises is still sent
-            self.cycle.reading(event.meter, now)
-            self._cycle_news = True
-        self.ledger.charging.on_reading(event.reading)
-
-    def _on_meter_offline(self, event: MeterOffline, now: int) -> None:
-        self._meter_health(event.meter, False, event.error, now)
-
-    def _on_meter_online(self, event: MeterOnline, now: int) -> None:
-        self._meter_health(event.meter, True, "", now)
-
-    def _meter_health(self, meter_id: str, online: bool, error: str, now: int) -> None:
-        self.meter_online[meter_id] = online
-        meter = self.meters.get(meter_id)
-        with self.store.tx():
-            acct = meter.account if meter else None
-            self.ledger.events.emit(now, uplink_events.MeterOnline(meter_id, acct) if online
-                                    else uplink_events.MeterOffline(meter_id, acct, error))
-
-    def _on_relay_switched(self, event: RelaySwitched, now: int) -> None:
-        self.ledger.actuation.relay_result(event.meter, event.connected, event.error, now,
-                                           state=event.state or None)
-
-    def _on_tamper(self, event: TamperSeen, now: int) -> None:
-        self.ledger.relays.on_tamper(event.meter, event.kind, event.code, event.t)
-
-    def _on_meter_security(self, event: MeterSecurity, now: int) -> None:
-        """A wrong key, a replayed counter, a swapped meter."""
-        meter = self.meters.get(event.meter)
-        with self.store.tx():
-            self.ledger.events.emit(now, uplink_events.MeterSecurity(
-                event.meter, meter.account if meter else None, event.why, event.error[:200]))
-
-    def _on_meter_discovered(self, event: MeterDiscovered, now: int) -> None:
-        with self.store.tx():
-            self.ledger.events.emit(now, uplink_events.MeterDiscovered(
-                event.bus, event.address, event.serial, event.protocol))
-
-    def _on_scan_done(self, event: ScanDone, now: int) -> None:
-        req = self.scans.pop(event.ref, None)
-        if req is not None:
-            req.reply(event.reply())
-
-    def _on_read_done(self, event: ReadDone, now: int) -> None:
-        result = None
-        if event.reading is not None:
-            result = {"m": event.reading.meter, "t": event.reading.t, **event.reading.values}
-        self.dispatcher.read_done(event.ref, result, event.error, now)
-
-    def _link_event(self, event: LinkEvent, now: int) -> None:
-        if event.kind == "puback":
-            self.delivery.on_puback(event.mid)
-        elif event.kind == "connected":
-            log.info("event=mqtt_connected session_present=%s",
-                     event.extra.get("session_present"))
-            self.delivery.on_connected()  # the birth (with health) goes out from pump()
-            self.headend_this_connection = False
-        elif event.kind == "disconnected":
-            log.warning("event=mqtt_disconnected reason=%s", event.reason)
-            self.delivery.on_disconnected()
-            self.headend_this_connection = False
-        elif event.kind == "message":
-            if event.topic == self.link.cmd_topic:
-                self.dispatcher.handle(event.payload, now)
-            elif event.topic == self.link.headend_topic:
-                self._headend_message(event.payload, now)
-            self.link.ack(event)  # only now: the reply is committed (manual_ack=True)
-
-    # -- the local control socket (CLI through the running agent) -------------------
-    def _control(self, req: ControlRequest, now: int) -> None:
-        """One request of the local socket: the socket's own ops (a table), or one of the
-        head-end's ops (``agent.ops``: one validator and one implementation for both)."""
-        own = self._control_ops.get(req.op)
-        try:
-            if own is not None:
-                own(req, now)
-            elif req.op in LOCAL_OPS:
-                args = {k: v for k, v in req.args.items() if v is not None}
-                with self.store.tx():
-                    req.reply(self.dispatcher.ops.run(req.op, args, now, "local"))
-            else:
-                req.reply(error=f"unknown control op {req.op!r}")
-        except StoreFullError:
-            raise  # room is made and the request handled again (buffer/room.py)
-        except AgentError as exc:
-            req.reply(error=str(exc))
-
-    def _control_status(self, req: ControlRequest, now: int) -> None:
-        req.reply(self.status())
-
-    def _control_scan(self, req: ControlRequest, now: int) -> None:
-        bus = self.buses.get(str(req.args.get("bus")))
-        if bus is None:
-            raise CommandError("invalid_args", f"no bus {req.args.get('bus')!r}")
-        addresses = req.args.get("addresses", list(range(1, 248)))
-        if not isinstance(addresses, list) or not all(
-                isinstance(a, int) and 1 <= a <= 247 for a in addresses):
-            raise CommandError("invalid_args", "addresses must be integers 1..247")
-        ref = f"scan-{id(req)}"
-        if not bus.scan(addresses, ref):
-            raise CommandError("failed", "a scan is already running on this bus")
-        self.scans[ref] = req  # answered by the bus's ScanDone event
-
-    def _control_token_enter(self, req: ControlRequest, now: int) -> None:
-        account, digits = req.args.get("account"), req.args.get("digits")
-        if account not in self.ledger.credit.accounts:
-            raise CommandError("unknown_account", f"no account {account!r}")
-        if not isinstance(digits, str):
-            raise CommandError("invalid_args", "digits must be a string")
-        req.reply(self.ledger.credit.enter_token(str(account), digits, now))
 
     def on_meter_change(self, op: str, args: dict[str, Any], now: int) -> dict[str, Any]:
         """``meter_add`` / ``meter_remove`` (inside the command's transaction)."""
@@ -686,59 +409,18 @@ class Runtime:
         return {"meters": len(meters)}
 
     def _apply_meters(self, meters: tuple[MeterConfig, ...]) -> None:
-        for name, bus in self.buses.items():
-            bus.set_meters(*_on_bus(name, meters))
+        self.buses.set_meters(meters)
         if self.cycle is not None:
             self.cycle.set_meters(self._poll_intervals(meters))
-
-    def _headend_message(self, payload: bytes, now: int) -> None:
-        try:
-            state = json.loads(payload)
-            if not isinstance(state, dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
-            log.warning("event=headend_state_bad error=%s", exc)
-            return
-        online = state.get("online")
-        payments = state.get("payments")
-        self.ledger.relays.headend_state(online if isinstance(online, bool) else None,
-                                         payments if isinstance(payments, bool) else None, now)
-        self.headend_this_connection = True
-        log.info("event=headend_state online=%s payments=%s", online, payments)
-
-    def _form(self, now: int | None = None) -> None:
-        """Pending items into messages (forming.form_messages), as far as they are due."""
-        forming.form_messages(self.store, self.cfg.gateway.id, self.boot,
-                             int(self.clock.time_s()) if now is None else now,
-                             self.link.connected, limits=self.cfg.store, cycle=self.cycle)
 
     def _tick(self) -> None:
         now = int(self.clock.time_s())
         if self.disk.check(self.clock.monotonic_s(), now):
             self.store.wal_pages(WAL_PAGES)  # room again
-        if self.link.connected and self.headend_this_connection:
-            self.ledger.relays.headend_still_heard(now)
+        self.link_events.tick(now)  # the head-end still heard on this connection
         self.ledger.charging.tick(now)
-        if self.cycle is not None:
-            self._watch_cycle(self.cycle, now)
-        self._form(now)
-        self.delivery.check_stuck()
-
-    def _open_gpio_relays(self, meters: tuple[MeterConfig, ...]) -> dict[str, Relay]:
-        """GPIO relays are switched here, not on a bus; a missing libgpiod is a config error."""
-        relays: dict[str, Relay] = {}
-        for i, m in enumerate(meters):
-            if m.relay_spec.kind != "gpio" or m.relay_spec.line is None:
-                continue
-            from agent.relay.gpio import GpioRelay
-
-            intent = self.journal.meter(m.id).relay_intent
-            try:
-                relays[m.id] = GpioRelay(m.relay_spec.line,
-                                         connected_at_start=intent == "closed")
-            except RelayError as exc:
-                raise ConfigError([(f"meter[{i}].relay", str(exc))]) from exc
-        return relays
+        self.bus_events.watch_cycle(now)
+        self.delivery.tick(now)  # forms what is due, sees whether the link is stuck
 
     def _sync_relays(self) -> None:
         """Each relay that differs from its intent, past its back-off (``actuation``: the
@@ -753,88 +435,4 @@ class Runtime:
                 m, c, e, now, state=st))
         for meter_id, connected in jobs:
             if meter_id not in self.gpio_relays:
-                self.buses[relay_bus(self.meters[meter_id])].switch_relay(meter_id, connected)
-
-    # -- status for the CLI, the demo and the local page -------------------------
-    def health(self) -> dict[str, Any]:
-        """What the retained health report takes from status() (delivery.state_payload),
-        without the balances, relays and backlog it does not use: it goes out every
-        minute."""
-        meters = []
-        for m in self.meters.values():
-            stats = self.buses[m.bus].stats
-            meters.append({"id": m.id, "online": self.meter_online.get(m.id),
-                           "errors": stats[m.id].as_dict() if m.id in stats else {}})
-        return {"version": __version__, "boot": self.boot, "started": self.started,
-                "meters": meters, "disk_mode": self.disk.state}
-
-    def status(self) -> dict[str, Any]:
-        summary = self.store.backlog_summary()
-        now = int(self.clock.time_s())
-        balances = {a.id: a.balance for a in self.journal.accounts()}
-        meters = []
-        states = {m.id: m for m in self.journal.meters()}
-        for m in self.meters.values():
-            st = states.get(m.id)
-            bus = self.buses[m.bus]
-            meters.append({
-                "id": m.id, "bus": m.bus, "address": m.address, "model": m.model,
-                "account": m.account, "balance": balances.get(m.account),
-                "online": self.meter_online.get(m.id),
-                "reading": self.last_readings.get(m.id),
-                "relay": {"intent": st.relay_intent if st else None,
-                          "actual": st.relay_actual if st else None,
-                          "reason": st.relay_reason if st else None},
-                "errors": {**(bus.stats[m.id].as_dict() if m.id in bus.stats else {}),
-                           "charge_errors": self.charge_errors.get(m.id, 0)},
-            })
-        return {
-            "gateway": self.cfg.gateway.id, "version": __version__, "boot": self.boot,
-            "pid": os.getpid(), "time": now, "started": self.started,
-            "link": {"connected": self.link.connected, "reconnects": self.link.reconnects,
-                     "inflight": len(self.delivery.inflight), "host": self.cfg.mqtt.host,
-                     "port": self.cfg.mqtt.port},
-            "headend": {"online": self.ledger.relays.headend.online,
-                        "payments": self.ledger.relays.headend.payments,
-                        "heard": self.ledger.relays.headend.heard_s},
-            "clock_trusted": self.ledger.relays.clock_trusted,
-            # mode "degraded": the disk was found full (docs/technician.md 'A full disk')
-            "disk": {**self.disk.status(), "lost_writes": self.room.lost},
-            "buses": [{"name": b.bus.name, "port": b.bus.port, "protocol": b.bus.protocol,
-                       "error": b.port_error} for b in self.buses.values()],
-            "meters": meters,
-            "accounts": [{"id": k, "balance": v} for k, v in sorted(balances.items())],
-            # pending: items stored but not yet formed into messages (the link is down)
-            "backlog": {"messages": summary.messages, "pending": summary.pending,
-                        "total": summary.total, "oldest_age_s": None
-                        if summary.oldest_t is None else max(0, now - summary.oldest_t),
-                        "bytes": summary.bytes},
-        }
-
-    def _write_status(self) -> None:
-        """The status for the page (memory) and for readers of ``status.json``. A file that
-        cannot be written (the disk is full, the card is read-only) is logged when the
-        reason changes and skipped: metering, billing and relays do not depend on it."""
-        status = self.status()
-        self.status_snapshot = status
-        path = Path(self.cfg.gateway.data_dir) / "status.json"
-        tmp = path.with_suffix(".tmp")
-        try:
-            tmp.write_text(json.dumps(status, separators=(",", ":")))
-            os.replace(tmp, path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):  # a part written holds blocks a full disk needs
-                tmp.unlink(missing_ok=True)
-            changed = exc.strerror != self._status_error
-            if changed:
-                log.warning("event=status_file_failed path=%s error=%s", path, exc.strerror)
-            self._status_error = exc.strerror
-            if changed and is_enospc(exc):
-                # The disk is full, found here before the store found it: the same as
-                # when the store does (the reserve released, the oldest readings
-                # dropped), so that the ledger has room inside the store.
-                self.room.make("status.json", release_all=False)
-            return
-        if self._status_error:
-            log.info("event=status_file_ok path=%s", path)
-            self._status_error = None
+                self.buses.switch_relay(self.meters[meter_id], connected)

@@ -16,8 +16,8 @@ from agent.buffer.journal import Journal
 from agent.buffer.store import Store
 from agent.errors import CommandError
 from agent.meters import MeterRegistry
-from agent.runtime import wire_ledger
 from agent.uplink import forming
+from agent.wiring import wire_ledger
 from tests.ledger.helpers import UP_TOML
 from tests.ledger.rig import UP_TABLE, Rig, make_config, unix
 

@@ -132,7 +132,7 @@ def test_enter_token_refuses_to_run_inside_a_transaction(tmp_path: Path) -> None
 
 
 def test_the_token_key_is_read_from_the_config_when_not_given(tmp_path: Path) -> None:
-    from agent.runtime import wire_ledger
+    from agent.wiring import wire_ledger
 
     rig = Rig(tmp_path, tariff=NO_FIXED)
     rig.cfg.security.token_key_file.write_text(TOKEN_KEY.hex() + "\n")

@@ -22,9 +22,10 @@ from agent.drivers.bus import BusScheduler
 from agent.drivers.events import ReadingTaken
 from agent.drivers.reading import Reading
 from agent.errors import StoreFullError
-from agent.runtime import Runtime, start_ledger
+from agent.runtime import Runtime
 from agent.uplink import forming
 from agent.uplink.cbor import loads
+from agent.wiring import start_ledger
 from tests.ledger.rig import decode
 from tests.test_supervisor import _config, _IdleBus, idle_bus
 
@@ -58,7 +59,7 @@ def small_reserve(rt: Runtime, free: _Free | None = None) -> DiskGuard:
     """A reserve of 64 KiB; the mode as the runtime has it."""
     rt.disk = DiskGuard(rt.cfg.gateway.data_dir, reserve_bytes=64 * KIB, keep_bytes=16 * KIB,
                         resume_free_bytes=0, free_bytes=free or _Free(1 << 30))
-    rt.room.guard = rt.disk
+    rt.room.guard = rt.status.disk = rt.disk
     return rt.disk
 
 
@@ -97,7 +98,7 @@ def test_a_store_that_fills_while_the_agent_runs_drops_readings_and_charges_on(
             rt.inbox.put(ReadingTaken(m, Reading(m, t0 + 60 * i,
                                                  {"import_wh": wh, **VALUES}, "S")))
         rt.step(status_file=False)  # nothing may escape it
-    assert guard.state == DEGRADED and rt.status()["disk"]["mode"] == "degraded"
+    assert guard.state == DEGRADED and rt.status.report()["disk"]["mode"] == "degraded"
     assert rt.room.lost == 0
     dropped = [e["detail"] for e in events(rt, "data_dropped")]
     assert dropped and all(d["what"] == "readings" and d["reason"] == "disk_full"
@@ -132,15 +133,15 @@ def test_a_status_file_that_finds_the_disk_full_releases_the_reserve(
             rt.store.add_pending(LANE_READINGS, forming.reading_item(
                 Reading("M1", t + i, {"import_wh": 1000 + i, **VALUES})), t + i, "M1")
     monkeypatch.setattr(Path, "write_text", no_space)
-    rt._write_status()
+    rt.status.write()
     assert guard.state == DEGRADED and guard.held_bytes() == 16 * KIB
-    assert rt.status_snapshot["disk"]["mode"] == "normal"  # the snapshot taken before
+    assert rt.status.snapshot["disk"]["mode"] == "normal"  # the snapshot taken before
     # the same as when the store finds it full: the oldest readings make room
     [dropped] = [e["detail"] for e in events(rt, "data_dropped")]
     assert dropped["reason"] == "disk_full" and dropped["from"] == t
     for _ in range(3):  # failing again (every second): nothing more is dropped
-        rt._write_status()
-    assert rt.status_snapshot["disk"]["mode"] == "degraded"
+        rt.status.write()
+    assert rt.status.snapshot["disk"]["mode"] == "degraded"
     assert len(events(rt, "data_dropped")) == 1 and guard.fulls == 1
     rt.store.close()
 
@@ -229,16 +230,16 @@ def test_status_the_page_and_the_health_report_say_degraded(
     rt = Runtime(cfg, bus_factory=idle_bus, control=False)
     guard = small_reserve(rt, _Free(1 << 30))
     guard.start(int(time.time()))
-    rt._write_status()
+    rt.status.write()
     assert cli.main(["status", "-c", str(path)]) == 0
     assert "disk    ok" in capsys.readouterr().out
     guard.full(1_767_225_600, "readings")
-    rt._write_status()
+    rt.status.write()
     assert cli.main(["status", "-c", str(path)]) == 0
     line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("disk")][0]
     assert "FULL: degraded" in line and "2026-01-01 05:30:00 (readings)" in line
     assert "A full disk" in line
-    assert "FULL: degraded" in render_page(rt.status_snapshot)
-    assert rt.health()["disk_mode"] == "degraded"
-    assert json.loads(rt.delivery.state_payload(rt.health()))["disk"] == "degraded"
+    assert "FULL: degraded" in render_page(rt.status.snapshot)
+    assert rt.status.health()["disk_mode"] == "degraded"
+    assert json.loads(rt.delivery.state_payload(rt.status.health()))["disk"] == "degraded"
     rt.store.close()

@@ -19,13 +19,13 @@ def test_a_status_file_that_cannot_be_written_is_logged_once_and_skipped(
     blocker.mkdir()  # the temp file cannot be created: as with a full or read-only card
     with caplog.at_level(logging.INFO, "agent.runtime"):
         for _ in range(3):
-            rt._write_status()
+            rt.status.write()
     failed = [r for r in caplog.records if "event=status_file_failed" in r.getMessage()]
     assert len(failed) == 1, "logged when the reason changes, not every second"
-    assert rt.status_snapshot["gateway"] == "gw-test"  # the page still has its status
+    assert rt.status.snapshot["gateway"] == "gw-test"  # the page still has its status
     blocker.rmdir()
     with caplog.at_level(logging.INFO, "agent.runtime"):
-        rt._write_status()
+        rt.status.write()
     assert (Path(rt.cfg.gateway.data_dir) / "status.json").exists()
     assert any("event=status_file_ok" in r.getMessage() for r in caplog.records)
     rt.store.close()
@@ -40,7 +40,7 @@ def test_a_meter_with_keys_on_a_board_without_cryptography_is_named(
     import importlib.util
 
     from agent.errors import ConfigError
-    from agent.runtime import check_installed
+    from agent.preflight import check_installed
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",

@@ -16,9 +16,10 @@ from agent.drivers.bus import BusScheduler
 from agent.drivers.events import MeterOffline, ReadingTaken
 from agent.drivers.reading import Reading
 from agent.drivers.schedule import MeterStats
-from agent.runtime import Runtime, start_ledger
+from agent.runtime import Runtime
 from agent.uplink import cbor, table
 from agent.uplink.mqtt import MqttLink
+from agent.wiring import start_ledger
 from tests.test_supervisor import _config
 
 T0 = 1_767_225_600

@@ -20,8 +20,9 @@ from agent.drivers.bus import BusScheduler
 from agent.drivers.events import ReadingTaken
 from agent.drivers.reading import Reading
 from agent.errors import StoreError
-from agent.runtime import Runtime, start_ledger
+from agent.runtime import Runtime
 from agent.supervisor import DEAD_LIMIT_S, RESTART_MIN_S, Subsystem, Supervisor, contain, guarded
+from agent.wiring import start_ledger
 from sim.keys import write_key
 from tests.ledger.rig import decode, make_config
 
@@ -177,7 +178,7 @@ def test_a_reading_whose_charge_raises_is_a_bad_reading_and_the_others_are_charg
     assert not [e for e in rt.journal.entries("A2") if e.kind == "energy"]
     assert rt.journal.meter("M2").base_wh == 1000  # the baseline stays: charged from it next
     assert len(rt.store.pending_items(LANE_READINGS)) == 6  # every reading still reported
-    errors = {m["id"]: m["errors"]["charge_errors"] for m in rt.status()["meters"]}
+    errors = {m["id"]: m["errors"]["charge_errors"] for m in rt.status.report()["meters"]}
     assert errors == {"M1": 0, "M2": 1, "M3": 0}
     rt.ledger.charging._post_energy = real  # type: ignore[method-assign]
     rt.inbox.put(ReadingTaken("M2", Reading("M2", t + 1800, {"import_wh": 1500}, "S")))

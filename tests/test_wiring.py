@@ -1,6 +1,6 @@
-"""The house rules the split of the ledger keeps (review F8): the runtime alone wires the
-parts, the config reader is imported by its public names, and the meter registry is one
-object whose per-account index follows its contents."""
+"""The house rules the split of the ledger keeps (review F8): the runtime's wiring alone
+(agent/wiring.py) makes the parts, the config reader is imported by its public names,
+and the meter registry is one object whose per-account index follows its contents."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from tests.ledger.rig import Rig
 from tests.test_supervisor import _config, _IdleBus
 
 AGENT = Path(__file__).resolve().parents[1] / "agent"
-# The ledger's parts and the command side: made in runtime.py only. (MeterRegistry is
-# made by its owner, provisioning.py.)
+# The ledger's parts and the command side: made in wiring.py (the runtime's wiring) only.
+# (MeterRegistry is made by its owner, provisioning.py.)
 PARTS = {"EventLog", "LocalTime", "Tariffs", "PolicyOverlay", "Actuation", "Disconnection",
          "BalanceAlerts", "Charging", "Credit", "Ops", "Dispatcher", "Ledger"}
 
@@ -29,11 +29,11 @@ def _modules() -> list[tuple[str, ast.Module]]:
             for p in sorted(AGENT.rglob("*.py"))]
 
 
-def test_only_the_runtime_makes_the_ledger_parts() -> None:
+def test_only_the_runtimes_wiring_makes_the_ledger_parts() -> None:
     made = sorted({(path, node.func.id) for path, tree in _modules()
                    for node in ast.walk(tree) if isinstance(node, ast.Call)
                    and isinstance(node.func, ast.Name) and node.func.id in PARTS})
-    assert {path for path, _ in made} == {"agent/runtime.py"}, made
+    assert {path for path, _ in made} == {"agent/wiring.py"}, made
 
 
 def test_the_config_reader_is_imported_by_its_public_names() -> None:

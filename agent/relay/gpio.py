@@ -30,10 +30,13 @@ process was down. docs/policy.md repeats this for installers.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any
 
-from agent.errors import RelayError
+from agent.config import MeterConfig
+from agent.errors import ConfigError, RelayError
+from agent.relay.base import Relay
 
 DEFAULT_CHIP = "/dev/gpiochip0"  # Raspberry Pi 4 and 5 (kernel 6.6+): the 40-pin header
 CONSUMER = "meter-agent"
@@ -91,3 +94,21 @@ class GpioRelay:
     def close(self) -> None:
         """Release the line: the relay falls to the safe resting state (connected)."""
         self._request.release()
+
+
+def open_relays(meters: Iterable[MeterConfig], intent: Callable[[str], str | None]
+                ) -> dict[str, Relay]:
+    """The GPIO relays of ``meters`` (the runtime switches them itself, not a bus), each
+    requested at its durable intent (``intent``: a meter's relay intent, the journal's);
+    a line that cannot be had (libgpiod missing, no such line) is a ConfigError naming
+    the meter's key."""
+    relays: dict[str, Relay] = {}
+    for i, m in enumerate(meters):
+        if m.relay_spec.kind != "gpio" or m.relay_spec.line is None:
+            continue
+        try:
+            relays[m.id] = GpioRelay(m.relay_spec.line,
+                                     connected_at_start=intent(m.id) == "closed")
+        except RelayError as exc:
+            raise ConfigError([(f"meter[{i}].relay", str(exc))]) from exc
+    return relays

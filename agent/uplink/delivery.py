@@ -1,5 +1,9 @@
-"""Delivery of outbox rows over the MQTT link: in-flight window, PUBACKs, stuck links,
-backlog forming on demand, and the gateway's health on the retained ``state`` topic.
+"""Delivery of outbox rows over the MQTT link: message forming, in-flight window, PUBACKs,
+stuck links, and the gateway's health on the retained ``state`` topic.
+
+Delivery is the runtime's one caller of forming (forming.py): the runtime tells it that
+time passed (``tick``, once a second) or that a poll cycle completed (``cycle_complete``,
+the table form, in the same loop turn), and it forms what is due; ``pump`` publishes it.
 
 The outbox owns delivery (STYLE rule 6): a row is published at QoS 1 and
 deleted only when its PUBACK arrives. paho keeps no session across connections
@@ -27,8 +31,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from agent import __version__
+from agent.buffer.cycle import PollCycle
 from agent.buffer.store import LANE_BACKLOG, Store
 from agent.clock import Clock
+from agent.config import StoreConfig
 from agent.uplink import forming
 from agent.uplink.mqtt import MqttLink
 
@@ -42,7 +48,7 @@ MAX_METER_ERRORS = 32  # meters listed by name in one health report (the rest co
 
 
 def meter_health(status: Mapping[str, Any]) -> dict[str, tuple[int, int, Any]]:
-    """Each meter's (polls, failed polls, online) since this boot, from status()."""
+    """Each meter's (polls, failed polls, online) since this boot, from a status map."""
     health: dict[str, tuple[int, int, Any]] = {}
     for meter in status.get("meters", []):
         errors = meter.get("errors") or {}
@@ -56,7 +62,8 @@ def state_payload(status: Mapping[str, Any], *, backlog: Mapping[str, Any],
                   drops: Mapping[str, int], link: Mapping[str, Any],
                   reported: Mapping[str, int] | None = None) -> bytes:
     """The retained ``state`` JSON (birth and health), docs/mqtt-api.md. ``status`` is
-    the runtime's status() map; the rest comes from the store and the link.
+    the runtime's status map (agent/status.py: health() or report()); the rest comes
+    from the store and the link.
 
     ``meter_errors`` lists only the meters worth a look: offline, or with failed polls
     since the last report (``reported``: each meter's failed count then; none at the
@@ -98,18 +105,23 @@ def state_payload(status: Mapping[str, Any], *, backlog: Mapping[str, Any],
 class Delivery:
     def __init__(self, store: Store, link: MqttLink, clock: Clock, *,
                  gw: str, boot: int,
+                 limits: StoreConfig | None = None,
+                 cycle: PollCycle | None = None,
                  status: Callable[[], Mapping[str, Any]] | None = None,
                  max_inflight: int = MAX_INFLIGHT,
                  max_inflight_bytes: int = MAX_INFLIGHT_BYTES,
                  puback_timeout_s: float = PUBACK_TIMEOUT_S) -> None:
-        """``gw``/``boot``: whose backlog messages are formed on demand (forming.py).
-        ``status``: the runtime's status(); with it the birth and the periodic state
-        are published from here."""
+        """``gw``/``boot``: whose messages are formed (forming.py). ``limits``: the
+        storage bound enforced before each tick's forming (none: not enforced).
+        ``cycle``: live readings go in the table form. ``status``: the runtime's
+        health(); with it the birth and the periodic state are published from here."""
         self.store = store
         self.link = link
         self.clock = clock
         self.gw = gw
         self.boot = boot
+        self.limits = limits
+        self.cycle = cycle
         self.status = status
         self.max_inflight = max_inflight
         self.max_inflight_bytes = max_inflight_bytes
@@ -146,6 +158,24 @@ class Delivery:
             self.acked_seqs = []
 
     # -- the loop --------------------------------------------------------------------
+    def tick(self, now_s: int) -> None:
+        """Time passed (the runtime's tick): form what is due, then see whether the link
+        is stuck."""
+        self.form(now_s)
+        self.check_stuck()
+
+    def cycle_complete(self) -> None:
+        """A poll cycle completed (the table form): its table is formed now, in the loop
+        turn that completed it, not at the next tick."""
+        self.form(int(self.clock.time_s()))
+
+    def form(self, now_s: int) -> int:
+        """Pending items into messages, as far as they are due (forming.form_messages,
+        the storage bound first); how many were formed. ``pump`` publishes them."""
+        return forming.form_messages(self.store, self.gw, self.boot, now_s,
+                                     self.link.connected, limits=self.limits,
+                                     cycle=self.cycle)
+
     def pump(self) -> None:
         """Publish rows (by lane priority, then seq) while the window has room."""
         self.flush_acks()
@@ -185,7 +215,8 @@ class Delivery:
 
     # -- health ----------------------------------------------------------------------
     def state_payload(self, status: Mapping[str, Any]) -> bytes:
-        """The birth / periodic ``state`` for ``status`` (the runtime's status())."""
+        """The birth / periodic ``state`` for ``status`` (agent/status.py's health() or
+        report())."""
         summary = self.store.backlog_summary()
         now = int(self.clock.time_s())
         backlog = {"total": summary.total, "items": summary.items, "bytes": summary.bytes,

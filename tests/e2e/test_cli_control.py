@@ -90,8 +90,8 @@ def test_ledger_shows_local_times_and_json_keeps_unix_seconds(tmp_path: Path) ->
     from agent.buffer.store import Store
     from agent.config import load_config
     from agent.meters import MeterRegistry
-    from agent.runtime import start_ledger, wire_ledger
     from agent.uplink import forming
+    from agent.wiring import start_ledger, wire_ledger
 
     config = make_config(tmp_path, 1883)
     cfg = load_config(config)

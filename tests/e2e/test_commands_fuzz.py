@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from agent.buffer.journal import Journal
 from agent.buffer.store import LANE_REPLY, Store
 from agent.meters import MeterRegistry
-from agent.runtime import start_ledger, wire_dispatcher, wire_ledger
 from agent.uplink import cbor, cose, forming, wire
 from agent.uplink.commands import OPS, make_command
+from agent.wiring import start_ledger, wire_dispatcher, wire_ledger
 from tests.e2e.uplink_helpers import GW, config_for
 
 KEY = bytes(range(32))

@@ -147,8 +147,8 @@ class Pipeline:
         self.link = MqttLink(cfg, self.boot, self.inbox, backoff_min_s=0.2,
                              backoff_max_s=backoff_max_s, connack_timeout_s=connack_timeout_s)
         self.delivery = Delivery(self.store, self.link, self.clock, gw=cfg.gateway.id,
-                                 boot=self.boot, puback_timeout_s=puback_timeout_s,
-                                 max_inflight=max_inflight)
+                                 boot=self.boot, limits=cfg.store,
+                                 puback_timeout_s=puback_timeout_s, max_inflight=max_inflight)
         self.events: list[LinkEvent] = []
         self.next_form = 0.0
 
@@ -184,10 +184,7 @@ class Pipeline:
         mono = time.monotonic()
         if mono >= self.next_form:
             self.next_form = mono + 0.2
-            forming.form_messages(self.store, self.cfg.gateway.id, self.boot,
-                                 int(self.clock.time_s()), self.link.connected,
-                                 limits=self.cfg.store)
-            self.delivery.check_stuck()
+            self.delivery.tick(int(self.clock.time_s()))  # forms, sees whether stuck
         self.delivery.pump()
 
     def drained(self) -> bool:

@@ -14,8 +14,8 @@ from agent.config import Config, parse_config
 from agent.drivers.reading import Reading
 from agent.ledger.calendar import days_from_civil
 from agent.meters import MeterRegistry
-from agent.runtime import start_ledger, wire_ledger
 from agent.uplink import cbor, forming
+from agent.wiring import start_ledger, wire_ledger
 
 IST_S = 19_800  # Asia/Kolkata, UTC+05:30, no daylight saving
 TOKEN_KEY = bytes(range(32))  # the docs/tokens.md test key: never in the field

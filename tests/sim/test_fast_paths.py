@@ -54,12 +54,13 @@ def test_cached_power_is_the_hash_of_the_hour(seed: int, size_pct: int, daytime:
 
 
 def test_health_report_from_health_is_the_one_from_status(tmp_path: Path) -> None:
-    """The runtime's minute health report is built from ``Runtime.health()``, a part of
-    ``status()``: the same bytes as from the whole status, after a simulated week."""
+    """The runtime's minute health report is built from ``Status.health()``, a part of
+    ``Status.report()``: the same bytes as from the whole status, after a simulated week."""
     plan = make_world(2, 10, 7, gateways=1, poll_s=1800, mode="direct", plant="")
     sim = GatewaySim(plan, plan.gateways[0], tmp_path)
     sim.run()
     rt = sim.rt
     assert rt is not None and rt.meters
-    assert any(m["errors"] for m in rt.health()["meters"])
-    assert rt.delivery.state_payload(rt.health()) == rt.delivery.state_payload(rt.status())
+    assert any(m["errors"] for m in rt.status.health()["meters"])
+    health, whole = rt.status.health(), rt.status.report()
+    assert rt.delivery.state_payload(health) == rt.delivery.state_payload(whole)

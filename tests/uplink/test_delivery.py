@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from agent.buffer.cycle import PollCycle
 from agent.buffer.store import LANE_BACKLOG, LANE_EVENTS, LANE_READINGS, Store
 from agent.clock import SimClock
 from agent.drivers.reading import Reading
@@ -167,6 +168,36 @@ def test_pump_forms_the_backlog_on_demand(tmp_path: Path) -> None:
     clock.advance(3600)
     delivery.pump()  # no form_messages: the pump formed the backlog itself
     assert link.sent and store.pending_stats(LANE_READINGS)[0] < 96 * 40
+
+
+def test_the_tick_forms_what_is_due_and_only_while_the_link_is_up(tmp_path: Path) -> None:
+    """Delivery is the runtime's one caller of forming: its tick forms the events (due at
+    every call), nothing while the link is down; the next pump publishes them."""
+    store, link, clock, delivery = setup(tmp_path)
+    events(store, 3)
+    link.connected = False
+    delivery.tick(int(clock.time_s()))
+    assert store.pending_stats(LANE_EVENTS)[0] == 3 and store.outbox_rows(LANE_EVENTS) == 0
+    link.connected = True
+    delivery.tick(int(clock.time_s()))
+    assert store.pending_stats(LANE_EVENTS)[0] == 0
+    assert store.outbox_rows(LANE_EVENTS) == 1  # one message of the three events
+    delivery.pump()
+    assert [len(decoded(p)["events"]) for _, s, p, _ in link.sent if s.startswith("up/")] == [3]
+
+
+def test_a_completed_cycle_is_formed_at_once_in_the_table_form(tmp_path: Path) -> None:
+    cycle = PollCycle({"M1": 60.0, "M2": 60.0}, forming.TABLE_LINGER_S)
+    store, link, clock, delivery = setup(tmp_path, cycle=cycle)
+    with store.tx():
+        for meter in ("M1", "M2"):
+            r = Reading(meter, T0, {"import_wh": 1})
+            store.add_pending(LANE_READINGS, forming.reading_item(r), r.t, r.meter)
+            cycle.reading(meter, T0)
+    assert cycle.complete()
+    delivery.cycle_complete()
+    [row] = store.outbox_next(set(), 10)
+    assert row.lane == LANE_READINGS and "table" in decoded(row.payload)
 
 
 def test_a_stuck_link_restarts_the_client_not_the_store(tmp_path: Path) -> None:

@@ -15,10 +15,10 @@ from agent.errors import CommandError
 from agent.meters import MeterRegistry
 from agent.ops import RESYNC_MAX_ENTRIES
 from agent.policy_overlay import PolicyOverlay
-from agent.runtime import start_ledger, wire_dispatcher, wire_ledger
 from agent.tariffs import Tariffs
 from agent.uplink import cbor, forming, wire
 from agent.uplink.commands import make_command
+from agent.wiring import start_ledger, wire_dispatcher, wire_ledger
 from tests.e2e.uplink_helpers import GW, config_for
 from tests.ledger.rig import decode
 

@@ -52,7 +52,7 @@ KEY_BYTES = 16  # suite 0: AES-128; the authentication key is 16 bytes too
 # pyca/cryptography has no wheel for 32-bit ARM on PyPI: an armv7 board installs it as
 # the dlms-security extra (Raspberry Pi OS takes it from piwheels). Without it, DLMS
 # meters without keys (LLS, public) still work; the runtime refuses meters with keys
-# at start (runtime.check_installed).
+# at start (preflight.check_installed).
 MISSING_HINT = ("DLMS security needs the cryptography package, which is not installed "
                 "(on 32-bit ARM: pip install 'meter-agent[dlms-security]')")
 
