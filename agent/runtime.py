@@ -237,7 +237,7 @@ class Runtime:
         try:
             while not self.stop_event.is_set():
                 self.step()
-                mono = time.monotonic()
+                mono = self.clock.monotonic_s()  # the buses' heartbeats are on this clock
                 self.supervisor.check(mono)
                 if self.supervisor.healthy(mono):  # else systemd restarts the agent
                     self.notifier.maybe_watchdog(mono)
@@ -257,7 +257,7 @@ class Runtime:
 
     # -- the supervisor: every thread, started again when it dies ---------------------
     def _supervise(self) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic_s()
         for name in self.buses:
             self.supervisor.add(self._bus_subsystem(name), now)
         self.supervisor.add(Subsystem("mqtt", alive=self.link.alive, restart=self.link.start),
@@ -293,15 +293,13 @@ class Runtime:
             if self.link.connected:
                 self.link.publish("state", json.dumps({"online": False, "boot": self.boot})
                                   .encode(), retain=True)
-                time.sleep(0.2)
+                self.clock.sleep(0.2)
             self.link.stop()
         finally:
             for bus in self.buses.values():
                 bus.join(timeout=5)
             for relay in self.gpio_relays.values():
-                close = getattr(relay, "close", None)
-                if close is not None:
-                    close()
+                relay.close()
             self.store.close()
             log.info("event=stop gw=%s boot=%d", self.cfg.gateway.id, self.boot)
 
@@ -330,6 +328,7 @@ class Runtime:
         kind of event or a full batch arrives), then handle them all in order, a
         transaction for the readings."""
         events: list[Any] = [first]
+        # the inbox waits in real time, whatever the runtime's clock: so does its deadline
         deadline = time.monotonic() + READINGS_GATHER_S
         while len(events) < READINGS_PER_TX and isinstance(events[-1], ReadingTaken):
             left = min(deadline - time.monotonic(), READINGS_GAP_S)

@@ -214,12 +214,10 @@ class BusScheduler(threading.Thread):
         released first (a clean stop; a lost port cannot carry it)."""
         drivers, self._drivers = self._drivers, {}
         for _cfg, driver in drivers.values() if release else ():
-            close = getattr(driver, "close", None)  # DLMS: release the association
-            if close is not None:
-                try:
-                    close(timeout_s=self.bus.timeout_s)
-                except DriverError as exc:
-                    log.info("event=driver_close_failed bus=%s error=%s", self.bus.name, exc)
+            try:
+                driver.close(timeout_s=self.bus.timeout_s)  # DLMS: release the association
+            except DriverError as exc:
+                log.info("event=driver_close_failed bus=%s error=%s", self.bus.name, exc)
         transport, self.transport, self.client = self.transport, None, None
         if transport is not None:
             try:

@@ -54,6 +54,11 @@ class MeterDriver(Protocol):
         """The meter's serial number."""
         ...
 
+    def close(self, *, timeout_s: float | None = None) -> None:
+        """Let go of the meter at a clean stop (DLMS: release the association); the
+        transport is closed by the bus after it."""
+        ...
+
 
 @runtime_checkable
 class RelayDriver(Protocol):

@@ -197,6 +197,9 @@ class _DlmsDirect:
     def read(self, meter_id: str, now_s: int, *, timeout_s: float | None = None) -> Reading:
         return self.bus._dlms_read(meter_id, self.bus.dlms_link(meter_id))
 
+    def close(self, *, timeout_s: float | None = None) -> None:
+        """A simulated meter keeps no association to release."""
+
     def read_serial(self, *, timeout_s: float | None = None) -> str:
         return str(self.bus.dlms_link(self.meter_id).serial or "")
 

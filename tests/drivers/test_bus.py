@@ -140,6 +140,9 @@ class FakeMeter:
             raise TimeoutError_("no answer")
         return Reading(meter_id, now_s, {"import_wh": 1})
 
+    def close(self, *, timeout_s: float | None = None) -> None:
+        pass
+
     def read_serial(self, *, timeout_s: float | None = None) -> str:
         return "S1"
 

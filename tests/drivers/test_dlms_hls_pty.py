@@ -209,7 +209,7 @@ def test_our_driver_with_a_wrong_key_never_switches(
             meter.relay_set(False)  # type: ignore[attr-defined]
         assert err.value.why == "auth_failed"
         assert meter.read("M5", 0).values["import_wh"] == sim.import_wh  # LLS still reads
-        meter.close()  # type: ignore[attr-defined]
+        meter.close()
     finally:
         transport.close()
     assert sim.relay_actions == 0 and sim.connected

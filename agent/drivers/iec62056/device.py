@@ -140,6 +140,10 @@ class IecMeter:
         return Reading(meter=meter_id, t=now_s, values=to_values(message.datasets),
                        serial=serial_of(message.datasets))
 
+    def close(self, *, timeout_s: float | None = None) -> None:
+        """Nothing to let go of: each IEC 62056-21 readout is a session of its own, ended
+        by the meter."""
+
     def read_serial(self, *, timeout_s: float | None = None) -> str:
         serial = serial_of(self.readout(timeout_s=timeout_s).datasets)
         if serial is None:

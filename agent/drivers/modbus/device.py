@@ -77,6 +77,9 @@ class ModbusMeter:
         addresses = range(block.address, block.address + block.count)
         return dict(zip(addresses, response.values, strict=True))
 
+    def close(self, *, timeout_s: float | None = None) -> None:
+        """Nothing to let go of: a Modbus meter keeps no session between requests."""
+
     def read_serial(self, *, timeout_s: float | None = None) -> str:
         """The meter's serial number (raises DriverError; DeviceException if unsupported)."""
         block = serial_read(self._map)
