@@ -4,7 +4,8 @@
 (delivery.state_payload), every minute.
 
 The runtime's thread alone builds them (they read the store); the page's threads read
-``snapshot``, replaced whole each time ``write()`` runs (once a second), never SQLite.
+``snapshot``, replaced whole each time ``write()`` runs (every STATUS_EVERY_S of the
+runtime, 5 s), never SQLite.
 A status file that cannot be written is logged when the reason changes and skipped:
 metering, billing and relays do not depend on it.
 """
