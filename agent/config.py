@@ -32,10 +32,8 @@ from agent.errors import ConfigError
 from agent.ledger.policy import Policy, parse_protected_hours
 from agent.ledger.tariff import Slab, Tariff, TodWindow
 
-# a meter's relay text is parsed in agent.relay_spec (the meter_add command checks it there
-# too); config.X stays its name here
-from agent.relay_spec import RelaySpec as RelaySpec
-from agent.relay_spec import parse_relay as parse_relay
+# a meter's relay text is parsed in agent.relay_spec (the meter_add command checks it there too)
+from agent.relay_spec import RelaySpec, parse_relay
 
 DEFAULT_CONFIG = "board_configs/sim.toml"
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from agent.config_reader import ID_RE
 
-RELAY_KINDS = ("meter", "modbus-coil", "gpio", "none")
 MAX_DIGITS = 5  # 65535, the largest number of a spelling
 
 

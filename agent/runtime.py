@@ -12,8 +12,8 @@ one bounded inbox. Every loop turn:
      readings share one transaction (a reading that wakes the loop waits up to
      ``READINGS_GATHER_S`` for those polled after it);
   2. once a second: fixed charges and relay re-evaluation, message forming
-     (``Delivery.tick``; a completed poll cycle at once, ``Delivery.cycle_complete``),
-     the status file;
+     (``Delivery.tick``; a completed poll cycle at once, ``Delivery.cycle_complete``);
+     every STATUS_EVERY_S, the status file;
   3. make each relay match its durable intent (through its bus);
   4. publish outbox rows (``Delivery``: a bounded in-flight window).
 

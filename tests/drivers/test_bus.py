@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from agent.clock import SimClock
-from agent.config import BusConfig, MeterConfig, parse_relay
+from agent.config import BusConfig, MeterConfig
 from agent.drivers.bus import BusScheduler
 from agent.drivers.driver import MeterDriver, MeterEvent
 from agent.drivers.events import (
@@ -24,6 +24,7 @@ from agent.drivers.reading import Reading
 from agent.drivers.scan import Found, scan_bus
 from agent.drivers.schedule import EVENTS_EVERY, OFFLINE_AFTER, QUARANTINE_MAX_S, QUARANTINE_MIN_S
 from agent.errors import TimeoutError_
+from agent.relay_spec import parse_relay
 from sim.modbus_device import SimCoilModule, SimDevice, SimSDM120
 from tests.drivers.simbus import SimBusTransport
 

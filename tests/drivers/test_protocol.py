@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 
 from agent.clock import SimClock
-from agent.config import MeterConfig, parse_relay
+from agent.config import MeterConfig
 from agent.drivers.bus import DISCOVERY_TIMEOUT_S, probe_cost_s
 from agent.drivers.modbus.client import ModbusClient
 from agent.drivers.protocol import REGISTRY, protocol_spec
 from agent.drivers.transport import frame_time_s
 from agent.errors import DriverError
+from agent.relay_spec import parse_relay
 from agent.vocab import PROTOCOLS
 from tests.drivers.simbus import SimBusTransport
 from tests.drivers.test_bus import BUS

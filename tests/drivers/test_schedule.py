@@ -8,7 +8,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.config import BusConfig, MeterConfig, parse_relay
+from agent.config import BusConfig, MeterConfig
 from agent.drivers.actions import (
     Discover,
     Idle,
@@ -52,6 +52,7 @@ from agent.errors import (
     SecurityError,
     TimeoutError_,
 )
+from agent.relay_spec import parse_relay
 
 BUS = BusConfig(name="b0", port="sim://", baudrate=9600, poll_interval_s=15.0, timeout_s=0.2)
 

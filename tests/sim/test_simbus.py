@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from agent.clock import SimClock
-from agent.config import BusConfig, MeterConfig, parse_relay
+from agent.config import BusConfig, MeterConfig
 from agent.drivers.events import (
     BusEvent,
     MeterOffline,
@@ -26,6 +26,7 @@ from agent.drivers.schedule import (
     RETRIES,
     BusSchedule,
 )
+from agent.relay_spec import parse_relay
 from sim.neighbourhood import simbus, simline
 from sim.neighbourhood.simbus import SimBus
 from sim.neighbourhood.world import Household
