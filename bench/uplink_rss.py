@@ -118,9 +118,9 @@ def bus_alone(readings: int) -> tuple[float, float]:
                 for i in range(readings):
                     meter.read("SDM-0000", i)
                 client_s = time.thread_time() - started
-                frames = [(Request(1, b.function, b.address, b.count).to_bytes(),
-                           response_length(Request(1, b.function, b.address, b.count)))
-                          for b in plan_reads(load_map("eastron-sdm120"))]
+                requests = [Request(1, b.function, b.address, b.count)
+                            for b in plan_reads(load_map("eastron-sdm120"))]
+                frames = [(r.to_bytes(), response_length(r)) for r in requests]
                 fd = transport._fd
                 assert fd is not None
                 started = time.thread_time()
