@@ -9,13 +9,17 @@ one bounded inbox. Every loop turn:
 
   1. handle up to ``MAX_EVENTS_PER_TURN`` inbox events (readings, relay
      results, PUBACKs, commands, head-end state, link up/down); consecutive
-     readings share one transaction (a reading that wakes the loop waits up to
-     ``READINGS_GATHER_S`` for those polled after it);
+     readings share one transaction (a bus posts its readings a burst at a time:
+     ``READINGS_HOLD_S`` in drivers/bus.py);
   2. once a second: fixed charges and relay re-evaluation, message forming
      (``Delivery.tick``; a completed poll cycle at once, ``Delivery.cycle_complete``);
      every STATUS_EVERY_S, the status file;
   3. make each relay match its durable intent (through its bus);
   4. publish outbox rows (``Delivery``: a bounded in-flight window).
+
+Between turns the thread sleeps until an event comes or the next periodic work of
+step 2 or 3 is due, never longer than ``TICK_S``: it is not woken for nothing (each
+wake-up costs CPU, issue 14). Everything that needs a turn arrives as an event.
 
 A PUBACK deletes its outbox row; nothing else does.
 
@@ -34,7 +38,6 @@ import logging
 import queue
 import re
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -73,13 +76,6 @@ T = TypeVar("T")
 INBOX_MAX = 10_000
 MAX_EVENTS_PER_TURN = 500
 READINGS_PER_TX = 256  # consecutive readings charged in one transaction (one fsync)
-# A reading that wakes the loop waits for the readings polled after it, so a poll cycle
-# is charged a few transactions at a time, not one commit (and one loop turn) a reading:
-# at most READINGS_GATHER_S in all, and no longer than READINGS_GAP_S for the next one
-# (readings polled back to back come closer than that; one that comes alone is charged
-# at once, so a kill loses no more of it than before). Any other event ends the wait.
-READINGS_GATHER_S = 0.1
-READINGS_GAP_S = 0.03
 TICK_S = 1.0
 # status.json and the page's snapshot: every meter's state, built and written as JSON
 # (with 250 meters it was a tenth of the agent's CPU at one a second); the page itself
@@ -89,6 +85,7 @@ SEEN_CLEANUP_EVERY_S = 3600.0
 
 
 _EVENT_NAMES: dict[type, str] = {}  # one entry per inbox event class
+_WAKE = object()  # put by stop(): ends the loop's wait, handled as nothing
 
 
 def _event_name(kind: type) -> str:
@@ -142,7 +139,7 @@ class Runtime:
                                           on_meter_change=self.on_meter_change)
         self.link = (link_factory or MqttLink)(cfg, self.boot, self.inbox, manual_ack=True)
         self.control = ControlServer(cfg.gateway.data_dir, self.inbox.put) if control else None
-        self._carried: collections.deque[Any] = collections.deque()  # see _gather_readings
+        self._carried: collections.deque[Any] = collections.deque()  # see run
         # [mqtt] live_readings = "table": live readings go one message a poll cycle
         self.cycle = (PollCycle(self._poll_intervals(provisioned), forming.TABLE_LINGER_S)
                       if cfg.mqtt.live_readings == "table" else None)
@@ -241,19 +238,27 @@ class Runtime:
                 self.supervisor.check(mono)
                 if self.supervisor.healthy(mono):  # else systemd restarts the agent
                     self.notifier.maybe_watchdog(mono)
-                try:
-                    event = self.inbox.get(timeout=0.05)
+                try:  # the event that ends the wait is handled by the next turn
+                    self._carried.append(self.inbox.get(timeout=self._idle_s(mono)))
                 except queue.Empty:
-                    continue
-                if isinstance(event, ReadingTaken):
-                    self._gather_readings(event)
-                else:
-                    self._handle_one(event)
+                    pass
         finally:
             self._shutdown()
 
+    def _idle_s(self, mono: float) -> float:
+        """How long the loop may wait for an event: until step's next periodic work."""
+        if self._relays_dirty:
+            return 0.0
+        due = min(self._next_tick, self._next_status, self._next_relay_check,
+                  self._next_cleanup)
+        return min(TICK_S, max(0.0, due - mono))
+
     def stop(self) -> None:
         self.stop_event.set()
+        try:
+            self.inbox.put_nowait(_WAKE)  # the loop sees the stop now, not after its wait
+        except queue.Full:
+            pass  # a full inbox: the loop is not waiting
 
     # -- the supervisor: every thread, started again when it dies ---------------------
     def _supervise(self) -> None:
@@ -322,34 +327,19 @@ class Runtime:
             batch.append(event)
         self._handle_readings(batch)
 
-    def _gather_readings(self, first: ReadingTaken) -> None:
-        """``first`` woke the loop: wait up to READINGS_GATHER_S for the readings the buses
-        post after it, each within READINGS_GAP_S of the one before (fewer if another
-        kind of event or a full batch arrives), then handle them all in order, a
-        transaction for the readings."""
-        events: list[Any] = [first]
-        # the inbox waits in real time, whatever the runtime's clock: so does its deadline
-        deadline = time.monotonic() + READINGS_GATHER_S
-        while len(events) < READINGS_PER_TX and isinstance(events[-1], ReadingTaken):
-            left = min(deadline - time.monotonic(), READINGS_GAP_S)
-            if left <= 0:
-                break
-            try:
-                events.append(self.inbox.get(timeout=left))
-            except queue.Empty:
-                break
-        self._carried.extend(events)
-        self._drain_inbox()
-
     def _inbox_events(self, limit: int) -> Iterator[Any]:
-        while self._carried and limit > 0:  # taken from the inbox by _gather_readings
+        while self._carried and limit > 0:  # taken from the inbox by run's wait
             limit -= 1
-            yield self._carried.popleft()
+            event = self._carried.popleft()
+            if event is not _WAKE:
+                yield event
         for _ in range(limit):
             try:
-                yield self.inbox.get_nowait()
+                event = self.inbox.get_nowait()
             except queue.Empty:
                 return
+            if event is not _WAKE:
+                yield event
 
     def _handle_one(self, event: Any) -> None:
         done, _ = self._with_room(lambda: self._handle(event), _event_name(type(event)))

@@ -14,7 +14,11 @@ one that imported nothing; and
 the bus side alone (``bus_alone``): one meter of the same simulator at the same speed
 read by the agent's own Modbus client (SerialTransport, ModbusClient, ModbusMeter) in one
 thread of this process, nothing else running: the CPU a reading costs before the ledger,
-the uplink and the threads' hand-offs add theirs.
+the uplink and the threads' hand-offs add theirs; and what one wake-up of a thread costs
+here (``wake_us``: a thread that sleeps 1.75 ms, a t3.5 at this speed, and wakes), times
+the fewest a reading needs (two a request: the silence before it, its answer).
+Each of the agent's threads is measured too (/proc/PID/task: CPU and voluntary context
+switches, i.e. wake-ups, a reading), named by py-spy where it is installed.
 """
 
 from __future__ import annotations
@@ -81,6 +85,49 @@ def cpu_s(pid: int) -> tuple[float, float]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def tasks(pid: int) -> dict[int, tuple[float, int]]:
+    """CPU seconds and voluntary context switches (wake-ups) of each thread of ``pid``."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        switches = next(int(line.split()[1]) for line in status.splitlines()
+                        if line.startswith("voluntary_ctxt_switches:"))
+        out[int(tid)] = ((int(fields[11]) + int(fields[12])) / tick, switches)
+    return out
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """Thread id -> Python thread name, from ``py-spy dump`` (bench extra) if installed."""
+    names = {pid: "MainThread"}
+    py_spy = Path(sys.executable).parent / "py-spy"
+    if py_spy.exists():
+        dump = subprocess.run([str(py_spy), "dump", "--pid", str(pid)], capture_output=True,
+                              text=True, timeout=30).stdout
+        for line in dump.splitlines():
+            parts = line.split(maxsplit=3)  # Thread 4776 (idle): "bus-rs485-0"
+            if len(parts) == 4 and parts[0] == "Thread" and parts[1].isdigit():
+                names[int(parts[1])] = parts[3].strip('"')
+    return names
+
+
+# The fewest wake-ups an SDM120 reading takes: two requests, each after the line's
+# silence (a sleep) and with its answer (a sleep through it, or a wait for its bytes).
+WAKES_PER_READING = 4
+
+
+def wake_us(n: int = 2000) -> float:
+    """CPU µs of this thread a block-and-wake: sleeping one t3.5 at 115,200 baud."""
+    started = time.thread_time()
+    for _ in range(n):
+        time.sleep(0.00175)
+    return (time.thread_time() - started) / n * 1e6
 
 
 def bare_rss_kb(code: str) -> int:
@@ -164,15 +211,19 @@ def measure(meters: int, poll_s: float, warmup_s: float, window_s: float,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             procs.append(agent)
             time.sleep(warmup_s)
+            names = thread_names(agent.pid)
             spy = profile.record(agent.pid, window_s, profile_out) if profile_out else None
-            w0, c0 = time.time(), cpu_s(agent.pid)
+            w0, c0, t0 = time.time(), cpu_s(agent.pid), tasks(agent.pid)
             rss = 0
             t_end = time.monotonic() + window_s
             while time.monotonic() < t_end:
                 rss = max(rss, proc_status(agent.pid, "VmRSS"))
                 time.sleep(1.0)
-            w1, c1 = time.time(), cpu_s(agent.pid)
+            w1, c1, t1 = time.time(), cpu_s(agent.pid), tasks(agent.pid)
             sys_s = c1[1] - c0[1]
+            per_thread = {names.get(tid, f"thread {tid}"): (t1[tid][0] - t0[tid][0],
+                                                            t1[tid][1] - t0[tid][1])
+                          for tid in t1 if tid in t0}
             # Readings go out a message a few seconds of them at a time: counted by when
             # they were polled (their t), once each, after the last of the window arrived,
             # not by when their message did (that moved the count by a message's worth).
@@ -197,7 +248,8 @@ def measure(meters: int, poll_s: float, warmup_s: float, window_s: float,
     imports = ("import paho.mqtt.client, cbor2, sqlite3, zoneinfo, serial, agent.runtime")
     alone_us, bare_us = bus_alone(300)
     return {"meters": meters, "poll": poll_s, "window": window_s, "rss_kb": rss,
-            "alone_us": alone_us, "bare_us": bare_us,
+            "alone_us": alone_us, "bare_us": bare_us, "wake_us": wake_us(),
+            "threads": per_thread,
             "hwm_kb": hwm, "readings": round(per_s * (w1 - w0)),
             "cpu_s": sum(c1) - sum(c0), "sys_s": sys_s,
             "bare_kb": bare_rss_kb("pass"), "imports_kb": bare_rss_kb(imports)}
@@ -228,8 +280,18 @@ def report(r: dict[str, Any]) -> str:
         f"thread, same simulator and speed) | {r['alone_us']:.0f} µs a reading |",
         f"| baseline: the same frames with bare write/select/read, no codec | "
         f"{r['bare_us']:.0f} µs a reading |",
+        f"| baseline: one wake-up of a thread (sleep 1.75 ms, wake), × the "
+        f"{WAKES_PER_READING} a reading needs at least | {r['wake_us']:.0f} µs × "
+        f"{WAKES_PER_READING} = {r['wake_us'] * WAKES_PER_READING:.0f} µs a reading |",
         f"| end to end / the bus side alone / bare frames | {per * 1000 / r['alone_us']:.2f}"
         f" / {per * 1000 / r['bare_us']:.2f} |",
+        "",
+        "| thread | CPU a reading | wake-ups a reading |",
+        "|---|---:|---:|",
+        *[f"| {name} | {cpu / max(1, r['readings']) * 1e6:.0f} µs | "
+          f"{wakes / max(1, r['readings']):.2f} |"
+          for name, (cpu, wakes) in sorted(r["threads"].items(), key=lambda kv: -kv[1][0])
+          if cpu or wakes],
     ])
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import collections
 import queue
-import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
@@ -39,7 +37,6 @@ class _Turn:
     """Runtime's inbox methods over a queue and a store that counts transactions."""
 
     _inbox_events = Runtime._inbox_events
-    _gather_readings = Runtime._gather_readings
     _drain_inbox = Runtime._drain_inbox
     _handle_readings = Runtime._handle_readings
     _handle_one = Runtime._handle_one
@@ -93,61 +90,33 @@ def test_a_turn_takes_at_most_max_events_per_turn(monkeypatch: Any) -> None:
     assert len(turn.seen) == 4 and turn.inbox.qsize() == 2
 
 
-def test_a_reading_that_wakes_the_loop_waits_for_the_cycle_polled_after_it(
-        monkeypatch: Any) -> None:
-    """The loop woken by a reading gathers what the buses post in the next
-    READINGS_GATHER_S (here readings 5 ms apart, as a bus polls them back to back, within
-    READINGS_GAP_S of each other) and charges them in one transaction, not a commit a
-    reading; another kind of event ends the wait."""
-    monkeypatch.setattr(runtime, "READINGS_GAP_S", 1.0)  # a busy test machine's gaps
+def test_the_stop_wake_up_is_handled_as_nothing() -> None:
+    """stop() puts a wake-up into the inbox so the loop's wait ends at once; the turn
+    that takes it skips it, wherever it lies."""
     turn = _Turn()
-
-    def bus() -> None:
-        for i in range(1, 6):
-            time.sleep(0.005)
-            turn.inbox.put(reading(f"M{i}"))
-        turn.inbox.put(MeterOffline("M9", ""))
-        turn.inbox.put(reading("M6"))
-
-    poster = threading.Thread(target=bus)
-    poster.start()
-    started = time.monotonic()
-    Runtime._gather_readings(cast(Runtime, turn), reading("M0"))
-    poster.join()
-    assert time.monotonic() - started < runtime.READINGS_GATHER_S + 0.5
-    readings = [(what, depth, tx) for what, depth, tx in turn.seen if what.startswith("M")]
-    assert readings[:6] == [(f"M{i}", 1, 1) for i in range(6)]  # one transaction
-    assert ("MeterOffline", 0, 1) in turn.seen
+    turn._carried.append(runtime._WAKE)
+    for event in [reading("A"), runtime._WAKE, reading("B")]:
+        turn.inbox.put(event)
+    Runtime._drain_inbox(cast(Runtime, turn))
+    assert turn.seen == [("A", 1, 1), ("B", 1, 1)]
 
 
-def test_the_gathering_wait_is_bounded(monkeypatch: Any) -> None:
-    """A reading that comes alone waits READINGS_GAP_S for a next one, no longer; readings
-    that keep coming are gathered READINGS_GATHER_S at the most."""
-    turn = _Turn()
-    started = time.monotonic()
-    Runtime._gather_readings(cast(Runtime, turn), reading("M0"))  # nothing follows
-    waited = time.monotonic() - started
-    assert runtime.READINGS_GAP_S - 0.01 <= waited < runtime.READINGS_GAP_S + 0.5
-    assert turn.seen == [("M0", 1, 1)]
+class _Idle:
+    _idle_s = Runtime._idle_s
 
-    monkeypatch.setattr(runtime, "READINGS_GAP_S", 1.0)  # a busy test machine's gaps
-    turn = _Turn()
-    stop = threading.Event()
+    def __init__(self, mono: float) -> None:
+        self._relays_dirty = False
+        self._next_tick = self._next_status = self._next_relay_check = mono + 100.0
+        self._next_cleanup = mono + 3600.0
 
-    def bus() -> None:  # a reading every 5 ms, for longer than the gathering lasts
-        i = 0
-        while not stop.is_set():
-            i += 1
-            turn.inbox.put(reading(f"N{i}"))
-            time.sleep(0.005)
 
-    poster = threading.Thread(target=bus)
-    poster.start()
-    started = time.monotonic()
-    try:
-        Runtime._gather_readings(cast(Runtime, turn), reading("M0"))
-        waited = time.monotonic() - started
-    finally:
-        stop.set()
-        poster.join()
-    assert runtime.READINGS_GATHER_S - 0.01 <= waited < runtime.READINGS_GATHER_S + 0.5
+def test_the_loop_waits_until_the_next_periodic_work_and_at_most_a_tick() -> None:
+    idle = _Idle(50.0)
+    assert Runtime._idle_s(cast(Runtime, idle), 50.0) == runtime.TICK_S  # capped
+    idle._next_status = 50.25
+    assert Runtime._idle_s(cast(Runtime, idle), 50.0) == 0.25  # the status file is due
+    idle._next_tick = 49.0
+    assert Runtime._idle_s(cast(Runtime, idle), 50.0) == 0.0  # overdue: no wait
+    idle = _Idle(50.0)
+    idle._relays_dirty = True  # a relay to bring in line: no wait
+    assert Runtime._idle_s(cast(Runtime, idle), 50.0) == 0.0

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import collections
+from typing import Any
+
 import pytest
 
 from agent.clock import SimClock
 from agent.config import BusConfig, MeterConfig
-from agent.drivers.bus import BusScheduler
+from agent.drivers import bus as bus_module
+from agent.drivers.bus import READINGS_HOLD_S, BusScheduler
 from agent.drivers.driver import MeterDriver, MeterEvent
 from agent.drivers.events import (
     BusEvent,
@@ -110,6 +114,97 @@ def test_a_silent_meter_costs_one_timeout_per_backoff_and_does_not_slow_the_othe
     assert isinstance(events[-1], ReadingTaken) or any(isinstance(e, MeterOnline) for e in events)
     assert [e.meter for e in events if isinstance(e, MeterOnline)] == ["DEAD"]
     assert not sched.stats["DEAD"].offline and sched.stats["DEAD"].backoff_s == 0
+
+
+def timed_bus(meters: list[MeterConfig], poll_s: float) -> tuple[
+        SimClock, BusScheduler, list[tuple[float, BusEvent]], dict[int, float]]:
+    """A bus of SDM120s whose posts are stamped with the clock, and the time each reading
+    was taken (by the identity of its Reading)."""
+    bus = BusConfig(name="b0", port="sim://", baudrate=115200, poll_interval_s=poll_s,
+                    timeout_s=0.2)
+    clock = SimClock()
+    transport = SimBusTransport(clock, {m.address: sdm(m.address, clock) for m in meters})
+    transport.baudrate = bus.baudrate
+    posted: list[tuple[float, BusEvent]] = []
+    sched = BusScheduler(bus, meters, lambda e: posted.append((clock.monotonic_s(), e)),
+                         clock=clock, transport_factory=lambda _b: transport, discover=False)
+    sched._wake = ClockEvent(clock)  # type: ignore[assignment]
+    assert sched._open()
+    taken: dict[int, float] = {}
+    execute = sched._execute
+
+    def stamped(action: Any) -> Any:
+        result = execute(action)
+        taken[id(result)] = clock.monotonic_s()
+        return result
+
+    sched._execute = stamped  # type: ignore[method-assign]
+    return clock, sched, posted, taken
+
+
+def test_a_poll_cycle_is_posted_a_burst_at_a_time_within_the_hold() -> None:
+    """Back to back polls (twenty meters, 30 ms a reading here): the readings
+    wait in the thread and go out together, none later than READINGS_HOLD_S after it was
+    taken (and one action's time: the post follows the action), in the order taken."""
+    meters = [meter(f"M{i}", i) for i in range(1, 21)]
+    clock, sched, posted, taken = timed_bus(meters, 5.0)
+    run_for(sched, clock, 30)
+    readings = [(t, e) for t, e in posted if isinstance(e, ReadingTaken)]
+    assert len(readings) >= 100
+    bursts = {t for t, _ in readings}
+    assert len(bursts) <= len(readings) / 4
+    late = max(t - taken[id(e.reading)] for t, e in readings)
+    assert late <= READINGS_HOLD_S + 0.1
+    order = sorted(readings, key=lambda te: taken[id(te[1].reading)])
+    assert [e for _, e in order] == [e for _, e in readings]
+
+
+def test_a_lone_reading_is_posted_before_the_bus_waits() -> None:
+    """One meter polled every second: after its reading the bus idles longer than the
+    hold, so the reading is posted then, not after the wait."""
+    clock, sched, posted, taken = timed_bus([meter("A", 1)], 1.0)
+    run_for(sched, clock, 10)
+    readings = [(t, e) for t, e in posted if isinstance(e, ReadingTaken)]
+    assert len(readings) >= 9
+    assert all(t - taken[id(e.reading)] < 1e-6 for t, e in readings)
+
+
+def test_the_hold_is_bounded_in_number(monkeypatch: Any) -> None:
+    monkeypatch.setattr(bus_module, "READINGS_HOLD_MAX", 3)
+    monkeypatch.setattr(bus_module, "READINGS_HOLD_S", 1000.0)
+    meters = [meter(f"M{i}", i) for i in range(1, 11)]
+    clock, sched, posted, _ = timed_bus(meters, 5.0)
+    run_for(sched, clock, 0.3)  # the first cycle's ten readings, back to back
+    burst_sizes = collections.Counter(t for t, e in posted if isinstance(e, ReadingTaken))
+    assert list(burst_sizes.values()) == [3, 3, 3] and len(sched._held) == 1
+
+
+def test_any_other_event_posts_the_held_readings_first_and_a_stop_posts_them_all() -> None:
+    clock, sched, posted, _ = timed_bus([meter("A", 1), meter("B", 2)], 5.0)
+
+    def hold(n: int) -> None:  # step until n readings are held (B's poll follows A's)
+        for _ in range(10):
+            if len(sched._held) == n:
+                return
+            sched._step()
+        raise AssertionError(f"{len(sched._held)} readings held, not {n}")
+
+    hold(2)
+    assert posted == []
+    assert sched.read_now("A", "cmd-1")
+    for _ in range(5):  # the job comes next (after an event-log read the first poll asks)
+        sched._step()
+        if posted:
+            break
+    assert [type(e) for _, e in posted] == [ReadingTaken, ReadingTaken, ReadDone]
+    posted.clear()
+    run_for(sched, clock, 4.9)  # to the next cycle
+    posted.clear()
+    hold(2)
+    assert posted == []
+    sched.stop()
+    sched._run()  # the thread's loop ends at once and posts what it held
+    assert [type(e) for _, e in posted] == [ReadingTaken, ReadingTaken]
 
 
 def test_read_and_relay_jobs_preempt_polls() -> None:

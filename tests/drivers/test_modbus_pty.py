@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from agent.clock import SimClock
-from agent.drivers.modbus.client import ModbusClient
+from agent.drivers.modbus.client import LAG_MARGIN_S, RELEARN_EVERY, ModbusClient
 from agent.drivers.modbus.codec import (
     ModbusChecksumError,
     ModbusProtocolError,
@@ -144,6 +144,99 @@ def test_client_exception_response_is_a_device_exception() -> None:
     with pytest.raises(DeviceException, match="illegal data address") as info:
         client.execute(REQ, 0.3)
     assert info.value.code == 2
+
+
+class CountingTransport(ScriptedTransport):
+    def __init__(self, clock: SimClock, script: list[list[tuple[float, bytes]]]) -> None:
+        super().__init__(clock, script)
+        self.reads = 0
+
+    def read(self, max_bytes: int, timeout_s: float) -> bytes:
+        self.reads += 1
+        return super().read(max_bytes, timeout_s)
+
+
+def test_client_learns_a_units_lag_and_then_reads_its_answer_once() -> None:
+    """The first answer is watched as it comes (here in two bursts) and the unit's lag
+    measured; the next ones are slept through to their end and read at once, waking
+    LAG_MARGIN_S after the answer is complete (one look before the sleep, one after)."""
+    clock = SimClock()
+    line_s = frame_time_s(len(OK), 9600)
+    turnaround_s = 0.02
+    bursts = [(turnaround_s + frame_time_s(4, 9600), OK[:4]),  # delays from the write
+              (turnaround_s + line_s, OK[4:])]
+    whole = [(turnaround_s + line_s, OK)]
+    transport = CountingTransport(clock, [bursts, whole, whole])
+    client = ModbusClient(transport, clock)
+    assert client.execute(REQ, 0.5).values == (0x4640, 0xE400)
+    assert transport.reads >= 2
+    for _ in range(2):
+        transport.reads = 0
+        written_s = clock.monotonic_s()
+        assert client.execute(REQ, 0.5).values == (0x4640, 0xE400)
+        assert transport.reads == 2
+        assert clock.monotonic_s() - written_s == pytest.approx(
+            turnaround_s + line_s + LAG_MARGIN_S, abs=1e-6)
+
+
+def test_a_slower_answer_is_read_as_it_comes_and_the_lag_grows() -> None:
+    clock = SimClock()
+    line_s = frame_time_s(len(OK), 9600)
+    quick, slow = [(0.01 + line_s, OK)], [(0.05 + line_s, OK)]
+    transport = CountingTransport(clock, [quick, slow, slow])
+    client = ModbusClient(transport, clock)
+    client.execute(REQ, 0.5)  # watched: lag 10 ms
+    written_s = clock.monotonic_s()
+    transport.reads = 0
+    assert client.execute(REQ, 0.5).values == (0x4640, 0xE400)  # woke too early
+    assert transport.reads == 3  # before and after the sleep nothing; the next waited
+    assert clock.monotonic_s() - written_s == pytest.approx(0.05 + line_s, abs=1e-6)
+    transport.reads = 0
+    written_s = clock.monotonic_s()
+    client.execute(REQ, 0.5)  # the lag it learned: slept through again
+    assert transport.reads == 2
+    assert clock.monotonic_s() - written_s == pytest.approx(0.05 + line_s + LAG_MARGIN_S,
+                                                            abs=1e-6)
+
+
+def test_every_relearn_every_answer_is_watched_again_and_a_quicker_meter_is_seen() -> None:
+    clock = SimClock()
+    line_s = frame_time_s(len(OK), 9600)
+    slow, quick = [(0.05 + line_s, OK)], [(0.01 + line_s, OK)]
+    transport = CountingTransport(clock, [slow] + [quick] * (RELEARN_EVERY + 2))
+    client = ModbusClient(transport, clock)
+    client.execute(REQ, 0.5)  # watched: 50 ms
+    took = []
+    for _ in range(RELEARN_EVERY + 2):
+        written_s = clock.monotonic_s()
+        client.execute(REQ, 0.5)
+        took.append(clock.monotonic_s() - written_s)
+    slept = 0.05 + line_s + LAG_MARGIN_S
+    assert took[:RELEARN_EVERY] == pytest.approx([slept] * RELEARN_EVERY, abs=1e-6)
+    assert took[RELEARN_EVERY] == pytest.approx(0.01 + line_s, abs=1e-6)  # watched
+    assert took[-1] == pytest.approx(0.01 + line_s + LAG_MARGIN_S, abs=1e-6)
+
+
+def test_silence_and_exceptions_teach_no_lag() -> None:
+    """A timeout and an exception answer change nothing learned: the unit is watched
+    again (it may have changed while silent), then slept through by its old lag."""
+    clock = SimClock()
+    line_s = frame_time_s(len(OK), 9600)
+    exception = Response(1, 4, exception_code=2).to_bytes()
+    answer = [(0.01 + line_s, OK)]
+    transport = CountingTransport(clock, [answer, [], [(0.2, exception)], answer, answer])
+    client = ModbusClient(transport, clock)
+    client.execute(REQ, 0.5)  # lag 10 ms
+    with pytest.raises(TimeoutError_):
+        client.execute(REQ, 0.3)
+    with pytest.raises(DeviceException):
+        client.execute(REQ, 0.5)
+    took = []
+    for _ in range(2):
+        written_s = clock.monotonic_s()
+        client.execute(REQ, 0.5)
+        took.append(clock.monotonic_s() - written_s)
+    assert took == pytest.approx([0.01 + line_s, 0.01 + line_s + LAG_MARGIN_S], abs=1e-6)
 
 
 def test_client_refuses_broadcast() -> None:

@@ -9,6 +9,19 @@ After a checksum or protocol error the line is drained until it is quiet, so
 the next request starts on a clean line. The client never has two frames in
 flight: ``execute`` returns or raises before another request can be written;
 scheduling several devices on one bus is the bus scheduler's job.
+
+Waking once an answer: every wake-up of the bus thread costs more CPU than the
+codec's work on the frame (issue 14), and a line delivers an answer in bursts (a
+UART's FIFO, a USB adapter's latency timer, the simulator's slices). So the client
+learns, for each unit, how long after its request was written the last byte of an
+answer arrives beyond the answer's own line time (the meter's turnaround, the
+request's line time where the write returns before it has left, the adapter's
+delay): its lag. A unit whose lag is known is slept through to the end of its
+answer in one go and read once. The answer is watched as it comes (and the lag
+measured again) the first time, every ``RELEARN_EVERY`` answers (a meter that got
+quicker is not waited for too long), and whenever the answer was not all there at
+the wake-up (a slower meter: the rest is read as it comes, the lag grows). A unit
+that does not answer changes nothing learned. Bound: one lag a unit (1..247).
 """
 
 from __future__ import annotations
@@ -18,8 +31,10 @@ from typing import Final
 from agent.clock import Clock, SystemClock
 from agent.drivers.modbus.codec import (
     MAX_ADU_BYTES,
+    NEED_DATA,
     ModbusIncompleteError,
     ModbusProtocolError,
+    NeedData,
     Request,
     Response,
     ResponseReader,
@@ -38,6 +53,10 @@ MAX_DRAIN_S: Final = 1.0
 # An answer begun is slept through but for this much of its remaining line time, then
 # read as it arrives (a sleep that wakes late would otherwise delay every answer).
 REST_MARGIN_S: Final = 0.002
+# A unit's answer is slept through to its learned end and this much longer (see above).
+LAG_MARGIN_S: Final = 0.0005
+# Of a unit's answers, one in this many is watched as it comes and its lag measured.
+RELEARN_EVERY: Final = 32
 
 EXCEPTION_NAMES: Final = {
     1: "illegal function",
@@ -57,6 +76,8 @@ class ModbusClient:
         self._transport = transport
         self._clock: Clock = clock or SystemClock()
         self._gap_s = FRAME_GAP_S + silent_interval_s(transport.baudrate)
+        self._lag_s: dict[int, float] = {}  # unit -> learned lag (module doc)
+        self._slept_through: dict[int, int] = {}  # unit -> answers slept through since watched
 
     @property
     def transport(self) -> Transport:
@@ -71,15 +92,19 @@ class ModbusClient:
             raise ValueError("broadcast (unit 0) gets no response; not supported here")
         reader = ResponseReader(request)
         expected = response_length(request)
+        baudrate = self._transport.baudrate
         slept = False  # through the answer's line time, once (see below)
         # Bytes still buffered (a late answer to a request that timed out)
         # must not be taken for this request's answer.
         self._transport.reset_input()
         self._transport.write(request.to_bytes())
-        deadline_s = self._clock.monotonic_s() + timeout_s
+        written_s = self._clock.monotonic_s()
+        deadline_s = written_s + timeout_s
+        line_s = frame_time_s(expected, baudrate)
         what = f"unit {request.unit} fn {request.function} @{request.address:#06x}"
         try:
-            while True:
+            event = self._slept_answer(request.unit, reader, written_s, line_s, deadline_s)
+            while not isinstance(event, Response):
                 remaining_s = deadline_s - self._clock.monotonic_s()
                 if remaining_s <= 0:
                     reader.deadline_passed()
@@ -94,14 +119,17 @@ class ModbusClient:
                     # comes, not a read a burst (the margin keeps a late wake-up from
                     # delaying the answer)
                     rest_s = frame_time_s(expected - reader.bytes_received,
-                                          self._transport.baudrate) - REST_MARGIN_S
+                                          baudrate) - REST_MARGIN_S
                     if rest_s > 0:
                         self._clock.sleep(min(remaining_s, rest_s))
                 wait_s = min(remaining_s, self._gap_s) if listening else remaining_s
                 reader.receive_data(self._transport.read(MAX_ADU_BYTES, wait_s))
                 event = reader.next_event()
-                if isinstance(event, Response):
-                    break
+                if isinstance(event, Response) and event.exception_code is None:
+                    # watched to its last byte: the unit's lag, measured
+                    lag_s = self._clock.monotonic_s() - written_s - line_s
+                    self._lag_s[request.unit] = max(0.0, lag_s)
+                    self._slept_through[request.unit] = 0
         except ModbusIncompleteError as exc:
             raise TimeoutError_(f"{what}: {exc} within {timeout_s:.3f} s") from exc
         except ModbusProtocolError:
@@ -111,6 +139,33 @@ class ModbusClient:
             code = event.exception_code
             name = EXCEPTION_NAMES.get(code, "unknown exception")
             raise DeviceException(f"{what}: exception {code} ({name})", code)
+        return event
+
+    def _slept_answer(self, unit: int, reader: ResponseReader, written_s: float,
+                      line_s: float, deadline_s: float) -> Response | NeedData:
+        """The answer read once after sleeping to its learned end (module doc), or
+        NEED_DATA: the answer is to be watched as it comes (with what was read fed to
+        ``reader``)."""
+        lag_s = self._lag_s.get(unit)
+        if lag_s is None or self._slept_through.get(unit, 0) >= RELEARN_EVERY:
+            return NEED_DATA
+        # An answer already there came with the write (an in-memory line, the
+        # simulation's): nothing to sleep through. On a wire this finds nothing, at the
+        # cost of one select().
+        data = self._transport.read(MAX_ADU_BYTES, 0.0)
+        if not data:
+            now_s = self._clock.monotonic_s()
+            if now_s >= deadline_s:
+                return NEED_DATA
+            self._clock.sleep(min(deadline_s, written_s + lag_s + line_s + LAG_MARGIN_S)
+                              - now_s)
+            data = self._transport.read(MAX_ADU_BYTES, 0.0)
+        reader.receive_data(data)
+        event = reader.next_event()
+        if isinstance(event, Response):
+            self._slept_through[unit] = self._slept_through.get(unit, 0) + 1
+        else:
+            self._slept_through[unit] = RELEARN_EVERY  # not all there: watched, learned
         return event
 
     def _drain(self) -> None:
