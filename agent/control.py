@@ -257,7 +257,10 @@ def call(data_dir: Path, op: str, args: dict[str, Any], timeout_s: float = 130.0
             sock.connect(str(path))
         except OSError as exc:
             raise ControlError(f"no agent is running ({path}: {exc.strerror})") from exc
-        _send(sock, {"op": op, "args": args})
+        try:
+            _send(sock, {"op": op, "args": args})
+        except BrokenPipeError:
+            pass  # it answered (busy) and closed before reading: the answer is still there
         try:
             answer = _receive(sock, "reply")
         except ValueError as exc:

@@ -108,3 +108,32 @@ def test_an_unanswered_request_times_out_and_a_silent_client_is_dropped(
         s.connect(str(data_dir / control.SOCKET_NAME))
         s.settimeout(3)
         assert s.recv(100) == b"", "a client that sends nothing is closed"
+
+
+def test_a_busy_answer_sent_before_the_request_is_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent may answer "busy" and close before the CLI has sent its request: the
+    CLI's send then breaks, and the answer is still there to read."""
+    closed = threading.Event()
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(tmp_path / control.SOCKET_NAME))
+        listener.listen(1)
+
+        def busy() -> None:
+            conn, _ = listener.accept()
+            conn.sendall(b'{"ok": false, "error": "agent busy: too many control clients"}\n')
+            conn.close()
+            closed.set()
+
+        agent = threading.Thread(target=busy)
+        agent.start()
+        send = control._send
+
+        def late(conn: socket.socket, body: dict[str, object]) -> None:
+            closed.wait(5)
+            send(conn, body)
+
+        monkeypatch.setattr(control, "_send", late)
+        with pytest.raises(ControlError, match="agent busy"):
+            call(tmp_path, "status", {}, timeout_s=5)
+        agent.join(5)
