@@ -6,7 +6,9 @@ user). One JSON request per connection, one JSON reply:
 The socket's thread never touches the store: it hands the request to the runtime
 thread (the single writer) through the inbox, and sends the answer when it comes.
 One thread and one selector serve every connection (a scan that takes a minute does
-not hold up a ``status``).
+not hold up a ``status``). The thread sleeps until a socket is ready, a deadline is due,
+or a byte on its wake pipe says an answer came (or stop() was called): an idle agent
+does not wake it.
 
 Bounds: requests over ``MAX_REQUEST_BYTES`` are refused; ``MAX_CLIENTS``
 connections are served at once (one more is told the agent is busy); a request must
@@ -40,7 +42,9 @@ MAX_CLIENTS = 4
 REQUEST_S = 10.0  # from connecting to a whole request
 ANSWER_TIMEOUT_S = 120.0  # a bus scan of 247 addresses takes a while
 SEND_S = 10.0  # for the answer to leave
-SELECT_S = 0.05  # the longest an answer waits for this thread to see it
+# The longest the thread sleeps: every answer and stop() wake it through the pipe, so
+# this is only a backstop that bounds how late an answer goes out if a wake were lost.
+MAX_SLEEP_S = 1.0
 
 
 class ControlError(AgentError):
@@ -52,6 +56,9 @@ class ControlRequest:
     op: str
     args: dict[str, Any]
     answer: queue.Queue[dict[str, Any]] = field(default_factory=lambda: queue.Queue(maxsize=1))
+    # called once the answer is in `answer`: the server's wake pipe (a request made
+    # without a server, as the simulation does, has nobody to wake)
+    wake: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
     def reply(self, result: dict[str, Any] | None = None, error: str = "") -> None:
         body: dict[str, Any] = {"ok": not error, "result": result or {}}
@@ -61,6 +68,9 @@ class ControlRequest:
             self.answer.put_nowait(body)
         except queue.Full:  # answered twice: a bug, but never block the runtime on it
             log.error("event=control_double_answer op=%s", self.op)
+            return
+        if self.wake is not None:
+            self.wake()
 
 
 @dataclass(eq=False)
@@ -89,8 +99,13 @@ class ControlServer:
         os.chmod(self.path, 0o600)
         self.sock.listen(MAX_CLIENTS)
         self.sock.setblocking(False)
+        # the wake pipe: one byte from another thread ends the thread's select()
+        self._woken, self._waker = socket.socketpair()
+        self._woken.setblocking(False)
+        self._waker.setblocking(False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.sock, selectors.EVENT_READ)
+        self._selector.register(self._woken, selectors.EVENT_READ)
         self.thread = self._new_thread()
 
     def _new_thread(self) -> threading.Thread:
@@ -107,22 +122,34 @@ class ControlServer:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake()
         self.thread.join(timeout=2)
         for client in list(self._clients.values()):
             self._close(client)
         self._selector.close()
         self.sock.close()
+        self._woken.close()
+        self._waker.close()
         try:
             self.path.unlink()
         except FileNotFoundError:
             pass
 
+    def _wake(self) -> None:
+        """Any thread: the socket's thread looks at its clients now."""
+        try:
+            self._waker.send(b"\0")
+        except OSError:  # full (a wake is pending already) or closed (stopped: nobody waits)
+            pass
+
     # -- the socket's thread -----------------------------------------------------------
     def _serve(self) -> None:
         while not self._stop.is_set():
-            for key, mask in self._selector.select(SELECT_S):
+            for key, mask in self._selector.select(self._sleep_s()):
                 if key.fileobj is self.sock:
                     self._accept()
+                elif key.fileobj is self._woken:
+                    self._drain()
                 elif mask & selectors.EVENT_READ:
                     self._receive(self._clients[key.fileobj])  # type: ignore[index]
                 else:
@@ -141,6 +168,21 @@ class ControlServer:
                                              "error": "the agent did not answer in time"})
                     else:
                         self._close(client)
+
+    def _sleep_s(self) -> float:
+        """Until the nearest deadline, at most MAX_SLEEP_S."""
+        if not self._clients:
+            return MAX_SLEEP_S
+        nearest_s = min(client.deadline_s for client in self._clients.values())
+        return max(0.0, min(MAX_SLEEP_S, nearest_s - time.monotonic()))
+
+    def _drain(self) -> None:
+        """Empty the wake pipe; the loop then looks at every client anyway."""
+        try:
+            while self._woken.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
 
     def _accept(self) -> None:
         try:
@@ -182,7 +224,7 @@ class ControlServer:
         except (ControlError, ValueError) as exc:
             self._reply(client, {"ok": False, "error": str(exc)}, registered=False)
             return
-        client.request = ControlRequest(op, args)
+        client.request = ControlRequest(op, args, wake=self._wake)
         client.deadline_s = time.monotonic() + ANSWER_TIMEOUT_S
         self.post(client.request)
 
@@ -257,7 +299,10 @@ def call(data_dir: Path, op: str, args: dict[str, Any], timeout_s: float = 130.0
             sock.connect(str(path))
         except OSError as exc:
             raise ControlError(f"no agent is running ({path}: {exc.strerror})") from exc
-        _send(sock, {"op": op, "args": args})
+        try:
+            _send(sock, {"op": op, "args": args})
+        except BrokenPipeError:
+            pass  # it answered (busy) and closed before reading: the answer is still there
         try:
             answer = _receive(sock, "reply")
         except ValueError as exc:
