@@ -31,15 +31,14 @@ from typing import Final
 from agent.clock import Clock, SystemClock
 from agent.drivers.modbus.codec import (
     MAX_ADU_BYTES,
-    NEED_DATA,
     ModbusIncompleteError,
     ModbusProtocolError,
-    NeedData,
     Request,
     Response,
     ResponseReader,
     response_length,
 )
+from agent.drivers.sansio import NEED_DATA, NeedData
 from agent.drivers.transport import Transport, frame_time_s, silent_interval_s
 from agent.errors import DeviceException, TimeoutError_
 
