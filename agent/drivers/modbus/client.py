@@ -13,15 +13,16 @@ scheduling several devices on one bus is the bus scheduler's job.
 Waking once an answer: every wake-up of the bus thread costs more CPU than the
 codec's work on the frame (issue 14), and a line delivers an answer in bursts (a
 UART's FIFO, a USB adapter's latency timer, the simulator's slices). So the client
-learns, for each unit, how long after its request was written the last byte of an
-answer arrives beyond the answer's own line time (the meter's turnaround, the
-request's line time where the write returns before it has left, the adapter's
-delay): its lag. A unit whose lag is known is slept through to the end of its
-answer in one go and read once. The answer is watched as it comes (and the lag
-measured again) the first time, every ``RELEARN_EVERY`` answers (a meter that got
-quicker is not waited for too long), and whenever the answer was not all there at
-the wake-up (a slower meter: the rest is read as it comes, the lag grows). A unit
-that does not answer changes nothing learned. Bound: one lag a unit (1..247).
+learns, for each unit, how long after its request was written an answer's bytes
+arrive beyond their own line time (the meter's turnaround, the request's line time
+where the write returns before it has left, the adapter's delay): its lag, measured
+at the answer's first bytes. A unit whose lag is known is slept through to the end of
+its answer (lag + the answer's line time + ``LAG_MARGIN_S``) in one go and read once.
+The answer is watched as it comes (and the lag measured again) the first time, every
+``RELEARN_EVERY`` answers (a meter that got quicker is not waited for too long), and
+whenever the answer was not all there at the wake-up (a slower meter: the rest is read
+as it comes, and the lag is taken from its last byte, so the next sleep covers it). A
+unit that does not answer changes nothing learned. Bound: one lag a unit (1..247).
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ REST_MARGIN_S: Final = 0.002
 LAG_MARGIN_S: Final = 0.0005
 # Of a unit's answers, one in this many is watched as it comes and its lag measured.
 RELEARN_EVERY: Final = 32
+
+def _what(request: Request) -> str:
+    return f"unit {request.unit} fn {request.function} @{request.address:#06x}"
+
 
 EXCEPTION_NAMES: Final = {
     1: "illegal function",
@@ -100,9 +105,10 @@ class ModbusClient:
         written_s = self._clock.monotonic_s()
         deadline_s = written_s + timeout_s
         line_s = frame_time_s(expected, baudrate)
-        what = f"unit {request.unit} fn {request.function} @{request.address:#06x}"
+        first_s, first_bytes = 0.0, 0  # when the first bytes came, watched, and how many
         try:
             event = self._slept_answer(request.unit, reader, written_s, line_s, deadline_s)
+            missed = event is NEED_DATA  # slept through, and the answer was not all there
             while not isinstance(event, Response):
                 remaining_s = deadline_s - self._clock.monotonic_s()
                 if remaining_s <= 0:
@@ -122,32 +128,45 @@ class ModbusClient:
                     if rest_s > 0:
                         self._clock.sleep(min(remaining_s, rest_s))
                 wait_s = min(remaining_s, self._gap_s) if listening else remaining_s
-                reader.receive_data(self._transport.read(MAX_ADU_BYTES, wait_s))
+                data = self._transport.read(MAX_ADU_BYTES, wait_s)
+                if data and not first_bytes:
+                    first_s, first_bytes = self._clock.monotonic_s(), len(data)
+                reader.receive_data(data)
                 event = reader.next_event()
-                if isinstance(event, Response) and event.exception_code is None:
-                    # watched to its last byte: the unit's lag, measured
-                    lag_s = self._clock.monotonic_s() - written_s - line_s
-                    self._lag_s[request.unit] = max(0.0, lag_s)
-                    self._slept_through[request.unit] = 0
+            if first_bytes and event.exception_code is None:
+                self._learn(request.unit, written_s, line_s, missed, first_s,
+                            frame_time_s(first_bytes, baudrate))
         except ModbusIncompleteError as exc:
-            raise TimeoutError_(f"{what}: {exc} within {timeout_s:.3f} s") from exc
+            raise TimeoutError_(f"{_what(request)}: {exc} within {timeout_s:.3f} s") from exc
         except ModbusProtocolError:
             self._drain()
             raise
         if event.exception_code is not None:
             code = event.exception_code
             name = EXCEPTION_NAMES.get(code, "unknown exception")
-            raise DeviceException(f"{what}: exception {code} ({name})", code)
+            raise DeviceException(f"{_what(request)}: exception {code} ({name})", code)
         return event
 
+    def _learn(self, unit: int, written_s: float, line_s: float, missed: bool,
+               first_s: float, first_line_s: float) -> None:
+        """A watched answer's lag: from when its first bytes came (less their own line
+        time; the later bytes' jitter does not count), or, after a sleep that woke too
+        early, from when its last byte came, so that the next sleep covers this one."""
+        if missed:
+            lag_s = self._clock.monotonic_s() - written_s - line_s
+        else:
+            lag_s = first_s - written_s - first_line_s
+        self._lag_s[unit] = max(0.0, lag_s)
+        self._slept_through[unit] = 0
+
     def _slept_answer(self, unit: int, reader: ResponseReader, written_s: float,
-                      line_s: float, deadline_s: float) -> Response | NeedData:
-        """The answer read once after sleeping to its learned end (module doc), or
-        NEED_DATA: the answer is to be watched as it comes (with what was read fed to
-        ``reader``)."""
+                      line_s: float, deadline_s: float) -> Response | NeedData | None:
+        """The answer read once after sleeping to its learned end (module doc); None: the
+        answer is to be watched as it comes; NEED_DATA: it was not all there at the
+        wake-up (what was read is fed to ``reader``), watch the rest."""
         lag_s = self._lag_s.get(unit)
         if lag_s is None or self._slept_through.get(unit, 0) >= RELEARN_EVERY:
-            return NEED_DATA
+            return None
         # An answer already there came with the write (an in-memory line, the
         # simulation's): nothing to sleep through. On a wire this finds nothing, at the
         # cost of one select().
@@ -155,7 +174,7 @@ class ModbusClient:
         if not data:
             now_s = self._clock.monotonic_s()
             if now_s >= deadline_s:
-                return NEED_DATA
+                return None
             self._clock.sleep(min(deadline_s, written_s + lag_s + line_s + LAG_MARGIN_S)
                               - now_s)
             data = self._transport.read(MAX_ADU_BYTES, 0.0)
