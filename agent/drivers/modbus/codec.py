@@ -183,8 +183,18 @@ def _check(ok: bool, message: str) -> None:
 
 
 def _check_values(function: int, values: tuple[int, ...]) -> None:
-    limit = 1 if function in (1, 2, 5, 15) else 0xFFFF
-    _check(all(0 <= v <= limit for v in values), f"fn {function}: values out of range 0..{limit}")
+    # min and max rather than a generator over every value: a read's answer has up to
+    # 125 of them, and no values (a read, a write-multiple echo) need no check.
+    if values:
+        limit = 1 if function in (1, 2, 5, 15) else 0xFFFF
+        if not (0 <= min(values) and max(values) <= limit):
+            raise ValueError(f"fn {function}: values out of range 0..{limit}")
+
+
+def _check_range(function: int, address: int, count: int) -> None:
+    if not 1 <= count <= MAX_COUNT[function]:
+        raise ValueError(f"fn {function}: count outside 1..{MAX_COUNT[function]}")
+    _check(0 <= address and address + count <= 0x10000, "address range")
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,17 +214,20 @@ class Request:
     values: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        # Plain ifs, not _check: a message is formatted only when it is raised (every
+        # request and response of every reading passes here).
         fn = self.function
-        _check(fn in FUNCTIONS, f"unsupported function {fn}")
-        _check(0 <= self.unit <= MAX_UNIT, f"unit {self.unit} outside 0..{MAX_UNIT}")
+        if fn not in FUNCTIONS:
+            raise ValueError(f"unsupported function {fn}")
+        if not 0 <= self.unit <= MAX_UNIT:
+            raise ValueError(f"unit {self.unit} outside 0..{MAX_UNIT}")
         if fn in _SINGLE_WRITES or fn in _MULTI_WRITES:
             object.__setattr__(self, "count", len(self.values))
             _check_values(fn, self.values)
         else:
             _check(self.unit != 0, "a read cannot be broadcast (unit 0)")
             _check(not self.values, "a read request carries no values")
-        _check(1 <= self.count <= MAX_COUNT[fn], f"fn {fn}: count outside 1..{MAX_COUNT[fn]}")
-        _check(0 <= self.address and self.address + self.count <= 0x10000, "address range")
+        _check_range(fn, self.address, self.count)
 
     def to_bytes(self) -> bytes:
         head = struct.pack(">BBH", self.unit, self.function, self.address)
@@ -252,9 +265,11 @@ class Response:
     exception_code: int | None = None
 
     def __post_init__(self) -> None:
-        fn = self.function
-        _check(fn in FUNCTIONS, f"unsupported function {fn}")
-        _check(1 <= self.unit <= MAX_UNIT, f"unit {self.unit} outside 1..{MAX_UNIT}")
+        fn = self.function  # plain ifs: see Request
+        if fn not in FUNCTIONS:
+            raise ValueError(f"unsupported function {fn}")
+        if not 1 <= self.unit <= MAX_UNIT:
+            raise ValueError(f"unit {self.unit} outside 1..{MAX_UNIT}")
         if self.exception_code is not None:
             _check(1 <= self.exception_code <= 0xFF, "exception code outside 1..255")
             _check(not self.values and self.count == 0 and self.address == 0, "exception: no data")
@@ -264,8 +279,7 @@ class Response:
         else:
             object.__setattr__(self, "count", len(self.values))
             _check_values(fn, self.values)
-        _check(1 <= self.count <= MAX_COUNT[fn], f"fn {fn}: count outside 1..{MAX_COUNT[fn]}")
-        _check(0 <= self.address and self.address + self.count <= 0x10000, "address range")
+        _check_range(fn, self.address, self.count)
 
     @property
     def is_exception(self) -> bool:
