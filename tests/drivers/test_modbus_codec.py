@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -304,6 +305,22 @@ def test_invalid_requests_are_value_errors(
 ) -> None:
     with pytest.raises(ValueError):
         Request(unit, function, address, count, values)
+
+
+@given(st.sampled_from([1, 2, 3, 4, 5, 6, 15, 16]),
+       st.lists(st.sampled_from([-1, 0, 1, 2, 0xFFFF, 0x10000]) | st.integers(-3, 0x10003),
+                min_size=1, max_size=8))
+def test_values_outside_the_functions_range_are_value_errors(fn: int, values: list[int]) -> None:
+    limit = 1 if fn in (1, 2, 5, 15) else 0xFFFF
+    values = values[:1] if fn in (5, 6) else values
+    ok = all(0 <= v <= limit for v in values)  # the check as first written
+    build: Any = Request if fn in (5, 6, 15, 16) else Response
+    try:
+        build(1, fn, 0, values=tuple(values))
+    except ValueError as exc:
+        assert not ok and str(exc) == f"fn {fn}: values out of range 0..{limit}"
+    else:
+        assert ok
 
 
 def test_broadcast_has_no_response_reader() -> None:
