@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,15 @@ def test_crc_bitwise_reference_known_answers(vector: Vector) -> None:
 @given(st.binary(max_size=300))
 def test_table_crc_equals_the_bitwise_reference(data: bytes) -> None:
     assert crc16(data) == crc16_bitwise(data)
+
+
+@given(st.binary(max_size=300), st.one_of(st.binary(min_size=2, max_size=2), st.none()))
+def test_crc_over_a_frame_is_zero_exactly_when_it_ends_in_its_crc(
+    body: bytes, tail: bytes | None
+) -> None:
+    good = struct.pack("<H", crc16(body))
+    tail = good if tail is None else tail
+    assert (crc16(body + tail) == 0) == (tail == good)
 
 
 @pytest.mark.parametrize("vector", REQUESTS + RESPONSES, ids=_ids(REQUESTS + RESPONSES))
