@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -393,6 +393,20 @@ def test_response_round_trip(exchange: tuple[Request, bytes], cuts: list[int]) -
         assert len(frame) == response_length(request)
     response, _ = read_response(request, _chunks(frame, cuts))
     assert response.to_bytes() == frame
+
+
+@settings(max_examples=300, deadline=None)
+@given(exchanges())
+def test_a_read_answer_is_the_response_its_checks_accept(exchange: tuple[Request, bytes]) -> None:
+    request, frame = exchange
+    response, _ = read_response(request, [frame])
+    # The reader builds a read's answer without its checks: built again with them, it is
+    # accepted and equal (every field).
+    assert replace(response) == response
+    if not response.is_exception and request.function in (1, 2, 3, 4):
+        assert (response.unit, response.function, response.address, response.count) == (
+            request.unit, request.function, request.address, request.count)
+        assert len(response.values) == request.count
 
 
 @settings(max_examples=300, deadline=None)
