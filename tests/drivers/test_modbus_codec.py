@@ -333,6 +333,16 @@ def test_values_outside_the_functions_range_are_value_errors(fn: int, values: li
         assert ok
 
 
+def test_a_request_keeps_its_frame_without_it_being_a_value() -> None:
+    request = Request(1, 4, 0, 32)
+    shown, key = repr(request), hash(request)
+    frame = request.to_bytes()
+    assert frame == bytes.fromhex("01 04 0000 0020 F1D2")
+    assert request.to_bytes() is frame
+    assert repr(request) == shown and hash(request) == key and request == Request(1, 4, 0, 32)
+    assert replace(request, address=5).to_bytes() == Request(1, 4, 5, 32).to_bytes() != frame
+
+
 def test_broadcast_has_no_response_reader() -> None:
     with pytest.raises(ValueError):
         ResponseReader(Request(0, 5, 0, values=(1,)))

@@ -59,7 +59,7 @@ subclass) - nothing else.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, NoReturn
 
 from agent.drivers.sansio import NEED_DATA, NeedData
@@ -226,10 +226,12 @@ class Request:
     address: int
     count: int = 0
     values: tuple[int, ...] = ()
+    # to_bytes's frame, kept from its first call: a meter sends the same requests each
+    # reading. Not a value of the request (not compared, not shown).
+    _frame: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # Plain ifs, not _check: a message is formatted only when it is raised (every
-        # request and response of every reading passes here).
+        # Plain ifs, not _check: a message is formatted only when it is raised.
         fn = self.function
         if fn not in FUNCTIONS:
             raise ValueError(f"unsupported function {fn}")
@@ -244,6 +246,13 @@ class Request:
         _check_range(fn, self.address, self.count)
 
     def to_bytes(self) -> bytes:
+        frame = self._frame
+        if frame is None:
+            frame = self._encode()
+            object.__setattr__(self, "_frame", frame)
+        return frame
+
+    def _encode(self) -> bytes:
         head = struct.pack(">BBH", self.unit, self.function, self.address)
         if self.function == WRITE_SINGLE_COIL:
             body = head + struct.pack(">H", _COIL_ON if self.values[0] else 0)
