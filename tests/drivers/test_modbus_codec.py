@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import struct
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -113,6 +115,15 @@ def test_crc_bitwise_reference_known_answers(vector: Vector) -> None:
 @given(st.binary(max_size=300))
 def test_table_crc_equals_the_bitwise_reference(data: bytes) -> None:
     assert crc16(data) == crc16_bitwise(data)
+
+
+@given(st.binary(max_size=300), st.one_of(st.binary(min_size=2, max_size=2), st.none()))
+def test_crc_over_a_frame_is_zero_exactly_when_it_ends_in_its_crc(
+    body: bytes, tail: bytes | None
+) -> None:
+    good = struct.pack("<H", crc16(body))
+    tail = good if tail is None else tail
+    assert (crc16(body + tail) == 0) == (tail == good)
 
 
 @pytest.mark.parametrize("vector", REQUESTS + RESPONSES, ids=_ids(REQUESTS + RESPONSES))
@@ -306,6 +317,32 @@ def test_invalid_requests_are_value_errors(
         Request(unit, function, address, count, values)
 
 
+@given(st.sampled_from([1, 2, 3, 4, 5, 6, 15, 16]),
+       st.lists(st.sampled_from([-1, 0, 1, 2, 0xFFFF, 0x10000]) | st.integers(-3, 0x10003),
+                min_size=1, max_size=8))
+def test_values_outside_the_functions_range_are_value_errors(fn: int, values: list[int]) -> None:
+    limit = 1 if fn in (1, 2, 5, 15) else 0xFFFF
+    values = values[:1] if fn in (5, 6) else values
+    ok = all(0 <= v <= limit for v in values)  # the check as first written
+    build: Any = Request if fn in (5, 6, 15, 16) else Response
+    try:
+        build(1, fn, 0, values=tuple(values))
+    except ValueError as exc:
+        assert not ok and str(exc) == f"fn {fn}: values out of range 0..{limit}"
+    else:
+        assert ok
+
+
+def test_a_request_keeps_its_frame_without_it_being_a_value() -> None:
+    request = Request(1, 4, 0, 32)
+    shown, key = repr(request), hash(request)
+    frame = request.to_bytes()
+    assert frame == bytes.fromhex("01 04 0000 0020 F1D2")
+    assert request.to_bytes() is frame
+    assert repr(request) == shown and hash(request) == key and request == Request(1, 4, 0, 32)
+    assert replace(request, address=5).to_bytes() == Request(1, 4, 5, 32).to_bytes() != frame
+
+
 def test_broadcast_has_no_response_reader() -> None:
     with pytest.raises(ValueError):
         ResponseReader(Request(0, 5, 0, values=(1,)))
@@ -366,6 +403,20 @@ def test_response_round_trip(exchange: tuple[Request, bytes], cuts: list[int]) -
         assert len(frame) == response_length(request)
     response, _ = read_response(request, _chunks(frame, cuts))
     assert response.to_bytes() == frame
+
+
+@settings(max_examples=300, deadline=None)
+@given(exchanges())
+def test_a_read_answer_is_the_response_its_checks_accept(exchange: tuple[Request, bytes]) -> None:
+    request, frame = exchange
+    response, _ = read_response(request, [frame])
+    # The reader builds a read's answer without its checks: built again with them, it is
+    # accepted and equal (every field).
+    assert replace(response) == response
+    if not response.is_exception and request.function in (1, 2, 3, 4):
+        assert (response.unit, response.function, response.address, response.count) == (
+            request.unit, request.function, request.address, request.count)
+        assert len(response.values) == request.count
 
 
 @settings(max_examples=300, deadline=None)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from agent.drivers.modbus.maps import (
     MAX_GAP_REGISTERS,
     ReadBlock,
+    ReadPlan,
     RegisterMap,
     decode,
     decode_serial,
@@ -20,6 +21,7 @@ from agent.drivers.modbus.maps import (
     load_map,
     parse_map,
     plan_reads,
+    read_plan,
     serial_read,
 )
 from agent.drivers.reading import QUANTITIES
@@ -249,3 +251,177 @@ def test_plan_covers_everything_within_limits_in_fewest_frames(rmap: RegisterMap
     assert all(1 <= b.count <= rmap.max_read_registers for b in blocks)
     spans = sorted((s.address, s.end) for s in rmap.registers)
     assert len(blocks) == _min_blocks(spans, rmap.max_read_registers)
+
+
+# --- decode and ReadPlan against the formula, property-tested ------------------------
+
+TYPE_FORMATS = {"float32": ">f", "uint32": ">I", "int32": ">i", "uint16": ">H", "int16": ">h"}
+
+
+def reference_decode(rmap: RegisterMap, words: dict[int, int]) -> dict[str, int]:
+    """The formula as first written: per quantity, struct then round(Decimal(raw) * scale)."""
+    values = {}
+    for spec in rmap.registers:
+        own = [words[spec.address + i] for i in range(spec.words)]
+        if spec.words == 2 and rmap.word_order == "little":
+            own.reverse()
+        raw = struct.unpack(TYPE_FORMATS[spec.type], struct.pack(f">{len(own)}H", *own))[0]
+        exact = Decimal(raw)
+        if not exact.is_finite():
+            raise ProtocolError(f"{rmap.model}: {spec.quantity} register holds {raw}")
+        values[spec.quantity] = round(exact * spec.scale)
+    return values
+
+
+def outcome(fn: Any, *args: Any) -> object:
+    """The result, or the error's type and message: equivalent code agrees on both."""
+    try:
+        return fn(*args)
+    except DriverError as exc:
+        return type(exc), str(exc)
+
+
+# Bit patterns where a shortcut would go wrong: NaNs, infinities, the largest and
+# smallest finite floats, denormals, signed zeros, halves (ties for half-even), and
+# integers of 29 digits (Decimal's 28 round them).
+SPECIAL_FLOAT_BITS = [0x7FC00000, 0xFFC00001, 0x7F800001, 0x7F800000, 0xFF800000, 0x7F7FFFFF,
+                      0xFF7FFFFF, 0x00800000, 0x00000001, 0x807FFFFF, 0x00000000, 0x80000000,
+                      0x3F000000, 0xBF000000, 0x3E800000, 0x4B000001, 0x4B7FFFFF, 0x5A000000,
+                      0x6E800001, 0xEF000001]
+
+
+def float_bits() -> st.SearchStrategy[int]:
+    as_bits = st.floats(width=32, allow_nan=True).map(
+        lambda f: struct.unpack(">I", struct.pack(">f", f))[0])
+    dyadic = st.builds(lambda m, e: struct.unpack(">I", struct.pack(">f", m * 2.0**e))[0],
+                       st.integers(-(2**24), 2**24), st.integers(-12, 12))  # exact halves
+    # 2**40 .. 2**110: where a product passes 2**53 and 10**28
+    big = st.builds(lambda sign, e, m: sign << 31 | e << 23 | m, st.integers(0, 1),
+                    st.integers(127 + 40, 127 + 110), st.integers(0, 2**23 - 1))
+    return st.one_of(as_bits, dyadic, big, st.sampled_from(SPECIAL_FLOAT_BITS),
+                     st.integers(0, 2**32 - 1))
+
+
+def value_words(rmap: RegisterMap, draw: st.DrawFn) -> dict[int, int]:
+    """Words for every mapped register of ``rmap``, in its word order."""
+    words: dict[int, int] = {}
+    for spec in rmap.registers:
+        if spec.words == 1:
+            words[spec.address] = draw(st.integers(0, 0xFFFF))
+            continue
+        bits = draw(float_bits() if spec.type == "float32" else st.integers(0, 2**32 - 1))
+        hi, lo = bits >> 16, bits & 0xFFFF
+        if rmap.word_order == "little":
+            hi, lo = lo, hi
+        words[spec.address], words[spec.address + 1] = hi, lo
+    return words
+
+
+# Integral scales at and around _EXACT_SCALE (2**29), decimal ones, and integral ones
+# written as decimals.
+SCALES: list[int | str] = [1, 10, 100, 1000, 3, 2**29 - 1, 2**29, 2**31 + 1, 10**12,
+                           "0.1", "0.01", "2.5", "1E+1", "10.0", "1000.000", "0.001"]
+
+
+@st.composite
+def any_register_map(draw: st.DrawFn) -> RegisterMap:
+    n = draw(st.integers(1, len(QUANTITIES)))
+    address = draw(st.integers(0, 40))
+    registers = []
+    for quantity in QUANTITIES[:n]:
+        address += draw(st.integers(0, 25))
+        type_ = draw(st.sampled_from(sorted(TYPE_FORMATS)))
+        registers.append({"quantity": quantity, "function": draw(st.sampled_from([3, 4])),
+                          "address": address, "type": type_,
+                          "scale": draw(st.sampled_from(SCALES))})
+        address += 2 if type_.endswith("32") else 1
+    return parse_map(_doc(register=registers, max_read_registers=draw(st.integers(2, 125)),
+                          word_order=draw(st.sampled_from(["big", "little"]))))
+
+
+def answers_for(rmap: RegisterMap, words: dict[int, int], draw: st.DrawFn) -> list[tuple[int, ...]]:
+    """The plan's answers: the mapped words where each register's own read has them,
+    noise in the gaps (another function's register there included)."""
+    answers = []
+    for block in plan_reads(rmap):
+        mine = {a for s in rmap.registers if s.function == block.function
+                for a in range(s.address, s.end)}
+        noise = draw(st.lists(st.integers(0, 0xFFFF), min_size=block.count,
+                              max_size=block.count))
+        answers.append(tuple(words[a] if a in mine else word for a, word in
+                             zip(range(block.address, block.address + block.count), noise,
+                                 strict=True)))
+    return answers
+
+
+@st.composite
+def decode_cases(
+    draw: st.DrawFn, maps: st.SearchStrategy[RegisterMap]
+) -> tuple[RegisterMap, dict[int, int], list[tuple[int, ...]]]:
+    """A map, its mapped words, and its plan's answers holding them."""
+    rmap = draw(maps)
+    words = value_words(rmap, draw)
+    return rmap, words, answers_for(rmap, words, draw)
+
+
+def check_against_the_formula(
+    rmap: RegisterMap, words: dict[int, int], answers: list[tuple[int, ...]]
+) -> None:
+    expected = outcome(reference_decode, rmap, words)
+    assert outcome(decode, rmap, words) == expected
+    got = outcome(ReadPlan(rmap).decode, answers)
+    assert got == expected
+    if isinstance(got, dict) and isinstance(expected, dict):
+        assert list(got) == list(expected)  # in the map's order, as a reading sends them
+
+
+@pytest.mark.parametrize("model", known_models())
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_every_shipped_map_decodes_as_the_formula(model: str, data: st.DataObject) -> None:
+    check_against_the_formula(*data.draw(decode_cases(st.just(load_map(model)))))
+
+
+@settings(max_examples=400, deadline=None)
+@given(decode_cases(any_register_map()))
+def test_any_map_decodes_as_the_formula(
+    case: tuple[RegisterMap, dict[int, int], list[tuple[int, ...]]]
+) -> None:
+    check_against_the_formula(*case)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(float_bits(), st.sampled_from(SCALES))
+def test_one_float_scales_as_the_formula(bits: int, scale: int | str) -> None:
+    rmap = parse_map(_doc(register=[{"quantity": "p_w", "function": 4, "address": 0,
+                                     "type": "float32", "scale": scale}]))
+    words = {0: bits >> 16, 1: bits & 0xFFFF}
+    assert outcome(decode, rmap, words) == outcome(reference_decode, rmap, words)
+
+
+def test_the_exact_path_is_taken_only_for_integral_scales_below_its_bound() -> None:
+    rmap = parse_map(_doc(register=[
+        {"quantity": q, "function": 4, "address": 2 * i, "type": "float32", "scale": s}
+        for i, (q, s) in enumerate(zip(QUANTITIES[:5], [10, "10.0", 2**29 - 1, 2**29, "0.1"],
+                                       strict=True))]))
+    assert [s.int_scale for s in rmap.registers] == [10, 10, 2**29 - 1, None, None]
+
+
+def test_a_register_decodes_from_its_own_functions_read() -> None:
+    # p_w (function 3) sits in the gap of the function-4 read of v_dv..i_ma: that read's
+    # word there is an input register, not p_w's holding register.
+    rmap = parse_map(_doc(register=[
+        {"quantity": "v_dv", "function": 4, "address": 0, "type": "uint16"},
+        {"quantity": "p_w", "function": 3, "address": 5, "type": "uint16"},
+        {"quantity": "i_ma", "function": 4, "address": 10, "type": "uint16"},
+    ]))
+    plan = ReadPlan(rmap)
+    assert plan.blocks == (ReadBlock(3, 5, 1), ReadBlock(4, 0, 11))
+    assert plan.decode([(7,), (1, *[0xFFFF] * 9, 2)]) == {"v_dv": 1, "p_w": 7, "i_ma": 2}
+
+
+def test_read_plan_is_one_per_model() -> None:
+    assert read_plan("eastron-sdm120") is read_plan("eastron-sdm120")
+    assert read_plan("eastron-sdm120").rmap is load_map("eastron-sdm120")
+    with pytest.raises(DriverError, match="no-such-meter"):
+        read_plan("no-such-meter")

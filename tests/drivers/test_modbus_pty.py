@@ -28,7 +28,7 @@ from agent.drivers.modbus.codec import (
     Request,
     Response,
 )
-from agent.drivers.modbus.device import RESPONSE_LATENCY_S, ModbusMeter
+from agent.drivers.modbus.device import RESPONSE_LATENCY_S, ModbusMeter, answer_timeout_s
 from agent.drivers.transport import (
     SerialTransport,
     character_time_s,
@@ -295,6 +295,29 @@ def test_default_timeout_is_latency_plus_line_time() -> None:
     with pytest.raises(TimeoutError_):
         meter.read_serial()
     assert clock.monotonic_s() == pytest.approx(RESPONSE_LATENCY_S + frame_time_s(9, 9600))
+
+
+def test_each_read_is_allowed_the_chosen_latency_plus_its_line_time() -> None:
+    clock, transport, _, _ = sim_bus()
+
+    class Recording(ModbusClient):
+        allowed: list[tuple[Request, float]] = []
+
+        def execute(self, request: Request, timeout_s: float) -> Response:
+            self.allowed.append((request, timeout_s))
+            return super().execute(request, timeout_s)
+
+    client = Recording(transport, clock)
+    meter = ModbusMeter(client, 1, "eastron-sdm120", timeout_s=0.2)
+    for baudrate, per_call_s in ((9600, None), (9600, 0.1), (19200, None), (2400, 0.05)):
+        transport.baudrate = baudrate  # the line time follows the transport's speed
+        client.allowed.clear()
+        meter.read("M1", 0, timeout_s=per_call_s)
+        assert [r.function for r, _ in client.allowed][-2:] == [4, 4]
+        assert client.allowed == [(r, answer_timeout_s(client, r, per_call_s, 0.2))
+                                  for r, _ in client.allowed]
+    ModbusMeter(client, 1, "eastron-sdm120").read("M1", 0)  # neither chooses: the default
+    assert client.allowed[-1][1] == answer_timeout_s(client, client.allowed[-1][0])
 
 
 def test_meter_with_unsupported_serial_register_still_reads() -> None:

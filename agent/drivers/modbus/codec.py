@@ -59,7 +59,7 @@ subclass) - nothing else.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, NoReturn
 
 from agent.drivers.sansio import NEED_DATA, NeedData
@@ -132,23 +132,33 @@ def crc16_bitwise(data: bytes) -> int:
     return crc
 
 
-def _crc_step8(value: int) -> int:
-    for _ in range(8):
+def _crc_steps(value: int, steps: int) -> int:
+    for _ in range(steps):
         value = (value >> 1) ^ 0xA001 if value & 1 else value >> 1
     return value
 
 
-# crc16_bitwise's eight steps for each value of the low byte: one lookup a byte
-# (every frame in and out is checked, so this is on the bus's path per reading).
-_CRC_TABLE: Final = tuple(_crc_step8(b) for b in range(256))
+# crc16_bitwise's steps as lookups (every frame in and out is checked, so this is on
+# the bus's path per reading). Two bytes at a time: the register XOR the next word (low
+# byte first) goes through sixteen steps, which are linear in it, so one table for its
+# low byte and one for its high byte do it; an odd last byte takes eight steps.
+_CRC_TABLE: Final = tuple(_crc_steps(b, 8) for b in range(256))
+_CRC_LOW: Final = tuple(_crc_steps(b, 16) for b in range(256))
+_CRC_HIGH: Final = tuple(_crc_steps(b << 8, 16) for b in range(256))
+_LE_WORDS: Final = tuple(f"<{n}H" for n in range(MAX_ADU_BYTES // 2 + 1))  # formatted once
 
 
 def crc16(data: bytes) -> int:
     """Modbus CRC-16 (reflected poly 0xA001, init 0xFFFF); sent low byte first."""
     crc = 0xFFFF
-    table = _CRC_TABLE
-    for byte in data:
-        crc = (crc >> 8) ^ table[(crc ^ byte) & 0xFF]
+    low, high = _CRC_LOW, _CRC_HIGH
+    n = len(data)
+    words = _LE_WORDS[n >> 1] if n <= MAX_ADU_BYTES else f"<{n >> 1}H"
+    for word in struct.unpack_from(words, data):
+        crc ^= word
+        crc = low[crc & 0xFF] ^ high[crc >> 8]
+    if n & 1:
+        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ data[-1]) & 0xFF]
     return crc
 
 
@@ -169,8 +179,12 @@ def _unpack_bits(data: bytes, count: int) -> tuple[int, ...]:
     return tuple((data[i // 8] >> (i % 8)) & 1 for i in range(count))
 
 
+# struct formats of 0..125 big-endian words, formatted once (every answer is unpacked).
+_WORDS: Final = tuple(f">{n}H" for n in range(MAX_COUNT[READ_HOLDING_REGISTERS] + 1))
+
+
 def _unpack_words(data: bytes) -> tuple[int, ...]:
-    return struct.unpack(f">{len(data) // 2}H", data)
+    return struct.unpack(_WORDS[len(data) // 2], data)
 
 
 def _byte_count(function: int, count: int) -> int:
@@ -183,8 +197,18 @@ def _check(ok: bool, message: str) -> None:
 
 
 def _check_values(function: int, values: tuple[int, ...]) -> None:
-    limit = 1 if function in (1, 2, 5, 15) else 0xFFFF
-    _check(all(0 <= v <= limit for v in values), f"fn {function}: values out of range 0..{limit}")
+    # min and max rather than a generator over every value: a read's answer has up to
+    # 125 of them, and no values (a read, a write-multiple echo) need no check.
+    if values:
+        limit = 1 if function in (1, 2, 5, 15) else 0xFFFF
+        if not (0 <= min(values) and max(values) <= limit):
+            raise ValueError(f"fn {function}: values out of range 0..{limit}")
+
+
+def _check_range(function: int, address: int, count: int) -> None:
+    if not 1 <= count <= MAX_COUNT[function]:
+        raise ValueError(f"fn {function}: count outside 1..{MAX_COUNT[function]}")
+    _check(0 <= address and address + count <= 0x10000, "address range")
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,21 +226,33 @@ class Request:
     address: int
     count: int = 0
     values: tuple[int, ...] = ()
+    # to_bytes's frame, kept from its first call: a meter sends the same requests each
+    # reading. Not a value of the request (not compared, not shown).
+    _frame: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        # Plain ifs, not _check: a message is formatted only when it is raised.
         fn = self.function
-        _check(fn in FUNCTIONS, f"unsupported function {fn}")
-        _check(0 <= self.unit <= MAX_UNIT, f"unit {self.unit} outside 0..{MAX_UNIT}")
+        if fn not in FUNCTIONS:
+            raise ValueError(f"unsupported function {fn}")
+        if not 0 <= self.unit <= MAX_UNIT:
+            raise ValueError(f"unit {self.unit} outside 0..{MAX_UNIT}")
         if fn in _SINGLE_WRITES or fn in _MULTI_WRITES:
             object.__setattr__(self, "count", len(self.values))
             _check_values(fn, self.values)
         else:
             _check(self.unit != 0, "a read cannot be broadcast (unit 0)")
             _check(not self.values, "a read request carries no values")
-        _check(1 <= self.count <= MAX_COUNT[fn], f"fn {fn}: count outside 1..{MAX_COUNT[fn]}")
-        _check(0 <= self.address and self.address + self.count <= 0x10000, "address range")
+        _check_range(fn, self.address, self.count)
 
     def to_bytes(self) -> bytes:
+        frame = self._frame
+        if frame is None:
+            frame = self._encode()
+            object.__setattr__(self, "_frame", frame)
+        return frame
+
+    def _encode(self) -> bytes:
         head = struct.pack(">BBH", self.unit, self.function, self.address)
         if self.function == WRITE_SINGLE_COIL:
             body = head + struct.pack(">H", _COIL_ON if self.values[0] else 0)
@@ -252,9 +288,11 @@ class Response:
     exception_code: int | None = None
 
     def __post_init__(self) -> None:
-        fn = self.function
-        _check(fn in FUNCTIONS, f"unsupported function {fn}")
-        _check(1 <= self.unit <= MAX_UNIT, f"unit {self.unit} outside 1..{MAX_UNIT}")
+        fn = self.function  # plain ifs: see Request
+        if fn not in FUNCTIONS:
+            raise ValueError(f"unsupported function {fn}")
+        if not 1 <= self.unit <= MAX_UNIT:
+            raise ValueError(f"unit {self.unit} outside 1..{MAX_UNIT}")
         if self.exception_code is not None:
             _check(1 <= self.exception_code <= 0xFF, "exception code outside 1..255")
             _check(not self.values and self.count == 0 and self.address == 0, "exception: no data")
@@ -264,8 +302,7 @@ class Response:
         else:
             object.__setattr__(self, "count", len(self.values))
             _check_values(fn, self.values)
-        _check(1 <= self.count <= MAX_COUNT[fn], f"fn {fn}: count outside 1..{MAX_COUNT[fn]}")
-        _check(0 <= self.address and self.address + self.count <= 0x10000, "address range")
+        _check_range(fn, self.address, self.count)
 
     @property
     def is_exception(self) -> bool:
@@ -357,7 +394,9 @@ class _Buffer:
         if len(buf) < length:
             return None
         frame = bytes(buf[:length])
-        if crc16(frame[:-2]) != struct.unpack("<H", frame[-2:])[0]:
+        # A frame followed by its CRC (low byte first) has CRC 0, since Modbus's CRC-16
+        # has no final XOR: the same test as comparing the last two bytes, without slices.
+        if crc16(frame):
             self.checksum_failures += 1
             self._drop(1)
             return None
@@ -378,6 +417,10 @@ class ResponseReader(_Buffer):
         super().__init__()
         self._request = request
         self._headers = (request.function, request.function | 0x80)
+        self._length = response_length(request)
+        # A read's answer names its byte count (byte 2); other answers have none.
+        reads = request.function in _BIT_READS or request.function in _WORD_READS
+        self._count_byte = _byte_count(request.function, request.count) if reads else None
         self._result: Response | None = None
         self._trailing = b""
         self.bytes_received = 0
@@ -451,18 +494,17 @@ class ResponseReader(_Buffer):
 
     def _step(self) -> bytes | None:
         """One hunt/length/CRC step: a frame, or None (a byte dropped, or wait)."""
-        req, buf = self._request, self._buf
-        self._drop(_find_header(buf, req.unit, self._headers))
+        buf, unit = self._buf, self._request.unit
+        if len(buf) < 2 or buf[0] != unit or buf[1] not in self._headers:
+            self._drop(_find_header(buf, unit, self._headers))  # (a header at 0 needs no hunt)
         if len(buf) < 3:
             return None
         if buf[1] & 0x80:
             return self._take(5)
-        if req.function in _BIT_READS or req.function in _WORD_READS:
-            if buf[2] != _byte_count(req.function, req.count):
-                self._drop(1)  # impossible byte count: not our frame's header
-                return None
-            return self._take(response_length(req))
-        return self._take(8)
+        if self._count_byte is not None and buf[2] != self._count_byte:
+            self._drop(1)  # impossible byte count: not our frame's header
+            return None
+        return self._take(self._length)
 
     def _decode(self, frame: bytes) -> Response:
         req = self._request
@@ -472,10 +514,9 @@ class ResponseReader(_Buffer):
                 raise ModbusProtocolError(f"{self._what()}: exception code 0")
             return Response(req.unit, fn, exception_code=frame[2])
         if fn in _BIT_READS:
-            bits = _unpack_bits(frame[3:-2], req.count)
-            return Response(req.unit, fn, req.address, req.count, bits)
+            return _read_answer(req, _unpack_bits(frame[3:-2], req.count))
         if fn in _WORD_READS:
-            return Response(req.unit, fn, req.address, req.count, _unpack_words(frame[3:-2]))
+            return _read_answer(req, struct.unpack_from(_WORDS[req.count], frame, 3))
         address, value = struct.unpack(">HH", frame[2:6])
         if fn == WRITE_SINGLE_COIL:
             expected = _COIL_ON if req.values[0] else 0
@@ -491,6 +532,22 @@ class ResponseReader(_Buffer):
         if fn in _SINGLE_WRITES:
             return Response(req.unit, fn, req.address, 1, req.values)
         return Response(req.unit, fn, req.address, req.count)
+
+
+def _read_answer(request: Request, values: tuple[int, ...]) -> Response:
+    """``Response(unit, fn, address, count, values)`` of a read, built without its checks
+    (2/3 of its cost, on every reading's path): the fields are the request's, checked
+    when it was built, and ``values`` are ``count`` bits or 16-bit words unpacked from
+    the frame, so every check would pass."""
+    response = object.__new__(Response)
+    set_field = object.__setattr__  # what a frozen dataclass's __init__ does
+    set_field(response, "unit", request.unit)
+    set_field(response, "function", request.function)
+    set_field(response, "address", request.address)
+    set_field(response, "count", request.count)
+    set_field(response, "values", values)
+    set_field(response, "exception_code", None)
+    return response
 
 
 def _find_header(buf: bytearray, unit: int, functions: tuple[int, ...]) -> int:

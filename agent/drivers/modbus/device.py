@@ -14,11 +14,10 @@ from agent.drivers.modbus.client import ModbusClient
 from agent.drivers.modbus.codec import Request, response_length
 from agent.drivers.modbus.maps import (
     ReadBlock,
-    decode,
     decode_serial,
     known_models,
     load_map,
-    plan_reads,
+    read_plan,
     serial_read,
 )
 from agent.drivers.reading import Reading
@@ -38,8 +37,15 @@ SERIAL_REFRESH_READS: Final = 96
 
 def answer_timeout_s(client: ModbusClient, request: Request, *choices: float | None) -> float:
     """The first given allowance (else RESPONSE_LATENCY_S) plus the answer's line time."""
-    latency_s = next((c for c in choices if c is not None), RESPONSE_LATENCY_S)
-    return latency_s + frame_time_s(response_length(request), client.transport.baudrate)
+    return latency_s(*choices) + frame_time_s(response_length(request), client.transport.baudrate)
+
+
+def latency_s(*choices: float | None) -> float:
+    """The first given allowance, else RESPONSE_LATENCY_S."""
+    for choice in choices:
+        if choice is not None:
+            return choice
+    return RESPONSE_LATENCY_S
 
 
 class ModbusMeter:
@@ -54,8 +60,14 @@ class ModbusMeter:
     ) -> None:
         self._client = client
         self._unit = unit
-        self._map = load_map(model)
-        self._plan = plan_reads(self._map)
+        self._plan = read_plan(model)
+        self._map = self._plan.rmap
+        # The plan never changes: its requests are built once, and their answers' line
+        # times once per baud rate (see _line_times).
+        self._requests = tuple(Request(unit, b.function, b.address, b.count)
+                               for b in self._plan.blocks)
+        self._baudrate = 0  # what _line_s was worked out for (0: not yet)
+        self._line_s: tuple[float, ...] = ()
         self._timeout_s = timeout_s
         self._serial: str | None = None
         self._serial_unsupported = False
@@ -100,16 +112,26 @@ class ModbusMeter:
                     # The meter rejects the register (old firmware): read no serial
                     # rather than failing every reading.
                     self._serial_unsupported = True
-            words: dict[int, int] = {}
-            for block in self._plan:
-                words.update(self._read_block(block, timeout_s))
+            allowance_s = latency_s(timeout_s, self._timeout_s)
+            execute = self._client.execute
+            answers = [execute(request, allowance_s + line_s).values
+                       for request, line_s in zip(self._requests, self._line_times(), strict=True)]
         except TimeoutError_:
             self._serial = None  # off the bus: it may come back as another meter
             raise
         self._reads_since_serial += 1
         return Reading(
-            meter=meter_id, t=now_s, values=decode(self._map, words), serial=self._serial
+            meter=meter_id, t=now_s, values=self._plan.decode(answers), serial=self._serial
         )
+
+    def _line_times(self) -> tuple[float, ...]:
+        """Each request's answer on the line at the transport's (current) baud rate."""
+        baudrate = self._client.transport.baudrate
+        if baudrate != self._baudrate:
+            self._line_s = tuple(frame_time_s(response_length(r), baudrate)
+                                 for r in self._requests)
+            self._baudrate = baudrate
+        return self._line_s
 
     def _serial_due(self) -> bool:
         if self._serial_unsupported or self._map.serial is None:

@@ -23,17 +23,21 @@ serial number register and one ``[[register]]`` table per quantity::
 
 Values become ints as ``round(Decimal(value) * scale)``: the exact binary
 value of the float, scaled, rounded half-even once; floats are never kept.
-The decode part (``decode``, ``decode_serial``, ``plan_reads``) is pure.
+The decode part (``decode``, ``decode_serial``, ``plan_reads``, ``ReadPlan``) is
+pure. A meter decodes through ``ReadPlan``: its reads' answers straight to
+quantities, with the struct formats worked out once per map.
 """
 
 from __future__ import annotations
 
 import struct
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from functools import cache
 from importlib import resources
+from operator import itemgetter
 from typing import Any, Final
 
 from agent.drivers.reading import QUANTITIES
@@ -47,6 +51,15 @@ MAX_READ_REGISTERS: Final = 125
 MAX_GAP_REGISTERS: Final = 20
 
 _TYPES: Final = {"float32": ">f", "uint32": ">I", "int32": ">i", "uint16": ">H", "int16": ">h"}
+# Where round(Decimal(raw) * scale) can be had from plain arithmetic (_scaled). A
+# float32 is m * 2**e with |m| < 2**24, so times an integral scale s below 2**29 the
+# float64 product is exact (m * s < 2**53; an int's product is an exact int), and
+# round() rounds it half-even. The Decimal formula, whose 28 digits may round a long
+# fraction, gets the same int below 2**53: a tie there has at most 17 digits, and any
+# other fraction is a multiple of 2**e, so at least product / 2**53 from a half, far
+# more than 28 digits round off. Anything else takes the formula itself.
+_EXACT_SCALE: Final = 2**29
+_EXACT_PRODUCT: Final = 2**53
 _TOP_KEYS: Final = frozenset(
     {
         "model",
@@ -71,6 +84,12 @@ class RegisterSpec:
     address: int
     type: str
     scale: Decimal
+    # scale as an int when _scaled may use plain arithmetic, else None (see _EXACT_SCALE)
+    int_scale: int | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        integral = self.scale == self.scale.to_integral_value() and self.scale < _EXACT_SCALE
+        object.__setattr__(self, "int_scale", int(self.scale) if integral else None)
 
     @property
     def words(self) -> int:
@@ -112,6 +131,12 @@ def load_map(model: str) -> RegisterMap:
     if model not in maps:
         raise DriverError(f"unknown meter model {model!r}; known: {', '.join(sorted(maps))}")
     return maps[model]
+
+
+@cache
+def read_plan(model: str) -> ReadPlan:
+    """The model's ``ReadPlan``, one for every meter of that model."""
+    return ReadPlan(load_map(model))
 
 
 @cache
@@ -260,6 +285,11 @@ def _raw(rmap: RegisterMap, spec: RegisterSpec, words_by_address: dict[int, int]
 
 
 def _scaled(rmap: RegisterMap, spec: RegisterSpec, raw: int | float) -> int:
+    scale = spec.int_scale
+    if scale is not None:
+        product = raw * scale  # NaN and inf fail the test: Decimal below raises for them
+        if -_EXACT_PRODUCT < product < _EXACT_PRODUCT:
+            return round(product)  # the Decimal formula's result: see _EXACT_SCALE
     exact = Decimal(raw)  # exact binary value of a float: no decimal rounding before scaling
     if not exact.is_finite():
         raise ProtocolError(f"{rmap.model}: {spec.quantity} register holds {raw}")
@@ -272,6 +302,56 @@ def decode(rmap: RegisterMap, words_by_address: dict[int, int]) -> dict[str, int
         spec.quantity: _scaled(rmap, spec, _raw(rmap, spec, words_by_address))
         for spec in rmap.registers
     }
+
+
+_Swap = Callable[[tuple[int, ...]], tuple[int, ...]]
+
+
+class ReadPlan:
+    """``plan_reads(rmap)`` and the quantities from its answers, as ``decode`` gives them.
+
+    What does not change between readings is worked out once: per block, the struct
+    format that unpacks every mapped value of its answer in one call (gap words skipped)
+    and, for ``word_order = "little"``, which words to swap first. Each register is
+    decoded from the answer of its own block (its function's read).
+    """
+
+    def __init__(self, rmap: RegisterMap) -> None:
+        self.rmap = rmap
+        self.blocks = plan_reads(rmap)
+        by_block: list[list[RegisterSpec]] = [[] for _ in self.blocks]
+        for spec in rmap.registers:
+            i = next(i for i, b in enumerate(self.blocks) if _covers(b, spec))
+            by_block[i].append(spec)
+        self._unpackers: list[tuple[_Swap | None, struct.Struct, struct.Struct]] = []
+        position: dict[str, int] = {}  # quantity -> index in all blocks' unpacked values
+        for block, specs in zip(self.blocks, by_block, strict=True):
+            fmt, at, order = ">", block.address, list(range(block.count))
+            for spec in sorted(specs, key=lambda s: s.address):
+                gap_bytes = 2 * (spec.address - at)
+                # the type's struct code, without its byte order
+                fmt += (f"{gap_bytes}x" if gap_bytes else "") + _TYPES[spec.type][1]
+                at = spec.end
+                if spec.words == 2 and rmap.word_order == "little":
+                    w = spec.address - block.address
+                    order[w], order[w + 1] = order[w + 1], order[w]
+                position[spec.quantity] = len(position)
+            swap = itemgetter(*order) if order != list(range(block.count)) else None
+            self._unpackers.append((swap, struct.Struct(f">{block.count}H"), struct.Struct(fmt)))
+        self._fields = tuple((position[s.quantity], s) for s in rmap.registers)
+
+    def decode(self, answers: Sequence[tuple[int, ...]]) -> dict[str, int]:
+        """Every mapped quantity, from the words read: one tuple per block, in order."""
+        raws: list[int | float] = []
+        for (swap, words, values), answer in zip(self._unpackers, answers, strict=True):
+            raws += values.unpack(words.pack(*(answer if swap is None else swap(answer))))
+        rmap = self.rmap
+        return {spec.quantity: _scaled(rmap, spec, raws[i]) for i, spec in self._fields}
+
+
+def _covers(block: ReadBlock, spec: RegisterSpec) -> bool:
+    return (block.function == spec.function and block.address <= spec.address
+            and spec.end <= block.address + block.count)
 
 
 def decode_serial(rmap: RegisterMap, words_by_address: dict[int, int]) -> str:
