@@ -31,29 +31,16 @@ from tests.drivers.simbus import SimBusTransport
 RUNS = 15
 
 
-class ReplayTransport:
-    """Answers each request with the bytes the simulator answered it with once."""
+class ReplayTransport(SimBusTransport):
+    """Answers each request with the bytes the simulator answered it with once (the
+    in-memory bus's reads, without its simulated meter's work)."""
 
     def __init__(self, clock: SimClock, answers: dict[bytes, bytes]) -> None:
-        self.clock = clock
+        super().__init__(clock, {})
         self.answers = answers
-        self.baudrate = 9600
-        self.out = b""
 
     def write(self, data: bytes) -> None:
         self.out = self.answers[data]
-
-    def read(self, max_bytes: int, timeout_s: float) -> bytes:
-        data, self.out = self.out[:max_bytes], self.out[max_bytes:]
-        if not data:
-            self.clock.advance(timeout_s)
-        return data
-
-    def reset_input(self) -> None:
-        self.out = b""
-
-    def close(self) -> None:
-        pass
 
 
 def per_call_us(fn: Callable[[], object], seconds: float) -> float:
