@@ -26,7 +26,8 @@ Bounds (and what happens at them), besides the schedule's:
   burst at a time, not one by one. Every post may wake the runtime's loop, and a
   wake-up costs more CPU than charging a reading (issue 14), so the routine readings
   (``ReadingTaken``) wait in the thread until the first of them is READINGS_HOLD_S
-  old, or READINGS_HOLD_MAX wait, or the bus has nothing to do for longer than that;
+  old (looked at after each action: a slow one, a dead meter's timeout, adds its own
+  time), or READINGS_HOLD_MAX wait, or the bus has nothing to do for longer than that;
   every other event (a relay's outcome, an on-demand read, a meter going offline)
   posts them first, then itself, at once: the order of a bus's events is kept. The
   runtime charges a burst in one transaction.
@@ -73,8 +74,8 @@ REOPEN_MIN_S = 1.0  # a port that failed is opened again after this, doubling up
 REOPEN_MAX_S = 30.0  # this; back to the minimum once it opens
 IDLE_WAIT_MAX_S = 1.0  # the longest wait between two loop turns (the heartbeat)
 DISCOVERY_TIMEOUT_S = 0.1  # discovery's answer allowance; a scan may give more
-READINGS_HOLD_S = 0.25  # a routine reading waits at most this long to be posted
-READINGS_HOLD_MAX = 64  # with at most this many others (module doc)
+READINGS_HOLD_S = 0.25  # a routine reading waits this long to be posted (and the
+READINGS_HOLD_MAX = 64  # action then running), with at most this many (module doc)
 
 
 def default_transport(bus: BusConfig) -> Transport:
