@@ -73,15 +73,17 @@ def config(work: Path, port: int, meters: int, poll_s: float) -> Path:
     return path
 
 
-def proc_status(pid: int, field: str) -> int:
+def proc_status(pid: int | str, field: str) -> int:
+    """A number of /proc/PID/status (``pid`` may be "PID/task/TID": one thread's)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
-            return int(line.split()[1])  # kB
+            return int(line.split()[1])  # kB, or a count
     raise KeyError(field)
 
 
-def cpu_s(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of ``pid`` and its threads so far (/proc/PID/stat)."""
+def cpu_s(pid: int | str) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` and its threads so far (/proc/PID/stat;
+    "PID/task/TID": one thread's)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / tick, int(fields[12]) / tick
@@ -90,16 +92,13 @@ def cpu_s(pid: int) -> tuple[float, float]:
 def tasks(pid: int) -> dict[int, tuple[float, int]]:
     """CPU seconds and voluntary context switches (wake-ups) of each thread of ``pid``."""
     out = {}
-    tick = os.sysconf("SC_CLK_TCK")
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+            cpu = sum(cpu_s(f"{pid}/task/{tid}"))
+            switches = proc_status(f"{pid}/task/{tid}", "voluntary_ctxt_switches")
         except FileNotFoundError:  # the thread ended meanwhile
             continue
-        switches = next(int(line.split()[1]) for line in status.splitlines()
-                        if line.startswith("voluntary_ctxt_switches:"))
-        out[int(tid)] = ((int(fields[11]) + int(fields[12])) / tick, switches)
+        out[int(tid)] = (cpu, switches)
     return out
 
 

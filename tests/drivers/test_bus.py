@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -58,12 +59,16 @@ def meter(meter_id: str, address: int, relay: str = "none") -> MeterConfig:
 
 
 def make_bus(
-    devices: dict[int, SimDevice], meters: list[MeterConfig], *, discover: bool = False
+    devices: dict[int, SimDevice], meters: list[MeterConfig], *, discover: bool = False,
+    bus: BusConfig = BUS, clock: SimClock | None = None,
+    post: Callable[[BusEvent], None] | None = None,
 ) -> tuple[SimClock, BusScheduler, list[BusEvent], SimBusTransport]:
-    clock = SimClock()
+    """The scheduler over the devices; its posts go to the returned list, or to ``post``."""
+    clock = clock or SimClock()
     transport = SimBusTransport(clock, devices)
+    transport.baudrate = bus.baudrate
     events: list[BusEvent] = []
-    sched = BusScheduler(BUS, meters, events.append, clock=clock,
+    sched = BusScheduler(bus, meters, post or events.append, clock=clock,
                          transport_factory=lambda _b: transport, discover=discover)
     sched._wake = ClockEvent(clock)  # type: ignore[assignment]
     assert sched._open()
@@ -123,13 +128,10 @@ def timed_bus(meters: list[MeterConfig], poll_s: float) -> tuple[
     bus = BusConfig(name="b0", port="sim://", baudrate=115200, poll_interval_s=poll_s,
                     timeout_s=0.2)
     clock = SimClock()
-    transport = SimBusTransport(clock, {m.address: sdm(m.address, clock) for m in meters})
-    transport.baudrate = bus.baudrate
     posted: list[tuple[float, BusEvent]] = []
-    sched = BusScheduler(bus, meters, lambda e: posted.append((clock.monotonic_s(), e)),
-                         clock=clock, transport_factory=lambda _b: transport, discover=False)
-    sched._wake = ClockEvent(clock)  # type: ignore[assignment]
-    assert sched._open()
+    _, sched, _, _ = make_bus({m.address: sdm(m.address, clock) for m in meters}, meters,
+                              bus=bus, clock=clock,
+                              post=lambda e: posted.append((clock.monotonic_s(), e)))
     taken: dict[int, float] = {}
     execute = sched._execute
 

@@ -58,10 +58,6 @@ LAG_MARGIN_S: Final = 0.0005
 # Of a unit's answers, one in this many is watched as it comes and its lag measured.
 RELEARN_EVERY: Final = 32
 
-def _what(request: Request) -> str:
-    return f"unit {request.unit} fn {request.function} @{request.address:#06x}"
-
-
 EXCEPTION_NAMES: Final = {
     1: "illegal function",
     2: "illegal data address",
@@ -73,6 +69,10 @@ EXCEPTION_NAMES: Final = {
     10: "gateway path unavailable",
     11: "gateway target failed to respond",
 }
+
+
+def _what(request: Request) -> str:
+    return f"unit {request.unit} fn {request.function} @{request.address:#06x}"
 
 
 class ModbusClient:
