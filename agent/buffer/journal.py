@@ -143,6 +143,11 @@ class Journal:
         self._keep = not store.readonly
         self._accounts: dict[str, Account] | None = None
         self._meters: dict[str, MeterState] | None = None
+        # The moratoria (acct -> until) and the recorded disconnections' times, as in
+        # their tables: the policy asks for both with every decision that may open a
+        # relay, a few times a reading when balances are below zero.
+        self._moratoria: dict[str, int] | None = None
+        self._disconnects: list[int] | None = None
         self._undone = store.undone  # the store's undo count when memory was read
 
     def _current(self) -> None:
@@ -151,6 +156,8 @@ class Journal:
             self._undone = self.store.undone
             self._accounts = None
             self._meters = None
+            self._moratoria = None
+            self._disconnects = None
 
     def _all_accounts(self) -> dict[str, Account]:
         self._current()
@@ -307,10 +314,17 @@ class Journal:
             self._meters[meter_id] = state._replace(**fields)  # type: ignore[arg-type]
 
     # -- the disconnection rate limit ----------------------------------------
+    def _all_disconnects(self) -> list[int]:
+        self._current()
+        if self._disconnects is None:
+            times = [int(t) for (t,) in self.conn.execute("SELECT t FROM disconnects")]
+            if not self._keep:
+                return times
+            self._disconnects = times
+        return self._disconnects
+
     def count_disconnects(self, since_s: int) -> int:
-        row = self.conn.execute("SELECT COUNT(*) FROM disconnects WHERE t >= ?",
-                                (since_s,)).fetchone()
-        return int(row[0])
+        return sum(1 for t in self._all_disconnects() if t >= since_s)
 
     # -- moratoria from the head-end ('*' covers every account) ------------------
     def set_moratorium(self, acct: str, until: int, reason: str) -> None:
@@ -318,17 +332,33 @@ class Journal:
             "INSERT INTO moratoria (acct, until, reason) VALUES (?, ?, ?) "
             "ON CONFLICT(acct) DO UPDATE SET until = excluded.until, reason = excluded.reason",
             (acct, until, reason))
+        if self._moratoria is not None:
+            self._moratoria[acct] = until
+
+    def _all_moratoria(self) -> dict[str, int]:
+        self._current()
+        if self._moratoria is None:
+            moratoria = {acct: int(until) for acct, until in
+                         self.conn.execute("SELECT acct, until FROM moratoria")}
+            if not self._keep:
+                return moratoria
+            self._moratoria = moratoria
+        return self._moratoria
 
     def moratorium_until(self, acct: str) -> int | None:
-        row = self.conn.execute("SELECT MAX(until) FROM moratoria WHERE acct IN (?, '*')",
-                                (acct,)).fetchone()
-        return None if row[0] is None else int(row[0])
+        moratoria = self._all_moratoria()
+        own, every = moratoria.get(acct), moratoria.get("*")
+        return every if own is None else own if every is None else max(own, every)
 
     def record_disconnect(self, t: int) -> None:
         # Only the last hour is ever counted; a day's rows are kept in case the clock
         # steps back, and older ones pruned here, so the table stays small.
+        times = self._all_disconnects()
         self.conn.execute("DELETE FROM disconnects WHERE t < ? OR t > ?", (t - 86_400, t + 86_400))
         self.conn.execute("INSERT INTO disconnects (t) VALUES (?)", (t,))
+        if self._disconnects is not None:
+            times[:] = [x for x in times if t - 86_400 <= x <= t + 86_400]
+            times.append(t)
 
     # -- spending, for the low-balance estimate of days left ---------------------
     def spend_since(self, acct: str, since_s: int) -> tuple[int, int | None]:

@@ -16,14 +16,15 @@ command's ``iat`` within 5 minutes).
 
 Once a second the tick decides every account again (``redecide``: the hour, the
 head-end and the clock's trust move on without a balance change). An account whose
-last such decision wrote nothing is not decided again before the first second at which
-time alone could change the answer (``policy.steady_until``: the next minute, an
-override's or a moratorium's end, the notice running out, payments turning stale), as
-long as nothing else it depends on moved: every other ``evaluate`` of the account (a
-balance, an alert, an override, a tamper) forgets its memo, and a change of the
-head-end's state, the clock's trust, the policy, the meters, a moratorium or a recorded
-disconnection forgets them all (``_epoch``). The answer is the same; the queries are not
-run again for nothing.
+last decision (the tick's, or an ``evaluate``'s after a balance, an alert, an override,
+a tamper) wrote nothing is not decided again before the first second at which time
+alone could change the answer (``policy.steady_until``: the next minute, an override's
+or a moratorium's end, the notice running out, payments turning stale), as long as
+nothing else it depends on moved: the account's next ``evaluate`` replaces its memo; a
+change of the head-end's state, the clock's trust, the policy, the meters, a
+moratorium or a recorded disconnection forgets them all (``_epoch``), and so does any
+undone transaction (``Store.undone``: a memo may come from the writes it undid). The
+answer is the same; the queries are not run again for nothing.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class Steady:
     trusted: bool
     policy: Policy
     meters: int  # MeterRegistry.version
+    undone: int  # Store.undone: a decision of a transaction undone since does not hold
 
 
 @dataclasses.dataclass
@@ -191,8 +193,7 @@ class Disconnection:
         """Make each of the account's relay intents what the rules say, in order:
         a live override, a tamper hold, credit (reconnect at any hour), the policy.
         ``acct``: the account as just written by the caller (saves reading it again)."""
-        self._steady.pop(acct_id, None)
-        self._decide(acct_id, now_s, acct)
+        self._remember(acct_id, now_s, self._decide(acct_id, now_s, acct))
 
     def redecide(self, acct_id: str, now_s: int) -> None:
         """The tick's evaluate: skipped while the account's last one holds (``Steady``)."""
@@ -200,14 +201,19 @@ class Disconnection:
         if (steady is not None and steady.since_s <= now_s < steady.until_s
                 and steady.epoch == self._epoch and steady.trusted == self.clock_trusted
                 and steady.policy is self.policies.policy
-                and steady.meters == self.meters.version):
+                and steady.meters == self.meters.version
+                and steady.undone == self.store.undone):
             return
-        until = self._decide(acct_id, now_s)
+        self._remember(acct_id, now_s, self._decide(acct_id, now_s))
+
+    def _remember(self, acct_id: str, now_s: int, until: int | None) -> None:
+        """The memo of a decision that wrote nothing (``until``: until when it holds)."""
         if until is None:
             self._steady.pop(acct_id, None)
         else:
             self._steady[acct_id] = Steady(now_s, until, self._epoch, self.clock_trusted,
-                                           self.policies.policy, self.meters.version)
+                                           self.policies.policy, self.meters.version,
+                                           self.store.undone)
 
     def _decide(self, acct_id: str, now_s: int, acct: Account | None = None) -> int | None:
         """evaluate(); returns until when the answer holds if it wrote nothing, else None."""

@@ -89,6 +89,32 @@ def test_a_rollback_forgets_every_write_and_what_memory_read(tmp_path: Path) -> 
     assert seen(tmp_path) == (1, 1, 0)
 
 
+def test_the_moratoria_and_disconnections_memory_holds_follow_the_tables(
+        tmp_path: Path) -> None:
+    store, journal = open_store(tmp_path)
+    assert journal.moratorium_until("A") is None and journal.count_disconnects(0) == 0
+    with store.tx():
+        journal.set_moratorium("A", T0 + 100, "works")
+        journal.set_moratorium("*", T0 + 50, "upgrade")
+        journal.record_disconnect(T0)
+        journal.record_disconnect(T0 + 10)
+    assert journal.moratorium_until("A") == T0 + 100 and journal.moratorium_until("B") == T0 + 50
+    assert journal.count_disconnects(T0 + 5) == 1 and journal.count_disconnects(T0) == 2
+    with pytest.raises(Boom), store.tx():
+        journal.set_moratorium("*", T0 + 900, "longer")
+        journal.record_disconnect(T0 + 20)
+        assert journal.moratorium_until("A") == T0 + 900 and journal.count_disconnects(0) == 3
+        raise Boom
+    # undone: read again, as committed
+    assert journal.moratorium_until("A") == T0 + 100 and journal.count_disconnects(0) == 2
+    with store.tx():  # a day on, the old ones are pruned, in the table and in memory
+        journal.record_disconnect(T0 + 86_405)
+    fresh = Journal(store, forming.entry_item)
+    for j in (journal, fresh):
+        assert j.count_disconnects(0) == 2 and j.count_disconnects(T0 + 86_400) == 1
+        assert j.moratorium_until("A") == T0 + 100
+
+
 def test_a_savepoint_rolled_back_undoes_only_what_came_after_it(tmp_path: Path) -> None:
     store, journal = open_store(tmp_path)
     with store.tx():

@@ -17,6 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.buffer.journal import Account
+from agent.config import MeterConfig
 from agent.errors import CommandError
 from agent.localtime import LocalTime
 from agent.relay import actuation
@@ -451,15 +453,18 @@ def test_a_disconnect_decision_is_logged_once_until_it_changes(
 
 
 # -- the tick's memo: a steady decision is not made again for nothing -----------------
-def _queries(h: House) -> list[str]:
-    """The statements the store runs from now on (the policy's two queries among them)."""
+def _decisions(h: House) -> list[str]:
+    """The accounts the policy decides from now on, one entry a decision."""
+    relays = h.rig.ledger.relays
+    consider = relays._consider
     seen: list[str] = []
-    h.rig.store.conn.set_trace_callback(seen.append)
+
+    def counted(acct: Account, meter: MeterConfig, now_s: int) -> int | None:
+        seen.append(acct.id)
+        return consider(acct, meter, now_s)
+
+    relays._consider = counted  # type: ignore[method-assign]
     return seen
-
-
-def _policy_queries(seen: list[str]) -> int:
-    return sum(1 for s in seen if "FROM moratoria" in s or "FROM disconnects" in s)
 
 
 def test_a_steady_deferral_is_decided_again_only_at_the_next_minute(tmp_path: Path) -> None:
@@ -469,15 +474,54 @@ def test_a_steady_deferral_is_decided_again_only_at_the_next_minute(tmp_path: Pa
     assert h.rig.account().deferred == "protected_hours"
     h.rig.advance(1)
     h.rig.tick()  # the tick's first decision since the reading's: kept (it wrote nothing)
-    seen = _queries(h)
+    seen = _decisions(h)
     for _ in range(48):  # 20:05:12 .. 20:05:59: nothing the answer depends on moves
         h.rig.advance(1)
         h.rig.tick()
-    assert _policy_queries(seen) == 0
+    assert len(seen) == 0
     h.rig.advance(1)  # 20:06:00: a new minute, decided again (still protected)
     h.rig.tick()
-    assert _policy_queries(seen) == 2
+    assert len(seen) == 1
     assert h.intent() == "closed" and len(h.rig.events("disconnect_deferred")) == 1
+    h.rig.close()
+
+
+def test_a_reading_s_own_decision_holds_for_the_ticks_after_it(tmp_path: Path) -> None:
+    h = House(tmp_path, now_s=unix(2026, 3, 2, 20, 0, 10),
+              policy={"protected_hours": "18:00-08:00"})
+    h.spend(2 * EC)  # 20:05:10: deferred (the deferral is written: not steady)
+    h.spend(10, after_s=5)  # 20:05:15: decided again, deferred as before: steady
+    seen = _decisions(h)
+    for _ in range(44):  # 20:05:16 .. 20:05:59
+        h.rig.advance(1)
+        h.rig.tick()
+    assert len(seen) == 0
+    h.rig.advance(1)  # 20:06:00
+    h.rig.tick()
+    assert len(seen) == 1 and h.intent() == "closed"
+    h.rig.close()
+
+
+def test_a_decision_whose_transaction_is_undone_does_not_hold(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    h = House(tmp_path, now_s=unix(2026, 3, 2, 20, 0, 10),
+              policy={"protected_hours": "18:00-08:00"})
+    h.spend(2 * EC)
+    relays = h.rig.ledger.relays
+    remember = relays._remember
+
+    def then_fail(acct_id: str, now_s: int, until: int | None) -> None:
+        remember(acct_id, now_s, until)
+        raise RuntimeError("disk gone")
+
+    monkeypatch.setattr(relays, "_remember", then_fail)
+    with pytest.raises(RuntimeError):
+        h.spend(10, after_s=5)  # its decision was remembered, then its reading undone
+    monkeypatch.undo()
+    seen = _decisions(h)
+    h.rig.advance(1)
+    h.rig.tick()
+    assert len(seen) == 1
     h.rig.close()
 
 
@@ -491,10 +535,10 @@ def test_whatever_moves_an_input_has_the_next_tick_decide_again(
     h.spend(2 * EC)  # 18:05:10
     h.rig.tick()  # steady from here to 18:06:00
     relays = h.rig.ledger.relays
-    seen = _queries(h)
+    seen = _decisions(h)
     h.rig.advance(1)
     h.rig.tick()
-    assert _policy_queries(seen) == 0
+    assert len(seen) == 0
     if change == "headend":
         relays.headend_state(True, False, h.rig.now)
     elif change == "moratorium":
@@ -509,12 +553,13 @@ def test_whatever_moves_an_input_has_the_next_tick_decide_again(
         h.rig.now = start - 20  # 17:59:50: before the protected hours
     elif change == "override":
         relays.set_override("M1", "auto", None, h.rig.now)
+        assert len(seen) == 1  # decided by set_override itself, which wrote nothing
         seen.clear()
     h.rig.tick()
-    if change == "override":  # decided by set_override itself; the tick's next one runs
-        assert _policy_queries(seen) == 2
+    if change == "override":  # so its decision holds for the tick
+        assert len(seen) == 0
     else:
-        assert _policy_queries(seen) >= 2, change
+        assert len(seen) >= 1, change
     assert h.intent() == ("open" if change == "policy" else "closed"), change
     if change == "clock_back":  # out of the protected hours, but before the 0 % alert
         assert h.rig.account().deferred == "notice"
@@ -526,11 +571,11 @@ def test_a_rate_limited_account_is_decided_again_every_second(tmp_path: Path) ->
     h.spend(2 * EC, "M1")
     h.spend(2 * EC, "M2", after_s=60)
     assert h.rig.account("A2").deferred == "rate_limit"
-    seen = _queries(h)
+    seen = _decisions(h)
     for _ in range(3):
         h.rig.advance(1)
         h.rig.tick()
-    assert _policy_queries(seen) == 6  # the hour slides over every second
+    assert len(seen) == 3  # the hour slides over every second
     h.rig.close()
 
 
@@ -540,7 +585,7 @@ def test_a_tick_that_rolls_back_forgets_what_it_decided(tmp_path: Path,
               policy={"protected_hours": "18:00-08:00"})
     h.spend(2 * EC)
     h.rig.tick()
-    seen = _queries(h)
+    seen = _decisions(h)
 
     def broken(*_: object, **__: object) -> None:
         raise RuntimeError("disk gone")
@@ -552,5 +597,5 @@ def test_a_tick_that_rolls_back_forgets_what_it_decided(tmp_path: Path,
     monkeypatch.undo()
     h.rig.advance(1)
     h.rig.tick()
-    assert _policy_queries(seen) == 2
+    assert len(seen) == 1
     h.rig.close()
