@@ -12,7 +12,7 @@ append-only too (evidence).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, cast
 
@@ -300,6 +300,10 @@ class Journal:
     def meters(self) -> list[MeterState]:
         meters = self._all_meters()
         return [meters[i] for i in sorted(meters)]
+
+    def meter_states(self) -> Mapping[str, MeterState]:
+        """Meter id -> its row, for the meters that have one (none is created)."""
+        return self._all_meters()
 
     def update_meter(self, meter_id: str, **fields: object) -> None:
         names = tuple(fields)

@@ -22,12 +22,15 @@ Bounds (and what happens at them), besides the schedule's:
 - ``DISCOVERY_TIMEOUT_S`` a discovery probe's answer allowance.
 - The thread waits at most 1 s at a time when idle, so its heartbeat (``beat_s``)
   stays fresh for the supervisor.
-- ``READINGS_HOLD_S``, ``READINGS_HOLD_MAX``: a poll cycle's readings are posted a
-  burst at a time, not one by one. Every post may wake the runtime's loop, and a
-  wake-up costs more CPU than charging a reading (issue 14), so the routine readings
-  (``ReadingTaken``) wait in the thread until the first of them is READINGS_HOLD_S
-  old (looked at after each action: a slow one, a dead meter's timeout, adds its own
-  time), or READINGS_HOLD_MAX wait, or the bus has nothing to do for longer than that;
+- ``READINGS_HOLD_S``, ``READINGS_HOLD_SHARE``, ``READINGS_HOLD_MAX``: a poll cycle's
+  readings are posted a burst at a time, not one by one. Every post may wake the
+  runtime's loop, and a wake-up costs more CPU than charging a reading (issue 14), and
+  a transaction's COMMIT more again, so the routine readings (``ReadingTaken``) wait in
+  the thread until the first of them is READINGS_HOLD_S old, or READINGS_HOLD_SHARE of
+  the poll interval if that is less (1 s at 5 s polls, 0.25 s at 1 s: a reading is
+  charged within a quarter of its cycle), looked at after each action (a slow one, a
+  dead meter's timeout, adds its own time), or READINGS_HOLD_MAX wait, or the bus has
+  nothing to do for longer than that;
   every other event (a relay's outcome, an on-demand read, a meter going offline)
   posts them first, then itself, at once: the order of a bus's events is kept. The
   runtime charges a burst in one transaction.
@@ -74,8 +77,9 @@ REOPEN_MIN_S = 1.0  # a port that failed is opened again after this, doubling up
 REOPEN_MAX_S = 30.0  # this; back to the minimum once it opens
 IDLE_WAIT_MAX_S = 1.0  # the longest wait between two loop turns (the heartbeat)
 DISCOVERY_TIMEOUT_S = 0.1  # discovery's answer allowance; a scan may give more
-READINGS_HOLD_S = 0.25  # a routine reading waits this long to be posted (and the
-READINGS_HOLD_MAX = 64  # action then running), with at most this many (module doc)
+READINGS_HOLD_S = 1.0  # a routine reading waits this long to be posted (and the
+READINGS_HOLD_MAX = 64  # action then running), with at most this many (module doc),
+READINGS_HOLD_SHARE = 0.25  # and no longer than this share of the bus's poll interval
 
 
 def default_transport(bus: BusConfig) -> Transport:
@@ -129,6 +133,7 @@ class BusScheduler(threading.Thread):
         self.beat_s: float | None = None  # monotonic s of the thread's last loop turn
         self._held: list[BusEvent] = []  # routine readings not posted yet (module doc)
         self._held_since_s = 0.0
+        self._hold_s = min(READINGS_HOLD_S, READINGS_HOLD_SHARE * bus.poll_interval_s)
 
     @property
     def meters(self) -> dict[str, MeterConfig]:
@@ -212,7 +217,7 @@ class BusScheduler(threading.Thread):
         if isinstance(action, Idle):
             wait_s = min(action.wait_s, IDLE_WAIT_MAX_S)
             if self._held and (self.clock.monotonic_s() + wait_s
-                               >= self._held_since_s + READINGS_HOLD_S):
+                               >= self._held_since_s + self._hold_s):
                 self._post_held()  # before the wait, not a wake-up later
             self._wake.wait(wait_s)
             self._wake.clear()
@@ -238,7 +243,7 @@ class BusScheduler(threading.Thread):
                 self._post_held()
                 self.post(event)
         if self._held and (len(self._held) >= READINGS_HOLD_MAX
-                           or now_s - self._held_since_s >= READINGS_HOLD_S):
+                           or now_s - self._held_since_s >= self._hold_s):
             self._post_held()
 
     def _post_held(self) -> None:

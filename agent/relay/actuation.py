@@ -101,11 +101,10 @@ class Actuation:
         """(meter, connect) for each relay that differs from its intent. With ``now_s``,
         one whose last switch failed waits out its back-off."""
         out = []
-        for state in self.journal.meters():
-            meter = self.meters.get(state.id)
-            if meter is None or meter.relay_spec.kind == "none":
-                continue
-            if matches(state.relay_intent, state.relay_actual):
+        states = self.journal.meter_states()
+        for meter in self.meters.relayed():
+            state = states.get(meter.id)
+            if state is None or matches(state.relay_intent, state.relay_actual):
                 continue
             # A back-off reaching further than the cap means the wall clock went back.
             if now_s is not None and now_s < state.relay_next_s <= now_s + RETRY_CAP_S:

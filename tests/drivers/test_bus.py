@@ -12,7 +12,7 @@ import pytest
 from agent.clock import SimClock
 from agent.config import BusConfig, MeterConfig
 from agent.drivers import bus as bus_module
-from agent.drivers.bus import READINGS_HOLD_S, BusScheduler
+from agent.drivers.bus import READINGS_HOLD_S, READINGS_HOLD_SHARE, BusScheduler
 from agent.drivers.driver import MeterDriver, MeterEvent
 from agent.drivers.events import (
     BusEvent,
@@ -156,7 +156,7 @@ def test_a_poll_cycle_is_posted_a_burst_at_a_time_within_the_hold() -> None:
     bursts = {t for t, _ in readings}
     assert len(bursts) <= len(readings) / 4
     late = max(t - taken[id(e.reading)] for t, e in readings)
-    assert late <= READINGS_HOLD_S + 0.1
+    assert late <= sched._hold_s + 0.1 and sched._hold_s == READINGS_HOLD_S  # 1 s of 5 s
     order = sorted(readings, key=lambda te: taken[id(te[1].reading)])
     assert [e for _, e in order] == [e for _, e in readings]
 
@@ -169,6 +169,19 @@ def test_a_lone_reading_is_posted_before_the_bus_waits() -> None:
     readings = [(t, e) for t, e in posted if isinstance(e, ReadingTaken)]
     assert len(readings) >= 9
     assert all(t - taken[id(e.reading)] < 1e-6 for t, e in readings)
+
+
+def test_the_hold_is_a_share_of_a_short_poll_interval() -> None:
+    """At 1 s polls a reading waits at most a quarter of its cycle, not READINGS_HOLD_S:
+    twenty meters back to back (30 ms each) fill more than the cycle's first quarter."""
+    meters = [meter(f"M{i}", i) for i in range(1, 21)]
+    clock, sched, posted, taken = timed_bus(meters, 1.0)
+    assert sched._hold_s == READINGS_HOLD_SHARE * 1.0 < READINGS_HOLD_S
+    run_for(sched, clock, 10)
+    readings = [(t, e) for t, e in posted if isinstance(e, ReadingTaken)]
+    assert len(readings) >= 100
+    late = max(t - taken[id(e.reading)] for t, e in readings)
+    assert READINGS_HOLD_SHARE * 0.5 < late <= READINGS_HOLD_SHARE + 0.1
 
 
 def test_the_hold_is_bounded_in_number(monkeypatch: Any) -> None:
