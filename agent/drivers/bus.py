@@ -30,7 +30,7 @@ Bounds (and what happens at them), besides the schedule's:
   the poll interval if that is less (1 s at 5 s polls, 0.25 s at 1 s: a reading is
   charged within a quarter of its cycle), looked at after each action (a slow one, a
   dead meter's timeout, adds its own time), or READINGS_HOLD_MAX wait, or the bus has
-  nothing to do for longer than that;
+  no poll to make for longer than that (it idles, or probes for new meters);
   every other event (a relay's outcome, an on-demand read, a meter going offline)
   posts them first, then itself, at once: the order of a bus's events is kept. The
   runtime charges a burst in one transaction.
@@ -222,6 +222,8 @@ class BusScheduler(threading.Thread):
             self._wake.wait(wait_s)
             self._wake.clear()
             return
+        if self._held and isinstance(action, Discover):
+            self._post_held()  # discovery runs only with no poll due soon: the cycle is done
         result = self._execute(action)
         now_s = self.clock.monotonic_s()
         with self._lock:

@@ -12,6 +12,7 @@ import pytest
 from agent.clock import SimClock
 from agent.config import BusConfig, MeterConfig
 from agent.drivers import bus as bus_module
+from agent.drivers.actions import Discover
 from agent.drivers.bus import READINGS_HOLD_S, READINGS_HOLD_SHARE, BusScheduler
 from agent.drivers.driver import MeterDriver, MeterEvent
 from agent.drivers.events import (
@@ -121,7 +122,7 @@ def test_a_silent_meter_costs_one_timeout_per_backoff_and_does_not_slow_the_othe
     assert not sched.stats["DEAD"].offline and sched.stats["DEAD"].backoff_s == 0
 
 
-def timed_bus(meters: list[MeterConfig], poll_s: float) -> tuple[
+def timed_bus(meters: list[MeterConfig], poll_s: float, *, discover: bool = False) -> tuple[
         SimClock, BusScheduler, list[tuple[float, BusEvent]], dict[int, float]]:
     """A bus of SDM120s whose posts are stamped with the clock, and the time each reading
     was taken (by the identity of its Reading)."""
@@ -130,7 +131,7 @@ def timed_bus(meters: list[MeterConfig], poll_s: float) -> tuple[
     clock = SimClock()
     posted: list[tuple[float, BusEvent]] = []
     _, sched, _, _ = make_bus({m.address: sdm(m.address, clock) for m in meters}, meters,
-                              bus=bus, clock=clock,
+                              bus=bus, clock=clock, discover=discover,
                               post=lambda e: posted.append((clock.monotonic_s(), e)))
     taken: dict[int, float] = {}
     execute = sched._execute
@@ -182,6 +183,27 @@ def test_the_hold_is_a_share_of_a_short_poll_interval() -> None:
     assert len(readings) >= 100
     late = max(t - taken[id(e.reading)] for t, e in readings)
     assert READINGS_HOLD_SHARE * 0.5 < late <= READINGS_HOLD_SHARE + 0.1
+
+
+def test_the_held_readings_go_before_the_bus_probes_for_new_meters() -> None:
+    """After a cycle's polls the bus probes unconfigured addresses instead of idling: the
+    cycle's readings are posted before the first probe, not a hold later."""
+    meters = [meter(f"M{i}", i) for i in range(1, 6)]
+    clock, sched, posted, taken = timed_bus(meters, 5.0, discover=True)
+    probed: list[float] = []
+    execute = sched._execute
+
+    def watched(action: Any) -> Any:
+        if isinstance(action, Discover):
+            probed.append(clock.monotonic_s())
+        return execute(action)
+
+    sched._execute = watched  # type: ignore[method-assign]
+    run_for(sched, clock, 12)
+    readings = [(t, e) for t, e in posted if isinstance(e, ReadingTaken)]
+    assert probed and len(readings) >= 10
+    late = max(t - taken[id(e.reading)] for t, e in readings)
+    assert late < 0.3 < sched._hold_s  # the cycle's five polls (30 ms each), not the hold
 
 
 def test_the_hold_is_bounded_in_number(monkeypatch: Any) -> None:
