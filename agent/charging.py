@@ -167,17 +167,11 @@ class Charging:
         """Each account's fixed charges due by today (only on a trusted clock); an account
         with none posted has its relays decided again (the hour, the head-end and the
         clock's trust move on without a balance change), unless its last decision still
-        holds (``Disconnection.redecide``)."""
+        holds (``Disconnection.redecide``; a tick rolled back leaves no memo that holds:
+        ``Store.undone``)."""
         trusted = self.relays.refresh_clock_trust(now_s)
         local_now = self.local.local_s(now_s)
         today = calendar.local_date(local_now)
-        try:
-            self._tick(now_s, trusted, local_now, today)
-        except BaseException:  # rolled back: what the tick decided was not kept
-            self.relays.forget_steady()
-            raise
-
-    def _tick(self, now_s: int, trusted: bool, local_now: int, today: str) -> None:
         with self.store.tx():
             for acct in self.journal.accounts():
                 if acct.tariff not in self.tariffs.versions:

@@ -21,6 +21,7 @@ from agent.errors import LedgerError
 from agent.vocab import ENTRY_KINDS
 
 SPEND_SCAN_ENTRIES = 50_000  # spend_since reads at most this many recent entries
+DISCONNECTS_KEPT_S = 86_400  # record_disconnect keeps this much either side of the newest
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,10 +359,11 @@ class Journal:
         # Only the last hour is ever counted; a day's rows are kept in case the clock
         # steps back, and older ones pruned here, so the table stays small.
         times = self._all_disconnects()
-        self.conn.execute("DELETE FROM disconnects WHERE t < ? OR t > ?", (t - 86_400, t + 86_400))
+        low, high = t - DISCONNECTS_KEPT_S, t + DISCONNECTS_KEPT_S
+        self.conn.execute("DELETE FROM disconnects WHERE t < ? OR t > ?", (low, high))
         self.conn.execute("INSERT INTO disconnects (t) VALUES (?)", (t,))
         if self._disconnects is not None:
-            times[:] = [x for x in times if t - 86_400 <= x <= t + 86_400]
+            times[:] = [x for x in times if low <= x <= high]
             times.append(t)
 
     # -- spending, for the low-balance estimate of days left ---------------------

@@ -155,10 +155,6 @@ class Disconnection:
                 log.info("event=relay_redecide meter=%s reason=restart", meter.id)
 
     # -- the clock ------------------------------------------------------------
-    def forget_steady(self) -> None:
-        """Every account is decided again at the next tick (after a rolled-back tick)."""
-        self._epoch += 1
-
     def confirm_clock(self, iat_s: int, now_s: int) -> None:
         if abs(iat_s - now_s) <= CLOCK_CONFIRM_WINDOW_S:
             self.clock_confirmed = self.clock_trusted = True
