@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from agent.config import MeterConfig
 from agent.meters import MeterRegistry
-from agent.relay_spec import parse_relay
-
-
-def meter(meter_id: str, relay: str = "none") -> MeterConfig:
-    return MeterConfig(meter_id, "b0", 1, "eastron-sdm120", "ACC", relay, parse_relay(relay))
+from tests.drivers.test_bus import meter
 
 
 def test_the_relayed_meters_are_those_with_a_relay_by_id_and_follow_replace() -> None:
-    registry = MeterRegistry([meter("M3", "meter"), meter("M1"), meter("M2", "meter")])
+    registry = MeterRegistry([meter("M3", 3, "meter"), meter("M1", 1), meter("M2", 2, "meter")])
     assert [m.id for m in registry.relayed()] == ["M2", "M3"]
-    assert registry.get("M1") == meter("M1") and registry.get("X") is None
+    assert registry.get("M1") == meter("M1", 1) and registry.get("X") is None
     assert "M1" in registry and "X" not in registry
-    registry.replace([meter("M1", "meter"), meter("M2")])
+    registry.replace([meter("M1", 1, "meter"), meter("M2", 2)])
     assert [m.id for m in registry.relayed()] == ["M1"]
     assert list(registry) == ["M1", "M2"] and registry.version == 1
